@@ -1,0 +1,75 @@
+"""Batch qLogNEI (BoTorch `qLogNoisyExpectedImprovement`) over a shortlist of the pool.
+
+`optimize_acqf_discrete` builds the batch by sequential greedy selection, each step scoring
+the remaining choices jointly with the already-chosen ones (`X_pending`). Scoring all ~19k
+genes jointly at every one of `q` steps takes minutes, so the choices are pre-screened to the
+`shortlist` best candidates by analytic UCB (the candidates outside it have both low mean and
+low uncertainty, so their joint qLogNEI contribution is negligible).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+from botorch.optim import optimize_acqf_discrete
+from botorch.sampling import SobolQMCNormalSampler
+
+from acquisition.analytic import ucb
+from acquisition.base import Proposal, available_mask, check_batch, make_items
+from acquisition.random import RandomPolicy
+from perturbloop.perturbation import CandidatePool
+from surrogates.base import Surrogate
+
+SHORTLIST_PER_PICK = 4  # shortlist = 4 x batch size
+MC_SAMPLES = 128
+
+
+class QLogNEIPolicy:
+    """Sequential-greedy batch qLogNEI on a UCB-pre-screened shortlist (see module docstring)."""
+
+    name = "qlognei"
+
+    def __init__(self, seed: int = 0, shortlist_per_pick: int = SHORTLIST_PER_PICK, mc_samples: int = MC_SAMPLES, **_: object):
+        self.seed = seed
+        self.shortlist_per_pick = shortlist_per_pick
+        self.mc_samples = mc_samples
+        self.initial = RandomPolicy(seed=seed)
+
+    def select(self, surrogate: Surrogate | None, pool: CandidatePool, observed: Mapping[str, float],
+               batch_size: int, pending: Sequence[str] = ()) -> Proposal:
+        if surrogate is None or getattr(surrogate, "model", None) is None:  # no BoTorch model: first round or a baseline
+            return Proposal(self.name, self.initial.select(surrogate, pool, observed, batch_size, pending).items)
+        mask = available_mask(pool, observed, pending)
+        q = check_batch(batch_size, int(mask.sum()))
+        model = surrogate.model
+        device = next(model.parameters()).device
+        post = surrogate.posterior(pool.X)
+        k = min(int(mask.sum()), max(q, self.shortlist_per_pick * q))
+        short = ucb(post).masked_fill(~mask, float("-inf")).topk(k).indices
+        X_obs = pool.X[pool.indices(list(observed))].to(device, torch.float64)
+        acqf = qLogNoisyExpectedImprovement(
+            model, X_baseline=X_obs, prune_baseline=True,
+            sampler=SobolQMCNormalSampler(torch.Size([self.mc_samples]), seed=self.seed),
+        )
+        choices = pool.X[short].to(device, torch.float64)
+        cand, values = optimize_acqf_discrete(acqf, q=q, choices=choices, unique=True)
+        # map chosen rows back to pool indices
+        picks = _match_rows(cand.cpu(), pool.X[short], short)
+        return Proposal(self.name, make_items(pool, picks, post.mean, post.sd, values.reshape(-1).cpu(), observed, "qLogNEI"))
+
+
+def _match_rows(chosen: torch.Tensor, choices: torch.Tensor, index: torch.Tensor) -> list[int]:
+    """Pool indices of the `chosen` rows; identical feature rows (e.g. genes without annotation)
+    are matched to distinct candidates, in order."""
+    used: set[int] = set()
+    out = []
+    d = torch.cdist(chosen, choices)
+    for row in d:
+        for j in row.argsort().tolist():
+            if j not in used:
+                used.add(j)
+                out.append(int(index[j]))
+                break
+    return out

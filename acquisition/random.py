@@ -1,0 +1,31 @@
+"""Uniform random picks: the baseline every policy is reported beside."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from acquisition.base import Proposal, available_mask, check_batch, make_items
+from perturbloop.perturbation import CandidatePool
+from surrogates.base import Surrogate
+
+
+class RandomPolicy:
+    """Draws `batch_size` available candidates uniformly without replacement (seeded)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0, **_: object):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def select(self, surrogate: Surrogate | None, pool: CandidatePool, observed: Mapping[str, float],
+               batch_size: int, pending: Sequence[str] = ()) -> Proposal:
+        avail = available_mask(pool, observed, pending).nonzero().squeeze(-1)
+        q = check_batch(batch_size, avail.numel())
+        picks = avail[torch.randperm(avail.numel(), generator=self.generator)[:q]].tolist()
+        mean = sd = None
+        if surrogate is not None:
+            post = surrogate.posterior(pool.X)
+            mean, sd = post.mean, post.sd
+        return Proposal(self.name, make_items(pool, picks, mean, sd, None, observed, "random pick"))

@@ -1,0 +1,57 @@
+"""The campaign loop as a LangGraph StateGraph, checkpointed in SQLite.
+
+    START -> fit -> propose -> review -> dispatch -> collect -> ingest -> fit (next round) | END
+
+`review` calls `interrupt()` when the config requires approval; the checkpoint keeps the
+paused graph across processes, and `Command(resume=decision)` continues it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+
+from agent import nodes
+from agent.context import CampaignContext
+from agent.state import LoopState
+
+
+def _after_ingest(state: LoopState) -> str:
+    return END if state.get("status") == "finished" else "fit"
+
+
+def _after_collect(state: LoopState) -> str:
+    return END if state.get("status") == "waiting_for_lab" else "ingest"
+
+
+def build_graph(checkpointer: SqliteSaver | None = None) -> CompiledStateGraph:
+    g = StateGraph(LoopState, context_schema=CampaignContext)
+    for name in ("fit", "propose", "review", "dispatch", "collect", "ingest"):
+        g.add_node(name, getattr(nodes, name))
+    g.add_edge(START, "fit")
+    g.add_edge("fit", "propose")
+    g.add_edge("propose", "review")
+    g.add_edge("review", "dispatch")
+    g.add_edge("dispatch", "collect")
+    g.add_conditional_edges("collect", _after_collect, ["ingest", END])
+    g.add_conditional_edges("ingest", _after_ingest, ["fit", END])
+    return g.compile(checkpointer=checkpointer)
+
+
+@contextmanager
+def open_checkpointer(path: str | Path) -> Iterator[SqliteSaver]:
+    """A SQLite checkpointer at `path` (created if missing); state holds only plain JSON values."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), check_same_thread=False)
+    try:
+        yield SqliteSaver(conn, serde=JsonPlusSerializer())
+    finally:
+        conn.close()

@@ -1,0 +1,87 @@
+"""Run or resume a campaign: build its context, then drive the checkpointed graph.
+
+Resuming is the same call as starting: the store says which rounds are done, the
+checkpointer says where inside a round the graph stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from langgraph.types import Command
+
+from agent.context import CampaignContext, build_context
+from agent.graph import build_graph, open_checkpointer
+from agent.report import summarise_round
+from perturbloop.config import CampaignConfig
+from perturbloop.store import Store, sqlite_path
+
+RECURSION_LIMIT_PER_ROUND = 8
+
+
+@dataclass
+class CampaignResult:
+    campaign_id: str
+    status: str  # finished | awaiting_approval | waiting_for_lab
+    rounds: list[dict]
+    n_hits: int | None
+
+    @property
+    def hit_ratio(self) -> float | None:
+        return self.rounds[-1]["hit_ratio"] if self.rounds else None
+
+
+def checkpoint_path(store: Store) -> Path:
+    """Checkpoints live beside a SQLite store (`<store>.checkpoints.sqlite`), else in `runs/`."""
+    db = sqlite_path(store.url)
+    if db is not None:
+        return db.with_name(db.stem + ".checkpoints.sqlite")
+    return Path(os.environ.get("PERTURBLOOP_CHECKPOINTS", "runs/checkpoints.sqlite"))
+
+
+def next_round(store: Store, campaign_id: str) -> int:
+    """Index of the first round not yet ingested (or rejected)."""
+    done = [r.index for r in store.rounds(campaign_id) if r.status in ("ingested", "rejected")]
+    return max(done) + 1 if done else 0
+
+
+def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_dir: str | os.PathLike | None = None,
+                 on_round: Callable[[dict], None] | None = None, resume: dict | None = None,
+                 context: CampaignContext | None = None) -> CampaignResult:
+    """Run a campaign to its end (or to an approval pause), resuming from the store if it exists.
+
+    `resume` is a decision to hand to a paused approval step.
+    """
+    store = store if isinstance(store, Store) else Store(store)
+    ctx = context or build_context(config, store, data_dir, on_round)
+    store.create_or_check_campaign(config.name, config.model_dump(mode="json"))
+    cfg = {"configurable": {"thread_id": config.name},
+           "recursion_limit": RECURSION_LIMIT_PER_ROUND * (config.rounds + 1)}
+    with open_checkpointer(checkpoint_path(store)) as saver:
+        graph = build_graph(saver)
+        snapshot = graph.get_state(cfg)
+        start = next_round(store, config.name)
+        if resume is not None:
+            inp = Command(resume=resume)
+        elif snapshot.next and snapshot.values.get("round", -1) >= start:
+            inp = None  # continue the interrupted step
+        elif start >= config.rounds:
+            inp = False
+        else:
+            inp = {"campaign_id": config.name, "round": start, "collected": [], "status": "running"}
+        if inp is not False:
+            graph.invoke(inp, cfg, context=ctx)
+        snapshot = graph.get_state(cfg)
+    n_hits = len(ctx.world.hits) if ctx.world is not None else None
+    rounds = [summarise_round(store, config.name, r.index, n_hits) for r in store.rounds(config.name)]
+    status = "finished"
+    if snapshot.interrupts:
+        status = "awaiting_approval"
+    elif snapshot.values.get("status") == "waiting_for_lab":
+        status = "waiting_for_lab"
+    elif next_round(store, config.name) < config.rounds:
+        status = "running"
+    return CampaignResult(config.name, status, rounds, n_hits)

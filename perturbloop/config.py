@@ -1,0 +1,99 @@
+"""Campaign configuration (TOML), validated by pydantic; a bad field is an error that names it."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from perturbloop.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    screen: str = Field(description="registry screen name, or path to a MAGeCK gene summary / Gene,Score CSV")
+    hit_fraction: float = Field(0.05, gt=0, lt=1, description="hits = this top fraction of genes by |score|")
+    nonessential: bool = Field(False, description="drop core-essential genes (CEGv2) from hits and picks")
+
+
+class DesignConfig(_Strict):
+    space: Literal["genes", "pairs"] = "genes"
+    features: list[Literal["go", "screens", "essential", "embedding"]] = Field(default_factory=lambda: ["go"])
+    prior_screens: list[str] | None = Field(None, description="screens used as features (default: all registry screens but the target)")
+    go_dims: int = Field(64, ge=2, le=512)
+    gaf: str | None = Field(None, description="a GO annotation file (GAF) to use instead of the data dir's gene_go table")
+    embeddings: str | None = Field(None, description="CSV/NPY gene embeddings for feature 'embedding'")
+
+
+class SurrogateConfig(_Strict):
+    kind: Literal["gp", "mean"] = "gp"
+    max_iter: int = Field(75, ge=1, le=10_000, description="L-BFGS-B iterations per hyperparameter fit")
+
+
+class AcquisitionConfig(_Strict):
+    kind: Literal["random", "greedy", "ucb", "qlognei"] = "ucb"
+    beta: float = Field(4.0, ge=0, description="UCB exploration weight: mu + sqrt(beta) sigma")
+
+
+class LabConfig(_Strict):
+    kind: Literal["simulator"] = "simulator"
+    noise: Literal["none", "donor"] = Field("none", description="simulator readout: screen mean, or one donor per gene")
+
+
+class CampaignConfig(_Strict):
+    """One campaign: what to discover, in how many rounds of which size, with which model and policy."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    objective: Literal["hits", "maximize"] = "hits"
+    rounds: int = Field(5, ge=1, le=1000)
+    batch_size: int = Field(128, ge=1, le=100_000)
+    seed: int = 0
+    approval: Literal["auto", "required"] = "auto"
+    data: DataConfig
+    design: DesignConfig = Field(default_factory=DesignConfig)
+    surrogate: SurrogateConfig = Field(default_factory=SurrogateConfig)
+    acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
+    lab: LabConfig = Field(default_factory=LabConfig)
+
+    @field_validator("design")
+    @classmethod
+    def _genes_only(cls, v: DesignConfig) -> DesignConfig:
+        if v.space != "genes":
+            raise ValueError("pooled-screen campaigns design single genes: set design.space = 'genes'")
+        return v
+
+
+def format_validation_error(e: ValidationError, source: str = "config") -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"  {loc}: {msg}")
+    return f"invalid {source}:\n" + "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "config") -> CampaignConfig:
+    try:
+        return CampaignConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def load_config(path: str | Path) -> CampaignConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    return parse_config(data, str(path))

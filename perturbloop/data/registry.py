@@ -1,0 +1,243 @@
+"""The data registry: dataset names -> files in a data directory, with checksums and a download route.
+
+A dataset is resolved, file by file, from the first of
+
+1. the data directory given explicitly (``--data-dir``) or by ``PERTURBLOOP_DATA_DIR``;
+2. the user cache (``PERTURBLOOP_CACHE_DIR``, default ``~/.cache/perturbloop``);
+
+and, failing both, downloaded from its public source into the cache and sha256-checked.
+Files keep the same relative paths in every location (e.g. ``screens/genedisco/...``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from perturbloop.errors import DataIntegrityError, PerturbloopError, UnknownDatasetError
+
+GENEDISCO_WHEEL = "genedisco==1.0.5"
+GENEDISCO_WHEEL_SHA256 = "6a23043d099a3284ac2e6ee6a19a7bb34d3d67ee94e39448a06e7720e0aaa0a5"
+GENEDISCO_MEMBER = "genedisco/datasets/screens/"
+NORMAN_RAW = "https://raw.githubusercontent.com/thomasmaxwellnorman/Perturbseq_GI/3b25109aeb9c0c2026bd70abd50304a0ad4e5395/"
+BDA_RAW = "https://raw.githubusercontent.com/snap-stanford/BioDiscoveryAgent/master/"
+
+Source = Literal["genedisco_wheel", "url", "local"]
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One file of a dataset: its relative path, checksum and where it comes from."""
+
+    path: str
+    sha256: str
+    source: Source = "local"
+    url: str | None = None  # for source="url"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    kind: Literal["screen", "annotation", "pairs", "perturbseq"]
+    description: str
+    files: tuple[DataFile, ...]
+    citation: str = ""
+    # for screens: how to turn the files into one score per gene (see perturbloop.data.screens)
+    loader: dict = field(default_factory=dict)
+
+
+def _gd(fname: str, sha: str) -> DataFile:
+    return DataFile(f"screens/genedisco/{fname}", sha, "genedisco_wheel")
+
+
+_SCREENS = [
+    DatasetSpec(
+        "schmidt2021_il2", "screen",
+        "Schmidt 2021 primary human T cells, CRISPRi, IL2 sort; 2 donors, ~18.9k genes (score = mean gene LFC over donors)",
+        (_gd("schmidt_il2_d1.gene_summary.txt", "d74983a627673a96077e04a7a5bce0d1aa66e3c5fb0ca8182a7166ef88522391"),
+         _gd("schmidt_il2_d2.gene_summary.txt", "c860efa684b6ac0b44c61bd3c984e05ea7b3b2279726f4ef477611380c6ca9fd")),
+        "Schmidt et al. 2022 Science, doi:10.1126/science.abj4008",
+        {"format": "mageck_rra", "column": "neg|lfc"},
+    ),
+    DatasetSpec(
+        "schmidt2021_ifng", "screen",
+        "Schmidt 2021 primary human T cells, CRISPRi, IFNG sort; 2 donors, ~18.9k genes (score = mean gene LFC over donors)",
+        (_gd("schmidt_ifng_d1.gene_summary.txt", "a294aa3197c8634c3fa9665cd57f5e3451dc5531b54028a0592e6e8b51bb506d"),
+         _gd("schmidt_ifng_d2.gene_summary.txt", "f545a6b6a2eb5d28483cb8577b9d7d66857da8279793dd089c314043c4a04c1a")),
+        "Schmidt et al. 2022 Science, doi:10.1126/science.abj4008",
+        {"format": "mageck_rra", "column": "neg|lfc"},
+    ),
+    DatasetSpec(
+        "zhuang2019_nk", "screen",
+        "Zhuang 2019 NK-cell killing of cancer cells, MAGeCK MLE, 2 replicates, ~20.7k genes (score = mean z over replicates)",
+        (_gd("zhuang_2019_low_selection.gene_summary.txt", "72bbada9e2fc0eddc847ca2accc7e8c19c81d9deaa84334554d86ac49fd81b8c"),),
+        "Zhuang et al. 2019 Cancer Immunol Res, doi:10.1158/2326-6066.CIR-18-0500",
+        {"format": "mageck_mle", "column": "z"},
+    ),
+    DatasetSpec(
+        "sanchez2021_tau_down", "screen",
+        "Sanchez 2021 iPSC neurons, tau level down (score = -RSA_Down), ~18.5k genes",
+        (_gd("sanchezetal2021_21days.csv", "9d4e9dbb1158fec379ddd6568918c6c37ff1f53b55200dafd0ac03e28c501301"),),
+        "Samelson et al. 2021 bioRxiv, doi:10.1101/2021.06.07.447366",
+        {"format": "table", "gene": "Symbol", "column": "RSA_Down", "sign": -1.0},
+    ),
+    DatasetSpec(
+        "sanchez2021_tau_up", "screen",
+        "Sanchez 2021 iPSC neurons, tau level up (score = -RSA_Up), ~18.5k genes",
+        (_gd("sanchezetal2021_21days.csv", "9d4e9dbb1158fec379ddd6568918c6c37ff1f53b55200dafd0ac03e28c501301"),),
+        "Samelson et al. 2021 bioRxiv, doi:10.1101/2021.06.07.447366",
+        {"format": "table", "gene": "Symbol", "column": "RSA_Up", "sign": -1.0},
+    ),
+    DatasetSpec(
+        "zhu2021_sarscov2", "screen",
+        "Zhu 2021 SARS-CoV-2 host factors, positive selection (score = -ln RRA score), ~19.1k genes",
+        (_gd("zhu_2021_sarscov2_host_factors.csv", "3d049e391dafb2f6a26bb80b5bef4ff6a69bc06bf1301b78a181515ffa614f27"),),
+        "Zhu et al. 2021 Nat Commun, doi:10.1038/s41467-021-21213-4",
+        {"format": "table", "gene": "id", "column": "pos|score", "transform": "neglog"},
+    ),
+]
+
+_ANNOTATIONS = [
+    DatasetSpec("gene_go", "annotation", "Gene symbol -> GO term (BP/MF/CC, evidence), org.Hs.eg.db 3.16.0",
+                (DataFile("annotations/gene_go.tsv.gz", "a7702385d8ca9b3e166642e098a4a771a9d8bdc2ae2409ea096f76abe18c1a93"),)),
+    DatasetSpec("go_terms", "annotation", "GO id -> ontology, term name, GO.db 3.16.0",
+                (DataFile("annotations/go_terms.tsv.gz", "5824be3fa7be1640c9dd3295601878b96e5046c778d6f56522dc8611394c70d5"),)),
+    DatasetSpec("gene_alias", "annotation", "Alias / outdated symbol -> current HGNC symbol",
+                (DataFile("annotations/gene_alias.tsv.gz", "5510079eed76890f18eb3639a22502b8d11070a2a42c0af533091055597a8249"),)),
+    DatasetSpec("gene_info", "annotation", "Gene symbol, Entrez id, name, type, chromosome",
+                (DataFile("annotations/gene_info.tsv.gz", "ef6ebe8206de3b388e6d49b7d004af8118cdf1102b852f2c7288300d0b25e0e3"),)),
+    DatasetSpec("cegv2", "annotation", "Core essential genes CEGv2 (Hart et al. 2017)",
+                (DataFile("annotations/core_essential_genes_CEGv2.txt",
+                          "1b1df46f829e2c47dc8a4c164f60f5f1dc67513bafba7d8b9609421e0c75d27e", "url",
+                          BDA_RAW + "data/CEGv2.txt"),)),
+]
+
+_OTHER = [
+    DatasetSpec("norman2019_pairs", "pairs", "Norman 2019 CRISPRa K562 pair fitness and GI maps",
+                (DataFile("pairs/norman2019/processed_fitnesses.csv",
+                          "5624edd4fb2aca77aeb9361c98a97823be21586e0fdc553972c76f5c7061b0a2", "url",
+                          NORMAN_RAW + "final_emaps/processed_fitnesses.csv"),
+                 DataFile("pairs/norman2019/processed_emap.csv",
+                          "bb163917c350ad327c54fb635ccaa85df9618de890f39ec2865ba0ee50e7645e", "url",
+                          NORMAN_RAW + "final_emaps/processed_emap.csv"),
+                 DataFile("pairs/norman2019/single_fitnesses.csv",
+                          "084dc5d26133c3c4d99586bc03a76cf3f4f00045102c57a260a76ca5eaaba6e9", "url",
+                          NORMAN_RAW + "final_emaps/single_fitnesses.csv")),
+                "Norman et al. 2019 Science, doi:10.1126/science.aax4438"),
+    DatasetSpec("papalexi2021", "perturbseq", "Papalexi 2021 ECCITE-seq THP-1 low-MOI: 20,729 cells x 299 genes, 26 targets",
+                (DataFile("perturbseq/papalexi2021/papalexi2021_lowmoi.h5ad",
+                          "673c707e799651331ca948cea6c338ecdd25dacd7ea9ca4792eecb653dfc1219"),),
+                "Papalexi et al. 2021 Nat Genet, doi:10.1038/s41588-021-00778-2"),
+]
+
+REGISTRY: dict[str, DatasetSpec] = {d.name: d for d in (*_SCREENS, *_ANNOTATIONS, *_OTHER)}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownDatasetError(name, list(REGISTRY)) from None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PERTURBLOOP_CACHE_DIR", Path.home() / ".cache" / "perturbloop"))
+
+
+def data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Where files are looked for, in order: explicit dir or $PERTURBLOOP_DATA_DIR, then the cache."""
+    dirs: list[Path] = []
+    explicit = data_dir or os.environ.get("PERTURBLOOP_DATA_DIR")
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_dir():
+            raise PerturbloopError(f"data directory {str(p)!r} does not exist")
+        dirs.append(p)
+    dirs.append(cache_dir())
+    return dirs
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _find(f: DataFile, dirs: list[Path]) -> Path | None:
+    for d in dirs:
+        p = d / f.path
+        if p.is_file():
+            return p
+    return None
+
+
+def resolve(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True) -> list[Path]:
+    """Paths of a dataset's files, downloading missing ones into the cache if allowed."""
+    spec = get_spec(name)
+    dirs = data_dirs(data_dir)
+    missing = [f for f in spec.files if _find(f, dirs) is None]
+    if missing:
+        if not download:
+            raise PerturbloopError(
+                f"dataset {name!r} is not in {', '.join(map(str, dirs))}; run `perturbloop data fetch {name}`"
+            )
+        fetch(name)
+    return [_find(f, data_dirs(data_dir)) for f in spec.files]  # type: ignore[misc]
+
+
+def fetch(name: str, *, force: bool = False) -> list[Path]:
+    """Download a dataset's files into the user cache and verify their sha256."""
+    spec = get_spec(name)
+    out: list[Path] = []
+    wheel: Path | None = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in spec.files:
+            target = cache_dir() / f.path
+            if target.is_file() and not force and sha256_of(target) == f.sha256:
+                out.append(target)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            part = target.with_suffix(target.suffix + ".part")
+            if f.source == "genedisco_wheel":
+                wheel = wheel or _download_genedisco_wheel(Path(tmp))
+                with zipfile.ZipFile(wheel) as zf, zf.open(GENEDISCO_MEMBER + Path(f.path).name) as src, open(part, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            elif f.source == "url" and f.url:
+                with urllib.request.urlopen(f.url, timeout=60) as src, open(part, "wb") as dst:  # noqa: S310
+                    shutil.copyfileobj(src, dst)
+            else:
+                raise PerturbloopError(
+                    f"dataset {name!r}: file {f.path} has no public download route; "
+                    "point --data-dir / PERTURBLOOP_DATA_DIR at a directory that holds it"
+                )
+            digest = sha256_of(part)
+            if digest != f.sha256:
+                part.unlink()
+                raise DataIntegrityError(f"{f.path}: sha256 {digest} does not match the registry's {f.sha256}")
+            part.replace(target)
+            out.append(target)
+    return out
+
+
+def _download_genedisco_wheel(dest: Path) -> Path:
+    """`pip download --no-deps genedisco==1.0.5`; the wheel is checked, never installed or imported."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), GENEDISCO_WHEEL]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(dest.glob("genedisco-*.whl"))
+    if res.returncode != 0 or not wheels:
+        raise PerturbloopError(f"could not download {GENEDISCO_WHEEL} with pip: {res.stderr.strip()[-500:]}")
+    digest = sha256_of(wheels[0])
+    if digest != GENEDISCO_WHEEL_SHA256:
+        raise DataIntegrityError(f"{wheels[0].name}: sha256 {digest} does not match {GENEDISCO_WHEEL_SHA256}")
+    return wheels[0]

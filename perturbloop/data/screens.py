@@ -1,0 +1,170 @@
+"""Pooled-screen loaders: MAGeCK RRA / MLE gene summaries and `Gene,Score` tables.
+
+A :class:`Screen` holds one score per gene (current HGNC symbols, outdated ones mapped through
+the alias table) and, when the source has them, per-replicate scores (donors, replicates).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from perturbloop.data.registry import get_spec, resolve
+from perturbloop.errors import ScreenFormatError
+
+
+@dataclass
+class Screen:
+    """Scores of one pooled screen.
+
+    Attributes:
+        name: registry name or file stem.
+        scores: gene -> score (float), index = current upper-case symbols, unique, no NaN.
+        replicates: gene x replicate scores (same index) or None.
+        unmapped: source symbols with no HGNC entry, kept under their own (upper-case) name.
+    """
+
+    name: str
+    scores: pd.Series
+    replicates: pd.DataFrame | None = None
+    unmapped: list[str] = field(default_factory=list)
+
+    @property
+    def genes(self) -> list[str]:
+        return list(self.scores.index)
+
+    def hits(self, fraction: float = 0.05) -> set[str]:
+        """Top `fraction` of genes by |score| (the BioDiscoveryAgent / GeneDisco hit definition)."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"hit fraction must be in (0, 1), got {fraction}")
+        n = max(1, int(round(fraction * len(self.scores))))
+        return set(self.scores.abs().sort_values(ascending=False, kind="stable").index[:n])
+
+    def subset(self, genes: list[str]) -> Screen:
+        reps = self.replicates.loc[genes] if self.replicates is not None else None
+        return Screen(self.name, self.scores.loc[genes], reps, [g for g in self.unmapped if g in set(genes)])
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    sep = "\t" if path.suffix in {".txt", ".tsv"} or path.name.endswith((".tsv.gz", ".txt.gz")) else ","
+    try:
+        df = pd.read_csv(path, sep=sep, encoding="utf-8-sig")
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise ScreenFormatError(f"{path}: cannot be parsed as a {'tab' if sep == chr(9) else 'comma'}-separated table ({e})") from e
+    if sep == "," and len(df.columns) == 1 and "\t" in str(df.columns[0]):
+        df = pd.read_csv(path, sep="\t", encoding="utf-8-sig")
+    return df
+
+
+def _numeric(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
+    vals = pd.to_numeric(df[col], errors="coerce")
+    bad = vals.isna() & df[col].notna()
+    if bad.any():
+        rows = (bad[bad].index[:5] + 2).tolist()  # 1-based, after the header
+        raise ScreenFormatError(f"{path}: column {col!r} has non-numeric values (lines {rows})")
+    return vals
+
+
+def read_screen_file(path: str | os.PathLike, *, loader: dict | None = None, name: str | None = None) -> tuple[pd.Series, pd.DataFrame | None]:
+    """Read raw gene scores from one file (symbols as in the file, not yet mapped).
+
+    Formats, detected from the header unless `loader` says:
+      * MAGeCK RRA gene summary (`id`, `neg|lfc`, ...): score = `neg|lfc` (gene LFC);
+      * MAGeCK MLE gene summary (`Gene`, `<rep>|beta`, ...): score = mean `|beta` (or `|z`) over replicates;
+      * `Gene,Score` table (BioDiscoveryAgent format).
+
+    Returns (scores indexed by symbol, replicate table or None).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ScreenFormatError(f"screen file {str(path)!r} does not exist")
+    df = _read_table(path)
+    cols = list(df.columns)
+    loader = dict(loader or {})
+    fmt = loader.get("format")
+    if fmt is None:
+        if "id" in cols and "neg|lfc" in cols:
+            fmt, loader["column"] = "mageck_rra", "neg|lfc"
+        elif "Gene" in cols and any(c.endswith("|beta") for c in cols):
+            fmt, loader["column"] = "mageck_mle", "beta"
+        elif cols[:2] == ["Gene", "Score"] or {c.lower() for c in cols[:2]} == {"gene", "score"}:
+            fmt = "table"
+            loader.update(gene=cols[0], column=cols[1])
+        else:
+            raise ScreenFormatError(
+                f"{path}: unrecognised screen format (columns {cols[:6]}); expected a MAGeCK gene summary "
+                "(`id`, `neg|lfc`, ...), a MAGeCK MLE summary (`Gene`, `<rep>|beta`, ...) or a CSV with header `Gene,Score`"
+            )
+    gene_col = {"mageck_rra": "id", "mageck_mle": "Gene"}.get(fmt, loader.get("gene", "Gene"))
+    col = loader["column"]
+    if gene_col not in cols:
+        raise ScreenFormatError(f"{path}: missing gene column {gene_col!r}")
+    if df.empty:
+        raise ScreenFormatError(f"{path}: no data rows")
+    genes = df[gene_col].astype(str).str.strip()
+    if (genes == "").any() or df[gene_col].isna().any():
+        raise ScreenFormatError(f"{path}: empty gene symbol(s) in column {gene_col!r}")
+    reps = None
+    if fmt == "mageck_mle":
+        rep_cols = [c for c in cols if c.endswith(f"|{col}")]
+        if not rep_cols:
+            raise ScreenFormatError(f"{path}: no `<replicate>|{col}` columns")
+        reps = pd.DataFrame({c.split("|")[0]: _numeric(df, c, path).to_numpy() for c in rep_cols}, index=genes)
+        values = reps.mean(axis=1)
+    else:
+        if col not in cols:
+            raise ScreenFormatError(f"{path}: missing score column {col!r}")
+        values = pd.Series(_numeric(df, col, path).to_numpy(), index=genes)
+    if loader.get("transform") == "neglog":
+        if (values <= 0).any():
+            raise ScreenFormatError(f"{path}: column {col!r} must be positive to take -log")
+        values = -np.log(values)
+    values = values * float(loader.get("sign", 1.0))
+    if values.isna().any():
+        nan_genes = values.index[values.isna()].tolist()
+        raise ScreenFormatError(f"{path}: missing score for gene(s) {', '.join(nan_genes[:10])}")
+    if not np.isfinite(values.to_numpy()).all():
+        raise ScreenFormatError(f"{path}: infinite score values")
+    values.name = name or path.stem
+    return values.astype(float), reps
+
+
+def _map_symbols(scores: pd.Series, reps: pd.DataFrame | None, data_dir) -> tuple[pd.Series, pd.DataFrame | None, list[str]]:
+    from perturbloop.genes import gene_index
+
+    idx = gene_index(data_dir)
+    raw = [str(s) for s in scores.index]
+    mapped = [idx.map(s) for s in raw]
+    unmapped = [s for s, m in zip(raw, mapped) if m is None]
+    new = [m if m is not None else s.upper() for s, m in zip(raw, mapped)]
+    scores = pd.Series(scores.to_numpy(), index=new, name=scores.name).groupby(level=0, sort=True).mean()
+    if reps is not None:
+        reps = pd.DataFrame(reps.to_numpy(), index=new, columns=reps.columns).groupby(level=0, sort=True).mean()
+    return scores, reps, unmapped
+
+
+def load_screen(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Screen:
+    """Load a registry screen by name, or any screen file by path, with symbols mapped to HGNC."""
+    p = Path(name_or_path)
+    if p.suffix and (p.exists() or os.sep in str(name_or_path)):
+        scores, reps = read_screen_file(p)
+        name = p.stem
+    else:
+        spec = get_spec(str(name_or_path))
+        if spec.kind != "screen":
+            raise ScreenFormatError(f"dataset {spec.name!r} is a {spec.kind} dataset, not a screen")
+        paths = resolve(spec.name, data_dir)
+        parts = [read_screen_file(path, loader=spec.loader) for path in paths]
+        if len(parts) == 1:
+            scores, reps = parts[0]
+        else:  # one file per donor / replicate: average them, keep each as a replicate
+            reps = pd.concat([s.groupby(level=0).mean().rename(f"rep{i + 1}") for i, (s, _) in enumerate(parts)], axis=1, join="inner")
+            scores = reps.mean(axis=1)
+        name = spec.name
+    scores, reps, unmapped = _map_symbols(scores, reps, data_dir)
+    scores.name = name
+    return Screen(name, scores, reps, unmapped)

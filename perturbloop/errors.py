@@ -1,0 +1,40 @@
+"""Errors raised for bad input. Each names the offending thing."""
+
+from __future__ import annotations
+
+
+class PerturbloopError(Exception):
+    """Base class for user-facing errors (printed without a traceback by the CLI)."""
+
+
+class UnknownDatasetError(PerturbloopError, KeyError):
+    def __init__(self, name: str, known: list[str]):
+        self.name = name
+        super().__init__(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(known))}")
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return self.args[0]
+
+
+class UnknownGeneError(PerturbloopError, ValueError):
+    def __init__(self, genes: list[str], context: str = ""):
+        self.genes = list(genes)
+        shown = ", ".join(self.genes[:20]) + (f" (+{len(self.genes) - 20} more)" if len(self.genes) > 20 else "")
+        where = f" {context}" if context else ""
+        super().__init__(f"unknown gene symbol(s){where}: {shown}")
+
+
+class ScreenFormatError(PerturbloopError, ValueError):
+    """A screen file that cannot be read as a MAGeCK summary or a Gene,Score table."""
+
+
+class ConfigError(PerturbloopError, ValueError):
+    """A campaign config that fails validation; the message names the field."""
+
+
+class DataIntegrityError(PerturbloopError):
+    """A downloaded file whose checksum does not match the registry."""
+
+
+class StoreError(PerturbloopError):
+    """An inconsistent or unexpected state of the campaign store."""

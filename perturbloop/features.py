@@ -1,0 +1,192 @@
+"""Gene features for the candidate pool: GO annotations, prior screens, essentiality, user embeddings.
+
+GO embedding. Let `A` be the gene x term incidence matrix (annotations propagated up the GO DAG
+along is_a / part_of, terms kept if annotated to between `min_genes` and `max_genes` genes).
+Terms are weighted by inverse document frequency, `w_t = log(n_genes / n_t)`, rows are
+L2-normalised, and a truncated SVD keeps `dims` components: `E = U_k S_k`. Genes without any
+annotation get a zero row and `go_missing = 1`.
+
+Prior-screen features. For each prior screen `s` (never the target), `z_s(g)` is the screen's
+score standardised to mean 0 / sd 1, and the feature pair is `(z_s(g), |z_s(g)|)`; genes the
+screen did not measure get 0 and `<s>_missing = 1`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from perturbloop.data.registry import cache_dir, resolve, sha256_of
+from perturbloop.data.screens import Screen
+from perturbloop.errors import PerturbloopError
+from perturbloop.perturbation import CandidatePool, Perturbation
+
+GO_DIMS = 64  # SVD components; more adds noise dimensions for a GP fit on a few hundred points
+GO_MIN_GENES = 3
+GO_MAX_GENES = 1000  # very broad terms ("protein binding") carry little signal
+
+
+def _go_tables(data_dir) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    go_path, = resolve("gene_go", data_dir)
+    ann = pd.read_csv(go_path, sep="\t", usecols=["gene_symbol", "go_id"], dtype=str)
+    parents_path = Path(go_path).with_name("go_parents.tsv.gz")
+    parents = pd.read_csv(parents_path, sep="\t", dtype=str) if parents_path.is_file() else pd.DataFrame(columns=["go_id", "parent_go_id"])
+    return ann, parents, Path(go_path)
+
+
+def read_gaf(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a GO Annotation File (GAF 2.x): returns `gene_symbol`, `go_id` (NOT-qualified rows dropped)."""
+    rows = pd.read_csv(path, sep="\t", comment="!", header=None, dtype=str, usecols=[2, 3, 4])
+    if rows.shape[1] != 3 or not rows[4].str.startswith("GO:").all():
+        raise PerturbloopError(f"{path}: not a GAF file (column 5 must hold GO ids)")
+    rows = rows[~rows[3].fillna("").str.contains("NOT")]
+    return pd.DataFrame({"gene_symbol": rows[2].str.upper(), "go_id": rows[4]})
+
+
+def go_incidence(ann: pd.DataFrame, parents: pd.DataFrame, genes: Sequence[str]) -> tuple[sp.csr_matrix, list[str]]:
+    """`len(genes) x n_terms` binary incidence, propagated to ancestor terms."""
+    ann = ann.drop_duplicates(["gene_symbol", "go_id"])
+    terms = pd.Index(sorted(set(ann["go_id"]) | set(parents.get("go_id", [])) | set(parents.get("parent_go_id", []))))
+    gidx = pd.Index(genes)
+    r = gidx.get_indexer(ann["gene_symbol"])
+    keep = r >= 0
+    A = sp.csr_matrix((np.ones(keep.sum()), (r[keep], terms.get_indexer(ann["go_id"][keep]))), shape=(len(genes), len(terms)))
+    if len(parents):
+        P = sp.csr_matrix(
+            (np.ones(len(parents)), (terms.get_indexer(parents["go_id"]), terms.get_indexer(parents["parent_go_id"]))),
+            shape=(len(terms), len(terms)),
+        )
+        frontier = A
+        for _ in range(40):  # the GO DAG is < 20 levels deep
+            frontier = (frontier @ P).sign()
+            new = (A + frontier).sign()
+            if new.nnz == A.nnz:
+                break
+            A = new
+    A = A.sign().tocsr()
+    return A, list(terms)
+
+
+def go_embedding(genes: Sequence[str], *, data_dir=None, dims: int = GO_DIMS, gaf: str | None = None,
+                 min_genes: int = GO_MIN_GENES, max_genes: int = GO_MAX_GENES) -> tuple[np.ndarray, list[str]]:
+    """`len(genes) x (dims + 1)` GO embedding (see module docstring), cached on disk."""
+    from sklearn.decomposition import TruncatedSVD
+
+    if gaf:
+        ann, parents, src = read_gaf(gaf), pd.DataFrame(columns=["go_id", "parent_go_id"]), Path(gaf)
+    else:
+        ann, parents, src = _go_tables(data_dir)
+    key = hashlib.sha256(
+        ("\n".join(genes) + f"|{sha256_of(src)}|{dims}|{min_genes}|{max_genes}|{len(parents)}").encode()
+    ).hexdigest()[:20]
+    cached = cache_dir() / "features" / f"go_{key}.npy"
+    names = [f"go_svd{i}" for i in range(dims)] + ["go_missing"]
+    if cached.is_file():
+        return np.load(cached), names
+    A, _ = go_incidence(ann, parents, genes)
+    df = np.asarray(A.sum(axis=0)).ravel()
+    cols = np.flatnonzero((df >= min_genes) & (df <= max_genes))
+    A = A[:, cols]
+    idf = np.log(len(genes) / df[cols])
+    W = A @ sp.diags(idf)
+    norms = np.sqrt(np.asarray(W.multiply(W).sum(axis=1)).ravel())
+    missing = norms == 0
+    W = sp.diags(np.where(missing, 0.0, 1.0 / np.maximum(norms, 1e-12))) @ W
+    k = min(dims, min(W.shape) - 1)
+    emb = TruncatedSVD(n_components=k, random_state=0, algorithm="randomized", n_iter=7).fit_transform(W)
+    if k < dims:
+        emb = np.pad(emb, ((0, 0), (0, dims - k)))
+    out = np.hstack([emb, missing[:, None].astype(float)])
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp.npy")
+    np.save(tmp, out)
+    tmp.replace(cached)
+    return out, names
+
+
+def screen_features(genes: Sequence[str], screens: Sequence[Screen]) -> tuple[np.ndarray, list[str]]:
+    """`(z, |z|, missing)` per prior screen (see module docstring)."""
+    cols, names = [], []
+    for s in screens:
+        z = (s.scores - s.scores.mean()) / s.scores.std()
+        v = z.reindex(list(genes))
+        miss = v.isna().to_numpy()
+        v = v.fillna(0.0).to_numpy()
+        cols += [v, np.abs(v), miss.astype(float)]
+        names += [f"{s.name}_z", f"{s.name}_absz", f"{s.name}_missing"]
+    return (np.column_stack(cols) if cols else np.zeros((len(genes), 0))), names
+
+
+def essential_genes(data_dir=None) -> set[str]:
+    """Core-essential genes (CEGv2, Hart et al. 2017), upper-case symbols mapped to HGNC."""
+    from perturbloop.genes import gene_index
+
+    path, = resolve("cegv2", data_dir)
+    df = pd.read_csv(path, sep="\t", dtype=str)
+    idx = gene_index(data_dir)
+    return {idx.map(g) or g.upper() for g in df.iloc[:, 0]}
+
+
+def load_embeddings(path: str | os.PathLike, genes: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """User gene embeddings: a CSV (first column gene symbol, then numeric columns) or an NPY
+    with a sibling `<name>.genes.txt` listing one gene per row. Missing genes get zeros."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        names_file = path.with_suffix(".genes.txt")
+        if not names_file.is_file():
+            raise PerturbloopError(f"{path}: an NPY embedding needs {names_file.name} listing its genes")
+        mat = np.load(path, allow_pickle=False)
+        emb_genes = [g.strip().upper() for g in names_file.read_text().split()]
+        if mat.ndim != 2 or mat.shape[0] != len(emb_genes):
+            raise PerturbloopError(f"{path}: shape {mat.shape} does not match {len(emb_genes)} genes")
+        df = pd.DataFrame(mat, index=emb_genes)
+    else:
+        df = pd.read_csv(path, index_col=0)
+        df.index = df.index.astype(str).str.upper()
+        if not all(np.issubdtype(t, np.number) for t in df.dtypes):
+            raise PerturbloopError(f"{path}: embedding columns must be numeric")
+    df = df.groupby(level=0).mean()
+    out = df.reindex(list(genes)).fillna(0.0).to_numpy(dtype=float)
+    return out, [f"emb{i}" for i in range(out.shape[1])]
+
+
+def build_gene_pool(
+    genes: Sequence[str],
+    *,
+    features: Sequence[str] = ("go",),
+    prior_screens: Sequence[Screen] = (),
+    data_dir=None,
+    go_dims: int = GO_DIMS,
+    gaf: str | None = None,
+    embeddings: str | None = None,
+) -> CandidatePool:
+    """A single-gene CandidatePool with standardised feature columns (float64)."""
+    genes = list(genes)
+    blocks, names = [], []
+    for f in features:
+        if f == "go":
+            m, n = go_embedding(genes, data_dir=data_dir, dims=go_dims, gaf=gaf)
+        elif f == "screens":
+            m, n = screen_features(genes, prior_screens)
+        elif f == "essential":
+            ess = essential_genes(data_dir)
+            m, n = np.array([[g in ess] for g in genes], dtype=float), ["essential"]
+        elif f == "embedding":
+            if not embeddings:
+                raise PerturbloopError("feature 'embedding' needs an embeddings file")
+            m, n = load_embeddings(embeddings, genes)
+        else:
+            raise PerturbloopError(f"unknown feature source {f!r}; choose from go, screens, essential, embedding")
+        blocks.append(m)
+        names += n
+    X = np.hstack(blocks) if blocks else np.zeros((len(genes), 0))
+    sd = X.std(axis=0)
+    X = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    return CandidatePool([Perturbation((g,)) for g in genes], torch.from_numpy(X).to(torch.float64), names)

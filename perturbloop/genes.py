@@ -1,0 +1,69 @@
+"""Gene symbols: current HGNC symbols and the alias table that maps outdated ones."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from functools import lru_cache
+
+import pandas as pd
+
+from perturbloop.data.registry import resolve
+from perturbloop.errors import UnknownGeneError
+
+
+class GeneIndex:
+    """Maps symbols (any case, outdated or current) to current upper-case HGNC symbols.
+
+    Only unambiguous aliases are used: an alias naming two current genes maps to neither.
+    """
+
+    def __init__(self, symbols: Iterable[str], aliases: dict[str, str]):
+        self.symbols: frozenset[str] = frozenset(s.upper() for s in symbols)
+        self.aliases = {k.upper(): v.upper() for k, v in aliases.items() if k.upper() not in self.symbols}
+
+    @classmethod
+    def from_tables(cls, info: pd.DataFrame, alias: pd.DataFrame) -> GeneIndex:
+        counts = alias.groupby("alias_symbol")["gene_symbol"].nunique()
+        unique = alias[alias["alias_symbol"].isin(counts.index[counts == 1])].drop_duplicates("alias_symbol")
+        return cls(info["gene_symbol"].astype(str), dict(zip(unique["alias_symbol"].astype(str), unique["gene_symbol"].astype(str))))
+
+    def map(self, symbol: str) -> str | None:
+        """Current symbol for `symbol`, or None if it is unknown."""
+        s = str(symbol).strip().upper()
+        if s in self.symbols:
+            return s
+        return self.aliases.get(s)
+
+    def canonical(self, symbols: Iterable[str], *, context: str = "", allowed: Iterable[str] | None = None) -> list[str]:
+        """Map every symbol or raise UnknownGeneError naming all the unknown ones.
+
+        `allowed` adds symbols accepted as they are (e.g. a screen's own gene names without an HGNC entry).
+        """
+        symbols = [str(s) for s in symbols]
+        extra = {a.upper() for a in allowed} if allowed is not None else set()
+        out, unknown = [], []
+        for s in symbols:
+            m = self.map(s)
+            if m is None and s.strip().upper() in extra:
+                m = s.strip().upper()
+            if m is None:
+                unknown.append(s)
+            out.append(m)
+        if unknown:
+            raise UnknownGeneError(unknown, context)
+        return out  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=4)
+def _gene_index(data_dir: str | None) -> GeneIndex:
+    info_path, = resolve("gene_info", data_dir)
+    alias_path, = resolve("gene_alias", data_dir)
+    info = pd.read_csv(info_path, sep="\t", usecols=["gene_symbol"], dtype=str)
+    alias = pd.read_csv(alias_path, sep="\t", dtype=str)
+    return GeneIndex.from_tables(info, alias)
+
+
+def gene_index(data_dir: str | os.PathLike | None = None) -> GeneIndex:
+    """The GeneIndex built from the registry's `gene_info` and `gene_alias` tables (cached)."""
+    return _gene_index(str(data_dir) if data_dir else os.environ.get("PERTURBLOOP_DATA_DIR"))

@@ -1,0 +1,296 @@
+"""The campaign store: SQLModel tables and a small repository API.
+
+The store, not memory, is the source of truth. Every write that belongs to one step of a
+round happens in one transaction, so a killed process leaves either the whole step or none
+of it; every step checks the store first and is a no-op when its work is already there.
+
+Tables: Campaign, Round, Proposal, Decision, LabJob, Observation, ModelFit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Column, UniqueConstraint, event
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+from perturbloop.errors import StoreError
+
+DEFAULT_STORE = "runs/perturbloop.db"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Campaign(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    config: dict = Field(sa_column=Column(JSON, nullable=False))
+    status: str = "running"  # running | awaiting_approval | finished
+    created_at: datetime = Field(default_factory=_now)
+    updated_at: datetime = Field(default_factory=_now)
+
+
+class Round(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("campaign_id", "index"),)
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: str = Field(foreign_key="campaign.id", index=True)
+    index: int
+    status: str = "fitting"  # fitting | proposed | approved | rejected | dispatched | collected | ingested
+    created_at: datetime = Field(default_factory=_now)
+    finished_at: datetime | None = None
+
+
+class Proposal(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("round_id", "perturbation"),)
+    id: int | None = Field(default=None, primary_key=True)
+    round_id: int = Field(foreign_key="round.id", index=True)
+    rank: int
+    perturbation: str
+    policy: str
+    mean: float | None = None
+    sd: float | None = None
+    acq_value: float | None = None
+    rationale: str = ""
+
+
+class Decision(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    round_id: int = Field(foreign_key="round.id", index=True, unique=True)
+    action: str  # auto | approved | edited | rejected
+    by: str = "auto"
+    at: datetime = Field(default_factory=_now)
+    note: str = ""
+    added: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    dropped: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    final: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+class LabJob(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    round_id: int = Field(foreign_key="round.id", index=True)
+    adapter: str
+    idempotency_key: str = Field(unique=True)
+    external_id: str | None = None
+    status: str = "submitting"  # submitting | submitted | collected | failed
+    perturbations: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    submitted_at: datetime | None = None
+    collected_at: datetime | None = None
+
+
+class Observation(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("campaign_id", "perturbation"),)
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: str = Field(foreign_key="campaign.id", index=True)
+    round_id: int = Field(foreign_key="round.id", index=True)
+    perturbation: str
+    value: float | None = None
+    replicates: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    failed: bool = False
+    error: str | None = None
+    hit: bool | None = None
+
+
+class ModelFit(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    round_id: int = Field(foreign_key="round.id", index=True, unique=True)
+    surrogate: str
+    policy: str
+    n_train: int
+    fit_seconds: float
+    select_seconds: float = 0.0
+    metrics: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+def store_url(store: str | None) -> str:
+    """A SQLAlchemy URL from a path or URL (default `runs/perturbloop.db` under the current directory)."""
+    store = store or DEFAULT_STORE
+    if "://" in store:
+        return store
+    p = Path(store).expanduser().resolve()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{p}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+class Store:
+    """Repository API over the SQL store."""
+
+    def __init__(self, url: str | None = None):
+        self.url = store_url(url)
+        db = sqlite_path(self.url)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(self.url, connect_args={"timeout": 30} if self.url.startswith("sqlite") else {})
+        if self.url.startswith("sqlite"):
+            @event.listens_for(self.engine, "connect")
+            def _pragma(dbapi_conn, _):  # noqa: ANN001
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.close()
+        SQLModel.metadata.create_all(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
+
+    # campaigns -----------------------------------------------------------------------------
+    def get_campaign(self, campaign_id: str) -> Campaign | None:
+        with self.session() as s:
+            return s.get(Campaign, campaign_id)
+
+    def create_or_check_campaign(self, campaign_id: str, config: dict) -> Campaign:
+        """Create the campaign, or return it if it exists with the same config (a resume)."""
+        with self.session() as s:
+            c = s.get(Campaign, campaign_id)
+            if c is None:
+                c = Campaign(id=campaign_id, config=config)
+                s.add(c)
+                return c
+            if json.dumps(c.config, sort_keys=True) != json.dumps(config, sort_keys=True):
+                raise StoreError(
+                    f"campaign {campaign_id!r} already exists in {self.url} with a different config; "
+                    "resume it with the same config or choose another name"
+                )
+            return c
+
+    def list_campaigns(self) -> list[Campaign]:
+        with self.session() as s:
+            return list(s.exec(select(Campaign).order_by(Campaign.created_at)))
+
+    def set_campaign_status(self, campaign_id: str, status: str) -> None:
+        with self.session() as s:
+            c = s.get(Campaign, campaign_id)
+            if c is None:
+                raise StoreError(f"no campaign {campaign_id!r}")
+            c.status, c.updated_at = status, _now()
+            s.add(c)
+
+    # rounds --------------------------------------------------------------------------------
+    def get_round(self, campaign_id: str, index: int) -> Round | None:
+        with self.session() as s:
+            return s.exec(select(Round).where(Round.campaign_id == campaign_id, Round.index == index)).first()
+
+    def get_or_create_round(self, campaign_id: str, index: int) -> Round:
+        with self.session() as s:
+            r = s.exec(select(Round).where(Round.campaign_id == campaign_id, Round.index == index)).first()
+            if r is None:
+                r = Round(campaign_id=campaign_id, index=index)
+                s.add(r)
+                s.flush()
+            return r
+
+    def rounds(self, campaign_id: str) -> list[Round]:
+        with self.session() as s:
+            return list(s.exec(select(Round).where(Round.campaign_id == campaign_id).order_by(Round.index)))
+
+    def set_round_status(self, round_id: int, status: str, *, session: Session | None = None) -> None:
+        def _do(s: Session) -> None:
+            r = s.get(Round, round_id)
+            r.status = status
+            if status in ("ingested", "rejected"):
+                r.finished_at = _now()
+            s.add(r)
+        if session is not None:
+            _do(session)
+        else:
+            with self.session() as s:
+                _do(s)
+
+    # model fits and proposals ----------------------------------------------------------------
+    def save_proposal(self, round_id: int, items: Sequence[Any], policy: str, fit: ModelFit) -> None:
+        """Proposals and the round's model-fit record, in one transaction."""
+        with self.session() as s:
+            if s.exec(select(Proposal).where(Proposal.round_id == round_id)).first() is not None:
+                return
+            for rank, it in enumerate(items):
+                s.add(Proposal(round_id=round_id, rank=rank, perturbation=it.perturbation, policy=policy,
+                               mean=it.mean, sd=it.sd, acq_value=it.acq_value, rationale=it.rationale))
+            s.add(fit)
+            self.set_round_status(round_id, "proposed", session=s)
+
+    def proposals(self, round_id: int) -> list[Proposal]:
+        with self.session() as s:
+            return list(s.exec(select(Proposal).where(Proposal.round_id == round_id).order_by(Proposal.rank)))
+
+    def model_fit(self, round_id: int) -> ModelFit | None:
+        with self.session() as s:
+            return s.exec(select(ModelFit).where(ModelFit.round_id == round_id)).first()
+
+    # decisions -----------------------------------------------------------------------------
+    def decision(self, round_id: int) -> Decision | None:
+        with self.session() as s:
+            return s.exec(select(Decision).where(Decision.round_id == round_id)).first()
+
+    def save_decision(self, decision: Decision) -> Decision:
+        with self.session() as s:
+            existing = s.exec(select(Decision).where(Decision.round_id == decision.round_id)).first()
+            if existing is not None:
+                return existing
+            s.add(decision)
+            self.set_round_status(decision.round_id, "rejected" if decision.action == "rejected" else "approved", session=s)
+            return decision
+
+    # lab jobs ------------------------------------------------------------------------------
+    def lab_job(self, idempotency_key: str) -> LabJob | None:
+        with self.session() as s:
+            return s.exec(select(LabJob).where(LabJob.idempotency_key == idempotency_key)).first()
+
+    def lab_jobs(self, round_id: int) -> list[LabJob]:
+        with self.session() as s:
+            return list(s.exec(select(LabJob).where(LabJob.round_id == round_id)))
+
+    def begin_lab_job(self, round_id: int, adapter: str, key: str, perturbations: list[str]) -> LabJob:
+        """Record the intent to submit before submitting (so a crash cannot hide a submission)."""
+        with self.session() as s:
+            job = s.exec(select(LabJob).where(LabJob.idempotency_key == key)).first()
+            if job is None:
+                job = LabJob(round_id=round_id, adapter=adapter, idempotency_key=key, perturbations=perturbations)
+                s.add(job)
+                s.flush()
+            return job
+
+    def mark_submitted(self, key: str, external_id: str) -> None:
+        with self.session() as s:
+            job = s.exec(select(LabJob).where(LabJob.idempotency_key == key)).one()
+            if job.status == "submitting":
+                job.status, job.external_id, job.submitted_at = "submitted", external_id, _now()
+                s.add(job)
+                self.set_round_status(job.round_id, "dispatched", session=s)
+
+    # observations --------------------------------------------------------------------------
+    def ingest(self, campaign_id: str, round_id: int, key: str, rows: Sequence[Observation]) -> int:
+        """Insert the observations not yet stored and close the lab job and round; returns how many were new."""
+        with self.session() as s:
+            have = set(s.exec(select(Observation.perturbation).where(Observation.campaign_id == campaign_id)))
+            new = [r for r in rows if r.perturbation not in have]
+            for r in new:
+                s.add(r)
+            job = s.exec(select(LabJob).where(LabJob.idempotency_key == key)).one()
+            job.status, job.collected_at = "collected", _now()
+            s.add(job)
+            self.set_round_status(round_id, "ingested", session=s)
+            return len(new)
+
+    def observations(self, campaign_id: str, *, include_failed: bool = False) -> list[Observation]:
+        with self.session() as s:
+            q = select(Observation).where(Observation.campaign_id == campaign_id)
+            if not include_failed:
+                q = q.where(Observation.failed == False)  # noqa: E712
+            return list(s.exec(q.order_by(Observation.id)))

@@ -1,0 +1,84 @@
+"""Replay of a pooled screen: a gene's readout is revealed only when that gene is run.
+
+Noise modes:
+  * ``"none"``: the readout is the screen's score (mean over donors/replicates), the
+    published BioDiscoveryAgent / GeneDisco protocol.
+  * ``"donor"``: each run measures one donor (replicate), drawn with a seeded generator per
+    gene, so the donors' disagreement acts as measurement noise; hits are still judged on the
+    donor average.
+
+The truth (`objective_truth`, `hits`) is for scoring a simulated campaign only; policies
+never see it (the agent reaches the world only through a lab adapter).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from perturbloop.data.screens import Screen
+
+
+@dataclass
+class ScreenReading:
+    perturbation: str
+    value: float | None
+    replicates: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+class ScreenReplay:
+    """Holds a screen back and answers runs of single-gene perturbations (see module docstring)."""
+
+    kind = "screen"
+
+    def __init__(self, screen: Screen, *, noise: Literal["none", "donor"] = "none", hit_fraction: float = 0.05,
+                 seed: int = 0, exclude_from_hits: set[str] | None = None):
+        if noise == "donor" and (screen.replicates is None or screen.replicates.shape[1] < 2):
+            raise ValueError(f"screen {screen.name!r} has no replicates: noise='donor' needs at least two")
+        self.screen = screen
+        self.noise = noise
+        self.seed = seed
+        scores = screen.scores
+        if exclude_from_hits:
+            scores = scores.drop(index=[g for g in exclude_from_hits if g in scores.index])
+        n = max(1, int(round(hit_fraction * len(scores))))
+        self._hits = frozenset(scores.abs().sort_values(ascending=False, kind="stable").index[:n])
+        self.hit_threshold = float(scores.abs().sort_values(ascending=False, kind="stable").iloc[n - 1])
+
+    @property
+    def genes(self) -> list[str]:
+        return self.screen.genes
+
+    @property
+    def hits(self) -> frozenset[str]:
+        return self._hits
+
+    def _donor(self, gene: str) -> int:
+        # per-gene seeded draw: the same gene gives the same donor in every (re)run
+        rng = np.random.default_rng([self.seed, zlib.crc32(gene.encode())])
+        return int(rng.integers(self.screen.replicates.shape[1]))  # type: ignore[union-attr]
+
+    def run(self, perturbations: Sequence[str]) -> list[ScreenReading]:
+        out = []
+        scores = self.screen.scores
+        for label in perturbations:
+            if "+" in label:
+                out.append(ScreenReading(label, None, error="pooled-screen replay runs single genes only"))
+                continue
+            if label not in scores.index:
+                out.append(ScreenReading(label, None, error=f"gene {label} was not measured in screen {self.screen.name}"))
+                continue
+            reps = [] if self.screen.replicates is None else [float(v) for v in self.screen.replicates.loc[label]]
+            value = float(scores.loc[label]) if self.noise == "none" else reps[self._donor(label)]
+            out.append(ScreenReading(label, value, reps))
+        return out
+
+    def truth(self, perturbations: Sequence[str]) -> pd.Series:
+        """True scores (evaluation only)."""
+        return self.screen.scores.reindex(list(perturbations))
