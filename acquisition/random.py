@@ -12,18 +12,23 @@ from surrogates.base import Surrogate
 
 
 class RandomPolicy:
-    """Draws `batch_size` available candidates uniformly without replacement (seeded)."""
+    """Draws `batch_size` available candidates uniformly without replacement.
+
+    The draw is seeded by `(seed, number of measured + pending perturbations)`, so the same
+    campaign state always gives the same batch, also after a restart.
+    """
 
     name = "random"
 
     def __init__(self, seed: int = 0, **_: object):
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
 
     def select(self, surrogate: Surrogate | None, pool: CandidatePool, observed: Mapping[str, float],
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
         avail = available_mask(pool, observed, pending).nonzero().squeeze(-1)
         q = check_batch(batch_size, avail.numel())
-        picks = avail[torch.randperm(avail.numel(), generator=self.generator)[:q]].tolist()
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + len(observed) + len(pending))
+        picks = avail[torch.randperm(avail.numel(), generator=gen)[:q]].tolist()
         mean = sd = None
         if surrogate is not None:
             post = surrogate.posterior(pool.X)

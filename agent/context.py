@@ -7,6 +7,7 @@ runtime context; only plain values live in the checkpointed state.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,8 @@ from perturbloop.config import CampaignConfig
 from perturbloop.data import REGISTRY, load_screen
 from perturbloop.data.registry import get_spec
 from perturbloop.data.screens import Screen
-from perturbloop.errors import ConfigError, PerturbloopError
+from perturbloop.errors import ConfigError, PerturbloopError, UnknownGeneError
+from perturbloop.genes import gene_index
 from perturbloop.features import build_gene_pool, essential_genes
 from perturbloop.perturbation import CandidatePool
 from perturbloop.store import Store
@@ -34,7 +36,7 @@ class CampaignContext:
     pool: CandidatePool
     lab: LabAdapter
     policy: AcquisitionPolicy
-    make_surrogate: Callable[[], Surrogate]
+    make_surrogate: Callable[[dict], Surrogate]  # init_params (warm start) -> unfitted surrogate
     world: ScreenReplay | None = None  # simulated campaigns only: scoring, never seen by the policy
     on_round: Callable[[dict], None] | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # fitted surrogate of the current round
@@ -77,9 +79,32 @@ def load_world(config: CampaignConfig, data_dir: str | os.PathLike | None) -> tu
     return screen, excluded
 
 
+def design_genes(config: CampaignConfig, screen: Screen, data_dir) -> list[str]:
+    """The design space: every gene of the screen, or `design.genes` (mapped to HGNC, all must be in the screen)."""
+    spec = config.design.genes
+    if spec is None:
+        return screen.genes
+    if isinstance(spec, str):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"design.genes: file {spec!r} does not exist")
+        spec = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not spec:
+        raise ConfigError("design.genes: the gene list is empty")
+    genes = gene_index(data_dir).canonical(spec, context="in design.genes", allowed=screen.genes)
+    in_screen = set(screen.genes)
+    outside = [g for g, m in zip(spec, genes) if m not in in_screen]
+    if outside:
+        raise UnknownGeneError(outside, f"in design.genes (not measured in screen {screen.name})")
+    return list(dict.fromkeys(genes))
+
+
 def build_context(config: CampaignConfig, store: Store, data_dir: str | os.PathLike | None = None,
                   on_round: Callable[[dict], None] | None = None) -> CampaignContext:
     screen, _ = load_world(config, data_dir)
+    genes = design_genes(config, screen, data_dir)
+    if len(genes) < len(screen.genes):
+        screen = screen.subset(genes)
     d = config.design
     prior: list[Screen] = []
     if "screens" in d.features:
@@ -101,8 +126,8 @@ def build_context(config: CampaignConfig, store: Store, data_dir: str | os.PathL
     bounds = torch.stack([pool.X.min(0).values, pool.X.max(0).values])
     s = config.surrogate
 
-    def _surrogate() -> Surrogate:
-        return make_surrogate(s.kind, bounds=bounds, max_iter=s.max_iter)
+    def _surrogate(init_params: dict | None = None) -> Surrogate:
+        return make_surrogate(s.kind, bounds=bounds, max_iter=s.max_iter, init_params=init_params)
 
     policy = make_policy(config.acquisition.kind, seed=config.seed, beta=config.acquisition.beta)
     return CampaignContext(config, store, pool, lab, policy, _surrogate, world, on_round)

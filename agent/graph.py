@@ -31,10 +31,22 @@ def _after_collect(state: LoopState) -> str:
     return END if state.get("status") == "waiting_for_lab" else "ingest"
 
 
+def _with_fault_point(name: str, fn):
+    """Run the node, then the fault-injection hook (a no-op unless PERTURBLOOP_KILL_AT names it)."""
+
+    def node(state: LoopState, runtime):  # noqa: ANN001
+        out = fn(state, runtime)
+        nodes.fault_point(name, state["round"])
+        return out
+
+    node.__name__ = name
+    return node
+
+
 def build_graph(checkpointer: SqliteSaver | None = None) -> CompiledStateGraph:
     g = StateGraph(LoopState, context_schema=CampaignContext)
     for name in ("fit", "propose", "review", "dispatch", "collect", "ingest"):
-        g.add_node(name, getattr(nodes, name))
+        g.add_node(name, _with_fault_point(name, getattr(nodes, name)))
     g.add_edge(START, "fit")
     g.add_edge("fit", "propose")
     g.add_edge("propose", "review")

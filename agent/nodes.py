@@ -6,6 +6,8 @@ node re-run after a crash (or after an approval interrupt) never repeats a side 
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -19,6 +21,14 @@ from agent.context import CampaignContext
 from agent.state import LoopState
 from lab_adapters.base import JobRef, LabError
 from perturbloop.store import Decision, ModelFit, Observation
+
+
+def fault_point(node: str, index: int) -> None:
+    """Test hook: `PERTURBLOOP_KILL_AT=node:round` SIGKILLs this process right after `node`'s
+    side effects in that round (fault-injection tests of crash-safe resume)."""
+    target = os.environ.get("PERTURBLOOP_KILL_AT")
+    if target and target == f"{node}:{index}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def round_key(campaign_id: str, index: int) -> str:
@@ -38,7 +48,7 @@ def fit_surrogate(ctx: CampaignContext, index: int) -> dict[str, Any]:
     surrogate = None
     metrics: dict[str, float] = {}
     if len(observed) >= 2:
-        surrogate = ctx.make_surrogate()
+        surrogate = ctx.make_surrogate(ctx.store.latest_params(ctx.campaign_id, ctx.config.surrogate.kind))
         idx = ctx.pool.indices(list(observed))
         surrogate.fit(ctx.pool.X[idx], torch.tensor(list(observed.values()), dtype=torch.float64))
     fit_seconds = time.perf_counter() - t0
@@ -76,8 +86,10 @@ def propose(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     proposal = ctx.policy.select(cached["surrogate"], ctx.pool, observed, ctx.config.batch_size, pending)
     select_seconds = time.perf_counter() - t0
     surrogate_name = cached["surrogate"].name if cached["surrogate"] is not None else "none"
+    params = cached["surrogate"].params if cached["surrogate"] is not None else {}
     record = ModelFit(round_id=r.id, surrogate=surrogate_name, policy=proposal.policy, n_train=len(observed),
-                      fit_seconds=cached["fit_seconds"], select_seconds=select_seconds, metrics=cached["metrics"])
+                      fit_seconds=cached["fit_seconds"], select_seconds=select_seconds, metrics=cached["metrics"],
+                      params=params)
     ctx.store.save_proposal(r.id, proposal.items, proposal.policy, record)
     return {}
 

@@ -1,0 +1,1 @@
+"""Prefect flows that run and advance campaigns."""

@@ -25,6 +25,7 @@ class DesignConfig(_Strict):
     space: Literal["genes", "pairs"] = "genes"
     features: list[Literal["go", "screens", "essential", "embedding"]] = Field(default_factory=lambda: ["go"])
     prior_screens: list[str] | None = Field(None, description="screens used as features (default: all registry screens but the target)")
+    genes: list[str] | str | None = Field(None, description="restrict the design space to these genes (a list, or a file with one gene per line)")
     go_dims: int = Field(64, ge=2, le=512)
     gaf: str | None = Field(None, description="a GO annotation file (GAF) to use instead of the data dir's gene_go table")
     embeddings: str | None = Field(None, description="CSV/NPY gene embeddings for feature 'embedding'")

@@ -106,6 +106,7 @@ class ModelFit(SQLModel, table=True):
     fit_seconds: float
     select_seconds: float = 0.0
     metrics: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    params: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # fitted hyperparameters
 
 
 def store_url(store: str | None) -> str:
@@ -229,6 +230,14 @@ class Store:
         with self.session() as s:
             return list(s.exec(select(Proposal).where(Proposal.round_id == round_id).order_by(Proposal.rank)))
 
+    def latest_params(self, campaign_id: str, surrogate: str) -> dict:
+        """Hyperparameters of the campaign's most recent fit of `surrogate` (warm start), or {}."""
+        with self.session() as s:
+            q = (select(ModelFit).join(Round, ModelFit.round_id == Round.id)
+                 .where(Round.campaign_id == campaign_id, ModelFit.surrogate == surrogate).order_by(Round.index.desc()))
+            fit = s.exec(q).first()
+            return dict(fit.params) if fit is not None else {}
+
     def model_fit(self, round_id: int) -> ModelFit | None:
         with self.session() as s:
             return s.exec(select(ModelFit).where(ModelFit.round_id == round_id)).first()
@@ -256,6 +265,13 @@ class Store:
         with self.session() as s:
             return list(s.exec(select(LabJob).where(LabJob.round_id == round_id)))
 
+    @staticmethod
+    def _job(s: Session, key: str) -> LabJob:
+        job = s.exec(select(LabJob).where(LabJob.idempotency_key == key)).first()
+        if job is None:
+            raise StoreError(f"no lab job with idempotency key {key!r}")
+        return job
+
     def begin_lab_job(self, round_id: int, adapter: str, key: str, perturbations: list[str]) -> LabJob:
         """Record the intent to submit before submitting (so a crash cannot hide a submission)."""
         with self.session() as s:
@@ -268,7 +284,7 @@ class Store:
 
     def mark_submitted(self, key: str, external_id: str) -> None:
         with self.session() as s:
-            job = s.exec(select(LabJob).where(LabJob.idempotency_key == key)).one()
+            job = self._job(s, key)
             if job.status == "submitting":
                 job.status, job.external_id, job.submitted_at = "submitted", external_id, _now()
                 s.add(job)
@@ -279,10 +295,13 @@ class Store:
         """Insert the observations not yet stored and close the lab job and round; returns how many were new."""
         with self.session() as s:
             have = set(s.exec(select(Observation.perturbation).where(Observation.campaign_id == campaign_id)))
-            new = [r for r in rows if r.perturbation not in have]
-            for r in new:
-                s.add(r)
-            job = s.exec(select(LabJob).where(LabJob.idempotency_key == key)).one()
+            new = []
+            for r in rows:
+                if r.perturbation not in have:
+                    have.add(r.perturbation)
+                    new.append(r)
+                    s.add(r)
+            job = self._job(s, key)
             job.status, job.collected_at = "collected", _now()
             s.add(job)
             self.set_round_status(round_id, "ingested", session=s)

@@ -21,6 +21,10 @@ class MeanSurrogate:
         self._mean = 0.0
         self._var = 1.0
 
+    @property
+    def params(self) -> dict[str, list]:
+        return {"mean": [self._mean], "var": [self._var]}
+
     def fit(self, X: torch.Tensor, Y: torch.Tensor) -> None:
         Y = Y.reshape(-1).to(torch.float64)
         n = Y.numel()

@@ -4,7 +4,7 @@ Model: `y = f(x) + eps`, `f ~ GP(c, k)`, `k` = BoTorch's default RBF-ARD kernel 
 dimension-scaled log-normal length-scale prior (Hvarfner et al. 2024), Gaussian noise learned.
 Inputs are mapped to the unit cube with fixed bounds from the whole pool (`Normalize`);
 outcomes standardised (`Standardize`). Hyperparameters are fit by L-BFGS-B on the exact
-marginal log likelihood, warm-started from the previous round's values, with a capped number
+marginal log likelihood, warm-started from the previous round's values (kept in the store), with a capped number
 of iterations so a round stays within seconds.
 """
 
@@ -30,33 +30,43 @@ class GPSurrogate:
 
     name = "gp"
 
-    def __init__(self, bounds: torch.Tensor | None = None, max_iter: int = MAX_FIT_ITER, warm_start: bool = True,
-                 device: torch.device | None = None, **_: object):
+    def __init__(self, bounds: torch.Tensor | None = None, max_iter: int = MAX_FIT_ITER,
+                 init_params: dict[str, list] | None = None, device: torch.device | None = None, **_: object):
         self.bounds = bounds  # 2 x d, from the pool
         self.max_iter = max_iter
-        self.warm_start = warm_start
         self.device = device or default_device()
         self.model: SingleTaskGP | None = None
-        self._state: dict | None = None
+        self._init = init_params  # hyperparameters of an earlier fit (warm start), from the store
+
+    @property
+    def params(self) -> dict[str, list]:
+        """Fitted hyperparameters (raw values), JSON-serialisable, for warm starts after a restart."""
+        if self.model is None:
+            return {}
+        return {k: v.detach().cpu().tolist() for k, v in self.model.named_parameters()}
 
     def fit(self, X: torch.Tensor, Y: torch.Tensor) -> None:
         if X.shape[0] < 2:
             raise ValueError("a GP needs at least 2 observations")
         X = X.to(self.device, torch.float64)
         Y = Y.reshape(-1, 1).to(self.device, torch.float64)
-        bounds = self.bounds.to(X) if self.bounds is not None else None
+        bounds = None
+        if self.bounds is not None:
+            lo, hi = self.bounds.to(X)
+            bounds = torch.stack([lo, torch.where(hi - lo > 1e-8, hi, lo + 1.0)])  # constant columns: no 0/0
         model = SingleTaskGP(
             X, Y, input_transform=Normalize(d=X.shape[-1], bounds=bounds), outcome_transform=Standardize(m=1)
         )
-        if self.warm_start and self._state is not None:
-            hyper = {k: v for k, v in self._state.items() if not k.startswith(("outcome_transform", "input_transform"))}
-            model.load_state_dict(hyper, strict=False)
+        if self._init:
+            with torch.no_grad():
+                for k, p in model.named_parameters():
+                    if k in self._init and torch.tensor(self._init[k]).shape == p.shape:
+                        p.copy_(torch.tensor(self._init[k], dtype=p.dtype))
         mll = ExactMarginalLogLikelihood(model.likelihood, model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.max_iter}})
         model.eval()
-        self._state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.model = model
 
     @torch.no_grad()

@@ -7,13 +7,14 @@ the alias table) and, when the source has them, per-replicate scores (donors, re
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from perturbloop.data.registry import get_spec, resolve
+from perturbloop.data.registry import REGISTRY, get_spec, resolve
 from perturbloop.errors import ScreenFormatError
 
 
@@ -56,7 +57,10 @@ def _read_table(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise ScreenFormatError(f"{path}: cannot be parsed as a {'tab' if sep == chr(9) else 'comma'}-separated table ({e})") from e
     if sep == "," and len(df.columns) == 1 and "\t" in str(df.columns[0]):
-        df = pd.read_csv(path, sep="\t", encoding="utf-8-sig")
+        try:
+            df = pd.read_csv(path, sep="\t", encoding="utf-8-sig")
+        except pd.errors.ParserError as e:
+            raise ScreenFormatError(f"{path}: cannot be parsed as a tab-separated table ({e})") from e
     return df
 
 
@@ -91,9 +95,10 @@ def read_screen_file(path: str | os.PathLike, *, loader: dict | None = None, nam
             fmt, loader["column"] = "mageck_rra", "neg|lfc"
         elif "Gene" in cols and any(c.endswith("|beta") for c in cols):
             fmt, loader["column"] = "mageck_mle", "beta"
-        elif cols[:2] == ["Gene", "Score"] or {c.lower() for c in cols[:2]} == {"gene", "score"}:
+        elif {c.lower() for c in cols[:2]} == {"gene", "score"}:
             fmt = "table"
-            loader.update(gene=cols[0], column=cols[1])
+            gene = next(c for c in cols[:2] if c.lower() == "gene")
+            loader.update(gene=gene, column=next(c for c in cols[:2] if c != gene))
         else:
             raise ScreenFormatError(
                 f"{path}: unrecognised screen format (columns {cols[:6]}); expected a MAGeCK gene summary "
@@ -129,8 +134,21 @@ def read_screen_file(path: str | os.PathLike, *, loader: dict | None = None, nam
         raise ScreenFormatError(f"{path}: missing score for gene(s) {', '.join(nan_genes[:10])}")
     if not np.isfinite(values.to_numpy()).all():
         raise ScreenFormatError(f"{path}: infinite score values")
+    drop = [g for g in values.index if _not_a_gene(g)]
+    if drop:  # non-targeting controls and spreadsheet-mangled symbols are not perturbable genes
+        values = values.drop(index=drop)
+        reps = reps.drop(index=drop) if reps is not None else None
     values.name = name or path.stem
     return values.astype(float), reps
+
+
+CONTROL_IDS = {"NO-TARGET", "NON-TARGETING", "NONTARGETING", "NON_TARGETING", "SAFE-TARGETING"}  # not CTRL: a real gene
+_EXCEL_DATE = re.compile(r"^\d{1,2}[.-](JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)$", re.IGNORECASE)
+
+
+def _not_a_gene(symbol: str) -> bool:
+    """Control guides (`NO-TARGET`) and gene names a spreadsheet turned into dates (`01.SEP`)."""
+    return symbol.upper() in CONTROL_IDS or bool(_EXCEL_DATE.match(symbol))
 
 
 def _map_symbols(scores: pd.Series, reps: pd.DataFrame | None, data_dir) -> tuple[pd.Series, pd.DataFrame | None, list[str]]:
@@ -150,8 +168,8 @@ def _map_symbols(scores: pd.Series, reps: pd.DataFrame | None, data_dir) -> tupl
 def load_screen(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Screen:
     """Load a registry screen by name, or any screen file by path, with symbols mapped to HGNC."""
     p = Path(name_or_path)
-    if p.suffix and (p.exists() or os.sep in str(name_or_path)):
-        scores, reps = read_screen_file(p)
+    if str(name_or_path) not in REGISTRY and (p.suffix or os.sep in str(name_or_path) or p.exists()):
+        scores, reps = read_screen_file(p)  # a file path (a clear error if it does not exist)
         name = p.stem
     else:
         spec = get_spec(str(name_or_path))

@@ -1,0 +1,29 @@
+# `make demo` and `make test` set up .venv (CPU torch 2.13.0) on first use, then run.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.perturbloop-installed
+# Real data: $PERTURBLOOP_DATA_DIR, else ../shared/data beside the checkout when it exists.
+DATA_DIR ?= $(or $(PERTURBLOOP_DATA_DIR),$(wildcard $(abspath ../shared/data)))
+export PERTURBLOOP_DATA_DIR := $(DATA_DIR)
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build on this machine's disk; an unpinned torch pulls a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/perturbloop demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf runs .pytest_cache

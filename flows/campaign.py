@@ -1,0 +1,41 @@
+"""Prefect flow that runs (or resumes) a campaign and, optionally, its random-picks baseline.
+
+Works without a Prefect server (ephemeral mode). The task is retried: every loop step is
+idempotent against the store, so a retry resumes where the failure happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from agent.runner import CampaignResult, run_campaign
+from perturbloop.config import CampaignConfig
+
+
+def baseline_config(config: CampaignConfig) -> CampaignConfig:
+    """The same campaign with random picks (same data, rounds, batch and seed)."""
+    return config.model_copy(update={
+        "name": f"{config.name}-random",
+        "acquisition": config.acquisition.model_copy(update={"kind": "random"}),
+        "approval": "auto",
+    })
+
+
+@task(name="advance-campaign", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def advance_campaign(config: CampaignConfig, store: str | None, data_dir: str | None,
+                     on_round: Callable[[dict], None] | None = None) -> CampaignResult:
+    return run_campaign(config, store, data_dir, on_round=on_round)
+
+
+@flow(name="perturbloop-campaign", log_prints=False)
+def campaign_flow(config: CampaignConfig, store: str | None = None, data_dir: str | None = None,
+                  baseline: bool = True, on_round: Callable[[dict], None] | None = None,
+                  on_baseline_round: Callable[[dict], None] | None = None) -> dict[str, CampaignResult]:
+    """Run `config` to completion (or to an approval pause); then its random baseline if asked."""
+    results = {"campaign": advance_campaign(config, store, data_dir, on_round)}
+    if baseline and config.acquisition.kind != "random":
+        results["baseline"] = advance_campaign(baseline_config(config), store, data_dir, on_baseline_round)
+    return results

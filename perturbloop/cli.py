@@ -1,0 +1,197 @@
+"""The `perturbloop` command line. Heavy libraries are imported inside commands (fast start-up)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from perturbloop.errors import PerturbloopError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Closed-loop active learning for CRISPR perturbation campaigns.")
+data_app = typer.Typer(no_args_is_help=True, help="The data registry: list and fetch datasets.")
+app.add_typer(data_app, name="data")
+
+StoreOpt = Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL or SQLite path (default runs/perturbloop.db)")]
+DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="data directory (default $PERTURBLOOP_DATA_DIR, then the user cache)")]
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = ROOT / "examples" / "il2_demo.toml"
+
+
+def _quiet_prefect() -> None:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "ERROR")
+
+
+def _fmt(v, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _round_table(title: str, rows: list[dict]):
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for col in ("round", "picks", "new hits", "hit ratio", "Spearman (unmeasured)", "fit s", "select s", "round s"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(str(r["round"]), str(r["picks"]), str(r["new_hits"]), _fmt(r["hit_ratio"]),
+                  _fmt(r["spearman_unmeasured"]), _fmt(r["fit_seconds"], ".2f"), _fmt(r["select_seconds"], ".2f"),
+                  _fmt(r["seconds"], ".2f"))
+    return t
+
+
+def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: bool) -> None:
+    _quiet_prefect()
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from perturbloop.config import load_config
+    from perturbloop.store import Store, sqlite_path
+
+    console = Console()
+    config = load_config(config_path)
+    st = Store(store)
+    console.print(
+        f"[bold]{config.name}[/]: {config.objective} on [cyan]{config.data.screen}[/], {config.rounds} rounds x "
+        f"{config.batch_size}, surrogate {config.surrogate.kind}, policy {config.acquisition.kind}; store {st.url}"
+    )
+    from flows.campaign import baseline_config, campaign_flow
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        main_task = progress.add_task(f"{config.name} ({config.acquisition.kind})", total=config.rounds)
+        base_task = progress.add_task("random baseline", total=config.rounds, visible=baseline)
+        results = campaign_flow(
+            config, st.url, data_dir, baseline=baseline,
+            on_round=lambda r: progress.update(main_task, completed=r["round"]),
+            on_baseline_round=lambda r: progress.update(base_task, completed=r["round"]),
+        )
+    main = results["campaign"]
+    console.print(_round_table(f"{config.name}: {config.acquisition.kind} ({main.n_hits} hits in the screen)", main.rounds))
+    if main.status != "finished":
+        console.print(f"campaign status: [yellow]{main.status}[/]")
+    curves = {config.acquisition.kind: [r["hit_ratio"] or 0.0 for r in main.rounds]}
+    base = results.get("baseline")
+    if base is not None:
+        console.print(_round_table(f"{base.campaign_id}: random picks, same campaign", base.rounds))
+        curves["random"] = [r["hit_ratio"] or 0.0 for r in base.rounds]
+    if main.hit_ratio is not None:
+        line = f"[bold]hit ratio after {len(main.rounds)} rounds: {config.acquisition.kind} {main.hit_ratio:.3f}"
+        if base is not None and base.hit_ratio:
+            line += f" vs random {base.hit_ratio:.3f} ({main.hit_ratio / base.hit_ratio:.1f}x)"
+        console.print(line + "[/]")
+        from perturbloop.plots import plot_hit_curves
+
+        db = sqlite_path(st.url)
+        out_dir = db.parent if db is not None else Path("runs")
+        png = plot_hit_curves(curves, config.batch_size, out_dir / f"{config.name}.hit_curve.png",
+                              title=f"{config.data.screen}: {config.rounds} x {config.batch_size}")
+        console.print(f"hit curve: {png}")
+
+
+def _guard(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except PerturbloopError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def demo(store: StoreOpt = None, data_dir: DataDirOpt = None,
+         baseline: Annotated[bool, typer.Option(help="also run the same campaign with random picks")] = True) -> None:
+    """A 5-round x 128-gene hit-discovery campaign on the Schmidt 2021 IL2 screen, beside random picks."""
+    _guard(_run, DEMO_CONFIG, store, data_dir, baseline)
+
+
+@app.command()
+def run(config: Annotated[Path, typer.Argument(help="campaign config (TOML)")], store: StoreOpt = None,
+        data_dir: DataDirOpt = None,
+        baseline: Annotated[bool, typer.Option(help="also run the same campaign with random picks")] = True) -> None:
+    """Run (or resume) a campaign from a TOML config."""
+    _guard(_run, config, store, data_dir, baseline)
+
+
+def _status(store: str | None, as_json: bool) -> None:
+    from perturbloop.store import Store
+
+    st = Store(store)
+    out = []
+    for c in st.list_campaigns():
+        rounds = []
+        for r in st.rounds(c.id):
+            d = st.decision(r.id)
+            obs = [o for o in st.observations(c.id, include_failed=True) if o.round_id == r.id]
+            rounds.append({
+                "round": r.index + 1, "status": r.status, "picks": len(d.final) if d else 0,
+                "observed": sum(1 for o in obs if not o.failed), "failed": sum(1 for o in obs if o.failed),
+                "hits": sum(1 for o in obs if o.hit),
+                "lab_jobs": [{"adapter": j.adapter, "external_id": j.external_id, "status": j.status,
+                              "idempotency_key": j.idempotency_key, "n": len(j.perturbations)} for j in st.lab_jobs(r.id)],
+            })
+        out.append({"campaign": c.id, "status": c.status, "screen": c.config.get("data", {}).get("screen"),
+                    "policy": c.config.get("acquisition", {}).get("kind"), "rounds_planned": c.config.get("rounds"),
+                    "rounds": rounds, "picks": sum(r["picks"] for r in rounds), "hits": sum(r["hits"] for r in rounds)})
+    if as_json:
+        typer.echo(json.dumps({"store": st.url, "campaigns": out}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not out:
+        console.print(f"no campaigns in {st.url}")
+        return
+    for c in out:
+        t = Table(title=f"{c['campaign']} [{c['status']}] {c['screen']}, policy {c['policy']}: "
+                        f"{len(c['rounds'])}/{c['rounds_planned']} rounds, {c['picks']} picks, {c['hits']} hits",
+                  title_justify="left")
+        for col in ("round", "status", "picks", "observed", "failed", "hits", "lab job"):
+            t.add_column(col)
+        for r in c["rounds"]:
+            jobs = ", ".join(f"{j['adapter']}:{j['external_id']} ({j['status']})" for j in r["lab_jobs"]) or "-"
+            t.add_row(str(r["round"]), r["status"], str(r["picks"]), str(r["observed"]), str(r["failed"]), str(r["hits"]), jobs)
+        console.print(t)
+
+
+@app.command()
+def status(store: StoreOpt = None, as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+    """Campaigns in the store: rounds, picks, hits so far and each round's lab jobs."""
+    _guard(_status, store, as_json)
+
+
+@data_app.command("list")
+def data_list(data_dir: DataDirOpt = None) -> None:
+    """Names of the registry's datasets, and whether each is available locally."""
+    from perturbloop.data.registry import REGISTRY, _find, data_dirs
+
+    dirs = _guard(data_dirs, data_dir)
+    for name, spec in REGISTRY.items():
+        here = all(_find(f, dirs) is not None for f in spec.files)
+        typer.echo(f"{name:24s} {spec.kind:11s} {'local ' if here else 'remote'}  {spec.description}")
+
+
+@data_app.command("fetch")
+def data_fetch(name: str, force: Annotated[bool, typer.Option(help="download again even if cached")] = False) -> None:
+    """Download a dataset into the user cache (sha256-checked)."""
+    from perturbloop.data.registry import fetch
+
+    paths = _guard(fetch, name, force=force)
+    for p in paths:
+        typer.echo(str(p))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

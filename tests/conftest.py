@@ -1,0 +1,92 @@
+"""Shared fixtures: the real data directory, an isolated cache, and small real slices.
+
+The data directory is `../shared/data` beside the repository (override with
+PERTURBLOOP_TEST_DATA_DIR). Tests never download anything and never write into it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+SMALL_POOL_TOP = 300
+SMALL_POOL_OTHERS = 300
+SMALL_POOL_SEED = 20240601
+
+
+def _set_env(mp: pytest.MonkeyPatch, cache: Path) -> None:
+    mp.setenv("PERTURBLOOP_CACHE_DIR", str(cache))
+    mp.setenv("PERTURBLOOP_DEVICE", "cpu")
+    mp.delenv("PERTURBLOOP_DATA_DIR", raising=False)
+    mp.delenv("PERTURBLOOP_KILL_AT", raising=False)
+    # Prefect: a private home, quiet, no telemetry (flows run in ephemeral mode)
+    mp.setenv("PREFECT_HOME", str(cache / "prefect"))
+    mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    mp.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+@pytest.fixture(scope="session")
+def perturbloop_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the whole session (the GO embedding is cached there; building it takes seconds)."""
+    return tmp_path_factory.mktemp("perturbloop-cache")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_env(perturbloop_cache_dir: Path):
+    """Session-scoped fixtures (il2_screen, small_pool) are set up before function-scoped ones,
+    so the environment is also set for the whole session, not only per test."""
+    with pytest.MonkeyPatch.context() as mp:
+        _set_env(mp, perturbloop_cache_dir)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _test_env(monkeypatch: pytest.MonkeyPatch, perturbloop_cache_dir: Path) -> None:
+    """Per test: the session cache, CPU only, no PERTURBLOOP_DATA_DIR (restored after each test)."""
+    _set_env(monkeypatch, perturbloop_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real published data (read-only). Missing data is a failure, not a skip."""
+    override = os.environ.get("PERTURBLOOP_TEST_DATA_DIR")
+    path = Path(override).expanduser() if override else DEFAULT_DATA_DIR
+    if not (path / "screens" / "genedisco").is_dir() or not (path / "annotations").is_dir():
+        pytest.fail(
+            f"test data directory {str(path)!r} is missing or incomplete (needs screens/genedisco/ and annotations/); "
+            "the tests run on the real published data: put it at ../shared/data beside the repository "
+            "or set PERTURBLOOP_TEST_DATA_DIR to a directory that holds it",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def il2_screen(data_dir: Path, _session_env):
+    """The Schmidt 2021 IL2 CRISPRi screen (2 donors, ~18.9k genes)."""
+    from perturbloop.data import load_screen
+
+    return load_screen("schmidt2021_il2", data_dir)
+
+
+@pytest.fixture(scope="session")
+def small_pool_genes(il2_screen) -> list[str]:
+    """600 real IL2 genes: the 300 with largest |score| and 300 others drawn with a fixed seed."""
+    order = il2_screen.scores.abs().sort_values(ascending=False, kind="stable").index
+    top = list(order[:SMALL_POOL_TOP])
+    rest = sorted(set(order[SMALL_POOL_TOP:]))
+    rng = np.random.default_rng(SMALL_POOL_SEED)
+    others = [rest[i] for i in sorted(rng.choice(len(rest), SMALL_POOL_OTHERS, replace=False))]
+    return top + others
+
+
+@pytest.fixture(scope="session")
+def small_pool(small_pool_genes: list[str], data_dir: Path, _session_env):
+    """CandidatePool of the 600 small-pool genes with GO features (65 columns)."""
+    from perturbloop.features import build_gene_pool
+
+    return build_gene_pool(small_pool_genes, features=["go"], data_dir=data_dir)

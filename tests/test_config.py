@@ -1,0 +1,132 @@
+"""Campaign config validation: every bad field is a ConfigError that names it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from pydantic import ValidationError
+
+from perturbloop.config import CampaignConfig, load_config, parse_config
+from perturbloop.errors import ConfigError
+
+MINIMAL = {"name": "il2-test", "data": {"screen": "schmidt2021_il2"}}
+
+
+def _with(path: str, value) -> dict:
+    """MINIMAL with the dotted `path` set to `value`."""
+    cfg = copy.deepcopy(MINIMAL)
+    *parents, leaf = path.split(".")
+    node = cfg
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+    return cfg
+
+
+def _error(cfg: dict) -> str:
+    with pytest.raises(ConfigError) as ei:
+        parse_config(cfg)
+    return str(ei.value)
+
+
+def test_minimal_config_defaults():
+    c = parse_config(MINIMAL)
+    assert isinstance(c, CampaignConfig)
+    assert c.name == "il2-test" and c.data.screen == "schmidt2021_il2"
+    assert (c.rounds, c.batch_size, c.objective, c.approval) == (5, 128, "hits", "auto")
+    assert c.acquisition.kind == "ucb" and c.acquisition.beta == 4.0
+    assert c.surrogate.kind == "gp" and c.design.features == ["go"] and c.design.space == "genes"
+    assert c.data.hit_fraction == 0.05 and c.lab.noise == "none"
+
+
+def test_full_config_round_trips():
+    c = parse_config({
+        "name": "full", "rounds": 3, "batch_size": 32, "seed": 7, "approval": "required",
+        "data": {"screen": "zhuang2019_nk", "hit_fraction": 0.1, "nonessential": True},
+        "design": {"features": ["go", "screens"], "prior_screens": ["schmidt2021_il2"], "go_dims": 16},
+        "surrogate": {"kind": "mean"},
+        "acquisition": {"kind": "qlognei"},
+        "lab": {"noise": "donor"},
+    })
+    assert parse_config(c.model_dump()) == c
+    assert c.acquisition.kind == "qlognei" and c.design.prior_screens == ["schmidt2021_il2"]
+
+
+def test_config_is_frozen():
+    c = parse_config(MINIMAL)
+    with pytest.raises(ValidationError, match="frozen"):
+        c.batch_size = 3  # type: ignore[misc]
+
+
+def test_unknown_field_names_dotted_path():
+    msg = _error(_with("acquisition.bogus", 1))
+    assert "acquisition.bogus" in msg and "unknown field" in msg
+
+
+def test_unknown_top_level_field():
+    msg = _error(_with("batchsize", 10))
+    assert "batchsize: unknown field" in msg
+
+
+def test_bad_enum_names_field():
+    msg = _error(_with("acquisition.kind", "nope"))
+    assert "acquisition.kind" in msg
+    assert "'random'" in msg and "'qlognei'" in msg  # the allowed values are listed
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    ("batch_size", -1), ("batch_size", 0), ("rounds", 0), ("data.hit_fraction", 1.5),
+    ("design.go_dims", 1), ("surrogate.max_iter", 0), ("acquisition.beta", -1.0),
+])
+def test_out_of_range_numbers_name_field(path, value):
+    msg = _error(_with(path, value))
+    assert f"  {path}:" in msg
+
+
+def test_missing_required_field():
+    msg = _error({"name": "x"})
+    assert "data: required field is missing" in msg
+
+
+def test_bad_name_pattern():
+    assert "  name:" in _error(_with("name", "has space"))
+
+
+def test_pairs_design_refused():
+    msg = _error(_with("design.space", "pairs"))
+    assert "design" in msg and "genes" in msg
+
+
+def test_several_errors_reported_together():
+    cfg = _with("acquisition.kind", "nope")
+    cfg["batch_size"] = -5
+    msg = _error(cfg)
+    assert "acquisition.kind" in msg and "batch_size" in msg
+
+
+def test_load_config_valid(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('name = "from-file"\nbatch_size = 16\n\n[data]\nscreen = "schmidt2021_il2"\n\n[acquisition]\nkind = "greedy"\n')
+    c = load_config(path)
+    assert c.name == "from-file" and c.batch_size == 16 and c.acquisition.kind == "greedy"
+
+
+def test_load_config_error_names_file_and_field(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "x"\n[data]\nscreen = "s"\n[acquisition]\nbogus = 1\n')
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    assert str(path) in str(ei.value) and "acquisition.bogus" in str(ei.value)
+
+
+def test_invalid_toml(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text('name = "x\n[data\n')
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.toml.*does not exist"):
+        load_config(tmp_path / "nope.toml")

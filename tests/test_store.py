@@ -1,0 +1,166 @@
+"""The SQL store: every step is idempotent when repeated (resume after a crash)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from sqlmodel import Session, func, select
+
+from perturbloop.errors import StoreError
+from perturbloop.store import Decision, LabJob, ModelFit, Observation, Proposal, Round, Store
+
+CONFIG = {"name": "c1", "batch_size": 4, "data": {"screen": "schmidt2021_il2"}}
+
+
+@dataclass
+class Item:  # the fields of acquisition.ProposedItem that the store reads
+    perturbation: str
+    mean: float | None = None
+    sd: float | None = None
+    acq_value: float | None = None
+    rationale: str = ""
+
+
+def _count(store: Store, table) -> int:
+    with Session(store.engine) as s:
+        return s.exec(select(func.count()).select_from(table)).one()
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(str(tmp_path / "runs" / "store.db"))
+
+
+@pytest.fixture
+def round_id(store) -> int:
+    store.create_or_check_campaign("c1", CONFIG)
+    return store.get_or_create_round("c1", 0).id
+
+
+def _fit(round_id: int) -> ModelFit:
+    return ModelFit(round_id=round_id, surrogate="gp", policy="ucb", n_train=10, fit_seconds=0.5, metrics={"spearman": 0.3})
+
+
+def test_store_creates_sqlite_file(tmp_path):
+    s = Store(str(tmp_path / "deep" / "dir" / "x.db"))
+    assert s.url == f"sqlite:///{tmp_path / 'deep' / 'dir' / 'x.db'}"
+    assert (tmp_path / "deep" / "dir" / "x.db").is_file()
+
+
+def test_campaign_idempotent_for_same_config(store):
+    a = store.create_or_check_campaign("c1", CONFIG)
+    b = store.create_or_check_campaign("c1", {"data": {"screen": "schmidt2021_il2"}, "batch_size": 4, "name": "c1"})
+    assert a.id == b.id == "c1"
+    assert b.config == CONFIG
+    assert [c.id for c in store.list_campaigns()] == ["c1"]
+
+
+def test_campaign_with_different_config_raises(store):
+    store.create_or_check_campaign("c1", CONFIG)
+    with pytest.raises(StoreError, match=r"'c1'.*different config"):
+        store.create_or_check_campaign("c1", {**CONFIG, "batch_size": 8})
+    assert store.get_campaign("c1").config == CONFIG
+
+
+def test_campaign_persists_across_store_instances(tmp_path):
+    path = str(tmp_path / "p.db")
+    Store(path).create_or_check_campaign("c1", CONFIG)
+    again = Store(path)
+    assert again.get_campaign("c1").config == CONFIG
+    with pytest.raises(StoreError):
+        again.create_or_check_campaign("c1", {**CONFIG, "seed": 1})
+
+
+def test_set_campaign_status(store):
+    store.create_or_check_campaign("c1", CONFIG)
+    store.set_campaign_status("c1", "finished")
+    assert store.get_campaign("c1").status == "finished"
+    with pytest.raises(StoreError, match="no campaign 'c2'"):
+        store.set_campaign_status("c2", "finished")
+
+
+def test_round_idempotent(store):
+    store.create_or_check_campaign("c1", CONFIG)
+    r0 = store.get_or_create_round("c1", 0)
+    assert r0.id is not None and r0.status == "fitting"
+    assert store.get_or_create_round("c1", 0).id == r0.id
+    r1 = store.get_or_create_round("c1", 1)
+    assert r1.id != r0.id
+    assert [r.index for r in store.rounds("c1")] == [0, 1]
+    assert _count(store, Round) == 2
+    assert store.get_round("c1", 5) is None
+
+
+def test_save_proposal_twice_does_not_duplicate(store, round_id):
+    items = [Item("VAV1", 1.0, 0.5, 2.0, "top"), Item("CD3G", 0.8, 0.1, 1.0), Item("LAT", 0.1, 0.9, 1.9)]
+    store.save_proposal(round_id, items, "ucb", _fit(round_id))
+    store.save_proposal(round_id, [Item("ZAP70")], "random", _fit(round_id))
+    props = store.proposals(round_id)
+    assert [p.perturbation for p in props] == ["VAV1", "CD3G", "LAT"]
+    assert [p.rank for p in props] == [0, 1, 2]
+    assert props[0].policy == "ucb" and props[0].rationale == "top" and props[0].acq_value == 2.0
+    assert _count(store, Proposal) == 3
+    assert _count(store, ModelFit) == 1
+    assert store.model_fit(round_id).metrics == {"spearman": 0.3}
+    assert store.get_round("c1", 0).status == "proposed"
+
+
+def test_decision_saved_once(store, round_id):
+    first = store.save_decision(Decision(round_id=round_id, action="edited", by="alice", added=["LAT"], dropped=["CD3G"], final=["VAV1", "LAT"]))
+    second = store.save_decision(Decision(round_id=round_id, action="rejected", by="bob"))
+    assert second.id == first.id and second.action == "edited" and second.by == "alice"
+    assert _count(store, Decision) == 1
+    d = store.decision(round_id)
+    assert d.final == ["VAV1", "LAT"] and d.dropped == ["CD3G"]
+    assert store.get_round("c1", 0).status == "approved"
+
+
+def test_rejected_decision_finishes_round(store, round_id):
+    store.save_decision(Decision(round_id=round_id, action="rejected", by="bob", note="off target"))
+    r = store.get_round("c1", 0)
+    assert r.status == "rejected" and r.finished_at is not None
+
+
+def test_lab_job_submit_and_ingest_idempotent(store, round_id):
+    key = "c1/round-0"
+    batch = ["VAV1", "CD3G", "BAD1"]
+    job = store.begin_lab_job(round_id, "simulator", key, batch)
+    again = store.begin_lab_job(round_id, "simulator", key, ["OTHER"])
+    assert again.id == job.id and again.perturbations == batch
+    assert job.status == "submitting" and _count(store, LabJob) == 1
+
+    store.mark_submitted(key, "sim-123")
+    store.mark_submitted(key, "sim-999")  # a repeat never overwrites the first external id
+    job = store.lab_job(key)
+    assert (job.status, job.external_id) == ("submitted", "sim-123") and job.submitted_at is not None
+    assert store.get_round("c1", 0).status == "dispatched"
+
+    def rows():
+        return [
+            Observation(campaign_id="c1", round_id=round_id, perturbation="VAV1", value=-3.6, replicates=[-3.7, -3.5]),
+            Observation(campaign_id="c1", round_id=round_id, perturbation="CD3G", value=-3.2),
+            Observation(campaign_id="c1", round_id=round_id, perturbation="BAD1", failed=True, error="not measured"),
+        ]
+
+    assert store.ingest("c1", round_id, key, rows()) == 3
+    assert store.ingest("c1", round_id, key, rows()) == 0
+    assert _count(store, Observation) == 3
+    obs = store.observations("c1")
+    assert [o.perturbation for o in obs] == ["VAV1", "CD3G"]
+    assert obs[0].replicates == [-3.7, -3.5]
+    assert len(store.observations("c1", include_failed=True)) == 3
+    assert store.lab_job(key).status == "collected"
+    r = store.get_round("c1", 0)
+    assert r.status == "ingested" and r.finished_at is not None
+
+
+def test_ingest_skips_perturbations_observed_in_earlier_rounds(store, round_id):
+    r1 = store.get_or_create_round("c1", 1).id
+    store.begin_lab_job(round_id, "simulator", "k0", ["VAV1"])
+    store.begin_lab_job(r1, "simulator", "k1", ["VAV1", "LAT"])
+    assert store.ingest("c1", round_id, "k0", [Observation(campaign_id="c1", round_id=round_id, perturbation="VAV1", value=1.0)]) == 1
+    new = [Observation(campaign_id="c1", round_id=r1, perturbation=p, value=2.0) for p in ("VAV1", "LAT")]
+    assert store.ingest("c1", r1, "k1", new) == 1
+    values = {o.perturbation: o.value for o in store.observations("c1")}
+    assert values == {"VAV1": 1.0, "LAT": 2.0}
