@@ -4,7 +4,8 @@ Both are functions of the marginal posterior only, so they are computed from one
 posterior pass over the pool (`surrogate.posterior`), which is ~50x faster on a 19k pool than
 evaluating BoTorch's analytic acquisition modules on `n x 1 x d` t-batches; the formulas are
 BoTorch's (`UpperConfidenceBound`, `PosteriorMean`). The batch is the top `q` available
-candidates. In the first round (no observations) the policy falls back to random picks.
+candidates. In the first round (no observations) the policy picks from priors alone
+(`acquisition.prior`: prior-screen signal, else random).
 
 UCB:    `alpha(x) = mu(x) + sqrt(beta) * sigma(x)`
 Greedy: `alpha(x) = mu(x)`
@@ -17,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from acquisition.base import Proposal, available_mask, check_batch, make_items
-from acquisition.random import RandomPolicy
+from acquisition.prior import PriorScorePolicy
 from perturbloop.perturbation import CandidatePool
 from surrogates.base import Surrogate, SurrogatePosterior
 
@@ -33,7 +34,7 @@ class _AnalyticTopQ:
     name = "analytic"
 
     def __init__(self, seed: int = 0, **_: object):
-        self.initial = RandomPolicy(seed=seed)
+        self.initial = PriorScorePolicy(seed=seed)
 
     def score(self, post: SurrogatePosterior) -> torch.Tensor:  # pragma: no cover - overridden
         raise NotImplementedError(type(self).__name__)

@@ -18,7 +18,7 @@ from botorch.sampling import SobolQMCNormalSampler
 
 from acquisition.analytic import ucb
 from acquisition.base import Proposal, available_mask, check_batch, make_items
-from acquisition.random import RandomPolicy
+from acquisition.prior import PriorScorePolicy
 from perturbloop.perturbation import CandidatePool
 from surrogates.base import Surrogate
 
@@ -35,7 +35,7 @@ class QLogNEIPolicy:
         self.seed = seed
         self.shortlist_per_pick = shortlist_per_pick
         self.mc_samples = mc_samples
-        self.initial = RandomPolicy(seed=seed)
+        self.initial = PriorScorePolicy(seed=seed)
 
     def select(self, surrogate: Surrogate | None, pool: CandidatePool, observed: Mapping[str, float],
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:

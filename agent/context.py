@@ -127,7 +127,8 @@ def build_context(config: CampaignConfig, store: Store, data_dir: str | os.PathL
     s = config.surrogate
 
     def _surrogate(init_params: dict | None = None) -> Surrogate:
-        return make_surrogate(s.kind, bounds=bounds, max_iter=s.max_iter, init_params=init_params)
+        return make_surrogate(s.kind, bounds=bounds, max_iter=s.max_iter, init_params=init_params,
+                              target_transform=s.target_transform)
 
     policy = make_policy(config.acquisition.kind, seed=config.seed, beta=config.acquisition.beta)
     return CampaignContext(config, store, pool, lab, policy, _surrogate, world, on_round)

@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from perturbloop.errors import ConfigError
 
@@ -34,6 +34,7 @@ class DesignConfig(_Strict):
 class SurrogateConfig(_Strict):
     kind: Literal["gp", "mean"] = "gp"
     max_iter: int = Field(75, ge=1, le=10_000, description="L-BFGS-B iterations per hyperparameter fit")
+    target_transform: Literal["none", "log"] = Field("none", description="log: model log(y + median y) (objective hits only)")
 
 
 class AcquisitionConfig(_Strict):
@@ -60,6 +61,12 @@ class CampaignConfig(_Strict):
     surrogate: SurrogateConfig = Field(default_factory=SurrogateConfig)
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
     lab: LabConfig = Field(default_factory=LabConfig)
+
+    @model_validator(mode="after")
+    def _log_needs_hits(self) -> CampaignConfig:
+        if self.surrogate.target_transform == "log" and self.objective != "hits":
+            raise ValueError("surrogate.target_transform = 'log' needs objective = 'hits' (non-negative targets)")
+        return self
 
     @field_validator("design")
     @classmethod
