@@ -6,8 +6,12 @@ from collections.abc import Callable
 
 from acquisition.analytic import GreedyPolicy, UCBPolicy
 from acquisition.base import AcquisitionPolicy
+from acquisition.batch_ucb import BatchUCBPolicy
+from acquisition.coreset import CoresetPolicy
+from acquisition.prob_hit import ProbHitPolicy
 from acquisition.qlognei import QLogNEIPolicy
 from acquisition.random import RandomPolicy
+from acquisition.thompson import ThompsonPolicy
 from perturbloop.errors import ConfigError
 
 POLICIES: dict[str, Callable[..., AcquisitionPolicy]] = {
@@ -15,6 +19,10 @@ POLICIES: dict[str, Callable[..., AcquisitionPolicy]] = {
     "greedy": GreedyPolicy,
     "ucb": UCBPolicy,
     "qlognei": QLogNEIPolicy,
+    "thompson": ThompsonPolicy,
+    "prob_hit": ProbHitPolicy,
+    "coreset": CoresetPolicy,
+    "ucb_batch": BatchUCBPolicy,
 }
 
 

@@ -168,6 +168,64 @@ def status(store: StoreOpt = None, as_json: Annotated[bool, typer.Option("--json
     _guard(_status, store, as_json)
 
 
+def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir, out,
+               runner, address) -> None:
+    _quiet_prefect()
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.evaluation import PolicySpec, WorldSpec, run_sweep, summarise, write_results
+
+    policies = [PolicySpec.parse(p) for p in policy.split(",") if p.strip()]
+    if not policies:
+        raise PerturbloopError("--policy: name at least one policy")
+    feats = tuple(f.strip() for f in features.split(",") if f.strip())
+    priors = tuple(p.strip() for p in prior_screens.split(",") if p.strip()) if prior_screens else None
+    spec = WorldSpec(screen=screen, hits_file=hits, nonessential=nonessential, features=feats, prior_screens=priors,
+                     data_dir=data_dir)
+    console = Console()
+    with console.status(f"{len(policies)} policies x {seeds} seeds on {screen} ({runner} runner)"):
+        rows = run_sweep(spec, policies, seeds, rounds, batch, runner=runner, address=address)
+    protocol = {"name": "BioDiscoveryAgent", "rounds": rounds, "batch": batch, "seeds": seeds,
+                "hits": hits or "top 5% by |score|", "nonessential": nonessential, "features": list(feats),
+                "prior_screens": list(priors) if priors is not None else "all registry screens but the target",
+                "n_hits": rows[0]["n_hits"] if rows else None}
+    path, png = write_results(out, protocol, screen, rows)
+    t = Table(title=f"{screen}: {rounds} x {batch}, {seeds} seeds, {protocol['n_hits']} hits", title_justify="left")
+    for col in ("policy", "hit ratio", *[f"r{i + 1}" for i in range(rounds)], "s/round (max)", "x random"):
+        t.add_column(col, justify="right")
+    summary = summarise(rows)
+    base = next((s["hit_ratio_mean"] for s in summary if s["policy"] == "random"), None)
+    for s in summary:
+        t.add_row(s["policy"], f"{s['hit_ratio_mean']:.3f} +- {s['hit_ratio_sd']:.3f}",
+                  *[f"{v:.3f}" for v in s["per_round_mean"]],
+                  f"{s['round_seconds_mean']:.2f} ({s['round_seconds_max']:.2f})",
+                  f"{s['hit_ratio_mean'] / base:.1f}" if base else "-")
+    console.print(t)
+    console.print(f"results: {path}\ncurves: {png}")
+
+
+@app.command()
+def benchmark(
+    screen: Annotated[str, typer.Option(help="registry screen name, or a MAGeCK gene summary / Gene,Score CSV")],
+    out: Annotated[Path, typer.Option(help="results JSON (a PNG of the curves is written beside it)")],
+    hits: Annotated[Optional[str], typer.Option(help="file with one hit gene per line (default: top 5% by |score|)")] = None,
+    rounds: Annotated[int, typer.Option(min=1)] = 5,
+    batch: Annotated[int, typer.Option(min=1)] = 128,
+    seeds: Annotated[int, typer.Option(min=1)] = 10,
+    policy: Annotated[str, typer.Option(help="comma-separated policies; `best` is the recommended one")] = "best,random",
+    nonessential: Annotated[bool, typer.Option("--nonessential", help="drop core-essential genes from hits and picks")] = False,
+    features: Annotated[str, typer.Option(help="go, screens, essential (comma-separated)")] = "go,screens",
+    prior_screens: Annotated[Optional[str], typer.Option(help="screens used as prior features (default: all but the target)")] = None,
+    data_dir: DataDirOpt = None,
+    runner: Annotated[str, typer.Option(help="local (threads) or dask (prefect-dask)")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="address of an existing Dask scheduler")] = None,
+) -> None:
+    """Simulated campaigns on the BioDiscoveryAgent protocol: policies beside random, results to JSON + PNG."""
+    _guard(_benchmark, screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir,
+           out, runner, address)
+
+
 @data_app.command("list")
 def data_list(data_dir: DataDirOpt = None) -> None:
     """Names of the registry's datasets, and whether each is available locally."""

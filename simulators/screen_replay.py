@@ -38,7 +38,7 @@ class ScreenReplay:
     kind = "screen"
 
     def __init__(self, screen: Screen, *, noise: Literal["none", "donor"] = "none", hit_fraction: float = 0.05,
-                 seed: int = 0, exclude_from_hits: set[str] | None = None):
+                 seed: int = 0, exclude_from_hits: set[str] | None = None, hits: set[str] | None = None):
         if noise == "donor" and (screen.replicates is None or screen.replicates.shape[1] < 2):
             raise ValueError(f"screen {screen.name!r} has no replicates: noise='donor' needs at least two")
         self.screen = screen
@@ -48,8 +48,9 @@ class ScreenReplay:
         if exclude_from_hits:
             scores = scores.drop(index=[g for g in exclude_from_hits if g in scores.index])
         n = max(1, int(round(hit_fraction * len(scores))))
-        self._hits = frozenset(scores.abs().sort_values(ascending=False, kind="stable").index[:n])
-        self.hit_threshold = float(scores.abs().sort_values(ascending=False, kind="stable").iloc[n - 1])
+        ranked = scores.abs().sort_values(ascending=False, kind="stable")
+        # a given hit list (e.g. the paper's) replaces the top-fraction rule
+        self._hits = frozenset(hits) if hits is not None else frozenset(ranked.index[:n])
 
     @property
     def genes(self) -> list[str]:

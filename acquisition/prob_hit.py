@@ -1,0 +1,71 @@
+"""Probability of being a hit: the posterior mass above a pool-wide hit threshold.
+
+    `PH(x) = Phi((mu(x) - tau) / sigma(x))`
+
+with `tau` the `(1 - hit_fraction)` quantile of the posterior mean over the whole pool (the
+score a candidate must beat to be among the top `hit_fraction` of genes as the model sees
+them now), unless a fixed `tau` is given (on the surrogate's scale: with
+`target_transform="log"` that is `log(y + median(y))`). `Phi` is the standard normal CDF.
+This is BoTorch's `ProbabilityOfImprovement` with `best_f = tau`. The batch is the top `q`
+available candidates (ranked by the z-score `(mu - tau) / sigma`, which orders them as `PH`
+does without ties where `PH` rounds to 0 or 1). In the first round (no observations) the
+policy picks from priors alone (`acquisition.prior`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from acquisition.base import Proposal, available_mask, check_batch, make_items
+from acquisition.prior import PriorScorePolicy
+from perturbloop.perturbation import CandidatePool
+from surrogates.base import Surrogate, SurrogatePosterior
+
+HIT_FRACTION = 0.05  # the top 5% of a genome-wide screen: the usual size of a hit list
+MIN_SD = 1e-12  # a zero posterior sd (a noiseless duplicate) must not divide by zero
+
+
+def prob_hit_z(post: SurrogatePosterior, tau: float) -> torch.Tensor:
+    """`n` z-scores `(mu - tau) / sigma`; `PH = Phi(z)`."""
+    return (post.mean - tau) / post.sd.clamp_min(MIN_SD)
+
+
+class ProbHitPolicy:
+    """Probability that a perturbation is a hit.
+
+    `PH(x) = Phi((mu(x) - tau) / sigma(x))` under the surrogate posterior, `tau` the
+    `(1 - hit_fraction)` quantile of `mu` over the pool (or fixed); top-q.
+
+    Example:
+        >>> ProbHitPolicy(hit_fraction=0.05).select(gp, pool, observed, batch_size=32, pending=[])
+    """
+
+    name = "prob_hit"
+
+    def __init__(self, hit_fraction: float = HIT_FRACTION, tau: float | None = None, seed: int = 0, **_: object):
+        if not 0.0 < hit_fraction < 1.0:
+            raise ValueError(f"hit_fraction must be in (0, 1), got {hit_fraction}")
+        self.hit_fraction = hit_fraction
+        self.tau = tau
+        self.initial = PriorScorePolicy(seed=seed)
+
+    def threshold(self, post: SurrogatePosterior) -> float:
+        """`tau`: fixed, or the `(1 - hit_fraction)` quantile of the posterior mean over the pool."""
+        if self.tau is not None:
+            return float(self.tau)
+        return float(torch.quantile(post.mean, 1.0 - self.hit_fraction))
+
+    def select(self, surrogate: Surrogate | None, pool: CandidatePool, observed: Mapping[str, float],
+               batch_size: int, pending: Sequence[str] = ()) -> Proposal:
+        if surrogate is None:
+            return Proposal(self.name, self.initial.select(None, pool, observed, batch_size, pending).items)
+        mask = available_mask(pool, observed, pending)
+        q = check_batch(batch_size, int(mask.sum()))
+        post = surrogate.posterior(pool.X)
+        tau = self.threshold(post)
+        z = prob_hit_z(post, tau)
+        picks = z.masked_fill(~mask, float("-inf")).topk(q).indices.tolist()
+        ph = torch.special.ndtr(z[picks])
+        return Proposal(self.name, make_items(pool, picks, post.mean, post.sd, ph, observed, f"P(hit), tau={tau:.3g}"))
