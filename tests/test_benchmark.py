@@ -1,0 +1,132 @@
+"""The hit-discovery protocol on small real slices: arithmetic, hit lists, the non-essential
+variant, no leakage of unseen scores, and the benchmark command's output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from acquisition import make_policy
+from agent.simulate import simulate_campaign
+from flows.evaluation import PolicySpec, WorldSpec, build_world, read_hits_file, summarise
+from perturbloop.data import load_screen
+from perturbloop.data.screens import Screen
+from perturbloop.errors import ConfigError, UnknownGeneError
+from perturbloop.features import essential_genes
+from simulators import ScreenReplay
+from surrogates import make_surrogate
+
+
+@pytest.fixture(scope="module")
+def slice_path(tmp_path_factory, data_dir):
+    s = load_screen("schmidt2021_il2", data_dir)
+    genes = list(s.scores.abs().sort_values(ascending=False).index[:100]) + sorted(s.genes)[::25]
+    genes = list(dict.fromkeys(genes))
+    p = tmp_path_factory.mktemp("bench") / "slice.csv"
+    pd.DataFrame({"Gene": genes, "Score": s.scores.loc[genes].to_numpy()}).to_csv(p, index=False)
+    return p
+
+
+def _gp(pool):
+    import torch
+
+    bounds = torch.stack([pool.X.min(0).values, pool.X.max(0).values])
+    return lambda params: make_surrogate("gp", bounds=bounds, init_params=params, max_iter=30, target_transform="log")
+
+
+def test_hit_ratio_is_distinct_hits_over_all_hits(slice_path, data_dir):
+    world = build_world(WorldSpec(str(slice_path), features=("go",), data_dir=str(data_dir)))
+    run = simulate_campaign(world.pool, world.replay, make_policy("random", seed=3), None, rounds=3, batch_size=20)
+    hits = world.replay.hits
+    assert len(hits) == round(0.05 * len(world.pool))
+    for t in range(3):
+        picked = {g for batch in run.picks[: t + 1] for g in batch}
+        assert run.per_round[t] == pytest.approx(len(picked & hits) / len(hits))
+    assert len({g for b in run.picks for g in b}) == 60  # never the same gene twice
+
+
+def test_given_hit_list_replaces_top_fraction(slice_path, data_dir, tmp_path):
+    hits_file = tmp_path / "hits.txt"
+    hits_file.write_text("# paper's hits\nGene\nVAV1\ncd3g\nTMEM173\n")  # lower case and an outdated symbol
+    s = load_screen(str(slice_path), data_dir)
+    if "STING1" not in s.genes:
+        hits_file.write_text("Gene\nVAV1\ncd3g\n")
+    got = read_hits_file(str(hits_file), s.genes, data_dir)
+    assert {"VAV1", "CD3G"} <= got and len(got) in (2, 3)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("VAV1\nNOT_A_GENE_X\n")
+    with pytest.raises(UnknownGeneError, match="NOT_A_GENE_X"):
+        read_hits_file(str(bad), s.genes, data_dir)
+
+
+def test_nonessential_drops_core_essential_genes_from_hits_and_picks(data_dir):
+    world = build_world(WorldSpec("schmidt2021_il2", nonessential=True, features=("go",), data_dir=str(data_dir)))
+    ess = essential_genes(data_dir)
+    assert not (set(world.pool.labels) & ess) and not (world.replay.hits & ess)
+    full = load_screen("schmidt2021_il2", data_dir)
+    assert len(world.pool) == len(full.genes) - len(ess & set(full.genes))
+
+
+def test_unseen_scores_never_reach_the_policy(slice_path, data_dir):
+    """Shuffle the scores of every gene a campaign never picked: it must pick exactly the same.
+    Shuffle all scores: round 1 (priors only) is unchanged, later rounds follow the new values."""
+    spec = WorldSpec(str(slice_path), features=("go", "screens"), prior_screens=("schmidt2021_ifng",), data_dir=str(data_dir))
+    world = build_world(spec)
+    screen: Screen = world.replay.screen
+    run = simulate_campaign(world.pool, world.replay, make_policy("ucb", seed=0, beta=0.25), _gp(world.pool),
+                            rounds=3, batch_size=16)
+    picked = {g for b in run.picks for g in b}
+    rng = np.random.default_rng(0)
+
+    unseen = [g for g in screen.genes if g not in picked]
+    scores = screen.scores.copy()
+    scores.loc[unseen] = rng.permutation(scores.loc[unseen].to_numpy())
+    shuffled = ScreenReplay(Screen(screen.name, scores), hits=set(world.replay.hits))
+    again = simulate_campaign(world.pool, shuffled, make_policy("ucb", seed=0, beta=0.25), _gp(world.pool),
+                              rounds=3, batch_size=16)
+    assert again.picks == run.picks
+
+    all_shuffled = ScreenReplay(Screen(screen.name, pd.Series(rng.permutation(screen.scores.to_numpy()), index=screen.scores.index)))
+    other = simulate_campaign(world.pool, all_shuffled, make_policy("ucb", seed=0, beta=0.25), _gp(world.pool),
+                              rounds=3, batch_size=16)
+    assert other.picks[0] == run.picks[0]
+    assert other.picks[1:] != run.picks[1:]
+
+
+def test_policy_specs_and_aliases():
+    assert PolicySpec.parse("ucb:0.5").beta == 0.5
+    best = PolicySpec.parse("best")
+    assert best.label == "best" and best.kind in ("ucb", "greedy", "prob_hit", "thompson", "ucb_batch")
+    with pytest.raises(ConfigError, match="unknown policy 'nope'"):
+        PolicySpec.parse("nope")
+
+
+def test_summary_statistics():
+    rows = [{"policy": "a", "seed": s, "hit_ratio": h, "per_round": [h / 2, h], "round_seconds": [0.1, 0.3]}
+            for s, h in enumerate([0.1, 0.3])]
+    (s,) = summarise(rows)
+    assert s["hit_ratio_mean"] == pytest.approx(0.2) and s["hit_ratio_sd"] == pytest.approx(0.1)
+    assert s["per_round_mean"] == pytest.approx([0.1, 0.2]) and s["round_seconds_max"] == pytest.approx(0.3)
+
+
+def test_benchmark_command_writes_results_and_curves(slice_path, data_dir, tmp_path):
+    out = tmp_path / "res" / "slice.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "perturbloop.cli", "benchmark", "--screen", str(slice_path), "--rounds", "2",
+         "--batch", "16", "--seeds", "2", "--policy", "best,random", "--features", "go",
+         "--data-dir", str(data_dir), "--out", str(out)],
+        capture_output=True, text=True, timeout=400, env=dict(os.environ), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(out.read_text())
+    assert res["screen"] == str(slice_path) and res["protocol"]["rounds"] == 2
+    assert [(r["policy"], r["seed"]) for r in res["results"]] == [("best", 0), ("best", 1), ("random", 0), ("random", 1)]
+    for r in res["results"]:
+        assert len(r["per_round"]) == 2 and len(r["round_seconds"]) == 2 and r["hit_ratio"] == r["per_round"][-1]
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert "best" in proc.stdout and "random" in proc.stdout
