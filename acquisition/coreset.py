@@ -31,8 +31,8 @@ def min_sq_dist(X: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     """`n` squared Euclidean distances from each row of `X` (`n x d`) to its nearest row of `C` (`m x d`)."""
     out = torch.full((X.shape[0],), float("inf"), dtype=X.dtype)
     for start in range(0, C.shape[0], CENTER_CHUNK):
-        d = torch.cdist(X, C[start:start + CENTER_CHUNK], compute_mode="donot_use_mm_for_euclid_dist")
-        out = torch.minimum(out, d.min(dim=1).values.square())
+        d2 = torch.cdist(X, C[start:start + CENTER_CHUNK]).min(dim=1).values.square()  # matmul form: ~5x faster
+        out = torch.minimum(out, d2)
     return out
 
 

@@ -38,7 +38,7 @@ class SurrogateConfig(_Strict):
 
 
 class AcquisitionConfig(_Strict):
-    kind: Literal["random", "greedy", "ucb", "qlognei"] = "ucb"
+    kind: Literal["random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch"] = "ucb"
     beta: float = Field(4.0, ge=0, description="UCB exploration weight: mu + sqrt(beta) sigma")
 
 
