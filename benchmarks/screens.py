@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SCREENS = ["schmidt2021_il2", "schmidt2021_ifng", "zhuang2019_nk", "sanchez2021_tau_up", "sanchez2021_tau_down",
            "zhu2021_sarscov2"]
-POLICIES = "best,random,greedy,ucb,prob_hit,thompson,coreset"
+POLICIES = "best,random,ucb,prob_hit,thompson,coreset,ucb_batch"
 # Published BioDiscoveryAgent numbers (Roohani et al. 2024, 5 x 128): agent (Claude 3.5 Sonnet) and their random.
 PUBLISHED = {"schmidt2021_il2": {"agent": 0.104, "random": 0.034}, "schmidt2021_ifng": {"agent": 0.095}}
 

@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from perturbloop.errors import ConfigError, PerturbloopError
 
-RECOMMENDED = "ucb:0.25"  # what `best` means; see benchmarks/RESULTS.md for how it was chosen
+RECOMMENDED = "greedy"  # most consistent across the six screens (benchmarks/RESULTS.md); chosen on those same screens
 ALIASES = {"best": RECOMMENDED}
 
 
