@@ -55,7 +55,9 @@ def table() -> str:
         rows.append((res["screen"], res["protocol"], by))
     if not rows:
         return "\n".join(lines + ["(no results yet)"])
-    lines.append("| screen | hits | " + " | ".join(policies) + " | best / random | published agent | s/round (best, max) |")
+    from flows.evaluation import RECOMMENDED
+
+    lines.append("| screen | hits | " + " | ".join(f"best (= {RECOMMENDED})" if p == "best" else p for p in policies) + " | best / random | published agent | s/round (best, max) |")
     lines.append("|---" * (len(policies) + 5) + "|")
     for screen, proto, by in rows:
         cells = []
@@ -76,7 +78,9 @@ def table() -> str:
                      + f" | {ratio} | {pub if pub is not None else '-'} | {secs:.2f} |")
     lines += ["", "Seeds only change random picks (and the random tie-breaks of a first round without "
               "prior screens): model-based policies start from the same prior round and are deterministic, "
-              "so their sd is 0. Published random on IL2: 0.034."]
+              "so their sd is 0. Published random on IL2: 0.034. Measured on the 2-core CPU machine, 5 seeds "
+              "(`python benchmarks/screens.py --seeds 5`; the protocol's 10 seeds only repeat the deterministic "
+              "policies). s/round = refit + acquisition over the whole pool."]
     return "\n".join(lines) + "\n"
 
 
