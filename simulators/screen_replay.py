@@ -51,6 +51,8 @@ class ScreenReplay:
         ranked = scores.abs().sort_values(ascending=False, kind="stable")
         # a given hit list (e.g. the paper's) replaces the top-fraction rule
         self._hits = frozenset(hits) if hits is not None else frozenset(ranked.index[:n])
+        # smallest |score| among the hits (evaluation only)
+        self.hit_threshold = float(ranked[ranked.index.isin(list(self._hits))].min()) if self._hits else float("nan")
 
     @property
     def genes(self) -> list[str]:
