@@ -226,6 +226,71 @@ def benchmark(
            out, runner, address)
 
 
+def _review(campaign: str, store: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from agent.approval import pending_proposal
+    from perturbloop.store import Store
+
+    r, props = pending_proposal(Store(store), campaign)
+    t = Table(title=f"{campaign}: round {r.index + 1} proposal awaiting approval ({len(props)} perturbations)",
+              title_justify="left")
+    for col in ("#", "perturbation", "predicted", "acq value", "policy", "rationale"):
+        t.add_column(col)
+    for p in props:
+        pred = "-" if p.mean is None else f"{p.mean:.3f} +- {p.sd:.3f}"
+        t.add_row(str(p.rank + 1), p.perturbation, pred, _fmt(p.acq_value), p.policy, p.rationale)
+    Console().print(t)
+    typer.echo(f"approve: perturbloop approve {campaign} [--drop GENE ...] [--add GENE ...] [--reject] [--note TEXT] [--by NAME]")
+
+
+@app.command()
+def review(campaign: str, store: StoreOpt = None) -> None:
+    """Show the proposal a campaign is waiting on: predicted effect +- sd, acquisition value, rationale."""
+    _guard(_review, campaign, store)
+
+
+def _approve(campaign, drop, add, reject, note, by, store, data_dir) -> None:
+    _quiet_prefect()
+    from rich.console import Console
+
+    from agent.approval import decide
+    from agent.context import build_context
+    from agent.runner import run_campaign
+    from perturbloop.config import parse_config
+    from perturbloop.store import Store
+
+    st = Store(store)
+    c = st.get_campaign(campaign)
+    if c is None:
+        raise PerturbloopError(f"no campaign {campaign!r} in {st.url}")
+    config = parse_config(c.config, f"stored config of {campaign}")
+    ctx = build_context(config, st, data_dir)
+    decision = decide(st, campaign, ctx.pool, drop=drop, add=add, reject=reject, note=note, by=by, data_dir=data_dir)
+    typer.echo(f"{decision['action']} by {by}: {len(decision['final'])} perturbations"
+               + (f" (dropped {', '.join(decision['dropped'])})" if decision["dropped"] else "")
+               + (f" (added {', '.join(decision['added'])})" if decision["added"] else ""))
+    res = run_campaign(config, st, data_dir, resume=decision, context=ctx)
+    Console().print(_round_table(f"{campaign}: {config.acquisition.kind}", res.rounds))
+    typer.echo(f"campaign status: {res.status}")
+
+
+@app.command()
+def approve(
+    campaign: str,
+    drop: Annotated[Optional[list[str]], typer.Option("--drop", help="remove a gene from the batch (repeatable)")] = None,
+    add: Annotated[Optional[list[str]], typer.Option("--add", help="add a gene to the batch (repeatable)")] = None,
+    reject: Annotated[bool, typer.Option("--reject", help="reject the whole batch")] = False,
+    note: Annotated[str, typer.Option(help="why")] = "",
+    by: Annotated[str, typer.Option(help="who decides")] = os.environ.get("USER", "scientist"),
+    store: StoreOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Record a decision on the pending proposal (approve, edit or reject) and continue the campaign."""
+    _guard(_approve, campaign, drop or [], add or [], reject, note, by, store, data_dir)
+
+
 @data_app.command("list")
 def data_list(data_dir: DataDirOpt = None) -> None:
     """Names of the registry's datasets, and whether each is available locally."""

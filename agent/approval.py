@@ -1,0 +1,71 @@
+"""Scientist approval: the pending proposal of a paused campaign, and validated decisions.
+
+A campaign with `approval = "required"` stops in `review` (a LangGraph interrupt kept in the
+checkpointer). `decide` validates an approval, edit or rejection against the store and the
+design space *before* anything is written; `run_campaign(..., resume=decision)` then records it
+and continues the loop to the next pause or the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from perturbloop.errors import PerturbloopError, UnknownGeneError
+from perturbloop.genes import gene_index
+from perturbloop.perturbation import CandidatePool
+from perturbloop.store import Proposal, Round, Store
+
+
+def pending_round(store: Store, campaign_id: str) -> Round | None:
+    """The round whose proposal waits for a decision, if any."""
+    if store.get_campaign(campaign_id) is None:
+        raise PerturbloopError(f"no campaign {campaign_id!r} in {store.url}")
+    for r in reversed(store.rounds(campaign_id)):
+        if r.status == "proposed" and store.decision(r.id) is None:
+            return r
+    return None
+
+
+def pending_proposal(store: Store, campaign_id: str) -> tuple[Round, list[Proposal]]:
+    r = pending_round(store, campaign_id)
+    if r is None:
+        c = store.get_campaign(campaign_id)
+        raise PerturbloopError(f"campaign {campaign_id!r} has no proposal awaiting approval (status: {c.status})")
+    return r, store.proposals(r.id)
+
+
+def decide(store: Store, campaign_id: str, pool: CandidatePool, *, drop: Sequence[str] = (), add: Sequence[str] = (),
+           reject: bool = False, note: str = "", by: str = "scientist", data_dir=None) -> dict:
+    """A decision for the pending round: `approved`, `edited` (genes dropped / added) or `rejected`.
+
+    Raises, naming the genes, for: a dropped gene that is not in the proposal; an added gene that is
+    unknown, outside the design space, already measured or already proposed.
+    """
+    r, props = pending_proposal(store, campaign_id)
+    proposed = [p.perturbation for p in props]
+    if reject:
+        if drop or add:
+            raise PerturbloopError("--reject cannot be combined with --drop or --add")
+        return {"action": "rejected", "by": by, "note": note, "added": [], "dropped": [], "final": []}
+    idx = gene_index(data_dir)
+    drop_c = idx.canonical(drop, context="in --drop", allowed=proposed) if drop else []
+    not_proposed = [d for d, c in zip(drop, drop_c) if c not in proposed]
+    if not_proposed:
+        raise PerturbloopError(f"--drop: not in the pending proposal: {', '.join(not_proposed)}")
+    add_c = idx.canonical(add, context="in --add", allowed=pool.labels) if add else []
+    outside = [a for a, c in zip(add, add_c) if c not in pool.index]
+    if outside:
+        raise UnknownGeneError(outside, "in --add (outside the campaign's design space)")
+    measured = {o.perturbation for o in store.observations(campaign_id, include_failed=True)}
+    again = [a for a, c in zip(add, add_c) if c in measured]
+    if again:
+        raise PerturbloopError(f"--add: already measured in this campaign: {', '.join(again)}")
+    dup = [a for a, c in zip(add, add_c) if c in proposed and c not in drop_c]
+    if dup:
+        raise PerturbloopError(f"--add: already in the proposal: {', '.join(dup)}")
+    final = [p for p in proposed if p not in set(drop_c)] + [c for c in dict.fromkeys(add_c)]
+    if not final:
+        raise PerturbloopError("the edited batch is empty: use --reject to reject the proposal")
+    action = "edited" if (drop_c or add_c) else "approved"
+    return {"action": action, "by": by, "note": note, "added": list(dict.fromkeys(add_c)), "dropped": drop_c,
+            "final": final}
