@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from acquisition.base import Proposal, available_mask, check_batch, make_items
+from acquisition.base import Proposal, make_items, pool_posterior
 from acquisition.prior import PriorScorePolicy
 from perturbloop.perturbation import CandidatePool
 from surrogates.base import Surrogate, SurrogatePosterior
@@ -43,9 +43,7 @@ class _AnalyticTopQ:
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
         if surrogate is None:
             return Proposal(self.name, self.initial.select(None, pool, observed, batch_size, pending).items)
-        mask = available_mask(pool, observed, pending)
-        q = check_batch(batch_size, int(mask.sum()))
-        post = surrogate.posterior(pool.X)
+        mask, q, post = pool_posterior(surrogate, pool, observed, batch_size, pending)
         acq = self.score(post)
         picks = acq.masked_fill(~mask, float("-inf")).topk(q).indices.tolist()
         return Proposal(self.name, make_items(pool, picks, post.mean, post.sd, acq[picks], observed, self.name))

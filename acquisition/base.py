@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from perturbloop.perturbation import CandidatePool
-from surrogates.base import Surrogate
+from surrogates.base import Surrogate, SurrogatePosterior
 
 RATIONALE_NEIGHBOURS = 3
 
@@ -63,6 +63,14 @@ def check_batch(batch_size: int, n_available: int) -> int:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return min(batch_size, n_available)
+
+
+def pool_posterior(surrogate: Surrogate, pool: CandidatePool, observed: Mapping[str, float], batch_size: int,
+                   pending: Sequence[str]) -> tuple[torch.Tensor, int, SurrogatePosterior]:
+    """What every model-based policy starts from: the `n` availability mask, the batch size capped
+    to what is available, and the marginal posterior over the whole pool."""
+    mask = available_mask(pool, observed, pending)
+    return mask, check_batch(batch_size, int(mask.sum())), surrogate.posterior(pool.X)
 
 
 def nearest_observed(pool: CandidatePool, picks: Sequence[int], observed: Mapping[str, float],

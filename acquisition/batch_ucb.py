@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from acquisition.analytic import UCB_BETA
-from acquisition.base import Proposal, available_mask, check_batch, make_items
+from acquisition.base import Proposal, make_items, pool_posterior
 from acquisition.prior import PriorScorePolicy
 from perturbloop.perturbation import CandidatePool
 from surrogates.base import Surrogate
@@ -75,10 +75,8 @@ class BatchUCBPolicy:
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
         if surrogate is None:
             return Proposal(self.name, self.initial.select(None, pool, observed, batch_size, pending).items)
-        mask = available_mask(pool, observed, pending)
+        mask, q, post = pool_posterior(surrogate, pool, observed, batch_size, pending)
         n_avail = int(mask.sum())
-        q = check_batch(batch_size, n_avail)
-        post = surrogate.posterior(pool.X)
         bonus_all = self.beta**0.5 * post.sd
         k = min(n_avail, max(q, self.shortlist_per_pick * q))
         short = (post.mean + bonus_all).masked_fill(~mask, float("-inf")).topk(k).indices  # k pool indices

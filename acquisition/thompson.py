@@ -32,7 +32,7 @@ import torch
 from linear_operator.utils.cholesky import psd_safe_cholesky
 
 from acquisition.analytic import ucb
-from acquisition.base import Proposal, available_mask, check_batch, make_items
+from acquisition.base import Proposal, make_items, pool_posterior
 from acquisition.prior import PriorScorePolicy
 from perturbloop.perturbation import CandidatePool
 from surrogates.base import Surrogate
@@ -63,10 +63,8 @@ class ThompsonPolicy:
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
         if surrogate is None:
             return Proposal(self.name, self.initial.select(None, pool, observed, batch_size, pending).items)
-        mask = available_mask(pool, observed, pending)
+        mask, q, post = pool_posterior(surrogate, pool, observed, batch_size, pending)
         n_avail = int(mask.sum())
-        q = check_batch(batch_size, n_avail)
-        post = surrogate.posterior(pool.X)
         k = min(n_avail, max(q, self.shortlist_per_pick * q, self.shortlist_min))
         short = ucb(post).masked_fill(~mask, float("-inf")).topk(k).indices  # k pool indices
         X_u, inverse = torch.unique(pool.X[short], dim=0, return_inverse=True)  # u x d unique rows; k -> u
