@@ -7,7 +7,7 @@ STAMP := $(VENV)/.perturbloop-installed
 DATA_DIR ?= $(or $(PERTURBLOOP_DATA_DIR),$(wildcard $(abspath ../shared/data)))
 export PERTURBLOOP_DATA_DIR := $(DATA_DIR)
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean test-system-deps
 
 install: $(STAMP)
 
@@ -24,6 +24,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Debian packages for the browser and PostgreSQL tests (needs root and apt; skipped otherwise,
+# and those tests then skip with the reason).
+SYSTEM_DEPS := chromium chromium-driver postgresql
+test-system-deps:
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  missing=$$(for p in $(SYSTEM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then echo "installing $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; \
+	else echo "test-system-deps: not root or no apt-get: browser/PostgreSQL tests will skip"; fi
 
 clean:
 	rm -rf runs .pytest_cache

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
@@ -43,7 +44,7 @@ def _with_fault_point(name: str, fn):
     return node
 
 
-def build_graph(checkpointer: SqliteSaver | None = None) -> CompiledStateGraph:
+def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStateGraph:
     g = StateGraph(LoopState, context_schema=CampaignContext)
     for name in ("fit", "propose", "review", "dispatch", "collect", "ingest"):
         g.add_node(name, _with_fault_point(name, getattr(nodes, name)))
@@ -58,9 +59,19 @@ def build_graph(checkpointer: SqliteSaver | None = None) -> CompiledStateGraph:
 
 
 @contextmanager
-def open_checkpointer(path: str | Path) -> Iterator[SqliteSaver]:
-    """A SQLite checkpointer at `path` (created if missing); state holds only plain JSON values."""
-    path = Path(path)
+def open_checkpointer(location: str | Path) -> Iterator[BaseCheckpointSaver]:
+    """The graph's checkpointer: a PostgreSQL URL keeps checkpoints in that database (LangGraph's
+    PostgresSaver, tables created on first use); anything else is a SQLite file (created if missing).
+    State holds only plain JSON values."""
+    text = str(location)
+    if text.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+        from langgraph.checkpoint.postgres import PostgresSaver
+
+        with PostgresSaver.from_conn_string(text.replace("postgresql+psycopg://", "postgresql://", 1)) as saver:
+            saver.setup()
+            yield saver
+        return
+    path = Path(location)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), check_same_thread=False)
     try:

@@ -121,6 +121,7 @@ def dispatch(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     if job.status in ("submitting", "submitted"):
         # resubmitting an idempotency key returns the lab's existing job, never a new one
         ref = ctx.lab.submit(key, job.perturbations)
+        fault_point("submit", state["round"])  # the lab has the batch, the store does not know yet
         ctx.store.mark_submitted(key, ref.external_id)
     return {}
 

@@ -31,3 +31,26 @@ def summarise_round(store: Store, campaign_id: str, index: int, n_hits: int | No
         "select_seconds": fit.select_seconds if fit else None,
         "seconds": seconds,
     }
+
+
+def campaign_overview(store: Store) -> list[dict]:
+    """Every campaign in the store with its rounds: status, picks, observed/failed counts, hits, lab jobs."""
+    out = []
+    for c in store.list_campaigns():
+        obs = store.observations(c.id, include_failed=True)
+        rounds = []
+        for r in store.rounds(c.id):
+            d = store.decision(r.id)
+            this = [o for o in obs if o.round_id == r.id]
+            rounds.append({
+                "round": r.index + 1, "status": r.status, "picks": len(d.final) if d else 0,
+                "observed": sum(1 for o in this if not o.failed), "failed": sum(1 for o in this if o.failed),
+                "hits": sum(1 for o in this if o.hit),
+                "decision": None if d is None else {"action": d.action, "by": d.by, "at": d.at.isoformat(), "note": d.note},
+                "lab_jobs": [{"adapter": j.adapter, "external_id": j.external_id, "status": j.status,
+                              "idempotency_key": j.idempotency_key, "n": len(j.perturbations)} for j in store.lab_jobs(r.id)],
+            })
+        out.append({"campaign": c.id, "status": c.status, "screen": c.config.get("data", {}).get("screen"),
+                    "policy": c.config.get("acquisition", {}).get("kind"), "rounds_planned": c.config.get("rounds"),
+                    "rounds": rounds, "picks": sum(r["picks"] for r in rounds), "hits": sum(r["hits"] for r in rounds)})
+    return out

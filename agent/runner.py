@@ -34,11 +34,14 @@ class CampaignResult:
         return self.rounds[-1]["hit_ratio"] if self.rounds else None
 
 
-def checkpoint_path(store: Store) -> Path:
-    """Checkpoints live beside a SQLite store (`<store>.checkpoints.sqlite`), else in `runs/`."""
+def checkpoint_path(store: Store) -> Path | str:
+    """Where the graph's checkpoints live: beside a SQLite store (`<store>.checkpoints.sqlite`), in the
+    same database for a PostgreSQL store, else `$PERTURBLOOP_CHECKPOINTS` (default `runs/checkpoints.sqlite`)."""
     db = sqlite_path(store.url)
     if db is not None:
         return db.with_name(db.stem + ".checkpoints.sqlite")
+    if store.url.startswith(("postgresql", "postgres://")):
+        return store.url
     return Path(os.environ.get("PERTURBLOOP_CHECKPOINTS", "runs/checkpoints.sqlite"))
 
 

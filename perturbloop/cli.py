@@ -121,25 +121,11 @@ def run(config: Annotated[Path, typer.Argument(help="campaign config (TOML)")], 
 
 
 def _status(store: str | None, as_json: bool) -> None:
+    from agent.report import campaign_overview
     from perturbloop.store import Store
 
     st = Store(store)
-    out = []
-    for c in st.list_campaigns():
-        rounds = []
-        for r in st.rounds(c.id):
-            d = st.decision(r.id)
-            obs = [o for o in st.observations(c.id, include_failed=True) if o.round_id == r.id]
-            rounds.append({
-                "round": r.index + 1, "status": r.status, "picks": len(d.final) if d else 0,
-                "observed": sum(1 for o in obs if not o.failed), "failed": sum(1 for o in obs if o.failed),
-                "hits": sum(1 for o in obs if o.hit),
-                "lab_jobs": [{"adapter": j.adapter, "external_id": j.external_id, "status": j.status,
-                              "idempotency_key": j.idempotency_key, "n": len(j.perturbations)} for j in st.lab_jobs(r.id)],
-            })
-        out.append({"campaign": c.id, "status": c.status, "screen": c.config.get("data", {}).get("screen"),
-                    "policy": c.config.get("acquisition", {}).get("kind"), "rounds_planned": c.config.get("rounds"),
-                    "rounds": rounds, "picks": sum(r["picks"] for r in rounds), "hits": sum(r["hits"] for r in rounds)})
+    out = campaign_overview(st)
     if as_json:
         typer.echo(json.dumps({"store": st.url, "campaigns": out}, indent=2))
         return
@@ -289,6 +275,59 @@ def approve(
 ) -> None:
     """Record a decision on the pending proposal (approve, edit or reject) and continue the campaign."""
     _guard(_approve, campaign, drop or [], add or [], reject, note, by, store, data_dir)
+
+
+def _web(store: str | None, host: str, port: int, token_file: Path | None, data_dir: str | None) -> None:
+    _quiet_prefect()
+    from agent.web import serve
+
+    if token_file is not None:
+        if not token_file.is_file():
+            raise PerturbloopError(f"--token-file: {str(token_file)!r} does not exist")
+        token = token_file.read_text().strip()
+    else:
+        token = os.environ.get("PERTURBLOOP_WEB_TOKEN", "").strip()
+    if not token:
+        raise PerturbloopError("web: set the access token in $PERTURBLOOP_WEB_TOKEN or pass --token-file FILE")
+    typer.echo(f"perturbloop review on http://{host}:{port}/ (store {store or 'runs/perturbloop.db'})")
+    serve(store, token, host=host, port=port, data_dir=data_dir)
+
+
+@app.command()
+def web(
+    store: StoreOpt = None,
+    host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8765,
+    token_file: Annotated[Optional[Path], typer.Option(help="file holding the access token (else $PERTURBLOOP_WEB_TOKEN)")] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """The review web app: campaigns, pending proposals with a plot, approve / edit / reject (token required)."""
+    _guard(_web, store, host, port, token_file, data_dir)
+
+
+def _serve(folder: Path, cron: str, timezone: str | None, store: str | None, data_dir: str | None) -> None:
+    from flows.schedule import campaign_configs, serve_campaigns
+    from perturbloop.store import store_url
+
+    configs = campaign_configs(folder)  # validate every config before registering anything
+    url = store_url(store)  # absolute: scheduled runs may start in another directory
+    typer.echo(f"serving {len(configs)} campaigns from {folder} (store {url}): " + ", ".join(c.name for _, c in configs))
+    serve_campaigns(folder, url, str(Path(data_dir).resolve()) if data_dir else None, cron, timezone)
+
+
+@app.command()
+def serve(
+    folder: Annotated[Path, typer.Argument(help="folder of campaign configs (*.toml)")],
+    cron: Annotated[str, typer.Option(help="cron schedule for configs without a `schedule` field")] = "0 * * * *",
+    timezone: Annotated[Optional[str], typer.Option(help="time zone of the cron schedules (default UTC)")] = None,
+    store: StoreOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Register a Prefect deployment per campaign config, on a cron schedule, and run them as they come due.
+
+    Needs a Prefect server: `prefect server start`, and PREFECT_API_URL=http://127.0.0.1:4200/api.
+    """
+    _guard(_serve, folder, cron, timezone, store, data_dir)
 
 
 @data_app.command("list")

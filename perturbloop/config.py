@@ -56,6 +56,7 @@ class CampaignConfig(_Strict):
     batch_size: int = Field(128, ge=1, le=100_000)
     seed: int = 0
     approval: Literal["auto", "required"] = "auto"
+    schedule: str | None = Field(None, description="cron schedule for `perturbloop serve` (default: the --cron option)")
     data: DataConfig
     design: DesignConfig = Field(default_factory=DesignConfig)
     surrogate: SurrogateConfig = Field(default_factory=SurrogateConfig)

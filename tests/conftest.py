@@ -90,3 +90,46 @@ def small_pool(small_pool_genes: list[str], data_dir: Path, _session_env):
     from perturbloop.features import build_gene_pool
 
     return build_gene_pool(small_pool_genes, features=["go"], data_dir=data_dir)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server for the store tests (see tests/pg_server.py); skipped where none can run."""
+    from pg_server import Unavailable, postgres_server
+
+    try:
+        with postgres_server() as url:
+            yield url
+    except Unavailable as e:
+        pytest.skip(f"PostgreSQL store tests: {e}")
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str):
+    """A new, empty database on the test server for one test (dropped afterwards)."""
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(postgres_url)
+    name = f"pl_{uuid.uuid4().hex[:12]}"
+    admin = f"host={u.host} port={u.port} user={u.username} dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield u.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def slice_csv(tmp_path_factory, il2_screen) -> Path:
+    """A small real `Gene,Score` CSV for approval / web / serving tests: the 60 strongest IL2
+    genes plus every 40th gene (about 530 genes)."""
+    import pandas as pd
+
+    s = il2_screen
+    genes = list(dict.fromkeys(list(s.scores.abs().sort_values(ascending=False).index[:60]) + sorted(s.genes)[::40]))
+    p = tmp_path_factory.mktemp("slice") / "slice.csv"
+    pd.DataFrame({"Gene": genes, "Score": s.scores.loc[genes].to_numpy()}).to_csv(p, index=False)
+    return p

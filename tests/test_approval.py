@@ -7,25 +7,14 @@ import subprocess
 import sys
 import textwrap
 
-import pandas as pd
 import pytest
 
 from agent.approval import decide, pending_proposal
 from agent.context import build_context
 from agent.runner import run_campaign
 from perturbloop.config import load_config, parse_config
-from perturbloop.data import load_screen
 from perturbloop.errors import PerturbloopError, UnknownGeneError
 from perturbloop.store import Store
-
-
-@pytest.fixture(scope="module")
-def slice_csv(tmp_path_factory, data_dir):
-    s = load_screen("schmidt2021_il2", data_dir)
-    genes = list(dict.fromkeys(list(s.scores.abs().sort_values(ascending=False).index[:60]) + sorted(s.genes)[::40]))
-    p = tmp_path_factory.mktemp("approval") / "slice.csv"
-    pd.DataFrame({"Gene": genes, "Score": s.scores.loc[genes].to_numpy()}).to_csv(p, index=False)
-    return p
 
 
 def _cfg(slice_csv):
@@ -33,8 +22,11 @@ def _cfg(slice_csv):
                          "data": {"screen": str(slice_csv)}})
 
 
-def test_pause_edit_and_resume(slice_csv, data_dir, tmp_path):
-    store = Store(str(tmp_path / "pl.db"))
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_pause_edit_and_resume(backend, slice_csv, data_dir, tmp_path, request):
+    """On SQLite, and on PostgreSQL (store and LangGraph checkpoints in the same database)."""
+    url = str(tmp_path / "pl.db") if backend == "sqlite" else request.getfixturevalue("fresh_postgres_url")
+    store = Store(url)
     cfg = _cfg(slice_csv)
     res = run_campaign(cfg, store, data_dir)
     assert res.status == "awaiting_approval"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from sqlmodel import Session, func, select
+from sqlmodel import Session, SQLModel, create_engine, func, select
 
 from perturbloop.errors import StoreError
 from perturbloop.store import Decision, LabJob, ModelFit, Observation, Proposal, Round, Store
@@ -27,9 +27,17 @@ def _count(store: Store, table) -> int:
         return s.exec(select(func.count()).select_from(table)).one()
 
 
-@pytest.fixture
-def store(tmp_path) -> Store:
-    return Store(str(tmp_path / "runs" / "store.db"))
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path) -> Store:
+    """Every store test runs on a SQLite file and on a real PostgreSQL server (fresh tables each test)."""
+    if request.param == "sqlite":
+        yield Store(str(tmp_path / "runs" / "store.db"))
+        return
+    url = request.getfixturevalue("postgres_url")
+    SQLModel.metadata.drop_all(create_engine(url))
+    st = Store(url)
+    yield st
+    st.engine.dispose()
 
 
 @pytest.fixture
