@@ -148,7 +148,7 @@ def reference_run(slice_csv, data_dir, tmp_path_factory) -> dict:
     return _snapshot(Store(str(d / "pl.db")), "crash")
 
 
-@pytest.mark.parametrize("kill_at", ["propose:1", "dispatch:1", "ingest:1"])
+@pytest.mark.parametrize("kill_at", ["fit:1", "propose:1", "review:1", "submit:1", "dispatch:1", "collect:1", "ingest:1"])
 def test_killed_run_resumes_without_lost_or_duplicate_work(kill_at, slice_csv, data_dir, tmp_path, reference_run):
     """SIGKILL right after a node's side effects (before its checkpoint), then run again."""
     cfg = _write_config(tmp_path / "c.toml", slice_csv, "crash")
