@@ -11,6 +11,7 @@ from acquisition.coreset import CoresetPolicy
 from acquisition.prob_hit import ProbHitPolicy
 from acquisition.qlognei import QLogNEIPolicy
 from acquisition.random import RandomPolicy
+from acquisition.rl import RLPermutedPolicy, RLPolicy
 from acquisition.thompson import ThompsonPolicy
 from perturbloop.errors import ConfigError
 
@@ -23,6 +24,8 @@ POLICIES: dict[str, Callable[..., AcquisitionPolicy]] = {
     "prob_hit": ProbHitPolicy,
     "coreset": CoresetPolicy,
     "ucb_batch": BatchUCBPolicy,
+    "rl": RLPolicy,  # needs policy_path: a checkpoint from `perturbloop policy train`
+    "rl_permuted": RLPermutedPolicy,  # benchmark control: the RL policy with shuffled feedback
 }
 
 

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 
 from acquisition import AcquisitionPolicy, make_policy
-from lab_adapters import LabAdapter, SimulatorLab
+from lab_adapters import LabAdapter, make_lab
 from perturbloop.config import CampaignConfig
 from perturbloop.data import REGISTRY, load_screen
 from perturbloop.data.registry import get_spec
 from perturbloop.data.screens import Screen
-from perturbloop.errors import ConfigError, PerturbloopError, UnknownGeneError
+from perturbloop.errors import ConfigError, UnknownGeneError
 from perturbloop.genes import gene_index
 from perturbloop.features import build_gene_pool, essential_genes
 from perturbloop.perturbation import CandidatePool
@@ -53,6 +53,62 @@ class CampaignContext:
         if self.world is not None:
             return perturbation in self.world.hits
         return None
+
+    # what the loop's nodes ask of a campaign (agent.nodes); a response campaign answers the same
+    # questions for response vectors (agent.response_context)
+    @property
+    def rounds(self) -> int:
+        """Rounds of the loop (each: fit, propose, review, dispatch, collect, ingest)."""
+        return self.config.rounds
+
+    @property
+    def approval(self) -> str:
+        return self.config.approval
+
+    @property
+    def n_hits(self) -> int | None:
+        return len(self.world.hits) if self.world is not None else None
+
+    def training_data(self) -> dict[str, float]:
+        """Measured perturbations of the design space -> the modelled scalar (`objective`)."""
+        obs = self.store.observations(self.campaign_id)
+        return {o.perturbation: self.objective(o.value) for o in obs
+                if o.value is not None and o.perturbation in self.pool.index}
+
+    def fit_model(self, observed: dict[str, float], index: int) -> Surrogate | None:
+        """The surrogate refit on `observed` (warm-started from the last stored fit); None under 2 points."""
+        if len(observed) < 2:
+            return None
+        surrogate = self.make_surrogate(self.store.latest_params(self.campaign_id, self.config.surrogate.kind))
+        idx = self.pool.indices(list(observed))
+        surrogate.fit(self.pool.X[idx], torch.tensor(list(observed.values()), dtype=torch.float64))
+        return surrogate
+
+    def score_model(self, surrogate: Surrogate | None, observed: dict[str, float]) -> dict[str, float]:
+        """Evaluation only (a simulated world): Spearman of the posterior mean on the genes not yet measured."""
+        if surrogate is None or self.world is None:
+            return {}
+        import numpy as np
+        from scipy.stats import spearmanr
+
+        unmeasured = [lab for lab in self.pool.labels if lab not in observed]
+        post = surrogate.posterior(self.pool.X[self.pool.indices(unmeasured)])
+        truth = self.world.truth(unmeasured).map(self.objective).to_numpy()
+        ok = ~np.isnan(truth)
+        return {"spearman_unmeasured": float(spearmanr(post.mean.numpy()[ok], truth[ok]).statistic)}
+
+    def select(self, surrogate: Surrogate | None, observed: dict[str, float], pending: list[str], index: int):
+        """The policy's proposal for round `index` (a `acquisition.base.Proposal`)."""
+        return self.policy.select(surrogate, self.pool, observed, self.config.batch_size, pending)
+
+    def after_ingest(self, index: int) -> None:
+        """Called once a round is ingested (a response campaign scores its model here)."""
+
+    def summary(self, index: int) -> dict:
+        """One row of the per-round table, read back from the store."""
+        from agent.report import summarise_round
+
+        return summarise_round(self.store, self.campaign_id, index, n_hits=self.n_hits)
 
 
 def derived_from(a: str, b: str) -> bool:
@@ -119,10 +175,9 @@ def build_context(config: CampaignConfig, store: Store, data_dir: str | os.PathL
                            go_dims=d.go_dims, gaf=d.gaf, embeddings=d.embeddings)
     if pool.X.shape[1] == 0:
         raise ConfigError("design.features: no features selected")
+    # the world scores every campaign whose screen is known (hits, Spearman); only a simulator lab runs it
     world = ScreenReplay(screen, noise=config.lab.noise, hit_fraction=config.data.hit_fraction, seed=config.seed)
-    if config.lab.kind != "simulator":  # pragma: no cover - guarded by the config schema
-        raise PerturbloopError(f"lab.kind {config.lab.kind!r} is not available yet")
-    lab = SimulatorLab(world)
+    lab = make_lab(config.lab, world)
     bounds = torch.stack([pool.X.min(0).values, pool.X.max(0).values])
     s = config.surrogate
 
@@ -130,5 +185,6 @@ def build_context(config: CampaignConfig, store: Store, data_dir: str | os.PathL
         return make_surrogate(s.kind, bounds=bounds, max_iter=s.max_iter, init_params=init_params,
                               target_transform=s.target_transform)
 
-    policy = make_policy(config.acquisition.kind, seed=config.seed, beta=config.acquisition.beta)
+    policy = make_policy(config.acquisition.kind, seed=config.seed, beta=config.acquisition.beta,
+                         policy_path=config.acquisition.policy_path, rounds=config.rounds)
     return CampaignContext(config, store, pool, lab, policy, _surrogate, world, on_round)

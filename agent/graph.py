@@ -25,7 +25,8 @@ from agent.state import LoopState
 
 
 def _after_ingest(state: LoopState) -> str:
-    return END if state.get("status") == "finished" else "fit"
+    # a partial delivery was ingested and the round still waits for the rest of its batch
+    return END if state.get("status") in ("finished", "waiting_for_lab") else "fit"
 
 
 def _after_collect(state: LoopState) -> str:

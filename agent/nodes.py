@@ -11,15 +11,14 @@ import signal
 import time
 from typing import Any
 
-import numpy as np
-import torch
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
-from scipy.stats import spearmanr
 
 from agent.context import CampaignContext
 from agent.state import LoopState
 from lab_adapters.base import JobRef, LabError
+from perturbloop.errors import LabResultError
+from perturbloop.perturbation import CONTROL
 from perturbloop.store import Decision, ModelFit, Observation
 
 
@@ -36,29 +35,13 @@ def round_key(campaign_id: str, index: int) -> str:
     return f"{campaign_id}/round-{index}"
 
 
-def _training_data(ctx: CampaignContext) -> dict[str, float]:
-    obs = ctx.store.observations(ctx.campaign_id)
-    return {o.perturbation: ctx.objective(o.value) for o in obs if o.value is not None and o.perturbation in ctx.pool.index}
-
-
 def fit_surrogate(ctx: CampaignContext, index: int) -> dict[str, Any]:
     """Fit the surrogate on everything measured so far; cache it for `propose`."""
-    observed = _training_data(ctx)
+    observed = ctx.training_data()
     t0 = time.perf_counter()
-    surrogate = None
-    metrics: dict[str, float] = {}
-    if len(observed) >= 2:
-        surrogate = ctx.make_surrogate(ctx.store.latest_params(ctx.campaign_id, ctx.config.surrogate.kind))
-        idx = ctx.pool.indices(list(observed))
-        surrogate.fit(ctx.pool.X[idx], torch.tensor(list(observed.values()), dtype=torch.float64))
+    surrogate = ctx.fit_model(observed, index)
     fit_seconds = time.perf_counter() - t0
-    if surrogate is not None and ctx.world is not None:
-        # evaluation only: how well the model ranks the genes not yet measured
-        unmeasured = [lab for lab in ctx.pool.labels if lab not in observed]
-        post = surrogate.posterior(ctx.pool.X[ctx.pool.indices(unmeasured)])
-        truth = ctx.world.truth(unmeasured).map(ctx.objective).to_numpy()
-        ok = ~np.isnan(truth)
-        metrics["spearman_unmeasured"] = float(spearmanr(post.mean.numpy()[ok], truth[ok]).statistic)
+    metrics = ctx.score_model(surrogate, observed)  # evaluation only: how well the model predicts
     fit = {"round": index, "surrogate": surrogate, "observed": observed, "fit_seconds": fit_seconds, "metrics": metrics}
     ctx.cache["fit"] = fit
     return fit
@@ -83,10 +66,10 @@ def propose(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     observed = cached["observed"]
     pending = [o.perturbation for o in ctx.store.observations(ctx.campaign_id, include_failed=True) if o.failed]
     t0 = time.perf_counter()
-    proposal = ctx.policy.select(cached["surrogate"], ctx.pool, observed, ctx.config.batch_size, pending)
+    proposal = ctx.select(cached["surrogate"], observed, pending, state["round"])
     select_seconds = time.perf_counter() - t0
     surrogate_name = cached["surrogate"].name if cached["surrogate"] is not None else "none"
-    params = cached["surrogate"].params if cached["surrogate"] is not None else {}
+    params = getattr(cached["surrogate"], "params", {}) if cached["surrogate"] is not None else {}
     record = ModelFit(round_id=r.id, surrogate=surrogate_name, policy=proposal.policy, n_train=len(observed),
                       fit_seconds=cached["fit_seconds"], select_seconds=select_seconds, metrics=cached["metrics"],
                       params=params)
@@ -100,7 +83,7 @@ def review(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     if ctx.store.decision(r.id) is not None:
         return {}
     labels = [p.perturbation for p in ctx.store.proposals(r.id)]
-    if ctx.config.approval == "auto":
+    if ctx.approval == "auto":
         ctx.store.save_decision(Decision(round_id=r.id, action="auto", by="auto", final=labels))
         return {}
     ctx.store.set_campaign_status(ctx.campaign_id, "awaiting_approval")
@@ -126,31 +109,71 @@ def dispatch(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     return {}
 
 
+def _waiting(ctx: CampaignContext) -> dict:
+    """The round waits for the lab: the campaign says so, and the graph stops until the next run."""
+    c = ctx.store.get_campaign(ctx.campaign_id)
+    if c is not None and c.status != "waiting_for_lab":
+        ctx.store.set_campaign_status(ctx.campaign_id, "waiting_for_lab")
+    return {"status": "waiting_for_lab", "collected": []}
+
+
 def collect(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
+    """Poll the round's lab job once; hand the results not yet stored to `ingest`.
+
+    A `partial` job gives the results received so far (status `partial`: ingest them, keep waiting);
+    a `complete` or `failed` one gives the rest, a perturbation without a result counting as failed.
+    """
     ctx = runtime.context
     key = round_key(ctx.campaign_id, state["round"])
     job = ctx.store.lab_job(key)
     if job is None or job.status == "collected":
         return {"collected": []}
     ref = JobRef(job.adapter, job.external_id or "", key)
-    status = ctx.lab.poll(ref)
-    if status != "complete" and status != "failed":
-        return {"status": "waiting_for_lab", "collected": []}
+    try:
+        status = ctx.lab.poll(ref)
+    except KeyError:
+        # a lab that forgot the job (an in-memory simulator in a restarted process): the same
+        # idempotency key is the same job, so submitting it again is safe
+        ref = ctx.lab.submit(key, job.perturbations)
+        status = ctx.lab.poll(ref)
+    if status not in ("partial", "complete", "failed"):
+        return _waiting(ctx)
     results = ctx.lab.collect(ref)
-    rows = []
+    unknown = sorted(set(results) - set(job.perturbations) - {CONTROL})
+    if unknown:
+        raise LabResultError(f"lab job {ref.external_id} ({key}): results for perturbation(s) not in its batch: "
+                             + ", ".join(unknown[:20]))
+    have = ctx.store.observed(ctx.campaign_id)
+    rows, pending = [], []
     for label in job.perturbations:
-        res = results.get(label, LabError(label, "no result returned by the lab"))
+        if label in have:
+            continue  # ingested by an earlier run (a partial delivery): never twice
+        res = results.get(label)
+        if res is None and status == "partial":
+            pending.append(label)
+            continue
+        res = res or LabError(label, "no result returned by the lab")
         if isinstance(res, LabError):
             rows.append({"perturbation": label, "value": None, "replicates": [], "error": res.reason})
+        elif res.value is None:
+            raise LabResultError(f"lab job {ref.external_id} ({key}): {label} came back as cells (Perturb-seq) without "
+                                 "a readout; a screen campaign needs a value per perturbation (a results CSV)")
         else:
-            rows.append({"perturbation": label, "value": res.value, "replicates": list(res.replicates), "error": None})
-    return {"collected": rows}
+            row = {"perturbation": label, "value": res.value, "replicates": list(res.replicates), "error": None}
+            if res.response is not None:  # a response campaign: the measured response vector
+                row["response"] = [float(v) for v in res.response]
+            rows.append(row)
+    if pending and not rows:
+        return _waiting(ctx)
+    return {"collected": rows, "status": "partial" if pending else "running"}
 
 
 def ingest(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
+    """Store the collected observations; close the round once its lab job is complete, else keep waiting."""
     ctx = runtime.context
     r = ctx.store.get_or_create_round(ctx.campaign_id, state["round"])
     key = round_key(ctx.campaign_id, state["round"])
+    complete = state.get("status") != "partial" or r.status in ("ingested", "rejected")
     if r.status not in ("ingested", "rejected"):
         rows = [
             Observation(campaign_id=ctx.campaign_id, round_id=r.id, perturbation=c["perturbation"], value=c["value"],
@@ -158,19 +181,24 @@ def ingest(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
                         hit=None if c["error"] else ctx.is_hit(c["perturbation"], c["value"]))
             for c in state.get("collected", [])
         ]
+        responses = {c["perturbation"]: c["response"] for c in state.get("collected", []) if c.get("response") is not None}
         if ctx.store.lab_job(key) is not None:
-            ctx.store.ingest(ctx.campaign_id, r.id, key, rows)
+            ctx.store.ingest(ctx.campaign_id, r.id, key, rows, complete=complete, responses=responses)
+    if not complete:
+        return _waiting(ctx)
     nxt = state["round"] + 1
+    ctx.after_ingest(state["round"])
     if ctx.on_round is not None:
         ctx.on_round(round_summary(ctx, state["round"]))
-    if nxt >= ctx.config.rounds:
+    if nxt >= ctx.rounds:
         ctx.store.set_campaign_status(ctx.campaign_id, "finished")
         return {"round": nxt, "collected": [], "status": "finished"}
-    return {"round": nxt, "collected": []}
+    c = ctx.store.get_campaign(ctx.campaign_id)
+    if c is not None and c.status == "waiting_for_lab":
+        ctx.store.set_campaign_status(ctx.campaign_id, "running")
+    return {"round": nxt, "collected": [], "status": "running"}
 
 
 def round_summary(ctx: CampaignContext, index: int) -> dict:
     """One row of the per-round table, read back from the store."""
-    from agent.report import summarise_round
-
-    return summarise_round(ctx.store, ctx.campaign_id, index, n_hits=len(ctx.world.hits) if ctx.world else None)
+    return ctx.summary(index)

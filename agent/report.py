@@ -50,7 +50,12 @@ def campaign_overview(store: Store) -> list[dict]:
                 "lab_jobs": [{"adapter": j.adapter, "external_id": j.external_id, "status": j.status,
                               "idempotency_key": j.idempotency_key, "n": len(j.perturbations)} for j in store.lab_jobs(r.id)],
             })
-        out.append({"campaign": c.id, "status": c.status, "screen": c.config.get("data", {}).get("screen"),
-                    "policy": c.config.get("acquisition", {}).get("kind"), "rounds_planned": c.config.get("rounds"),
+        world = c.config.get("world") or {}
+        target = c.config.get("data", {}).get("screen") or " ".join(str(v) for v in (world.get("kind"), world.get("dataset")) if v)
+        planned = c.config.get("rounds")
+        if world and planned is not None:
+            planned += 1  # a response campaign's round 0 is its initial design
+        out.append({"campaign": c.id, "status": c.status, "screen": target,
+                    "policy": c.config.get("acquisition", {}).get("kind"), "rounds_planned": planned,
                     "rounds": rounds, "picks": sum(r["picks"] for r in rounds), "hits": sum(r["hits"] for r in rounds)})
     return out

@@ -10,14 +10,18 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from langgraph.types import Command
 
 from agent.context import CampaignContext, build_context
 from agent.graph import build_graph, open_checkpointer
-from agent.report import summarise_round
 from perturbloop.config import CampaignConfig
+from perturbloop.response_config import ResponseCampaignConfig
 from perturbloop.store import Store, sqlite_path
+
+if TYPE_CHECKING:
+    from agent.response_context import ResponseCampaignContext
 
 RECURSION_LIMIT_PER_ROUND = 8
 
@@ -51,6 +55,16 @@ def next_round(store: Store, campaign_id: str) -> int:
     return max(done) + 1 if done else 0
 
 
+def make_context(config: CampaignConfig | ResponseCampaignConfig, store: Store, data_dir=None,
+                 on_round: Callable[[dict], None] | None = None) -> CampaignContext | ResponseCampaignContext:
+    """The loop's context for a screen campaign or a response campaign (Perturb-seq, pairs)."""
+    if isinstance(config, ResponseCampaignConfig):
+        from agent.response_context import build_response_context
+
+        return build_response_context(config, store, data_dir, on_round)
+    return build_context(config, store, data_dir, on_round)
+
+
 def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_dir: str | os.PathLike | None = None,
                  on_round: Callable[[dict], None] | None = None, resume: dict | None = None,
                  context: CampaignContext | None = None) -> CampaignResult:
@@ -59,10 +73,10 @@ def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_
     `resume` is a decision to hand to a paused approval step.
     """
     store = store if isinstance(store, Store) else Store(store)
-    ctx = context or build_context(config, store, data_dir, on_round)
+    ctx = context or make_context(config, store, data_dir, on_round)
     store.create_or_check_campaign(config.name, config.model_dump(mode="json"))
     cfg = {"configurable": {"thread_id": config.name},
-           "recursion_limit": RECURSION_LIMIT_PER_ROUND * (config.rounds + 1)}
+           "recursion_limit": RECURSION_LIMIT_PER_ROUND * (ctx.rounds + 1)}
     with open_checkpointer(checkpoint_path(store)) as saver:
         graph = build_graph(saver)
         snapshot = graph.get_state(cfg)
@@ -71,20 +85,20 @@ def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_
             inp = Command(resume=resume)
         elif snapshot.next and snapshot.values.get("round", -1) >= start:
             inp = None  # continue the interrupted step
-        elif start >= config.rounds:
+        elif start >= ctx.rounds:
             inp = False
         else:
             inp = {"campaign_id": config.name, "round": start, "collected": [], "status": "running"}
         if inp is not False:
             graph.invoke(inp, cfg, context=ctx)
         snapshot = graph.get_state(cfg)
-    n_hits = len(ctx.world.hits) if ctx.world is not None else None
-    rounds = [summarise_round(store, config.name, r.index, n_hits) for r in store.rounds(config.name)]
+    n_hits = ctx.n_hits
+    rounds = [ctx.summary(r.index) for r in store.rounds(config.name)]
     status = "finished"
     if snapshot.interrupts:
         status = "awaiting_approval"
     elif snapshot.values.get("status") == "waiting_for_lab":
         status = "waiting_for_lab"
-    elif next_round(store, config.name) < config.rounds:
+    elif next_round(store, config.name) < ctx.rounds:
         status = "running"
     return CampaignResult(config.name, status, rounds, n_hits)

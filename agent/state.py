@@ -9,4 +9,4 @@ class LoopState(TypedDict, total=False):
     campaign_id: str
     round: int  # index of the round in progress (0-based)
     collected: list[dict]  # lab results awaiting ingestion: {perturbation, value, replicates, error}
-    status: str  # running | waiting_for_lab | finished
+    status: str  # running | partial (collect -> ingest: more results to come) | waiting_for_lab | finished

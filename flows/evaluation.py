@@ -45,11 +45,14 @@ class WorldSpec:
 
 @dataclass
 class PolicySpec:
-    """`kind[:beta]` on the command line (e.g. `ucb:0.25`); `best` is the recommended policy."""
+    """`kind[:beta]` on the command line (e.g. `ucb:0.25`); `best` is the recommended policy;
+    `rl:PATH` (and the permuted-feedback control `rl_permuted:PATH`) a trained RL policy checkpoint,
+    labelled `rl:<file stem>`."""
 
     label: str
     kind: str
     beta: float = 4.0
+    path: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> PolicySpec:
@@ -60,6 +63,12 @@ class PolicySpec:
         kind, _, arg = resolved.partition(":")
         if kind not in POLICIES:
             raise ConfigError(f"--policy: unknown policy {kind!r}; available: {', '.join([*POLICIES, *ALIASES])}")
+        if kind in ("rl", "rl_permuted"):
+            if not arg:
+                raise ConfigError(f"--policy {text!r}: give the checkpoint, e.g. {kind}:policy.pt")
+            if not Path(arg).expanduser().is_file():
+                raise ConfigError(f"--policy {text!r}: checkpoint {arg!r} does not exist")
+            return cls(f"{kind}:{Path(arg).stem}", kind, path=str(Path(arg).expanduser().resolve()))
         beta = 4.0
         if arg:
             try:
@@ -139,7 +148,8 @@ def simulated_campaign(world_spec: WorldSpec, policy: PolicySpec, seed: int, rou
     if policy.kind not in ("random", "coreset", "prior"):
         def make(params):  # noqa: ANN001, ANN202
             return make_surrogate("gp", bounds=bounds, init_params=params, target_transform=world_spec.target_transform)
-    run = simulate_campaign(pool, world.replay, make_policy(policy.kind, seed=seed, beta=policy.beta), make,
+    run = simulate_campaign(pool, world.replay, make_policy(policy.kind, seed=seed, beta=policy.beta, policy_path=policy.path,
+                                                                rounds=rounds), make,
                             rounds=rounds, batch_size=batch, seed=seed, objective=abs)
     return {"policy": policy.label, "seed": seed, "hit_ratio": run.hit_ratio, "per_round": run.per_round,
             "round_seconds": run.round_seconds, "n_hits": len(world.replay.hits & set(pool.labels))}

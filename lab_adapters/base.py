@@ -1,12 +1,31 @@
-"""The LabAdapter protocol: `submit` (idempotent on round_key), `poll` once, `collect` per perturbation."""
+"""The LabAdapter protocol: `submit` (idempotent on round_key), `poll` once, `collect` per perturbation.
+
+A job is `submitted` or `running` until results arrive, `partial` while some of its perturbations
+have results and others are still out, then `complete` (every perturbation has a result or an
+error) or `failed` (the lab gave up on the job; perturbations without a result count as failed).
+`collect` may be called on a `partial` job: it returns the results received so far.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
-JobStatus = Literal["submitted", "running", "complete", "failed"]
+from perturbloop.perturbation import CONTROL
+
+JobStatus = Literal["submitted", "running", "partial", "complete", "failed"]
+JOB_STATUSES: tuple[str, ...] = ("submitted", "running", "partial", "complete", "failed")
+
+
+def canonical(raw: object) -> str:
+    """A label a lab sent back, as perturbloop writes it: symbols upper-cased, pair members sorted
+    and joined by ``+`` (``;`` is read as ``+`` too); ``ctrl`` stays the control."""
+    s = str(raw).strip()
+    if s.lower() == CONTROL:
+        return CONTROL
+    return "+".join(sorted({p.strip().upper() for p in re.split(r"[+;]", s) if p.strip()}))
 
 
 @dataclass(frozen=True)
@@ -20,11 +39,19 @@ class JobRef:
 
 @dataclass
 class LabResult:
-    """One perturbation's measured readout (scalar for screens) and replicates."""
+    """One perturbation's measured readout (scalar for screens) and replicates.
+
+    Perturb-seq results carry the perturbation's cells (an AnnData) in `cells` and no scalar
+    `value` (None) until they are summarised. A response campaign's lab returns the summarised
+    response vector in `response` (e.g. pseudobulk LFC over the readout genes) and its magnitude
+    in `value`.
+    """
 
     perturbation: str
-    value: float
+    value: float | None
     replicates: list[float] = field(default_factory=list)
+    cells: Any = None
+    response: list[float] | None = None
 
 
 @dataclass
@@ -48,5 +75,5 @@ class LabAdapter(Protocol):
         ...
 
     def collect(self, job: JobRef) -> dict[str, LabResult | LabError]:
-        """Results of a complete job, per perturbation."""
+        """Results received so far (all of them once the job is complete), per perturbation."""
         ...

@@ -16,6 +16,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Closed-loop active learning for CRISPR perturbation campaigns.")
 data_app = typer.Typer(no_args_is_help=True, help="The data registry: list and fetch datasets.")
 app.add_typer(data_app, name="data")
+policy_app = typer.Typer(no_args_is_help=True, help="Learned (RL) acquisition policies: train on simulated campaigns.")
+app.add_typer(policy_app, name="policy")
 
 StoreOpt = Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL or SQLite path (default runs/perturbloop.db)")]
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="data directory (default $PERTURBLOOP_DATA_DIR, then the user cache)")]
@@ -48,16 +50,81 @@ def _round_table(title: str, rows: list[dict]):
     return t
 
 
+RESPONSE_COLUMNS = ("mse_top20_de", "pearson_delta", "l2_top_expressed", "interaction_pearson", "hit_ratio")
+
+
+def _response_table(title: str, rows: list[dict]):
+    """Per round and held-out score: the model, and each baseline fitted on the same observations."""
+    from rich.table import Table
+
+    metrics = [m for m in RESPONSE_COLUMNS if any(m in r["metrics"] for r in rows)]
+    baselines = sorted({k.split("@", 1)[1] for r in rows for k in r["metrics"] if "@" in k})
+    t = Table(title=title, title_justify="left")
+    for col in ("round", "measured", "failed", "metric", "model", *baselines, "round s"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    for r in rows:
+        m = r["metrics"]
+        head = ["initial" if r["round"] == 1 else str(r["round"] - 1), _fmt(m.get("n_measured"), ".0f"),
+                str(r["failed"])]
+        for j, k in enumerate(metrics or ["-"]):
+            cells = [_fmt(m.get(k), ".4f")] + [_fmt(m.get(f"{k}@{b}"), ".4f") for b in baselines]
+            t.add_row(*(head if j == 0 else ["", "", ""]), k, *cells,
+                      _fmt(r["seconds"], ".2f") if j == 0 else "", end_section=j == len(metrics) - 1)
+    return t
+
+
+def _run_response(config, store: str | None, data_dir: str | None, baseline: bool) -> None:
+    """A response campaign (Perturb-seq / pairs) through the same loop and store as a screen campaign."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows.campaign import campaign_flow
+    from perturbloop.store import Store
+
+    console = Console()
+    st = Store(store)
+    w = config.world
+    synthetic = " [magenta](SYNTHETIC world)[/]" if w.kind == "synthetic_grn" else ""
+    console.print(
+        f"[bold]{config.name}[/]: {config.objective} on [cyan]{w.kind}[/] {w.dataset or ''}{synthetic}, design "
+        f"{config.design.space}, {config.initial} initial + {config.rounds} rounds x {config.batch_size}, surrogate "
+        f"{config.surrogate.kind}, policy {config.acquisition.kind}; store {st.url}"
+    )
+    from flows.response_eval import build_world
+
+    build_world(config, data_dir)  # bad input (missing data set, unknown dataset) fails here, before any flow runs
+    total = config.rounds + 1
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        main_task = progress.add_task(f"{config.name} ({config.acquisition.kind})", total=total)
+        base_task = progress.add_task("random baseline", total=total, visible=baseline)
+        results = campaign_flow(
+            config, st.url, data_dir, baseline=baseline,
+            on_round=lambda r: progress.update(main_task, completed=r["round"]),
+            on_baseline_round=lambda r: progress.update(base_task, completed=r["round"]),
+        )
+    main = results["campaign"]
+    console.print(_response_table(f"{config.name}: {config.acquisition.kind}, scores on the held-out perturbations "
+                                  "(never run) after each round", main.rounds))
+    if main.status != "finished":
+        console.print(f"campaign status: [yellow]{main.status}[/]")
+    base = results.get("baseline")
+    if base is not None:
+        console.print(_response_table(f"{base.campaign_id}: random picks, same campaign", base.rounds))
+
+
 def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: bool) -> None:
     _quiet_prefect()
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from perturbloop.config import load_config
+    from perturbloop.response_config import ResponseCampaignConfig, load_campaign_config
     from perturbloop.store import Store, sqlite_path
 
     console = Console()
-    config = load_config(config_path)
+    config = load_campaign_config(config_path)
+    if isinstance(config, ResponseCampaignConfig):
+        return _run_response(config, store, data_dir, baseline)
     st = Store(store)
     console.print(
         f"[bold]{config.name}[/]: {config.objective} on [cyan]{config.data.screen}[/], {config.rounds} rounds x "
@@ -191,10 +258,30 @@ def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, feature
     console.print(f"results: {path}\ncurves: {png}")
 
 
+def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runner: str, address: str | None) -> None:
+    _quiet_prefect()
+    from rich.console import Console
+
+    from flows.response_eval import protocol_of, response_table, run_response_sweep, write_response_results
+    from perturbloop.response_config import load_response_config
+
+    config = load_response_config(config_path)
+    console = Console()
+    ev = config.evaluation
+    with console.status(f"{len(ev.policies)} policies x {ev.seeds} seeds, {config.world.kind} world ({runner} runner)"):
+        rows = run_response_sweep(config, data_dir, runner=runner, address=address)
+    protocol = protocol_of(config, rows)
+    path, png = write_response_results(out, protocol, config.name, rows)
+    console.print(response_table(config.name, protocol, rows))
+    console.print(f"results: {path}\ncurves: {png}")
+
+
 @app.command()
 def benchmark(
-    screen: Annotated[str, typer.Option(help="registry screen name, or a MAGeCK gene summary / Gene,Score CSV")],
     out: Annotated[Path, typer.Option(help="results JSON (a PNG of the curves is written beside it)")],
+    screen: Annotated[Optional[str], typer.Option(help="registry screen name, or a MAGeCK gene summary / Gene,Score CSV")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="a response-campaign TOML (Perturb-seq / pairs): "
+                                                   "world, policies, seeds and baselines come from the file")] = None,
     hits: Annotated[Optional[str], typer.Option(help="file with one hit gene per line (default: top 5% by |score|)")] = None,
     rounds: Annotated[int, typer.Option(min=1)] = 5,
     batch: Annotated[int, typer.Option(min=1)] = 128,
@@ -204,10 +291,24 @@ def benchmark(
     features: Annotated[str, typer.Option(help="go, screens, essential (comma-separated)")] = "go,screens",
     prior_screens: Annotated[Optional[str], typer.Option(help="screens used as prior features (default: all but the target)")] = None,
     data_dir: DataDirOpt = None,
-    runner: Annotated[str, typer.Option(help="local (threads) or dask (prefect-dask)")] = "local",
+    runner: Annotated[str, typer.Option(help="local (threads) or dask (prefect-dask); with --config also inline "
+                                              "(this process, no Prefect)")] = "local",
     address: Annotated[Optional[str], typer.Option(help="address of an existing Dask scheduler")] = None,
 ) -> None:
-    """Simulated campaigns on the BioDiscoveryAgent protocol: policies beside random, results to JSON + PNG."""
+    """Simulated campaigns on the BioDiscoveryAgent protocol: policies beside random, results to JSON + PNG.
+
+    With --config FILE.toml: simulated response campaigns (Perturb-seq / gene pairs), learning curves
+    of each policy in the file beside random, baselines beside the model (same results schema).
+    """
+    if config is not None:
+        if screen is not None:
+            typer.echo("error: give --screen or --config, not both", err=True)
+            raise typer.Exit(2)
+        _guard(_benchmark_response, config, out, data_dir, runner, address)
+        return
+    if screen is None:
+        typer.echo("error: name a --screen (pooled screen) or a --config (response campaign)", err=True)
+        raise typer.Exit(2)
     _guard(_benchmark, screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir,
            out, runner, address)
 
@@ -349,6 +450,96 @@ def data_fetch(name: str, force: Annotated[bool, typer.Option(help="download aga
     paths = _guard(fetch, name, force=force)
     for p in paths:
         typer.echo(str(p))
+
+
+def _policy_train(worlds, holdout, synthetic, out, iterations, bc_iterations, warm_start, group, pool_size, rounds,
+                  batch, lr, seed, evaluate, data_dir) -> None:
+    import time
+
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from acquisition.rl import save_policy
+    from acquisition.rl.features import reference_score
+    from acquisition.rl.train import evaluate as evaluate_policy
+    from acquisition.rl.train import train_policy
+    from acquisition.rl.worlds import build_worlds, registry_screens
+    from perturbloop.device import default_device
+    from surrogates import make_surrogate
+
+    names = [w.strip() for w in worlds.split(",") if w.strip()] if worlds else registry_screens()
+    held = [h.strip() for h in holdout.split(",") if h.strip()] if holdout else []
+    warm = None if warm_start in ("", "none") else warm_start
+    device = default_device()
+    console = Console()
+    t0 = time.perf_counter()
+
+    def gp(bounds, params):  # the benchmark's surrogate: exact GP on log(|score| + median)
+        return make_surrogate("gp", bounds=bounds, init_params=params, target_transform="log", device=torch.device("cpu"))
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}"), console=console) as progress:
+        wt = progress.add_task("training worlds", total=len(names) + synthetic, info="")
+        train_worlds = build_worlds(names, holdout=held, synthetic=synthetic, data_dir=data_dir, make_surrogate=gp,
+                                    rounds=rounds, batch=batch, seed=seed,
+                                    on_world=lambda w: progress.update(wt, advance=1, info=w.name))
+        progress.update(wt, total=len(train_worlds), completed=len(train_worlds))
+        world_seconds = time.perf_counter() - t0
+        bc = progress.add_task(f"imitation ({warm})", total=bc_iterations if warm else 0, info="", visible=bool(warm))
+        rl = progress.add_task("REINFORCE", total=iterations, info="")
+        recent: list[float] = []
+
+        def step(i: int, row: dict) -> None:
+            recent.append(row["return"])
+            del recent[:-20]
+            info = f"{row['world']}  return (mean of last {len(recent)}) {sum(recent) / len(recent):.3f}"
+            progress.update(bc if row["phase"] == "imitation" else rl, completed=i + 1, info=info)
+
+        res = train_policy(train_worlds, rounds=rounds, batch=batch, pool_size=pool_size, iterations=iterations,
+                           group=group, lr=lr, seed=seed, warm_start=warm, bc_iterations=bc_iterations, device=device,
+                           on_iteration=step, meta={"holdout": held, "synthetic": synthetic})
+    res.config.training["world_seconds"] = round(world_seconds, 1)
+    res.config.training["total_minutes"] = round((time.perf_counter() - t0) / 60, 2)
+    res.config.training["torch_threads"] = torch.get_num_threads()
+    if evaluate:
+        pol = evaluate_policy(train_worlds, res.net, rounds=rounds, batch=batch, pool_size=pool_size)
+        ref = evaluate_policy(train_worlds, rounds=rounds, batch=batch, pool_size=pool_size,
+                              scorer=lambda f: reference_score("greedy", f))
+        res.config.training["evaluation"] = {"rl": pol, "greedy": ref}
+        t = Table(title="greedy hit ratio in the training worlds (subsampled pools, fixed episodes)", title_justify="left")
+        for col in ("world", "rl", "greedy (reference)"):
+            t.add_column(col)
+        for w in pol:
+            t.add_row(w, f"{pol[w]:.3f}", f"{ref[w]:.3f}")
+        console.print(t)
+    path = save_policy(res.net, res.config, out)
+    console.print(f"policy: {path} ({len(train_worlds)} worlds, {res.config.training['episodes']} episodes, "
+                  f"{res.config.training['total_minutes']:.1f} min on {device}, {torch.get_num_threads()} threads)")
+
+
+@policy_app.command("train")
+def policy_train(
+    out: Annotated[Path, typer.Option(help="checkpoint to write (state dict + JSON config)")],
+    worlds: Annotated[Optional[str], typer.Option(help="training screens, comma-separated (default: every registry screen)")] = None,
+    holdout: Annotated[Optional[str], typer.Option(help="screens held out entirely (target of a leave-one-screen-out evaluation): never a world, never a feature")] = None,
+    synthetic: Annotated[int, typer.Option(min=0, help="synthetic screens on the training worlds' gene pools")] = 3,
+    iterations: Annotated[int, typer.Option(min=0, help="policy-gradient steps (each `group` episodes)")] = 200,
+    bc_iterations: Annotated[int, typer.Option(min=0, help="imitation steps before the policy gradient")] = 100,
+    warm_start: Annotated[str, typer.Option(help="policy imitated first: greedy, ucb, prob_hit, prior or none")] = "greedy",
+    group: Annotated[int, typer.Option(min=2, help="episodes per step on one world and pool (the baseline group)")] = 8,
+    pool_size: Annotated[int, typer.Option(min=64, help="genes per training episode (a random subsample of the world)")] = 4096,
+    rounds: Annotated[int, typer.Option(min=2)] = 5,
+    batch: Annotated[int, typer.Option(min=1, help="deployed batch size (scaled to the episode pool in training)")] = 128,
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 2e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    evaluate: Annotated[bool, typer.Option(help="report greedy hit ratios in the training worlds beside the greedy policy")] = False,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Train an RL acquisition policy (REINFORCE) on simulated campaigns; use it with `acquisition.kind = "rl"`."""
+    _guard(_policy_train, worlds, holdout, synthetic, out, iterations, bc_iterations, warm_start, group, pool_size,
+           rounds, batch, lr, seed, evaluate, data_dir)
 
 
 def main() -> None:

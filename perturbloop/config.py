@@ -38,13 +38,56 @@ class SurrogateConfig(_Strict):
 
 
 class AcquisitionConfig(_Strict):
-    kind: Literal["random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch"] = "ucb"
+    kind: Literal["random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl"] = "ucb"
     beta: float = Field(4.0, ge=0, description="UCB exploration weight: mu + sqrt(beta) sigma")
+    policy_path: str | None = Field(None, description="kind 'rl': checkpoint from `perturbloop policy train`")
+
+    @model_validator(mode="after")
+    def _rl_needs_checkpoint(self) -> AcquisitionConfig:
+        if self.kind == "rl" and not self.policy_path:
+            raise ValueError("kind 'rl' needs policy_path (a checkpoint from `perturbloop policy train`)")
+        return self
+
+
+_LAB_FIELDS = {"filedrop": ("outbox", "inbox"), "http": ("url", "token_env", "timeout", "retries")}
 
 
 class LabConfig(_Strict):
-    kind: Literal["simulator"] = "simulator"
+    """Which lab runs the batches: the simulator (replays the screen), a file drop, or a lab's REST API.
+
+    A lab token is never written in the config: `token_env` names the environment variable that holds it.
+    """
+
+    kind: Literal["simulator", "filedrop", "http"] = "simulator"
     noise: Literal["none", "donor"] = Field("none", description="simulator readout: screen mean, or one donor per gene")
+    outbox: str | None = Field(None, description="filedrop: folder the order sheets are written to")
+    inbox: str | None = Field(None, description="filedrop: folder the lab puts results files in")
+    url: str | None = Field(None, pattern=r"^https?://\S+$", description="http: the lab API's base URL")
+    token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                  description="http: name of the environment variable holding the lab's bearer token")
+    timeout: float = Field(30.0, gt=0, le=3600, description="http: seconds per request")
+    retries: int = Field(3, ge=0, le=20, description="http: retries on connection errors, timeouts and 5xx")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_token(cls, data: object) -> object:
+        if isinstance(data, dict) and "token" in data:
+            raise ValueError("lab.token: do not put the token in the config; put it in an environment variable "
+                             "and name that variable in lab.token_env")
+        return data
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> LabConfig:
+        needed = {"filedrop": ("outbox", "inbox"), "http": ("url",)}.get(self.kind, ())
+        missing = [f"lab.{f}" for f in needed if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"lab.kind = {self.kind!r} needs {' and '.join(missing)}")
+        # a field of another kind set to something other than its default (a dumped config carries the defaults)
+        stray = [f"lab.{f}" for k, fields in _LAB_FIELDS.items() if k != self.kind for f in fields
+                 if getattr(self, f) != type(self).model_fields[f].default]
+        if stray:
+            raise ValueError(f"{', '.join(stray)} not used with lab.kind = {self.kind!r}")
+        return self
 
 
 class CampaignConfig(_Strict):

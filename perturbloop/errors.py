@@ -38,3 +38,27 @@ class DataIntegrityError(PerturbloopError):
 
 class StoreError(PerturbloopError):
     """An inconsistent or unexpected state of the campaign store."""
+
+
+class LabAdapterError(PerturbloopError):
+    """Base class of errors at the lab boundary (order sheets, results files, a lab's API)."""
+
+
+class LabSubmissionError(LabAdapterError, ValueError):
+    """A submission the lab (or the adapter) refuses, e.g. a different batch under a used idempotency key."""
+
+
+class LabResultError(LabAdapterError, ValueError):
+    """Lab results that cannot be ingested; the message names the file (or URL) and the rows."""
+
+
+class LabRequestError(LabAdapterError):
+    """A lab API that refused a request (HTTP 4xx); not retried."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class LabUnavailableError(LabAdapterError):
+    """A lab API that could not be reached (connection errors, timeouts, 5xx) after every retry."""

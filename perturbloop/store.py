@@ -4,7 +4,7 @@ The store, not memory, is the source of truth. Every write that belongs to one s
 round happens in one transaction, so a killed process leaves either the whole step or none
 of it; every step checks the store first and is a no-op when its work is already there.
 
-Tables: Campaign, Round, Proposal, Decision, LabJob, Observation, ModelFit.
+Tables: Campaign, Round, Proposal, Decision, LabJob, Observation, ResponseVector, ModelFit.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class LabJob(SQLModel, table=True):
     adapter: str
     idempotency_key: str = Field(unique=True)
     external_id: str | None = None
-    status: str = "submitting"  # submitting | submitted | collected | failed
+    status: str = "submitting"  # submitting | submitted | partial (some results in) | collected | failed
     perturbations: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     submitted_at: datetime | None = None
     collected_at: datetime | None = None
@@ -95,6 +95,17 @@ class Observation(SQLModel, table=True):
     failed: bool = False
     error: str | None = None
     hit: bool | None = None
+
+
+class ResponseVector(SQLModel, table=True):
+    """A response campaign's measured response of one perturbation (e.g. pseudobulk LFC over the
+    readout genes, in the campaign's readout order); its Observation holds the magnitude."""
+
+    __table_args__ = (UniqueConstraint("campaign_id", "perturbation"),)
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: str = Field(foreign_key="campaign.id", index=True)
+    perturbation: str
+    values: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
 
 class ModelFit(SQLModel, table=True):
@@ -291,8 +302,16 @@ class Store:
                 self.set_round_status(job.round_id, "dispatched", session=s)
 
     # observations --------------------------------------------------------------------------
-    def ingest(self, campaign_id: str, round_id: int, key: str, rows: Sequence[Observation]) -> int:
-        """Insert the observations not yet stored and close the lab job and round; returns how many were new."""
+    def ingest(self, campaign_id: str, round_id: int, key: str, rows: Sequence[Observation], *,
+               complete: bool = True, responses: dict[str, list[float]] | None = None) -> int:
+        """Insert the observations not yet stored; returns how many were new.
+
+        `complete`: the lab job is done, so close it (`collected`) and the round (`ingested`); else the
+        job stays open as `partial` and the round waits for the rest. An observation is stored at most
+        once per campaign and perturbation (a unique constraint, and checked here). `responses`: the
+        response vectors of a response campaign, stored with their observations.
+        """
+        responses = responses or {}
         with self.session() as s:
             have = set(s.exec(select(Observation.perturbation).where(Observation.campaign_id == campaign_id)))
             new = []
@@ -301,11 +320,37 @@ class Store:
                     have.add(r.perturbation)
                     new.append(r)
                     s.add(r)
+                    if r.perturbation in responses:
+                        s.add(ResponseVector(campaign_id=campaign_id, perturbation=r.perturbation,
+                                             values=list(responses[r.perturbation])))
             job = self._job(s, key)
-            job.status, job.collected_at = "collected", _now()
+            if complete:
+                job.status, job.collected_at = "collected", _now()
+                self.set_round_status(round_id, "ingested", session=s)
+            elif job.status != "collected":
+                job.status = "partial"
             s.add(job)
-            self.set_round_status(round_id, "ingested", session=s)
             return len(new)
+
+    def observed(self, campaign_id: str) -> set[str]:
+        """Perturbations with an observation (measured or failed) in the campaign."""
+        with self.session() as s:
+            return set(s.exec(select(Observation.perturbation).where(Observation.campaign_id == campaign_id)))
+
+    def responses(self, campaign_id: str) -> dict[str, list[float]]:
+        """A response campaign's measured response vectors, by perturbation (in ingest order)."""
+        with self.session() as s:
+            q = select(ResponseVector).where(ResponseVector.campaign_id == campaign_id).order_by(ResponseVector.id)
+            return {v.perturbation: list(v.values) for v in s.exec(q)}
+
+    def update_fit_metrics(self, round_id: int, metrics: dict[str, float]) -> None:
+        """Merge `metrics` into the round's ModelFit record (scores computed after the round is ingested)."""
+        with self.session() as s:
+            fit = s.exec(select(ModelFit).where(ModelFit.round_id == round_id)).first()
+            if fit is None:
+                raise StoreError(f"round {round_id} has no model-fit record")
+            fit.metrics = {**(fit.metrics or {}), **metrics}
+            s.add(fit)
 
     def observations(self, campaign_id: str, *, include_failed: bool = False) -> list[Observation]:
         with self.session() as s:

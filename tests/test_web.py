@@ -153,7 +153,9 @@ def test_browser_login_edit_and_approve(live_server, browser, paused):
     browser.get(base + "/login")
     browser.find_element(By.ID, "token").send_keys("not-the-token")
     browser.find_element(By.ID, "login").click()
-    assert "401" in browser.title and "wrong access token" in browser.find_element(By.ID, "detail").text
+    # the click returns before the form's navigation has finished: wait for the answer page
+    wait.until(EC.title_contains("401"))
+    assert "wrong access token" in browser.find_element(By.ID, "detail").text
 
     browser.get(base + "/login")
     browser.find_element(By.ID, "token").send_keys(TOKEN)

@@ -5,8 +5,13 @@ A dataset is resolved, file by file, from the first of
 1. the data directory given explicitly (``--data-dir``) or by ``PERTURBLOOP_DATA_DIR``;
 2. the user cache (``PERTURBLOOP_CACHE_DIR``, default ``~/.cache/perturbloop``);
 
-and, failing both, downloaded from its public source into the cache and sha256-checked.
+and, failing both, downloaded from its public source into the cache and checked.
 Files keep the same relative paths in every location (e.g. ``screens/genedisco/...``).
+
+Every download is verified before it is used: by sha256 where the registry has one, else by
+the md5 (and size) the source itself publishes (Zenodo lists md5 for each file). A file with
+neither checksum is never downloaded (`fetch` refuses and says so): the registry does not
+invent checksums it could not check.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ GENEDISCO_WHEEL_SHA256 = "6a23043d099a3284ac2e6ee6a19a7bb34d3d67ee94e39448a06e77
 GENEDISCO_MEMBER = "genedisco/datasets/screens/"
 NORMAN_RAW = "https://raw.githubusercontent.com/thomasmaxwellnorman/Perturbseq_GI/3b25109aeb9c0c2026bd70abd50304a0ad4e5395/"
 BDA_RAW = "https://raw.githubusercontent.com/snap-stanford/BioDiscoveryAgent/master/"
+# scPerturb (Peidli et al. 2024 Nat Methods) harmonised h5ad files, Zenodo record 13350497 (v1.4; the
+# same files, with the same md5, are in records 7041849 and 10044268). Zenodo publishes md5 only.
+SCPERTURB_ZENODO = "https://zenodo.org/records/13350497/files/"
 
 Source = Literal["genedisco_wheel", "url", "local"]
 
@@ -39,9 +47,15 @@ class DataFile:
     """One file of a dataset: its relative path, checksum and where it comes from."""
 
     path: str
-    sha256: str
+    sha256: str | None  # None: not known; then `md5` (published by the source) must be, or fetch refuses
     source: Source = "local"
     url: str | None = None  # for source="url"
+    size: int | None = None  # bytes, when documented (checked before hashing)
+    md5: str | None = None  # the source's own published checksum (Zenodo), used when sha256 is None
+
+    @property
+    def verifiable(self) -> bool:
+        return bool(self.sha256 or self.md5)
 
 
 @dataclass(frozen=True)
@@ -133,10 +147,42 @@ _OTHER = [
                           "084dc5d26133c3c4d99586bc03a76cf3f4f00045102c57a260a76ca5eaaba6e9", "url",
                           NORMAN_RAW + "final_emaps/single_fitnesses.csv")),
                 "Norman et al. 2019 Science, doi:10.1126/science.aax4438"),
-    DatasetSpec("papalexi2021", "perturbseq", "Papalexi 2021 ECCITE-seq THP-1 low-MOI: 20,729 cells x 299 genes, 26 targets",
+    DatasetSpec("norman2019_gi_fits", "pairs",
+                "Norman 2019: Perturb-seq profiles of 125 double perturbations fitted on their singles",
+                (DataFile("pairs/norman2019/regr_fits_final.csv",
+                          "664331b7374e1dd22dd42c8a7b3f97aecf01dfb034701818101574fca4441ff3", "url",
+                          NORMAN_RAW + "data_sharing/regr_fits_final.csv", size=127987),),
+                "Norman et al. 2019 Science, doi:10.1126/science.aax4438"),
+    DatasetSpec("papalexi2021", "perturbseq",
+                "Papalexi 2021 ECCITE-seq THP-1 CRISPR knockout, low-MOI: 20,729 cells x 299 genes, "
+                "25 targets + non-targeting",
                 (DataFile("perturbseq/papalexi2021/papalexi2021_lowmoi.h5ad",
-                          "673c707e799651331ca948cea6c338ecdd25dacd7ea9ca4792eecb653dfc1219"),),
-                "Papalexi et al. 2021 Nat Genet, doi:10.1038/s41588-021-00778-2"),
+                          "673c707e799651331ca948cea6c338ecdd25dacd7ea9ca4792eecb653dfc1219", size=3511437),),
+                "Papalexi et al. 2021 Nat Genet, doi:10.1038/s41588-021-00778-2",
+                {"key": "target", "control": "non-targeting"}),
+    # scPerturb files: md5 and size as Zenodo publishes them (the same values are recorded independently
+    # by other projects' download manifests); sha256 is not published and could not be computed offline.
+    DatasetSpec("norman2019", "perturbseq",
+                "Norman 2019 CRISPRa K562 Perturb-seq, singles and pairs (scPerturb h5ad, 0.70 GB)",
+                (DataFile("perturbseq/scperturb/NormanWeissman2019_filtered.h5ad", None, "url",
+                          SCPERTURB_ZENODO + "NormanWeissman2019_filtered.h5ad?download=1",
+                          size=698680199, md5="c870e6967d91c017d9da827bab183cd6"),),
+                "Norman et al. 2019 Science, doi:10.1126/science.aax4438; scPerturb, doi:10.1038/s41592-023-02144-y",
+                {"key": "perturbation", "control": "control", "separators": "_+"}),
+    DatasetSpec("replogle2022_k562_essential", "perturbseq",
+                "Replogle 2022 CRISPRi K562 essential-gene Perturb-seq (scPerturb h5ad, 1.55 GB)",
+                (DataFile("perturbseq/scperturb/ReplogleWeissman2022_K562_essential.h5ad", None, "url",
+                          SCPERTURB_ZENODO + "ReplogleWeissman2022_K562_essential.h5ad?download=1",
+                          size=1546729675, md5="d8cba17576d1a8afc0f7d71b79cad0f7"),),
+                "Replogle et al. 2022 Cell, doi:10.1016/j.cell.2022.05.013; scPerturb, doi:10.1038/s41592-023-02144-y",
+                {"key": "perturbation", "control": "control", "separators": "_+"}),
+    DatasetSpec("adamson2016", "perturbseq",
+                "Adamson 2016 CRISPRi K562 UPR Perturb-seq, experiment GSM2406681 (10X010) (scPerturb h5ad, 0.47 GB)",
+                (DataFile("perturbseq/scperturb/AdamsonWeissman2016_GSM2406681_10X010.h5ad", None, "url",
+                          SCPERTURB_ZENODO + "AdamsonWeissman2016_GSM2406681_10X010.h5ad?download=1",
+                          size=471286951, md5="2fa44ea61a8dd35742af618638ec65fc"),),
+                "Adamson et al. 2016 Cell, doi:10.1016/j.cell.2016.11.048; scPerturb, doi:10.1038/s41592-023-02144-y",
+                {"key": "perturbation", "control": "control", "separators": "_+"}),
 ]
 
 REGISTRY: dict[str, DatasetSpec] = {d.name: d for d in (*_SCREENS, *_ANNOTATIONS, *_OTHER)}
@@ -196,15 +242,45 @@ def resolve(name: str, data_dir: str | os.PathLike | None = None, *, download: b
     return [_find(f, data_dirs(data_dir)) for f in spec.files]  # type: ignore[misc]
 
 
+def md5_of(path: Path) -> str:
+    h = hashlib.md5()  # noqa: S324 - compared with the md5 the source (Zenodo) publishes
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_file(path: Path, f: DataFile) -> str | None:
+    """None if `path` matches the registry's size and checksum for `f`, else what differs."""
+    if f.size is not None and path.stat().st_size != f.size:
+        return f"{f.path}: size {path.stat().st_size} bytes does not match the registry's {f.size}"
+    if f.sha256:
+        digest = sha256_of(path)
+        return None if digest == f.sha256 else f"{f.path}: sha256 {digest} does not match the registry's {f.sha256}"
+    if f.md5:
+        digest = md5_of(path)
+        return None if digest == f.md5 else f"{f.path}: md5 {digest} does not match the published {f.md5}"
+    return f"{f.path}: the registry has no checksum for it"
+
+
 def fetch(name: str, *, force: bool = False) -> list[Path]:
-    """Download a dataset's files into the user cache and verify their sha256."""
+    """Download a dataset's files into the user cache and verify them (sha256, else the source's md5).
+
+    Refuses, before downloading anything, a dataset with a file that has no checksum to verify.
+    """
     spec = get_spec(name)
+    unverified = [f.path for f in spec.files if not f.verifiable and f.source != "local"]
+    if unverified:
+        raise PerturbloopError(
+            f"dataset {name!r}: refusing to download {', '.join(unverified)}: the registry has no checksum to "
+            "verify it with; download it yourself from its source and put it under --data-dir / PERTURBLOOP_DATA_DIR"
+        )
     out: list[Path] = []
     wheel: Path | None = None
     with tempfile.TemporaryDirectory() as tmp:
         for f in spec.files:
             target = cache_dir() / f.path
-            if target.is_file() and not force and sha256_of(target) == f.sha256:
+            if target.is_file() and not force and verify_file(target, f) is None:
                 out.append(target)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -214,17 +290,18 @@ def fetch(name: str, *, force: bool = False) -> list[Path]:
                 with zipfile.ZipFile(wheel) as zf, zf.open(GENEDISCO_MEMBER + Path(f.path).name) as src, open(part, "wb") as dst:
                     shutil.copyfileobj(src, dst)
             elif f.source == "url" and f.url:
-                with urllib.request.urlopen(f.url, timeout=60) as src, open(part, "wb") as dst:  # noqa: S310
-                    shutil.copyfileobj(src, dst)
+                req = urllib.request.Request(f.url, headers={"User-Agent": "perturbloop"})
+                with urllib.request.urlopen(req, timeout=60) as src, open(part, "wb") as dst:  # noqa: S310
+                    shutil.copyfileobj(src, dst, 1 << 20)
             else:
                 raise PerturbloopError(
                     f"dataset {name!r}: file {f.path} has no public download route; "
                     "point --data-dir / PERTURBLOOP_DATA_DIR at a directory that holds it"
                 )
-            digest = sha256_of(part)
-            if digest != f.sha256:
+            problem = verify_file(part, f)
+            if problem:
                 part.unlink()
-                raise DataIntegrityError(f"{f.path}: sha256 {digest} does not match the registry's {f.sha256}")
+                raise DataIntegrityError(problem)
             part.replace(target)
             out.append(target)
     return out

@@ -1,0 +1,176 @@
+"""A response campaign (Perturb-seq singles, gene pairs) as a context of the same LangGraph loop.
+
+`perturbloop run examples/papalexi_learn.toml` drives the loop of `agent.graph` (fit > propose >
+review > dispatch > collect > ingest, checkpointed, every step in the store) with this context
+in place of a screen campaign's:
+
+- round 0 runs the initial design (`initial` random perturbations, seeded; no model yet);
+  rounds 1..`rounds` are chosen by the policy (`acquisition.kind`) from the surrogate refit on
+  every response measured so far (vectors in the store's `ResponseVector` table);
+- the lab is `ResponseSimulatorLab` over the configured world (held-out cells of a Perturb-seq
+  data set, the synthetic GRN, or the Norman 2019 pair screen); pair campaigns know the singles
+  up front (the additive prior);
+- a held-out set of perturbations (`evaluation.test_fraction`, seeded by `seed`) is never run;
+  after each round is ingested the refit surrogate is scored on it (`perturbloop.response_metrics`)
+  beside the baselines fitted on the same observations (`<metric>@<baseline>`), and the scores
+  are written to the round's ModelFit record.
+
+The pieces are those of the simulated evaluation (`flows.response_eval`): a campaign run here
+measures the same perturbations, and scores the same, as seed `seed` of its policy in
+`perturbloop benchmark --config` (tested).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from acquisition.base import Proposal, ProposedItem
+from flows import response_eval as rev
+from lab_adapters.response_simulator import ResponseSimulatorLab
+from perturbloop.errors import StoreError
+from perturbloop.pairs import DesignSpace
+from perturbloop.response_config import ResponseCampaignConfig
+from perturbloop.response_metrics import response_metrics
+from perturbloop.store import Store
+
+SUMMARY_METRICS = ("mse_top20_de", "pearson_delta", "l2_top_expressed", "interaction_pearson", "hit_ratio")
+
+
+@dataclass
+class ResponseCampaignContext:
+    config: ResponseCampaignConfig
+    store: Store
+    world: Any  # flows.response_eval.ResponseWorld
+    space: DesignSpace
+    split: rev.Split
+    evaluation: rev.Evaluation
+    lab: ResponseSimulatorLab
+    policy: Any  # acquisition.response policy
+    make_model: Callable[[int], Any]
+    baselines: list[str]
+    make_baseline: Callable[[str], Any]
+    on_round: Callable[[dict], None] | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def campaign_id(self) -> str:
+        return self.config.name
+
+    @property
+    def rounds(self) -> int:
+        """Round 0 (the initial design) plus the policy's rounds."""
+        return self.config.rounds + 1
+
+    @property
+    def approval(self) -> str:
+        return "auto"
+
+    @property
+    def n_hits(self) -> int | None:
+        return len(self.evaluation.hits) or None
+
+    def is_hit(self, perturbation: str, value: float | None) -> bool | None:
+        return perturbation in self.evaluation.hits if self.evaluation.hits else None
+
+    # the loop's questions ------------------------------------------------------------------------
+    def training_data(self) -> dict[str, np.ndarray]:
+        """Measured response vectors of the design space, in measurement order."""
+        out: dict[str, np.ndarray] = {}
+        width = len(self.world.genes)
+        for lab, values in self.store.responses(self.campaign_id).items():
+            if len(values) != width:
+                raise StoreError(f"campaign {self.campaign_id!r}: stored response of {lab} has {len(values)} values, "
+                                 f"the world reads out {width} genes")
+            out[lab] = np.asarray(values, dtype=np.float64)
+        return out
+
+    def _model_seed(self, n_batches: int) -> int:
+        # the evaluation harness's seeds: the model fitted after `n_batches` measured batches (initial = 1)
+        return self.config.seed * 1000 + n_batches - 1
+
+    def fit_model(self, observed: dict[str, np.ndarray], index: int):
+        """The surrogate refit on everything measured before round `index` (None before any data)."""
+        cached = self.cache.get("fit")
+        if cached is not None and cached["round"] == index and cached["observed"].keys() == observed.keys():
+            return cached["surrogate"]
+        if not observed:
+            return None
+        return rev._fit(self.make_model(self._model_seed(index)), self.space, observed)
+
+    def score_model(self, surrogate, observed: dict[str, np.ndarray]) -> dict[str, float]:
+        return {}  # scored after each ingest (`after_ingest`), on the held-out perturbations
+
+    def select(self, surrogate, observed: dict[str, np.ndarray], pending: list[str], index: int) -> Proposal:
+        if index == 0:
+            note = f"initial design (random, seed {self.config.seed})"
+            return Proposal("initial", [ProposedItem(lab, None, None, None, note) for lab in self.split.initial])
+        # held-out perturbations are never proposed: they score the model
+        return self.policy.select(surrogate, self.space, observed, self.config.batch_size,
+                                  [*pending, *self.split.test])
+
+    def after_ingest(self, index: int) -> None:
+        """Refit on everything measured so far, score on the held-out set beside the baselines, store
+        the scores with round `index`; the fit is reused by the next round's `fit`."""
+        r = self.store.get_round(self.campaign_id, index)
+        observed = self.training_data()
+        t0 = time.perf_counter()
+        model = self.fit_model(observed, index + 1)
+        fit_seconds = time.perf_counter() - t0
+        metrics: dict[str, float] = {"n_measured": float(len(observed))}
+        if model is not None:
+            metrics.update(self._scores(model, observed))
+        self.cache["fit"] = {"round": index + 1, "surrogate": model, "observed": observed,
+                             "fit_seconds": fit_seconds, "metrics": {}}
+        self.store.update_fit_metrics(r.id, metrics)
+
+    def _scores(self, model, observed: dict[str, np.ndarray]) -> dict[str, float]:
+        ev = self.evaluation
+        out = dict(response_metrics(rev._predict(model, self.space, ev.test_idx), ev.truth, de_idx=ev.de,
+                                    expressed_idx=ev.expressed, additive=ev.additive))
+        for b in self.baselines:
+            if b == "additive" and ev.additive is None:
+                continue
+            bm = rev._fit(self.make_baseline(b), self.space, observed)
+            for k, v in response_metrics(rev._predict(bm, self.space, ev.test_idx), ev.truth, de_idx=ev.de,
+                                         expressed_idx=ev.expressed).items():
+                out[f"{k}@{b}"] = v
+        if ev.hits:
+            out["hit_ratio"] = len(ev.hits & set(observed)) / len(ev.hits)
+        return {k: float(v) for k, v in out.items()}
+
+    def summary(self, index: int) -> dict:
+        """One row of the round table: the store's counts plus the held-out scores after this round."""
+        from agent.report import summarise_round
+
+        row = summarise_round(self.store, self.campaign_id, index, n_hits=self.n_hits)
+        r = self.store.get_round(self.campaign_id, index)
+        fit = self.store.model_fit(r.id) if r is not None else None
+        row["metrics"] = dict(fit.metrics or {}) if fit is not None else {}
+        return row
+
+
+def build_response_context(config: ResponseCampaignConfig, store: Store, data_dir: str | os.PathLike | None = None,
+                           on_round: Callable[[dict], None] | None = None) -> ResponseCampaignContext:
+    """World, design space, held-out split, policy and models of a response campaign (bad input raises
+    before anything is written)."""
+    data_dir = str(data_dir) if data_dir else None
+    world = rev.build_world(config, data_dir)
+    space = rev.build_space(world, config, data_dir)
+    rev.prepare_singles(world, space)
+    split = rev.split_candidates(space, config, config.seed)
+    w = rev.program_weights(world, config) if config.objective == "maximize" else None
+    ev = rev.prepare_evaluation(world, space, config, split, w)
+    baselines = list(config.evaluation.baselines)
+    if ev.additive is not None and "additive" not in baselines:
+        baselines.append("additive")
+    baselines = [b for b in baselines if b != config.surrogate.kind]
+    policy = rev.make_policy(config.acquisition.kind, config, world, config.seed)
+    return ResponseCampaignContext(
+        config, store, world, space, split, ev, ResponseSimulatorLab(world), policy, rev.model_factory(config),
+        baselines, lambda k: rev.model_factory(config, k)(config.seed), on_round)

@@ -1,0 +1,244 @@
+"""A reference lab server for the perturbloop-compatible lab API (see `lab_adapters/http.py`).
+
+It wraps any simulated world (anything with `run(perturbations)` returning readings with
+`perturbation`, `value`, `replicates`, `error`, e.g. `ScreenReplay`) and serves the API from a
+thread on 127.0.0.1 (port 0: any free port). Tests use it, and it is a demo of what a lab's API
+must do::
+
+    python -m lab_adapters.http_server --screen schmidt2021_il2 --port 8780 [--token-env LAB_TOKEN]
+
+then set ``[lab] kind = "http"``, ``url = "http://127.0.0.1:8780"`` (and ``token_env``) in a
+campaign config. Jobs complete at once unless the server is made with ``auto_release=False``:
+then `release(job_id, perturbations)` hands results out piece by piece (partial results).
+For tests it can also fail the next requests (`fail_next`, `fail_status`) or answer them late
+(`delay_next`, `delay_seconds`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+
+class World(Protocol):
+    def run(self, perturbations: list[str]) -> list[Any]: ...
+
+
+@dataclass
+class _Job:
+    job_id: str
+    key: str
+    perturbations: list[str]
+    readings: dict[str, Any]
+    released: set[str] = field(default_factory=set)
+    failed: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.failed:
+            return "failed"
+        if not self.released:
+            return "submitted"
+        return "complete" if len(self.released) == len(self.perturbations) else "partial"
+
+    def results(self) -> list[dict]:
+        out = []
+        for p in self.perturbations:
+            if p in self.released:
+                r = self.readings[p]
+                out.append({"perturbation": p, "value": r.value, "replicates": list(r.replicates or []), "error": r.error})
+        return out
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request, client_address) -> None:  # noqa: ANN001 - a client that gave up is not an error
+        pass
+
+
+class LabServer:
+    """The reference lab API over `world`, served from a background thread (see module docstring).
+
+    Example:
+        >>> with LabServer(ScreenReplay(screen)) as server:
+        ...     lab = HttpLab(server.url)
+    """
+
+    def __init__(self, world: World, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+                 auto_release: bool = True):
+        self.world = world
+        self.token = token
+        self.auto_release = auto_release
+        self.jobs: dict[str, _Job] = {}
+        self.keys: dict[str, str] = {}  # idempotency key -> job id
+        self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every request
+        self.fail_next = 0  # answer the next N requests with `fail_status`
+        self.fail_status = 500
+        self.delay_next = 0  # answer the next N requests after `delay_seconds`
+        self.delay_seconds = 0.0
+        self._lock = threading.Lock()
+        self._httpd = _Server((host, port), self._handler())
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> LabServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> LabServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # the lab's side ------------------------------------------------------------------------------
+    def release(self, job_id: str, perturbations: Iterable[str] | None = None) -> None:
+        """Make the results of these perturbations (default: all) available."""
+        with self._lock:
+            job = self.jobs[job_id]
+            job.released |= set(job.perturbations if perturbations is None else perturbations) & set(job.perturbations)
+
+    def fail_job(self, job_id: str, reason: str) -> None:
+        with self._lock:
+            self.jobs[job_id].failed = reason
+
+    def job_for(self, key: str) -> _Job:
+        return self.jobs[self.keys[key]]
+
+    # HTTP ----------------------------------------------------------------------------------------
+    def _handle(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, dict]:
+        with self._lock:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                return self.fail_status, {"error": "injected failure"}
+            delay = self.delay_seconds if self.delay_next > 0 else 0.0
+            self.delay_next = max(0, self.delay_next - 1)
+        if delay:
+            time.sleep(delay)
+        if self.token is not None:
+            auth = headers.get("Authorization") or ""
+            if not hmac.compare_digest(auth.encode(), f"Bearer {self.token}".encode()):
+                return 401, {"error": "missing or wrong token"}
+        parts = [unquote(p) for p in path.split("?", 1)[0].strip("/").split("/") if p]
+        if method == "GET" and not parts:
+            return 200, {"name": "perturbloop-compatible lab API", "jobs": len(self.jobs)}
+        if method == "POST" and parts == ["jobs"]:
+            return self._submit(headers, body)
+        if method == "GET" and len(parts) in (2, 3) and parts[0] == "jobs" and parts[2:] in ([], ["results"]):
+            with self._lock:
+                job = self.jobs.get(parts[1])
+                if job is None:
+                    return 404, {"error": f"no job {parts[1]!r}"}
+                if len(parts) == 2:
+                    return 200, {"job_id": job.job_id, "status": job.status, "idempotency_key": job.key,
+                                 "perturbations": job.perturbations, "error": job.failed}
+                return 200, {"job_id": job.job_id, "status": job.status, "perturbations": job.perturbations,
+                             "results": job.results()}
+        return 404, {"error": f"no endpoint {method} {path}"}
+
+    def _submit(self, headers: Any, body: bytes) -> tuple[int, dict]:
+        try:
+            data = json.loads(body or b"null")
+        except ValueError:
+            return 400, {"error": "body is not JSON"}
+        key = data.get("idempotency_key") if isinstance(data, dict) else None
+        batch = data.get("perturbations") if isinstance(data, dict) else None
+        if not isinstance(key, str) or not key or not isinstance(batch, list) or not all(isinstance(p, str) for p in batch):
+            return 400, {"error": "expected {idempotency_key: str, perturbations: [str, ...]}"}
+        header_key = headers.get("Idempotency-Key")
+        if header_key is not None and header_key != key:
+            return 400, {"error": "Idempotency-Key header and body idempotency_key differ"}
+        with self._lock:
+            if key in self.keys:
+                job = self.jobs[self.keys[key]]
+                if job.perturbations != batch:
+                    return 409, {"error": f"idempotency key {key!r} was already used for a different batch"}
+                return 200, {"job_id": job.job_id, "status": job.status}
+            job_id = f"job-{len(self.jobs) + 1:05d}"
+            job = _Job(job_id, key, list(batch), {r.perturbation: r for r in self.world.run(list(batch))})
+            if self.auto_release:
+                job.released = set(batch)
+            self.jobs[job_id], self.keys[key] = job, job_id
+            return 201, {"job_id": job_id, "status": job.status}
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _serve(self, method: str) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                status, payload = server._handle(method, self.path, self.headers, body)
+                with server._lock:
+                    server.requests.append((method, self.path, status))
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out meanwhile
+                    pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._serve("GET")
+
+            def do_POST(self) -> None:  # noqa: N802
+                self._serve("POST")
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+                pass
+
+        return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve a registry screen (or a screen file) as a lab until Ctrl-C."""
+    from perturbloop.data import load_screen
+    from simulators import ScreenReplay
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--screen", required=True, help="registry screen name or screen file")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--port", type=int, default=8780)
+    ap.add_argument("--noise", choices=["none", "donor"], default="none")
+    ap.add_argument("--token-env", default=None, help="environment variable holding the token clients must send")
+    args = ap.parse_args(argv)
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if args.token_env and not token:
+        ap.error(f"environment variable {args.token_env} is not set")
+    world = ScreenReplay(load_screen(args.screen, args.data_dir), noise=args.noise)
+    with LabServer(world, port=args.port, token=token) as server:
+        print(f"perturbloop-compatible lab API for {args.screen} on {server.url} (Ctrl-C stops)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""ResponseSimulatorLab: the LabAdapter over a simulated response world (Perturb-seq replay of
+held-out cells, the synthetic GRN, the Norman 2019 pair screen).
+
+The world answers `measure(labels) -> {label: response vector | None}` (None: the run failed);
+each result carries the vector in `LabResult.response` and its magnitude in `value`
+(`||y||_2` for a transcriptome response, the readout itself for a one-number response).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from lab_adapters.base import JobRef, JobStatus, LabError, LabResult
+
+
+class MeasuringWorld(Protocol):
+    genes: list[str]
+
+    def measure(self, labels: Sequence[str]) -> Mapping[str, np.ndarray | None]: ...
+
+
+class ResponseSimulatorLab:
+    """Runs batches in a response world; complete at once. Idempotent on `round_key` (the job id is
+    a hash of the key; a key resubmitted with a different batch is refused), and a job is measured
+    once: collecting it again returns the same results, never new cells."""
+
+    name = "simulator"
+
+    def __init__(self, world: MeasuringWorld):
+        self.world = world
+        self._jobs: dict[str, tuple[str, ...]] = {}
+        self._results: dict[str, dict[str, LabResult | LabError]] = {}
+        self.submissions = 0  # distinct batches actually run (tests)
+
+    def submit(self, round_key: str, perturbations: Sequence[str]) -> JobRef:
+        batch = tuple(perturbations)
+        job_id = "sim-" + hashlib.sha256(round_key.encode()).hexdigest()[:16]
+        if job_id in self._jobs:
+            if self._jobs[job_id] != batch:
+                raise ValueError(f"round {round_key!r} was already submitted with a different batch")
+        else:
+            self._jobs[job_id] = batch
+            self.submissions += 1
+        return JobRef(self.name, job_id, round_key)
+
+    def poll(self, job: JobRef) -> JobStatus:
+        if job.external_id not in self._jobs:
+            raise KeyError(f"unknown job {job.external_id} (was it submitted to this lab?)")
+        return "complete"
+
+    def collect(self, job: JobRef) -> dict[str, LabResult | LabError]:
+        if job.external_id not in self._results:
+            batch = self._jobs[job.external_id]
+            out: dict[str, LabResult | LabError] = {}
+            for lab, y in self.world.measure(list(batch)).items():
+                if y is None or not np.all(np.isfinite(y)):
+                    out[lab] = LabError(lab, "run failed (no usable cells)" if y is None else "non-finite response")
+                    continue
+                v = np.asarray(y, dtype=np.float64).ravel()
+                value = float(v[0]) if v.size == 1 else float(math.sqrt(float(v @ v)))
+                out[lab] = LabResult(lab, value, [], response=v.tolist())
+            self._results[job.external_id] = out
+        return dict(self._results[job.external_id])
