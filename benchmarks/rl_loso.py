@@ -37,6 +37,7 @@ SCREENS = ["schmidt2021_il2", "schmidt2021_ifng", "zhuang2019_nk", "sanchez2021_
            "zhu2021_sarscov2"]
 POLS = ("random", "ucb", "best", "prob_hit", "qlognei", "rl", "rl_permuted")
 BO = ("ucb", "best", "prob_hit", "qlognei")
+TIE_MARGIN = 0.005  # hit ratio: differences within this are reported as ties
 TRAIN_ARGS = ["--synthetic", "3", "--iterations", "200", "--bc-iterations", "100", "--seed", "0"]
 
 
@@ -149,7 +150,7 @@ def table() -> str:
     head = ["screen", "hits", "random", "ucb", "best (greedy)", "prob_hit", "qlognei", "rl", "rl_permuted", "rl - best BO",
             "beats BO?", "uses feedback?", "train min", "RL select s", "greedy select s"]
     lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    verdict = {"beats": 0, "feedback": 0, "n": 0}
+    verdict = {"beats": 0, "ties": 0, "feedback": 0, "n": 0}
     for f in files:
         res = json.loads(f.read_text())
         by: dict[str, list[dict]] = {}
@@ -168,18 +169,21 @@ def table() -> str:
         bo = max((stats[p][0] for p in BO if p in stats), default=float("nan"))
         rl = stats.get("rl", (float("nan"),))[0]
         perm = stats.get("rl_permuted")
-        beats = rl > bo
+        # the deterministic policies have no seed spread: a difference of a few hits is a tie
+        beats = "yes" if rl > bo + TIE_MARGIN else ("no" if rl < bo - TIE_MARGIN else "tie")
         uses = perm is not None and rl > perm[0] + 2 * perm[1] and rl > perm[0] + 0.005
-        verdict["beats"] += beats
+        verdict["beats"] += beats == "yes"
+        verdict["ties"] += beats == "tie"
         verdict["feedback"] += uses
         verdict["n"] += 1
         inf = res.get("inference_seconds", {})
         tr = res.get("training", {})
         lines.append(f"| {res['screen']} | {res['protocol'].get('n_hits')} | " + " | ".join(cell[p] for p in POLS)
-                     + f" | {rl - bo:+.3f} | {'yes' if beats else 'no'} | {'yes' if uses else 'no'}"
+                     + f" | {rl - bo:+.3f} | {beats} | {'yes' if uses else 'no'}"
                      + f" | {tr.get('total_minutes', float('nan')):.1f} | {inf.get('rl', float('nan')):.2f} | {inf.get('greedy', float('nan')):.2f} |")
-    lines += ["", f"RL beats the best BO policy (max of ucb, greedy, prob_hit, qlognei) on {verdict['beats']} of {verdict['n']} "
-              f"held-out screens; it uses feedback (rl above the permuted control's mean + 2 sd) on "
+    lines += ["", f"RL beats the best BO policy (max of ucb, greedy, prob_hit, qlognei) by more than {TIE_MARGIN:.3f} "
+              f"(about {TIE_MARGIN * 1000:.0f} hits of ~1,000) on {verdict['beats']} of {verdict['n']} held-out screens and "
+              f"ties it on {verdict['ties']}; it uses feedback (rl above the permuted control's mean + 2 sd) on "
               f"{verdict['feedback']} of {verdict['n']}.", ""]
     return "\n".join(lines) + "\n"
 
