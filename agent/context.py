@@ -69,11 +69,25 @@ class CampaignContext:
     def n_hits(self) -> int | None:
         return len(self.world.hits) if self.world is not None else None
 
+    @property
+    def hit_threshold(self) -> float:
+        """|value| at or above which a measured gene is a hit: `data.hit_threshold`, else the screen's cut-off."""
+        t = self.config.data.hit_threshold
+        if t is None and self.world is not None:
+            t = self.world.hit_threshold
+        if t is None or t != t:
+            raise ConfigError("surrogate.target = 'hit_call' needs data.hit_threshold (no screen defines the hits)")
+        return float(t)
+
     def training_data(self) -> dict[str, float]:
-        """Measured perturbations of the design space -> the modelled scalar (`objective`)."""
-        obs = self.store.observations(self.campaign_id)
-        return {o.perturbation: self.objective(o.value) for o in obs
-                if o.value is not None and o.perturbation in self.pool.index}
+        """Measured perturbations of the design space -> the modelled scalar: `objective(value)`, or the hit
+        call `1[|value| >= hit_threshold]` with `surrogate.target = 'hit_call'`."""
+        obs = [o for o in self.store.observations(self.campaign_id)
+               if o.value is not None and o.perturbation in self.pool.index]
+        if self.config.surrogate.target == "hit_call":
+            t = self.hit_threshold
+            return {o.perturbation: float(abs(o.value) >= t) for o in obs}
+        return {o.perturbation: self.objective(o.value) for o in obs}
 
     def fit_model(self, observed: dict[str, float], index: int) -> Surrogate | None:
         """The surrogate refit on `observed` (warm-started from the last stored fit); None under 2 points."""
@@ -187,4 +201,7 @@ def build_context(config: CampaignConfig, store: Store, data_dir: str | os.PathL
 
     policy = make_policy(config.acquisition.kind, seed=config.seed, beta=config.acquisition.beta,
                          policy_path=config.acquisition.policy_path, rounds=config.rounds)
-    return CampaignContext(config, store, pool, lab, policy, _surrogate, world, on_round)
+    ctx = CampaignContext(config, store, pool, lab, policy, _surrogate, world, on_round)
+    if s.target == "hit_call":
+        ctx.hit_threshold  # noqa: B018 - raises a ConfigError now, before anything is stored
+    return ctx

@@ -36,7 +36,9 @@ class SimulatedRun:
 
 def simulate_campaign(pool: CandidatePool, world: ScreenReplay, policy: AcquisitionPolicy,
                       make_surrogate: Callable[[dict | None], Surrogate] | None, *, rounds: int, batch_size: int,
-                      seed: int = 0, objective: Callable[[float], float] = abs) -> SimulatedRun:
+                      seed: int = 0, objective: Callable[[float], float] = abs, hit_calls: bool = False) -> SimulatedRun:
+    """`objective` maps a readout to the modelled value; with `hit_calls` the model sees the lab's
+    hit call instead (1.0 for a measured hit, else 0.0), as a screen analysis reports it."""
     run = SimulatedRun(policy.name, seed)
     hits = set(world.hits) & set(pool.labels)
     observed: dict[str, float] = {}
@@ -54,7 +56,8 @@ def simulate_campaign(pool: CandidatePool, world: ScreenReplay, policy: Acquisit
         run.round_seconds.append(time.perf_counter() - t0)
         for reading in world.run(proposal.labels):
             if reading.value is not None:
-                observed[reading.perturbation] = objective(reading.value)
+                observed[reading.perturbation] = (float(reading.perturbation in world.hits) if hit_calls
+                                                  else objective(reading.value))
         found |= hits & set(proposal.labels)
         run.per_round.append(len(found) / len(hits) if hits else 0.0)
         run.picks.append(proposal.labels)

@@ -38,7 +38,9 @@ SCREENS = ["schmidt2021_il2", "schmidt2021_ifng", "zhuang2019_nk", "sanchez2021_
 POLS = ("random", "ucb", "best", "prob_hit", "qlognei", "rl", "rl_permuted")
 BO = ("ucb", "best", "prob_hit", "qlognei")
 TIE_MARGIN = 0.005  # hit ratio: differences within this are reported as ties
-TRAIN_ARGS = ["--synthetic", "3", "--iterations", "200", "--bc-iterations", "100", "--seed", "0"]
+# the recorded results (results/rl_*.json) used 75 GP iterations per round (the default then), in training and evaluation
+FIT_ITER = ["--fit-iter", "75"]
+TRAIN_ARGS = ["--synthetic", "3", "--iterations", "200", "--bc-iterations", "100", "--seed", "0", *FIT_ITER]
 
 
 def _exe() -> str:
@@ -88,7 +90,7 @@ def inference_timing(target: str, pol: Path, data_dir: str | None) -> dict:
     bounds = torch.stack([pool.X.min(0).values, pool.X.max(0).values])
     labels = PriorScorePolicy().select(None, pool, {}, 128).labels
     observed = {g: abs(v.value) for g, v in zip(labels, world.replay.run(labels))}
-    gp = make_surrogate("gp", bounds=bounds, target_transform="log")
+    gp = make_surrogate("gp", bounds=bounds, target_transform="log", max_iter=int(FIT_ITER[1]))
     gp.fit(pool.X[pool.indices(list(observed))], torch.tensor(list(observed.values()), dtype=torch.float64))
     out = {}
     for kind, kw in (("greedy", {}), ("rl", {"policy_path": str(pol)})):
@@ -110,7 +112,8 @@ def evaluate(target: str, pol: Path, seeds: int, det_seeds: int, qlognei_seeds: 
     merged: dict = {"screen": target, "policy_checkpoint": str(pol.relative_to(HERE.parent)), "runs": {}, "results": []}
     for part, n, policies in runs:
         out = parts / f"{target}.{part}.json"
-        cmd = ["benchmark", "--screen", target, "--rounds", "5", "--batch", "128", "--seeds", str(n), "--policy", policies,
+        cmd = ["benchmark", "--screen", target, "--rounds", "5", "--batch", "128", "--seeds", str(n), *FIT_ITER,
+               "--policy", policies,
                "--out", str(out)]
         if data_dir:
             cmd += ["--data-dir", data_dir]

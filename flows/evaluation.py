@@ -41,6 +41,9 @@ class WorldSpec:
     data_dir: str | None = None
     hit_fraction: float = 0.05
     target_transform: str = "log"
+    embeddings: str | None = None  # a gene-embedding CSV/NPY for feature "embedding"
+    target: str = "abs"  # what the surrogate models: abs = |score| (log-transformed), hit = the lab's hit call (0/1)
+    fit_iter: int | None = None  # GP hyperparameter iterations per round (None: surrogates.gp.MAX_FIT_ITER)
 
 
 @dataclass
@@ -125,7 +128,12 @@ def build_world(spec: WorldSpec) -> World:
         if leak:
             raise ConfigError(f"--prior-screens: {', '.join(leak)} is the target screen (or derived from it)")
         priors = [load_screen(n, spec.data_dir) for n in names]
-    pool = build_gene_pool(screen.genes, features=list(spec.features), prior_screens=priors, data_dir=spec.data_dir)
+    if "embedding" in spec.features and not spec.embeddings:
+        raise ConfigError("--features embedding needs --embeddings FILE (CSV: gene, then one column per dimension; or NPY)")
+    if spec.target not in ("abs", "hit"):
+        raise ConfigError(f"--target: unknown target {spec.target!r}; choose abs or hit")
+    pool = build_gene_pool(screen.genes, features=list(spec.features), prior_screens=priors, data_dir=spec.data_dir,
+                           embeddings=spec.embeddings)
     hits = read_hits_file(spec.hits_file, screen.genes, spec.data_dir) if spec.hits_file else None
     replay = ScreenReplay(screen, hit_fraction=spec.hit_fraction, hits=hits)
     return World(pool, replay, names)
@@ -145,12 +153,15 @@ def simulated_campaign(world_spec: WorldSpec, policy: PolicySpec, seed: int, rou
     pool = world.pool
     bounds = torch.stack([pool.X.min(0).values, pool.X.max(0).values])
     make = None
+    hit_calls = world_spec.target == "hit"
+    transform = "none" if hit_calls else world_spec.target_transform
     if policy.kind not in ("random", "coreset", "prior"):
         def make(params):  # noqa: ANN001, ANN202
-            return make_surrogate("gp", bounds=bounds, init_params=params, target_transform=world_spec.target_transform)
+            kw = {"max_iter": world_spec.fit_iter} if world_spec.fit_iter else {}
+            return make_surrogate("gp", bounds=bounds, init_params=params, target_transform=transform, **kw)
     run = simulate_campaign(pool, world.replay, make_policy(policy.kind, seed=seed, beta=policy.beta, policy_path=policy.path,
                                                                 rounds=rounds), make,
-                            rounds=rounds, batch_size=batch, seed=seed, objective=abs)
+                            rounds=rounds, batch_size=batch, seed=seed, objective=abs, hit_calls=hit_calls)
     return {"policy": policy.label, "seed": seed, "hit_ratio": run.hit_ratio, "per_round": run.per_round,
             "round_seconds": run.round_seconds, "n_hits": len(world.replay.hits & set(pool.labels))}
 

@@ -221,8 +221,14 @@ def status(store: StoreOpt = None, as_json: Annotated[bool, typer.Option("--json
     _guard(_status, store, as_json)
 
 
+def _gp_fit_iter() -> int:
+    from surrogates.gp import MAX_FIT_ITER
+
+    return MAX_FIT_ITER
+
+
 def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir, out,
-               runner, address) -> None:
+               runner, address, embeddings=None, target="abs", fit_iter=None) -> None:
     _quiet_prefect()
     from rich.console import Console
     from rich.table import Table
@@ -235,13 +241,16 @@ def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, feature
     feats = tuple(f.strip() for f in features.split(",") if f.strip())
     priors = tuple(p.strip() for p in prior_screens.split(",") if p.strip()) if prior_screens else None
     spec = WorldSpec(screen=screen, hits_file=hits, nonessential=nonessential, features=feats, prior_screens=priors,
-                     data_dir=data_dir)
+                     data_dir=data_dir, embeddings=str(Path(embeddings).expanduser().resolve()) if embeddings else None,
+                     target=target, fit_iter=fit_iter)
     console = Console()
     with console.status(f"{len(policies)} policies x {seeds} seeds on {screen} ({runner} runner)"):
         rows = run_sweep(spec, policies, seeds, rounds, batch, runner=runner, address=address)
     protocol = {"name": "BioDiscoveryAgent", "rounds": rounds, "batch": batch, "seeds": seeds,
                 "hits": hits or "top 5% by |score|", "nonessential": nonessential, "features": list(feats),
                 "prior_screens": list(priors) if priors is not None else "all registry screens but the target",
+                "embeddings": spec.embeddings, "target": "hit call (0/1)" if target == "hit" else "log |score|",
+                "gp_fit_iter": fit_iter or _gp_fit_iter(),
                 "n_hits": rows[0]["n_hits"] if rows else None}
     path, png = write_results(out, protocol, screen, rows)
     t = Table(title=f"{screen}: {rounds} x {batch}, {seeds} seeds, {protocol['n_hits']} hits", title_justify="left")
@@ -288,8 +297,11 @@ def benchmark(
     seeds: Annotated[int, typer.Option(min=1)] = 10,
     policy: Annotated[str, typer.Option(help="comma-separated policies; `best` is the recommended one")] = "best,random",
     nonessential: Annotated[bool, typer.Option("--nonessential", help="drop core-essential genes from hits and picks")] = False,
-    features: Annotated[str, typer.Option(help="go, screens, essential (comma-separated)")] = "go,screens",
+    features: Annotated[str, typer.Option(help="go, screens, essential, embedding (comma-separated)")] = "go,screens",
     prior_screens: Annotated[Optional[str], typer.Option(help="screens used as prior features (default: all but the target)")] = None,
+    embeddings: Annotated[Optional[str], typer.Option(help="gene embeddings for feature 'embedding' (CSV: gene + one column a dimension, or NPY)")] = None,
+    target: Annotated[str, typer.Option(help="what the surrogate models: abs (log |score|) or hit (the lab's hit call, 0/1)")] = "abs",
+    fit_iter: Annotated[Optional[int], typer.Option(min=1, help="GP hyperparameter (L-BFGS-B) iterations per round (default 10)")] = None,
     data_dir: DataDirOpt = None,
     runner: Annotated[str, typer.Option(help="local (threads) or dask (prefect-dask); with --config also inline "
                                               "(this process, no Prefect)")] = "local",
@@ -310,7 +322,7 @@ def benchmark(
         typer.echo("error: name a --screen (pooled screen) or a --config (response campaign)", err=True)
         raise typer.Exit(2)
     _guard(_benchmark, screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir,
-           out, runner, address)
+           out, runner, address, embeddings, target, fit_iter)
 
 
 def _review(campaign: str, store: str | None) -> None:
@@ -453,7 +465,7 @@ def data_fetch(name: str, force: Annotated[bool, typer.Option(help="download aga
 
 
 def _policy_train(worlds, holdout, synthetic, out, iterations, bc_iterations, warm_start, group, pool_size, rounds,
-                  batch, lr, seed, evaluate, data_dir) -> None:
+                  batch, lr, seed, evaluate, data_dir, fit_iter=None) -> None:
     import time
 
     import torch
@@ -477,7 +489,9 @@ def _policy_train(worlds, holdout, synthetic, out, iterations, bc_iterations, wa
     t0 = time.perf_counter()
 
     def gp(bounds, params):  # the benchmark's surrogate: exact GP on log(|score| + median)
-        return make_surrogate("gp", bounds=bounds, init_params=params, target_transform="log", device=torch.device("cpu"))
+        kw = {"max_iter": fit_iter} if fit_iter else {}
+        return make_surrogate("gp", bounds=bounds, init_params=params, target_transform="log", device=torch.device("cpu"),
+                              **kw)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), console=console) as progress:
@@ -535,11 +549,12 @@ def policy_train(
     lr: Annotated[float, typer.Option(help="Adam learning rate")] = 2e-3,
     seed: Annotated[int, typer.Option()] = 0,
     evaluate: Annotated[bool, typer.Option(help="report greedy hit ratios in the training worlds beside the greedy policy")] = False,
+    fit_iter: Annotated[Optional[int], typer.Option(min=1, help="GP hyperparameter iterations per round in the training worlds (default 10)")] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Train an RL acquisition policy (REINFORCE) on simulated campaigns; use it with `acquisition.kind = "rl"`."""
     _guard(_policy_train, worlds, holdout, synthetic, out, iterations, bc_iterations, warm_start, group, pool_size,
-           rounds, batch, lr, seed, evaluate, data_dir)
+           rounds, batch, lr, seed, evaluate, data_dir, fit_iter)
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ class DataConfig(_Strict):
     screen: str = Field(description="registry screen name, or path to a MAGeCK gene summary / Gene,Score CSV")
     hit_fraction: float = Field(0.05, gt=0, lt=1, description="hits = this top fraction of genes by |score|")
     nonessential: bool = Field(False, description="drop core-essential genes (CEGv2) from hits and picks")
+    hit_threshold: float | None = Field(None, gt=0, description="a measured gene is a hit when |value| >= this "
+                                        "(surrogate.target = 'hit_call'; default: the screen's top-fraction cut-off)")
 
 
 class DesignConfig(_Strict):
@@ -33,8 +35,16 @@ class DesignConfig(_Strict):
 
 class SurrogateConfig(_Strict):
     kind: Literal["gp", "mean"] = "gp"
-    max_iter: int = Field(75, ge=1, le=10_000, description="L-BFGS-B iterations per hyperparameter fit")
+    max_iter: int = Field(10, ge=1, le=10_000, description="L-BFGS-B iterations per hyperparameter fit (warm-started)")
     target_transform: Literal["none", "log"] = Field("none", description="log: model log(y + median y) (objective hits only)")
+    target: Literal["value", "hit_call"] = Field("value", description="value: the objective's scalar (|score| for hits); "
+                                                 "hit_call: 1 for a measured hit, else 0 (objective hits only)")
+
+    @model_validator(mode="after")
+    def _hit_call_untransformed(self) -> SurrogateConfig:
+        if self.target == "hit_call" and self.target_transform != "none":
+            raise ValueError("target 'hit_call' models 0/1 hit calls: set target_transform = 'none'")
+        return self
 
 
 class AcquisitionConfig(_Strict):

@@ -130,3 +130,45 @@ def test_benchmark_command_writes_results_and_curves(slice_path, data_dir, tmp_p
         assert len(r["per_round"]) == 2 and len(r["round_seconds"]) == 2 and r["hit_ratio"] == r["per_round"][-1]
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert "best" in proc.stdout and "random" in proc.stdout
+
+
+def test_hit_call_target_trains_on_the_labs_hit_calls(slice_path, data_dir):
+    """`--target hit`: the surrogate sees 1.0 for measured hits and 0.0 otherwise, never the scores."""
+    world = build_world(WorldSpec(str(slice_path), features=("go", "screens"), prior_screens=("schmidt2021_ifng",),
+                                  data_dir=str(data_dir), target="hit"))
+    seen: list[dict] = []
+
+    class Recording:
+        name = "recording"
+
+        def __init__(self):
+            self.inner = make_policy("greedy")
+
+        def select(self, surrogate, pool, observed, batch_size, pending=()):
+            seen.append(dict(observed))
+            return self.inner.select(surrogate, pool, observed, batch_size, pending)
+
+    import torch
+
+    bounds = torch.stack([world.pool.X.min(0).values, world.pool.X.max(0).values])
+    run = simulate_campaign(world.pool, world.replay, Recording(),
+                            lambda p: make_surrogate("gp", bounds=bounds, init_params=p, max_iter=5), rounds=3,
+                            batch_size=40, hit_calls=True)
+    last = seen[-1]
+    assert set(last) == {g for b in run.picks[:2] for g in b}
+    assert all(v == float(g in world.replay.hits) for g, v in last.items())
+    assert 0 < sum(last.values()) < len(last)  # both kinds were measured: a real hit-call signal
+    with pytest.raises(ConfigError, match="--target"):
+        build_world(WorldSpec(str(slice_path), features=("go",), data_dir=str(data_dir), target="score"))
+
+
+def test_embedding_features_from_a_user_file(slice_path, data_dir, tmp_path):
+    s = load_screen(str(slice_path), data_dir)
+    rng = np.random.default_rng(0)
+    emb = pd.DataFrame(rng.normal(size=(len(s.genes), 4)), index=[g.lower() for g in s.genes])
+    path = tmp_path / "emb.csv"
+    emb.to_csv(path)
+    world = build_world(WorldSpec(str(slice_path), features=("embedding",), data_dir=str(data_dir), embeddings=str(path)))
+    assert world.pool.feature_names == ["emb0", "emb1", "emb2", "emb3"] and world.pool.X.shape == (len(s.genes), 4)
+    with pytest.raises(ConfigError, match="--embeddings"):
+        build_world(WorldSpec(str(slice_path), features=("go", "embedding"), data_dir=str(data_dir)))

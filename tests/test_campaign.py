@@ -195,3 +195,20 @@ def test_malformed_screen_file_is_refused_before_the_store_is_touched(data_dir, 
     with pytest.raises(ScreenFormatError, match="non-numeric"):
         run_campaign(parse_config({"name": "bad", "data": {"screen": str(bad)}}), str(store_path), data_dir)
     assert _store_is_empty(store_path)
+
+
+def test_hit_call_target_models_the_hit_calls(slice_csv, data_dir, tmp_path):
+    """`surrogate.target = 'hit_call'`: the GP is trained on 1[|value| >= threshold] of the measured genes."""
+    from agent.context import build_context
+
+    store = Store(str(tmp_path / "pl.db"))
+    cfg = _config(slice_csv, name="calls", policy="greedy", surrogate={"target": "hit_call"})
+    ctx = build_context(cfg, store, data_dir)
+    res = run_campaign(cfg, store, data_dir, context=ctx)
+    assert res.status == "finished"
+    data = ctx.training_data()
+    assert len(data) == ROUNDS * BATCH and set(data.values()) <= {0.0, 1.0}
+    hits = {o.perturbation for o in store.observations("calls") if o.hit}
+    assert {g for g, v in data.items() if v == 1.0} == hits and hits  # the calls are the screen's hits
+    with pytest.raises(ConfigError, match="target_transform"):
+        _config(slice_csv, surrogate={"target": "hit_call", "target_transform": "log"})
