@@ -21,7 +21,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.schedules import CronSchedule
 
-from perturbloop.config import CampaignConfig, load_config
+from perturbloop.config import CampaignConfig
+from perturbloop.response_config import load_campaign_config
 from perturbloop.errors import ConfigError
 
 DEFAULT_CRON = "0 * * * *"  # hourly: a lab round takes days, a scheduled run takes seconds when nothing is ready
@@ -37,12 +38,15 @@ def advance_flow(config_path: str, store: str | None = None, data_dir: str | Non
     """Advance one campaign to its next pause (approval, lab, end); publish its round table."""
     from agent.runner import run_campaign
 
-    config = load_config(config_path)
+    config = load_campaign_config(config_path)
     result = run_campaign(config, store, data_dir)
-    rows = [{k: r.get(k) for k in ("round", "status", "picks", "new_hits", "hits_total", "hit_ratio",
-                                   "spearman_unmeasured", "fit_seconds", "select_seconds")} for r in result.rounds]
+    rows = [{**{k: r.get(k) for k in ("round", "status", "picks", "new_hits", "hits_total", "hit_ratio",
+                                      "spearman_unmeasured", "fit_seconds", "select_seconds")},
+             **{k: v for k, v in r.get("metrics", {}).items() if "@" not in k}}  # response campaigns: held-out scores
+            for r in result.rounds]
     create_table_artifact(rows, key=artifact_key(config.name),
-                          description=f"**{config.name}**: {result.status}, {len(result.rounds)}/{config.rounds} rounds")
+                          description=f"**{config.name}**: {result.status}, {len(result.rounds)}/"
+                                      f"{config.rounds + (1 if hasattr(config, 'world') else 0)} rounds")
     get_run_logger().info("campaign %s: %s after %d rounds", config.name, result.status, len(result.rounds))
     return {"campaign": config.name, "status": result.status, "rounds": len(result.rounds), "hit_ratio": result.hit_ratio}
 
@@ -52,7 +56,7 @@ def campaign_configs(folder: str | Path) -> list[tuple[Path, CampaignConfig]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"serve: {str(folder)!r} is not a folder of campaign configs")
-    out = [(p.resolve(), load_config(p)) for p in sorted(folder.glob("*.toml"))]
+    out = [(p.resolve(), load_campaign_config(p)) for p in sorted(folder.glob("*.toml"))]
     if not out:
         raise ConfigError(f"serve: no *.toml campaign configs in {str(folder)!r}")
     seen: dict[str, Path] = {}
@@ -68,7 +72,7 @@ def campaign_deployments(folder: str | Path, store: str | None = None, data_dir:
     """One `RunnerDeployment` of `advance_flow` per config: its `schedule` field's cron, else `cron`."""
     deployments = []
     for path, cfg in campaign_configs(folder):
-        expr = cfg.schedule or cron
+        expr = getattr(cfg, "schedule", None) or cron
         try:
             schedule = CronSchedule(cron=expr, timezone=timezone) if timezone else CronSchedule(cron=expr)
         except ValueError as e:  # pydantic's ValidationError is a ValueError
