@@ -90,8 +90,9 @@ class CampaignContext:
         return {o.perturbation: self.objective(o.value) for o in obs}
 
     def fit_model(self, observed: dict[str, float], index: int) -> Surrogate | None:
-        """The surrogate refit on `observed` (warm-started from the last stored fit); None under 2 points."""
-        if len(observed) < 2:
+        """The surrogate refit on `observed` (warm-started from the last stored fit); None under 2 points or
+        when every target is the same (e.g. no hit called yet): then the policy ranks by priors."""
+        if len(observed) < 2 or len(set(observed.values())) < 2:
             return None
         surrogate = self.make_surrogate(self.store.latest_params(self.campaign_id, self.config.surrogate.kind))
         idx = self.pool.indices(list(observed))

@@ -47,7 +47,8 @@ def simulate_campaign(pool: CandidatePool, world: ScreenReplay, policy: Acquisit
     for _ in range(rounds):
         t0 = time.perf_counter()
         surrogate = None
-        if make_surrogate is not None and len(observed) >= 2:
+        # a constant target (no hit called yet) ranks nothing: the policy falls back on the priors
+        if make_surrogate is not None and len(observed) >= 2 and len(set(observed.values())) > 1:
             surrogate = make_surrogate(params)
             idx = pool.indices(list(observed))
             surrogate.fit(pool.X[idx], torch.tensor(list(observed.values()), dtype=torch.float64))

@@ -8,7 +8,6 @@ each result carries the vector in `LabResult.response` and its magnitude in `val
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Protocol
@@ -16,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from lab_adapters.base import JobRef, JobStatus, LabError, LabResult
+from lab_adapters.simulator import SimulatedJobs
 
 
 class MeasuringWorld(Protocol):
@@ -24,38 +24,22 @@ class MeasuringWorld(Protocol):
     def measure(self, labels: Sequence[str]) -> Mapping[str, np.ndarray | None]: ...
 
 
-class ResponseSimulatorLab:
-    """Runs batches in a response world; complete at once. Idempotent on `round_key` (the job id is
-    a hash of the key; a key resubmitted with a different batch is refused), and a job is measured
-    once: collecting it again returns the same results, never new cells."""
-
-    name = "simulator"
+class ResponseSimulatorLab(SimulatedJobs):
+    """Runs batches in a response world; complete at once. Idempotent on `round_key` (`SimulatedJobs`),
+    and a job is measured once: collecting it again returns the same results, never new cells."""
 
     def __init__(self, world: MeasuringWorld):
+        super().__init__()
         self.world = world
-        self._jobs: dict[str, tuple[str, ...]] = {}
         self._results: dict[str, dict[str, LabResult | LabError]] = {}
-        self.submissions = 0  # distinct batches actually run (tests)
-
-    def submit(self, round_key: str, perturbations: Sequence[str]) -> JobRef:
-        batch = tuple(perturbations)
-        job_id = "sim-" + hashlib.sha256(round_key.encode()).hexdigest()[:16]
-        if job_id in self._jobs:
-            if self._jobs[job_id] != batch:
-                raise ValueError(f"round {round_key!r} was already submitted with a different batch")
-        else:
-            self._jobs[job_id] = batch
-            self.submissions += 1
-        return JobRef(self.name, job_id, round_key)
 
     def poll(self, job: JobRef) -> JobStatus:
-        if job.external_id not in self._jobs:
-            raise KeyError(f"unknown job {job.external_id} (was it submitted to this lab?)")
+        self._batch(job)
         return "complete"
 
     def collect(self, job: JobRef) -> dict[str, LabResult | LabError]:
         if job.external_id not in self._results:
-            batch = self._jobs[job.external_id]
+            batch = self._batch(job)
             out: dict[str, LabResult | LabError] = {}
             for lab, y in self.world.measure(list(batch)).items():
                 if y is None or not np.all(np.isfinite(y)):

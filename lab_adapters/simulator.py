@@ -9,20 +9,14 @@ from lab_adapters.base import JobRef, JobStatus, LabError, LabResult
 from simulators.screen_replay import ScreenReplay
 
 
-class SimulatorLab:
-    """Runs batches in a simulator; a job is complete after `turnaround_polls` polls (default: at once).
-
-    Idempotent on `round_key`: the job id is a hash of the key, and a key resubmitted with a
-    different batch is refused.
-    """
+class SimulatedJobs:
+    """In-memory jobs of a simulated lab, idempotent on `round_key`: the job id is a hash of the key,
+    and a key resubmitted with a different batch is refused."""
 
     name = "simulator"
 
-    def __init__(self, world: ScreenReplay, turnaround_polls: int = 0):
-        self.world = world
-        self.turnaround_polls = turnaround_polls
+    def __init__(self) -> None:
         self._jobs: dict[str, tuple[str, ...]] = {}
-        self._polls: dict[str, int] = {}
         self.submissions = 0  # how many distinct batches were actually run (for tests)
 
     def submit(self, round_key: str, perturbations: Sequence[str]) -> JobRef:
@@ -40,6 +34,16 @@ class SimulatorLab:
         if job.external_id not in self._jobs:
             raise KeyError(f"unknown job {job.external_id} (was it submitted to this lab?)")
         return self._jobs[job.external_id]
+
+
+class SimulatorLab(SimulatedJobs):
+    """Runs batches in a screen simulator; a job is complete after `turnaround_polls` polls (default: at once)."""
+
+    def __init__(self, world: ScreenReplay, turnaround_polls: int = 0):
+        super().__init__()
+        self.world = world
+        self.turnaround_polls = turnaround_polls
+        self._polls: dict[str, int] = {}
 
     def poll(self, job: JobRef) -> JobStatus:
         self._batch(job)

@@ -150,12 +150,16 @@ def parse_config(data: dict, source: str = "config") -> CampaignConfig:
         raise ConfigError(format_validation_error(e, source)) from None
 
 
-def load_config(path: str | Path) -> CampaignConfig:
+def read_toml(path: str | Path) -> dict:
+    """A config file's TOML table; a missing file or bad TOML is a ConfigError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    return parse_config(data, str(path))
+
+
+def load_config(path: str | Path) -> CampaignConfig:
+    return parse_config(read_toml(path), str(path))

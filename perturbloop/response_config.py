@@ -35,13 +35,12 @@ Example (examples/papalexi_learn.toml):
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from perturbloop.config import format_validation_error
+from perturbloop.config import format_validation_error, read_toml
 from perturbloop.errors import ConfigError
 
 ResponsePolicyKind = Literal["random", "uncertainty", "diversity", "program"]
@@ -172,13 +171,7 @@ def is_response_config(data: dict) -> bool:
 
 
 def load_response_config(path: str | Path) -> ResponseCampaignConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    data = read_toml(path)
     if not is_response_config(data):
         raise ConfigError(f"{path}: not a response campaign (needs a [world] table; screen campaigns are benchmarked "
                           "with --screen)")
@@ -190,13 +183,7 @@ def load_campaign_config(path: str | Path):
     table (or objective `learn_response`), else a screen campaign's `CampaignConfig`."""
     from perturbloop.config import parse_config
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    data = read_toml(path)
     if is_response_config(data):
         return parse_response_config(data, str(path))
     return parse_config(data, str(path))

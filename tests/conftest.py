@@ -133,3 +133,14 @@ def slice_csv(tmp_path_factory, il2_screen) -> Path:
     p = tmp_path_factory.mktemp("slice") / "slice.csv"
     pd.DataFrame({"Gene": genes, "Score": s.scores.loc[genes].to_numpy()}).to_csv(p, index=False)
     return p
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of small models (two shared cores spin-wait badly on tiny matmuls)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from agent.runner import run_campaign
 from flows.response_eval import campaign_for
@@ -32,11 +31,8 @@ GRN = {
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Small models: one thread (two shared cores spin-wait badly on tiny matmuls)."""
 
 
 def _toml(cfg: dict) -> str:

@@ -19,11 +19,8 @@ SLICE_TARGETS = ["STAT1", "IFNGR1", "JAK2", "IRF1", "CD86", "ATF2", "CAV1", "ETV
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Small models: one thread (two shared cores spin-wait badly on tiny matmuls)."""
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,8 @@ G = 40  # genes of the planted responses
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
+def _one_thread(one_torch_thread):
     """Small models: one thread (two shared cores spin-wait badly on tiny matmuls)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def planted(n: int, d: int = 8, seed: int = 0, nonlinear: bool = False):
