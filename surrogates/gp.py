@@ -27,7 +27,8 @@ from surrogates.base import SurrogatePosterior
 # L-BFGS-B iterations per fit. A round adds 128 genes to a few hundred: 10 warm-started steps keep the
 # fit near the previous round's (and, at the first fit, the length-scale prior's) mode. On the six
 # real screens (benchmarks/RESULTS.md) 10 is 2-3x faster than 75 (rounds <= 1.2 s over 19k genes on
-# 2 cores) with hit ratios as good or better on 5 of 6 (the early stop regularises the fit);
+# 2 cores) with hit ratios better on 3 of 6, within a hit on 2, 3 hits worse on tau up (the early stop
+# regularises the fit);
 # measured on those same screens.
 MAX_FIT_ITER = 10
 POSTERIOR_CHUNK = 256  # rows per posterior call: gpytorch builds the chunk's dense covariance, so cost ~ n * chunk
