@@ -130,7 +130,7 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
         f"[bold]{config.name}[/]: {config.objective} on [cyan]{config.data.screen}[/], {config.rounds} rounds x "
         f"{config.batch_size}, surrogate {config.surrogate.kind}, policy {config.acquisition.kind}; store {st.url}"
     )
-    from flows.campaign import baseline_config, campaign_flow
+    from flows.campaign import campaign_flow
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:

@@ -144,3 +144,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def il2_slice_1500(tmp_path_factory, il2_screen) -> Path:
+    """1,500 real IL2 genes (the 150 strongest plus 1,350 drawn at random) as a `Gene,Score` CSV:
+    the campaign, lab-campaign and RL tests' slice."""
+    import numpy as np
+    import pandas as pd
+
+    s = il2_screen
+    rng = np.random.default_rng(0)
+    top = list(s.scores.abs().sort_values(ascending=False).index[:150])
+    rest = sorted(set(s.genes) - set(top))
+    genes = top + list(rng.choice(rest, 1350, replace=False))
+    path = tmp_path_factory.mktemp("slice1500") / "il2_slice.csv"
+    pd.DataFrame({"Gene": genes, "Score": s.scores.loc[genes].to_numpy()}).to_csv(path, index=False)
+    return path

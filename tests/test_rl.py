@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -213,18 +212,9 @@ ROUNDS, BATCH = 3, 24
 
 
 @pytest.fixture(scope="module")
-def slice_csv(tmp_path_factory, data_dir) -> Path:
-    """1,500 real IL2 genes (the 150 strongest plus 1,350 drawn at random), as in test_campaign."""
-    from perturbloop.data import load_screen
-
-    s = load_screen("schmidt2021_il2", data_dir)
-    rng = np.random.default_rng(0)
-    top = list(s.scores.abs().sort_values(ascending=False).index[:150])
-    rest = sorted(set(s.genes) - set(top))
-    genes = top + list(rng.choice(rest, 1350, replace=False))
-    path = tmp_path_factory.mktemp("rlslice") / "il2_slice.csv"
-    pd.DataFrame({"Gene": genes, "Score": s.scores.loc[genes].to_numpy()}).to_csv(path, index=False)
-    return path
+def slice_csv(il2_slice_1500) -> Path:
+    """1,500 real IL2 genes (the 150 strongest plus 1,350 drawn at random), shared with the other campaign tests."""
+    return il2_slice_1500
 
 
 @pytest.fixture(scope="module")
