@@ -17,8 +17,8 @@ import torch
 from acquisition import AcquisitionPolicy, make_policy
 from lab_adapters import LabAdapter, make_lab
 from perturbloop.config import CampaignConfig
-from perturbloop.data import REGISTRY, load_screen
-from perturbloop.data.registry import get_spec
+from perturbloop.data import load_screen
+from perturbloop.data.priors import prior_screen_names
 from perturbloop.data.screens import Screen
 from perturbloop.errors import ConfigError, UnknownGeneError
 from perturbloop.genes import gene_index
@@ -126,21 +126,6 @@ class CampaignContext:
         return summarise_round(self.store, self.campaign_id, index, n_hits=self.n_hits)
 
 
-def derived_from(a: str, b: str) -> bool:
-    """Two registry screens that share a source file (e.g. tau up / tau down) count as one."""
-    fa = {f.path for f in get_spec(a).files}
-    fb = {f.path for f in get_spec(b).files}
-    return bool(fa & fb)
-
-
-def default_prior_screens(target: str) -> list[str]:
-    """Every registry screen except the target and anything derived from it."""
-    names = [n for n, s in REGISTRY.items() if s.kind == "screen"]
-    if target not in REGISTRY:
-        return names
-    return [n for n in names if not derived_from(n, target)]
-
-
 def load_world(config: CampaignConfig, data_dir: str | os.PathLike | None) -> tuple[Screen, set[str]]:
     screen = load_screen(config.data.screen, data_dir)
     excluded: set[str] = set()
@@ -179,10 +164,7 @@ def build_context(config: CampaignConfig, store: Store, data_dir: str | os.PathL
     d = config.design
     prior: list[Screen] = []
     if "screens" in d.features:
-        names = d.prior_screens if d.prior_screens is not None else default_prior_screens(config.data.screen)
-        bad = [n for n in names if n == config.data.screen or (config.data.screen in REGISTRY and n in REGISTRY and derived_from(n, config.data.screen))]
-        if bad:
-            raise ConfigError(f"design.prior_screens: {', '.join(bad)} is the target screen (or derived from it): that would leak its scores")
+        names = prior_screen_names(config.data.screen, d.prior_screens)
         prior = [load_screen(n, data_dir) for n in names]
     if "embedding" in d.features and not d.embeddings:
         raise ConfigError("design.embeddings: feature 'embedding' needs a file")

@@ -15,9 +15,9 @@ in place of a screen campaign's:
   beside the baselines fitted on the same observations (`<metric>@<baseline>`), and the scores
   are written to the round's ModelFit record.
 
-The pieces are those of the simulated evaluation (`flows.response_eval`): a campaign run here
-measures the same perturbations, and scores the same, as seed `seed` of its policy in
-`perturbloop benchmark --config` (tested).
+The pieces (`response_parts`) are those of the simulated evaluation (`agent.simulate.campaign_for`):
+a campaign run here measures the same perturbations, and scores the same, as seed `seed` of its
+policy in `perturbloop benchmark --config` (tested).
 """
 
 from __future__ import annotations
@@ -31,13 +31,17 @@ from typing import Any
 import numpy as np
 
 from acquisition.base import Proposal, ProposedItem
-from flows import response_eval as rev
+from acquisition.response import make_response_policy
 from lab_adapters.response_simulator import ResponseSimulatorLab
+from perturbloop.design import Split, build_space, prepare_singles, split_candidates
 from perturbloop.errors import StoreError
 from perturbloop.pairs import DesignSpace
 from perturbloop.response_config import ResponseCampaignConfig
-from perturbloop.response_metrics import response_metrics
+from perturbloop.response_metrics import Evaluation, prepare_evaluation, program_flags, program_weights, response_metrics
 from perturbloop.store import Store
+from simulators.response_worlds import ResponseWorld, build_world
+from surrogates import make_response_surrogate
+from surrogates.response import fit_on_space, predict_on_space
 
 SUMMARY_METRICS = ("mse_top20_de", "pearson_delta", "l2_top_expressed", "interaction_pearson", "hit_ratio")
 
@@ -46,10 +50,10 @@ SUMMARY_METRICS = ("mse_top20_de", "pearson_delta", "l2_top_expressed", "interac
 class ResponseCampaignContext:
     config: ResponseCampaignConfig
     store: Store
-    world: Any  # flows.response_eval.ResponseWorld
+    world: ResponseWorld
     space: DesignSpace
-    split: rev.Split
-    evaluation: rev.Evaluation
+    split: Split
+    evaluation: Evaluation
     lab: ResponseSimulatorLab
     policy: Any  # acquisition.response policy
     make_model: Callable[[int], Any]
@@ -101,7 +105,7 @@ class ResponseCampaignContext:
             return cached["surrogate"]
         if not observed:
             return None
-        return rev._fit(self.make_model(self._model_seed(index)), self.space, observed)
+        return fit_on_space(self.make_model(self._model_seed(index)), self.space, observed)
 
     def score_model(self, surrogate, observed: dict[str, np.ndarray]) -> dict[str, float]:
         return {}  # scored after each ingest (`after_ingest`), on the held-out perturbations
@@ -131,13 +135,11 @@ class ResponseCampaignContext:
 
     def _scores(self, model, observed: dict[str, np.ndarray]) -> dict[str, float]:
         ev = self.evaluation
-        out = dict(response_metrics(rev._predict(model, self.space, ev.test_idx), ev.truth, de_idx=ev.de,
+        out = dict(response_metrics(predict_on_space(model, self.space, ev.test_idx), ev.truth, de_idx=ev.de,
                                     expressed_idx=ev.expressed, additive=ev.additive))
         for b in self.baselines:
-            if b == "additive" and ev.additive is None:
-                continue
-            bm = rev._fit(self.make_baseline(b), self.space, observed)
-            for k, v in response_metrics(rev._predict(bm, self.space, ev.test_idx), ev.truth, de_idx=ev.de,
+            bm = fit_on_space(self.make_baseline(b), self.space, observed)
+            for k, v in response_metrics(predict_on_space(bm, self.space, ev.test_idx), ev.truth, de_idx=ev.de,
                                          expressed_idx=ev.expressed).items():
                 out[f"{k}@{b}"] = v
         if ev.hits:
@@ -155,22 +157,73 @@ class ResponseCampaignContext:
         return row
 
 
+@dataclass
+class ResponseParts:
+    """Everything one seed of a response campaign is made of (shared by the loop and the benchmark)."""
+
+    world: ResponseWorld
+    space: DesignSpace
+    split: Split
+    evaluation: Evaluation
+    policy: Any  # an acquisition.response policy
+    make_model: Callable[[int], Any]  # seed -> unfitted surrogate
+    baselines: list[str]
+    make_baseline: Callable[[str], Any]  # kind -> unfitted baseline
+
+
+def response_parts(config: ResponseCampaignConfig, seed: int, data_dir: str | os.PathLike | None = None, *,
+                   policy_kind: str | None = None, space: DesignSpace | None = None) -> ResponseParts:
+    """A fresh world, the design space, seed `seed`'s held-out split and evaluation, the policy
+    (`policy_kind`, default the config's) and the model factories; bad input raises here."""
+    data_dir = str(data_dir) if data_dir else None
+    world = build_world(config, data_dir)
+    space = space if space is not None else build_space(world, config, data_dir)
+    prepare_singles(world, space)
+    split = split_candidates(space, config, seed)
+    w = program_weights(world, config) if config.objective == "maximize" else None
+    ev = prepare_evaluation(world, space, config, split, w)
+    baselines = list(config.evaluation.baselines)
+    if ev.additive is not None and "additive" not in baselines:
+        baselines.append("additive")
+    # additive needs an additive prediction (pairs of a fitness readout); the model is not its own baseline
+    baselines = [b for b in baselines if b != config.surrogate.kind and (b != "additive" or ev.additive is not None)]
+    policy = make_policy(policy_kind or config.acquisition.kind, config, world, seed)
+    return ResponseParts(world, space, split, ev, policy, model_factory(config), baselines,
+                         lambda k: model_factory(config, k)(seed))
+
+
 def build_response_context(config: ResponseCampaignConfig, store: Store, data_dir: str | os.PathLike | None = None,
                            on_round: Callable[[dict], None] | None = None) -> ResponseCampaignContext:
     """World, design space, held-out split, policy and models of a response campaign (bad input raises
     before anything is written)."""
-    data_dir = str(data_dir) if data_dir else None
-    world = rev.build_world(config, data_dir)
-    space = rev.build_space(world, config, data_dir)
-    rev.prepare_singles(world, space)
-    split = rev.split_candidates(space, config, config.seed)
-    w = rev.program_weights(world, config) if config.objective == "maximize" else None
-    ev = rev.prepare_evaluation(world, space, config, split, w)
-    baselines = list(config.evaluation.baselines)
-    if ev.additive is not None and "additive" not in baselines:
-        baselines.append("additive")
-    baselines = [b for b in baselines if b != config.surrogate.kind]
-    policy = rev.make_policy(config.acquisition.kind, config, world, config.seed)
-    return ResponseCampaignContext(
-        config, store, world, space, split, ev, ResponseSimulatorLab(world), policy, rev.model_factory(config),
-        baselines, lambda k: rev.model_factory(config, k)(config.seed), on_round)
+    p = response_parts(config, config.seed, data_dir)
+    return ResponseCampaignContext(config, store, p.world, p.space, p.split, p.evaluation,
+                                   ResponseSimulatorLab(p.world), p.policy, p.make_model, p.baselines,
+                                   p.make_baseline, on_round)
+
+
+def make_policy(kind: str, config: ResponseCampaignConfig, world: ResponseWorld, seed: int):
+    """The response policy `kind` with the config's settings (`program`: the program's weights over readouts)."""
+    a = config.acquisition
+    if kind == "program":
+        interaction, absolute = program_flags(config)
+        return make_response_policy(kind, weights=program_weights(world, config), beta=a.beta, interaction=interaction,
+                                    absolute=absolute, max_per_gene=a.max_per_gene, seed=seed)
+    return make_response_policy(kind, seed=seed, max_per_gene=a.max_per_gene)
+
+
+def model_factory(config: ResponseCampaignConfig, kind: str | None = None) -> Callable[[int], object]:
+    """`seed -> ResponseSurrogate`: the config's surrogate, or (`kind` given) a baseline with its own
+    defaults, so a baseline is the same whatever model it is shown beside."""
+    if kind is not None and kind != config.surrogate.kind:
+        kw: dict = {}
+    else:
+        kind = config.surrogate.kind
+        kw = config.surrogate.kwargs() if kind in ("ensemble", "gp") else {}
+        if kind == "linear":
+            kw = {"rank": config.surrogate.rank}
+
+    def make(seed: int):
+        return make_response_surrogate(kind, **({**kw, "seed": seed} if kind == "ensemble" else kw))
+
+    return make

@@ -90,7 +90,7 @@ def _fmt(v: float) -> str:
 
 
 def section(path: Path) -> list[str]:
-    from flows.response_eval import final_table, higher_is_better, summarise_response, table_metrics
+    from perturbloop.benchmark_report import final_table, higher_is_better, summarise_response, table_metrics
 
     res = json.loads(path.read_text())
     p, rows = res["protocol"], res["results"]
@@ -163,7 +163,7 @@ def _verdict(d: float, se: float, hib: bool) -> str:
 def overview(paths: list[Path]) -> list[str]:
     """Per evaluation and metric: the best policy's model vs the baselines fitted on the same observations,
     and vs the same model under random picks (paired by seed: mean difference +- standard error)."""
-    from flows.response_eval import final_table, higher_is_better, table_metrics
+    from perturbloop.benchmark_report import final_table, higher_is_better, table_metrics
 
     out = ["## Overview (after the last round)", "",
            "Differences are paired by seed (same held-out split and initial design): mean +- standard error; "

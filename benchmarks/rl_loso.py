@@ -53,7 +53,7 @@ def _run(cmd: list[str]) -> None:
 
 
 def policy_group(target: str) -> list[str]:
-    from acquisition.rl.worlds import registry_screens, same_source
+    from perturbloop.data.priors import registry_screens, same_source
 
     return [s for s in registry_screens() if same_source(s, target)] or [target]
 
@@ -82,10 +82,10 @@ def inference_timing(target: str, pol: Path, data_dir: str | None) -> dict:
 
     from acquisition import make_policy
     from acquisition.prior import PriorScorePolicy
-    from flows.evaluation import WorldSpec, build_world
+    from agent.benchmark import WorldSpec, build_screen_world
     from surrogates import make_surrogate
 
-    world = build_world(WorldSpec(screen=target, data_dir=data_dir))
+    world = build_screen_world(WorldSpec(screen=target, data_dir=data_dir))
     pool = world.pool
     bounds = torch.stack([pool.X.min(0).values, pool.X.max(0).values])
     labels = PriorScorePolicy().select(None, pool, {}, 128).labels

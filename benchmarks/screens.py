@@ -68,7 +68,7 @@ def _mean_sd(rs: list[dict]) -> tuple[float, float]:
 
 
 def table() -> str:
-    from flows.evaluation import RECOMMENDED
+    from agent.benchmark import RECOMMENDED
 
     lines = ["# Hit discovery on real pooled screens", "",
              "BioDiscoveryAgent protocol: 5 rounds x 128 genes, hits = top 5% of genes by |score|, hit ratio = "

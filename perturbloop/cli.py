@@ -31,6 +31,8 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "ERROR")
+    # Prefect's temporary server gives up after 20 s; on a loaded 2-core machine it can take longer to start
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def _fmt(v, spec: str = ".3f") -> str:
@@ -90,7 +92,7 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
         f"{config.design.space}, {config.initial} initial + {config.rounds} rounds x {config.batch_size}, surrogate "
         f"{config.surrogate.kind}, policy {config.acquisition.kind}; store {st.url}"
     )
-    from flows.response_eval import build_world
+    from simulators.response_worlds import build_world
 
     build_world(config, data_dir)  # bad input (missing data set, unknown dataset) fails here, before any flow runs
     total = config.rounds + 1
@@ -233,7 +235,9 @@ def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, feature
     from rich.console import Console
     from rich.table import Table
 
-    from flows.evaluation import PolicySpec, WorldSpec, run_sweep, summarise, write_results
+    from agent.benchmark import PolicySpec, WorldSpec
+    from flows.evaluation import run_sweep
+    from perturbloop.benchmark_report import summarise, write_results
 
     policies = [PolicySpec.parse(p) for p in policy.split(",") if p.strip()]
     if not policies:
@@ -271,7 +275,8 @@ def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runn
     _quiet_prefect()
     from rich.console import Console
 
-    from flows.response_eval import protocol_of, response_table, run_response_sweep, write_response_results
+    from flows.response_eval import run_response_sweep
+    from perturbloop.benchmark_report import protocol_of, response_table, write_response_results
     from perturbloop.response_config import load_response_config
 
     config = load_response_config(config_path)
@@ -477,7 +482,8 @@ def _policy_train(worlds, holdout, synthetic, out, iterations, bc_iterations, wa
     from acquisition.rl.features import reference_score
     from acquisition.rl.train import evaluate as evaluate_policy
     from acquisition.rl.train import train_policy
-    from acquisition.rl.worlds import build_worlds, registry_screens
+    from acquisition.rl.worlds import build_worlds
+    from perturbloop.data.priors import registry_screens
     from perturbloop.device import default_device
     from surrogates import make_surrogate
 

@@ -13,3 +13,15 @@ def default_device() -> torch.device:
     if want == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda")
+
+
+class keep_torch_threads:
+    """scanpy's preprocessing (numba, OpenMP) resets the calling thread's OpenMP thread count, which is
+    torch's too: restore it after every summarisation, or the surrogate fits that follow run with
+    threads the caller did not ask for (on 2 shared cores: several times slower)."""
+
+    def __enter__(self) -> None:
+        self.n = torch.get_num_threads()
+
+    def __exit__(self, *exc) -> None:
+        torch.set_num_threads(self.n)

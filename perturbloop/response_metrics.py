@@ -29,8 +29,19 @@ it scores 0 rather than NaN so curves stay finite (documented, and the truth is 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+
+from perturbloop.errors import ConfigError
+from perturbloop.response_config import ResponseCampaignConfig
+
+if TYPE_CHECKING:
+    from perturbloop.design import Split
+    from perturbloop.pairs import DesignSpace
+    from simulators.response_worlds import ResponseWorld
 
 TOP_DE = 20  # IterPert / GEARS
 TOP_EXPRESSED = 1000  # Ahlmann-Eltze et al. 2025
@@ -150,3 +161,68 @@ def genes_to_idx(genes: Sequence[str], lists: Mapping[str, Sequence[str]], label
             raise KeyError(f"DE genes of {lab!r} not measured: {', '.join(missing[:10])}")
         out.append([pos[g] for g in lists[lab]])
     return out
+
+
+def program_weights(world: ResponseWorld, config: ResponseCampaignConfig) -> torch.Tensor:
+    """`G` weights: the mean LFC of the program genes (sign by `direction`); pair fitness: the phenotype."""
+    acq = config.acquisition
+    sign = 1.0 if acq.direction == "up" else -1.0
+    if not acq.program:
+        if len(world.genes) == 1:
+            return torch.tensor([sign], dtype=torch.float64)
+        raise ConfigError("acquisition.program: list the program's genes")
+    pos = {g: i for i, g in enumerate(world.genes)}
+    missing = [g for g in acq.program if g.upper() not in pos and g not in pos]
+    if missing:
+        raise ConfigError(f"acquisition.program: genes not measured by the world: {', '.join(missing)}")
+    w = torch.zeros(len(world.genes), dtype=torch.float64)
+    for g in acq.program:
+        w[pos.get(g.upper(), pos.get(g))] = sign / len(acq.program)
+    return w
+
+
+def program_flags(config: ResponseCampaignConfig) -> tuple[bool, bool]:
+    """(interaction, absolute) of the program score. A pair screen's goal is the strongest genetic
+    interactions of either sign: |GI|, or |fitness - additive| for a fitness readout."""
+    a = config.acquisition
+    if config.world.kind == "pair_fitness":
+        return a.interaction or config.world.readout == "fitness", True
+    return a.interaction, a.absolute
+
+
+@dataclass
+class Evaluation:
+    """What scoring one seed needs (computed once, shared by every policy of that seed)."""
+
+    test: list[str]
+    test_idx: torch.Tensor
+    truth: np.ndarray
+    de: list[list[int]] | None
+    expressed: list[int]
+    additive: np.ndarray | None
+    hits: set[str] = field(default_factory=set)
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_evaluation(world: ResponseWorld, space: DesignSpace, config: ResponseCampaignConfig, split: Split,
+                       w: torch.Tensor | None) -> Evaluation:
+    test_idx = space.indices(split.test)
+    truth = world.truth(split.test)
+    de = world.de_genes(split.test, config.evaluation.top_de) if truth.shape[1] > 1 else None
+    off = space.offset(test_idx)
+    ev = Evaluation(split.test, test_idx, truth, de, world.expressed(config.evaluation.top_expressed),
+                    None if off is None else off.cpu().numpy())
+    if config.objective == "maximize" and w is not None:
+        labels = [c for c in space.labels(range(len(space))) if c not in set(split.test)]
+        T = world.truth(labels)
+        s = T @ w.numpy()
+        interaction, absolute = program_flags(config)
+        off = space.offset(space.indices(labels)) if interaction else None
+        if off is not None:
+            s = s - off.cpu().numpy() @ w.numpy()
+        if absolute:
+            s = np.abs(s)
+        ev.scores = dict(zip(labels, s.tolist()))
+        n_hits = max(1, int(round(config.evaluation.hit_fraction * len(labels))))
+        ev.hits = set(np.array(labels)[np.argsort(-s, kind="stable")[:n_hits]].tolist())
+    return ev

@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from perturbloop.device import default_device
+from perturbloop.pairs import DesignSpace
 
 POSTERIOR_CHUNK = 4096  # rows per forward pass / GP posterior call; bounds memory at ~chunk x (hidden or n) floats
 DEFAULT_RANK = 16  # output PCs; more mostly models noise with tens of training perturbations
@@ -420,3 +423,20 @@ class LowRankGPResponse:
             mean, var = self.latent(X)
         return ResponsePosterior(mean, var, self.pca.basis, self.pca.center,
                                  None if offset is None else offset.to(torch.float64), needs_offset=missing)
+
+
+def fit_on_space(model, space: DesignSpace, observed: Mapping[str, np.ndarray]):
+    """`model` fitted on the measured responses `observed` (label -> vector) of `space`'s candidates, with the
+    space's offsets (pairs: the additive prior) where it has them."""
+    idx = space.indices(list(observed))
+    X = space.features(idx).cpu()
+    off = space.offset(idx)
+    Y = torch.from_numpy(np.stack(list(observed.values()))).to(torch.float64)
+    model.fit(X, Y, None if off is None else off.cpu())
+    return model
+
+
+def predict_on_space(model, space: DesignSpace, idx: torch.Tensor) -> np.ndarray:
+    """Posterior mean responses (`len(idx) x G`) of the candidates `idx` of `space`."""
+    off = space.offset(idx)
+    return model.posterior(space.features(idx).cpu(), None if off is None else off.cpu()).mean.numpy()

@@ -14,7 +14,8 @@ import pytest
 
 from acquisition import make_policy
 from agent.simulate import simulate_campaign
-from flows.evaluation import PolicySpec, WorldSpec, build_world, read_hits_file, summarise
+from agent.benchmark import PolicySpec, WorldSpec, build_screen_world, read_hits_file
+from perturbloop.benchmark_report import summarise
 from perturbloop.data import load_screen
 from perturbloop.data.screens import Screen
 from perturbloop.errors import ConfigError, UnknownGeneError
@@ -41,7 +42,7 @@ def _gp(pool):
 
 
 def test_hit_ratio_is_distinct_hits_over_all_hits(slice_path, data_dir):
-    world = build_world(WorldSpec(str(slice_path), features=("go",), data_dir=str(data_dir)))
+    world = build_screen_world(WorldSpec(str(slice_path), features=("go",), data_dir=str(data_dir)))
     run = simulate_campaign(world.pool, world.replay, make_policy("random", seed=3), None, rounds=3, batch_size=20)
     hits = world.replay.hits
     assert len(hits) == round(0.05 * len(world.pool))
@@ -66,7 +67,7 @@ def test_given_hit_list_replaces_top_fraction(slice_path, data_dir, tmp_path):
 
 
 def test_nonessential_drops_core_essential_genes_from_hits_and_picks(data_dir):
-    world = build_world(WorldSpec("schmidt2021_il2", nonessential=True, features=("go",), data_dir=str(data_dir)))
+    world = build_screen_world(WorldSpec("schmidt2021_il2", nonessential=True, features=("go",), data_dir=str(data_dir)))
     ess = essential_genes(data_dir)
     assert not (set(world.pool.labels) & ess) and not (world.replay.hits & ess)
     full = load_screen("schmidt2021_il2", data_dir)
@@ -77,7 +78,7 @@ def test_unseen_scores_never_reach_the_policy(slice_path, data_dir):
     """Shuffle the scores of every gene a campaign never picked: it must pick exactly the same.
     Shuffle all scores: round 1 (priors only) is unchanged, later rounds follow the new values."""
     spec = WorldSpec(str(slice_path), features=("go", "screens"), prior_screens=("schmidt2021_ifng",), data_dir=str(data_dir))
-    world = build_world(spec)
+    world = build_screen_world(spec)
     screen: Screen = world.replay.screen
     run = simulate_campaign(world.pool, world.replay, make_policy("ucb", seed=0, beta=0.25), _gp(world.pool),
                             rounds=3, batch_size=16)
@@ -134,7 +135,7 @@ def test_benchmark_command_writes_results_and_curves(slice_path, data_dir, tmp_p
 
 def test_hit_call_target_trains_on_the_labs_hit_calls(slice_path, data_dir):
     """`--target hit`: the surrogate sees 1.0 for measured hits and 0.0 otherwise, never the scores."""
-    world = build_world(WorldSpec(str(slice_path), features=("go", "screens"), prior_screens=("schmidt2021_ifng",),
+    world = build_screen_world(WorldSpec(str(slice_path), features=("go", "screens"), prior_screens=("schmidt2021_ifng",),
                                   data_dir=str(data_dir), target="hit"))
     seen: list[dict] = []
 
@@ -159,7 +160,7 @@ def test_hit_call_target_trains_on_the_labs_hit_calls(slice_path, data_dir):
     assert all(v == float(g in world.replay.hits) for g, v in last.items())
     assert 0 < sum(last.values()) < len(last)  # both kinds were measured: a real hit-call signal
     with pytest.raises(ConfigError, match="--target"):
-        build_world(WorldSpec(str(slice_path), features=("go",), data_dir=str(data_dir), target="score"))
+        build_screen_world(WorldSpec(str(slice_path), features=("go",), data_dir=str(data_dir), target="score"))
 
 
 def test_embedding_features_from_a_user_file(slice_path, data_dir, tmp_path):
@@ -168,7 +169,7 @@ def test_embedding_features_from_a_user_file(slice_path, data_dir, tmp_path):
     emb = pd.DataFrame(rng.normal(size=(len(s.genes), 4)), index=[g.lower() for g in s.genes])
     path = tmp_path / "emb.csv"
     emb.to_csv(path)
-    world = build_world(WorldSpec(str(slice_path), features=("embedding",), data_dir=str(data_dir), embeddings=str(path)))
+    world = build_screen_world(WorldSpec(str(slice_path), features=("embedding",), data_dir=str(data_dir), embeddings=str(path)))
     assert world.pool.feature_names == ["emb0", "emb1", "emb2", "emb3"] and world.pool.X.shape == (len(s.genes), 4)
     with pytest.raises(ConfigError, match="--embeddings"):
-        build_world(WorldSpec(str(slice_path), features=("go", "embedding"), data_dir=str(data_dir)))
+        build_screen_world(WorldSpec(str(slice_path), features=("go", "embedding"), data_dir=str(data_dir)))

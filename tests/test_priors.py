@@ -7,7 +7,7 @@ import torch
 
 from acquisition import make_policy
 from acquisition.prior import PriorScorePolicy
-from agent.context import default_prior_screens
+from perturbloop.data.priors import default_prior_screens
 from perturbloop.config import parse_config
 from perturbloop.data import load_screen
 from perturbloop.errors import ConfigError

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from agent.runner import run_campaign
-from flows.response_eval import campaign_for
+from agent.simulate import campaign_for
 from perturbloop.response_config import parse_response_config
 from perturbloop.store import Store
 

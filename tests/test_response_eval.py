@@ -76,7 +76,9 @@ def _check_rows(rows, config, policies):
 
 
 def test_papalexi_slice_campaign_scores_model_and_baselines(papalexi_slice, data_dir):
-    from flows.response_eval import build_space, build_world, response_sweep, split_candidates
+    from agent.simulate import response_sweep
+    from perturbloop.design import build_space, split_candidates
+    from simulators.response_worlds import build_world
 
     config = parse_response_config(_papalexi_config(papalexi_slice))
     world = build_world(config, data_dir)
@@ -97,7 +99,7 @@ def test_papalexi_slice_campaign_scores_model_and_baselines(papalexi_slice, data
 
 
 def test_replayed_responses_are_pseudobulk_lfcs_of_the_revealed_cells(papalexi_slice, data_dir):
-    from flows.response_eval import build_world
+    from simulators.response_worlds import build_world
 
     world = build_world(parse_response_config(_papalexi_config(papalexi_slice)), data_dir)
     got = world.measure(["STAT1"])["STAT1"]
@@ -110,7 +112,9 @@ def test_replayed_responses_are_pseudobulk_lfcs_of_the_revealed_cells(papalexi_s
 
 
 def test_synthetic_pair_campaign_uses_the_additive_prior():
-    from flows.response_eval import build_space, build_world, campaign_for, prepare_singles
+    from agent.simulate import campaign_for
+    from perturbloop.design import build_space, prepare_singles
+    from simulators.response_worlds import build_world
 
     config = parse_response_config(GRN_CONFIG)
     world = build_world(config)
@@ -131,7 +135,7 @@ def test_synthetic_pair_campaign_uses_the_additive_prior():
 
 
 def test_failed_runs_are_not_trained_on_or_reproposed():
-    from flows.response_eval import campaign_for
+    from agent.simulate import campaign_for
 
     cfg = json.loads(json.dumps(GRN_CONFIG))
     cfg["world"]["failure_rate"] = 0.3
@@ -144,7 +148,7 @@ def test_failed_runs_are_not_trained_on_or_reproposed():
 
 
 def test_norman_gi_campaign_tracks_hits(data_dir):
-    from flows.response_eval import campaign_for
+    from agent.simulate import campaign_for
 
     config = parse_response_config({
         "name": "norman-slice", "objective": "maximize", "initial": 30, "rounds": 2, "batch_size": 30,
@@ -164,7 +168,7 @@ def test_norman_gi_campaign_tracks_hits(data_dir):
 
 
 def test_results_file_and_table(tmp_path):
-    from flows.response_eval import final_table, protocol_of, response_table, write_response_results
+    from perturbloop.benchmark_report import final_table, protocol_of, response_table, write_response_results
 
     config = parse_response_config(GRN_CONFIG)
     rows = [{"policy": p, "seed": s, "metrics": {"l2_top_expressed": [3.0, 2.0 + s], "l2_top_expressed@mean": [4.0, 4.0],
@@ -181,7 +185,7 @@ def test_results_file_and_table(tmp_path):
     l2 = fin[("random", "l2_top_expressed")]
     assert l2["final"] == pytest.approx(2.5) and l2["baselines"] == {"mean": 4.0, "additive": 2.5}
     assert l2["beats_baselines"] == "tie"  # 2.5 vs the additive 2.5: not a win, and the table says so
-    from flows.response_eval import beats_baselines
+    from perturbloop.benchmark_report import beats_baselines
 
     assert beats_baselines("l2_top_expressed", 3.0, {"additive": 2.5, "mean": 4.0}) is False
     assert beats_baselines("pearson_delta", 0.5, {"mean": 0.2}) is True

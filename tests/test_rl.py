@@ -138,7 +138,7 @@ def test_checkpoint_round_trips_without_pickle(tmp_path):
 
 
 def test_config_and_policy_spec_accept_rl(tmp_path):
-    from flows.evaluation import PolicySpec
+    from agent.benchmark import PolicySpec
     from perturbloop.config import parse_config
 
     path = save_policy(PolicyNet(), PolicyConfig(), tmp_path / "pol.pt")

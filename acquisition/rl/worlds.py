@@ -18,24 +18,12 @@ import numpy as np
 import torch
 
 from acquisition.rl.env import GPParams, TrainWorld, fit_world_gp, hits_of, synthetic_scores
-from perturbloop.data import REGISTRY, load_screen
-from perturbloop.data.registry import cache_dir, get_spec
+from perturbloop.data import load_screen
+from perturbloop.data.priors import default_prior_screens, same_source
+from perturbloop.data.registry import cache_dir
 from perturbloop.errors import ConfigError
 
 FEATURES = ("go", "screens")
-
-
-def registry_screens() -> list[str]:
-    return [n for n, s in REGISTRY.items() if s.kind == "screen"]
-
-
-def same_source(a: str, b: str) -> bool:
-    """Two registry screens that are one screen (the same name, or a shared source file)."""
-    if a == b:
-        return True
-    if a not in REGISTRY or b not in REGISTRY:
-        return False
-    return bool({f.path for f in get_spec(a).files} & {f.path for f in get_spec(b).files})
 
 
 def _gp_cached(X: torch.Tensor, feature_names: Sequence[str], y: torch.Tensor, make_surrogate, rounds: int, batch: int,
@@ -63,7 +51,7 @@ def real_world(name: str, *, holdout: Sequence[str] = (), data_dir=None, make_su
     if any(same_source(name, h) for h in holdout):
         raise ConfigError(f"--worlds: {name} is held out (or shares a source file with a held-out screen)")
     screen = load_screen(name, data_dir)
-    priors = [n for n in registry_screens() if not same_source(n, name) and not any(same_source(n, h) for h in holdout)]
+    priors = default_prior_screens(name, holdout)
     pool = build_gene_pool(screen.genes, features=FEATURES, prior_screens=[load_screen(p, data_dir) for p in priors],
                            data_dir=data_dir)
     y = torch.tensor(screen.scores.abs().reindex(pool.labels).to_numpy(), dtype=torch.float64)

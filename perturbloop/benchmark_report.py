@@ -1,0 +1,226 @@
+"""Benchmark results: the JSON written, per-policy summaries, tables and plots.
+
+Screens (`write_results`, `summarise`): `{"protocol", "screen", "results": [{"policy", "seed",
+"hit_ratio", "per_round", "round_seconds", ...}]}`. Response campaigns (`write_response_results`,
+`final_table`): `{"protocol", "world", "results": [{"policy", "seed", "metrics": {name: [per round]},
+"round_seconds", ...}]}`; every model metric sits beside its baselines (`<metric>@<baseline>`),
+fitted on the same observations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from perturbloop.response_config import ResponseCampaignConfig
+
+
+PRIMARY_METRICS = ("mse_top20_de", "pearson_delta", "l2_top_expressed")  # plotted, in this order
+
+
+def protocol_of(config: ResponseCampaignConfig, rows: Sequence[dict]) -> dict:
+    baselines = sorted({k.split("@", 1)[1] for r in rows for k in r["metrics"] if "@" in k})
+    return {"name": "response-campaign (IterPert-style learning curves)", "objective": config.objective,
+            "world": config.world.model_dump(), "space": config.design.space, "initial": config.initial,
+            "rounds": config.rounds, "batch": config.batch_size, "seeds": config.evaluation.seeds,
+            "test_fraction": config.evaluation.test_fraction, "n_test": rows[0]["n_test"] if rows else None,
+            "n_candidates": rows[0]["n_candidates"] if rows else None, "surrogate": config.surrogate.model_dump(),
+            "baselines": baselines, "features": list(config.design.features),
+            "synthetic": config.world.kind == "synthetic_grn", "top_de": config.evaluation.top_de,
+            "top_expressed": config.evaluation.top_expressed, "de_method": config.evaluation.de_method}
+
+
+def summarise_response(rows: Sequence[dict]) -> list[dict]:
+    """Per policy: mean and sd over seeds of every metric per round, and seconds per round."""
+    out = []
+    for label in dict.fromkeys(r["policy"] for r in rows):
+        rs = [r for r in rows if r["policy"] == label]
+        names = list(dict.fromkeys(k for r in rs for k in r["metrics"]))
+        mean, sd = {}, {}
+        for k in names:
+            a = np.array([r["metrics"][k] for r in rs if k in r["metrics"]], dtype=float)
+            mean[k], sd[k] = np.nanmean(a, 0).tolist(), np.nanstd(a, 0).tolist()
+        secs = [s for r in rs for s in r["round_seconds"]]
+        out.append({"policy": label, "seeds": len(rs), "mean": mean, "sd": sd,
+                    "round_seconds_mean": float(np.mean(secs)) if secs else 0.0,
+                    "round_seconds_max": float(np.max(secs)) if secs else 0.0})
+    return out
+
+
+def write_response_results(path: str | Path, protocol: dict, world: str, rows: list[dict],
+                           metrics: Sequence[str] | None = None) -> tuple[Path, Path]:
+    """`results.json` and a PNG beside it: one panel per metric, each policy's mean curve (+- sd over
+    seeds) with the baselines (fitted on the same observations) dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"protocol": protocol, "world": world, "results": rows}, indent=1))
+    summary = summarise_response(rows)
+    available = set(summary[0]["mean"]) if summary else set()
+    metrics = [m for m in (metrics or PRIMARY_METRICS) if m in available]
+    if not metrics:
+        metrics = [m for m in ("mse", "hit_ratio") if m in available]
+    if protocol.get("objective") == "maximize" and "hit_ratio" in available and "hit_ratio" not in metrics:
+        metrics = [*metrics, "hit_ratio"]
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.6 * max(len(metrics), 1), 3.8), dpi=110, squeeze=False)
+    ref = next((s["policy"] for s in summary if s["policy"] == "random"), summary[0]["policy"] if summary else None)
+    for ax, m in zip(axes[0], metrics):
+        lo, hi = np.inf, -np.inf
+        for s in summary:
+            ys, sd = np.array(s["mean"][m]), np.array(s["sd"][m])
+            lo, hi = min(lo, float((ys - sd).min())), max(hi, float((ys + sd).max()))
+        span = max(hi - lo, 1e-12)
+        for s in summary:
+            ys, sd = np.array(s["mean"][m]), np.array(s["sd"][m])
+            n_obs = np.mean([r["n_observed"] for r in rows if r["policy"] == s["policy"]], axis=0)
+            xs = n_obs[: len(ys)]
+            line, = ax.plot(xs, ys, marker="o", ms=3, label=f"{s['policy']} ({protocol['surrogate']['kind']})")
+            ax.fill_between(xs, ys - sd, ys + sd, alpha=0.15, color=line.get_color())
+            if s["policy"] == ref:  # baselines fitted on the reference (random) policy's observations
+                for b in protocol.get("baselines", []):
+                    key = f"{m}@{b}"
+                    if key not in s["mean"]:
+                        continue
+                    yb = np.array(s["mean"][key][: len(xs)])
+                    if yb.min() > hi + 2 * span or yb.max() < lo - 2 * span:  # far off: name it, keep the scale
+                        ax.plot([], [], ls="--", lw=1, label=f"{b} baseline: {yb[-1]:.3g} (off scale)")
+                        continue
+                    ax.plot(xs, yb, ls="--", lw=1, label=f"{b} baseline ({ref} picks)")
+        ax.set_title(m)
+        ax.set_xlabel("pairs measured (all singles measured first)" if protocol.get("space") == "pairs"
+                      else "perturbations measured")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    title = f"{world}: {protocol['rounds']} x {protocol['batch']} after {protocol['initial']} initial, {protocol['seeds']} seeds"
+    if protocol.get("synthetic"):
+        title += " (SYNTHETIC world)"
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    png = path.with_suffix(".png")
+    fig.savefig(png)
+    plt.close(fig)
+    return path, png
+
+
+HIGHER_IS_BETTER = ("pearson", "hit_ratio", "best_score")
+
+
+def higher_is_better(metric: str) -> bool:
+    return any(metric.startswith(p) or p in metric for p in HIGHER_IS_BETTER)
+
+
+def table_metrics(rows: Sequence[dict]) -> list[str]:
+    """Metrics shown in tables: the primary ones present (+ interaction for pairs, hit ratio for maximize)."""
+    have = set(rows[0]["metrics"]) if rows else set()
+    order = [*PRIMARY_METRICS, "interaction_pearson", "mse", "hit_ratio"]
+    out = [m for m in order if m in have]
+    if "mse_top20_de" in have:
+        out = [m for m in out if m != "mse"]
+    return out
+
+
+TIE = 0.01  # within 1% of the best baseline (relative) is reported as a tie, not a win
+
+
+def beats_baselines(metric: str, value: float, baselines: Mapping[str, float]) -> bool | str | None:
+    """True / False / "tie" (within `TIE` of the best baseline) / None (no baselines)."""
+    if not baselines:
+        return None
+    hib = higher_is_better(metric)
+    best = max(baselines.values()) if hib else min(baselines.values())
+    if abs(value - best) <= TIE * max(abs(best), 1e-12):
+        return "tie"
+    return bool(value > best) if hib else bool(value < best)
+
+
+def final_table(rows: Sequence[dict]) -> list[dict]:
+    """Per policy and metric: the model's value after the last round (mean +- sd over seeds), after
+    round 0, and each baseline's after the last round (fitted on the same policy's observations),
+    with whether the model beats every baseline (`beats_baselines`)."""
+    out = []
+    summary = summarise_response(rows)
+    for s in summary:
+        for m in table_metrics(rows):
+            base = {k.split("@", 1)[1]: v[-1] for k, v in s["mean"].items() if k.startswith(m + "@")}
+            if m == "l2_top_expressed" and "l2_additive" in s["mean"]:
+                base.setdefault("additive", s["mean"]["l2_additive"][-1])
+            final = s["mean"][m][-1]
+            beats = beats_baselines(m, final, base)
+            out.append({"policy": s["policy"], "metric": m, "first": s["mean"][m][0], "final": final,
+                        "final_sd": s["sd"][m][-1], "baselines": base, "beats_baselines": beats,
+                        "round_seconds_mean": s["round_seconds_mean"]})
+    return out
+
+
+def response_table(name: str, protocol: dict, rows: Sequence[dict]):
+    """A rich Table of `final_table` (the CLI's summary)."""
+    from rich.table import Table
+
+    fin = final_table(rows)
+    baselines = list(dict.fromkeys(b for r in fin for b in r["baselines"]))
+    t = Table(title=f"{name}: {protocol['initial']} initial + {protocol['rounds']} x {protocol['batch']}, "
+                    f"{protocol['seeds']} seeds, surrogate {protocol['surrogate']['kind']}, {protocol['n_test']} held out"
+                    + (" [SYNTHETIC]" if protocol.get("synthetic") else ""), title_justify="left")
+    for col in ("policy", "metric", "round 0", "final (model)", *[f"final ({b})" for b in baselines], "beats baselines",
+                "s/round"):
+        t.add_column(col, justify="right")
+    for r in fin:
+        t.add_row(r["policy"], r["metric"] + (" ^" if higher_is_better(r["metric"]) else " v"), f"{r['first']:.4f}",
+                  f"{r['final']:.4f} +- {r['final_sd']:.4f}",
+                  *[f"{r['baselines'][b]:.4f}" if b in r["baselines"] else "-" for b in baselines],
+                  {True: "yes", False: "NO", None: "-", "tie": "tie"}[r["beats_baselines"]], f"{r['round_seconds_mean']:.2f}")
+    return t
+
+
+def write_results(path: str | Path, protocol: dict, screen: str, rows: list[dict]) -> tuple[Path, Path]:
+    """`results.json` (schema in the module docstring of perturbloop.cli) and a PNG of mean curves beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"protocol": protocol, "screen": screen, "results": rows}, indent=1))
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label in dict.fromkeys(r["policy"] for r in rows):
+        curves = np.array([r["per_round"] for r in rows if r["policy"] == label])
+        xs = protocol["batch"] * np.arange(0, curves.shape[1] + 1)
+        mean = np.concatenate([[0.0], curves.mean(0)])
+        sd = np.concatenate([[0.0], curves.std(0)])
+        ax.plot(xs, mean, marker="o", label=label)
+        ax.fill_between(xs, mean - sd, mean + sd, alpha=0.2)
+    ax.set_xlabel("genes tested")
+    ax.set_ylabel("cumulative hit ratio")
+    ax.set_title(f"{screen}: {protocol['rounds']} x {protocol['batch']}, {protocol['seeds']} seeds")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    png = path.with_suffix(".png")
+    fig.savefig(png)
+    plt.close(fig)
+    return path, png
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per policy: hit ratio mean and sd over seeds, mean curve, mean and max seconds per round."""
+    import numpy as np
+
+    out = []
+    for label in dict.fromkeys(r["policy"] for r in rows):
+        rs = [r for r in rows if r["policy"] == label]
+        hr = np.array([r["hit_ratio"] for r in rs])
+        secs = np.array([s for r in rs for s in r["round_seconds"]])
+        out.append({"policy": label, "hit_ratio_mean": float(hr.mean()), "hit_ratio_sd": float(hr.std()),
+                    "per_round_mean": np.mean([r["per_round"] for r in rs], axis=0).tolist(),
+                    "round_seconds_mean": float(secs.mean()), "round_seconds_max": float(secs.max()),
+                    "campaign_seconds_mean": float(np.mean([sum(r["round_seconds"]) for r in rs])), "seeds": len(rs)})
+    return out

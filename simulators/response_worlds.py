@@ -1,0 +1,269 @@
+"""Response worlds: simulated labs seen as response vectors over a fixed list of readouts.
+
+A world answers `measure(labels)` with, per label, a response vector (a Perturb-seq world's
+pseudobulk LFC over its readout genes; a pair screen's one readout) or None for a failed run; its
+truth (`truth`, `de_genes`, `expressed`) is for scoring only and never reaches a policy.
+`build_world(config)` makes the world a response campaign's `[world]` table names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from perturbloop.device import keep_torch_threads
+from perturbloop.errors import ConfigError
+from perturbloop.response_config import ResponseCampaignConfig
+from perturbloop.response_metrics import TOP_DE
+
+
+class ResponseWorld(Protocol):
+    """What a response campaign can ask of its lab, and what only its evaluation may see.
+
+    Campaign side: `genes` (readout columns), `candidates` (labels it can run), `measure(labels)`
+    (label -> LFC vector, or None for a failed run), `singles()` (pair worlds: the single-gene
+    responses measured before pairs; {} otherwise), `control_expression()` (control cells,
+    log-normalised, for expression features; None where there are no cells).
+    Evaluation side: `truth(labels)` (`n x G`), `de_genes(labels, n)`, `expressed(n)`.
+    """
+
+    name: str
+    synthetic: bool
+    genes: list[str]
+    candidates: list[str]
+
+    def measure(self, labels: Sequence[str]) -> dict[str, np.ndarray | None]: ...
+
+    def singles(self) -> dict[str, np.ndarray]: ...
+
+    def control_expression(self) -> np.ndarray | None: ...
+
+    def truth(self, labels: Sequence[str]) -> np.ndarray: ...
+
+    def de_genes(self, labels: Sequence[str], n: int = TOP_DE) -> list[list[int]]: ...
+
+    def expressed(self, n: int) -> list[int]: ...
+
+
+def _dense(m) -> np.ndarray:
+    return m.toarray() if hasattr(m, "toarray") else np.asarray(m)
+
+
+class CellWorld:
+    """A lab that returns cells (`PerturbSeqReplay`, `SyntheticGRN`: `genes`, `perturbations`,
+    `control()`, `run(labels)`) seen as LFC vectors: each run's cells are pseudobulked against the
+    lab's control cells (`perturbloop.responses.pseudobulk_lfc`).
+
+    `truth(labels)` (evaluation only) is the replay's full-data pseudobulk or the synthetic world's
+    noise-free expected pseudobulk; DE genes of the truth by a t-test vs control on all cells
+    (GEARS, when the full AnnData is given) or by |LFC|; expressed genes = highest mean in control
+    cells. With `pairs=True` the candidates are the pairs and the singles are measured first.
+    """
+
+    def __init__(self, lab, truth: Callable[[list[str]], np.ndarray], *, name: str, synthetic: bool = False,
+                 pairs: bool = False, adata=None, de_method: str = "abs_lfc"):
+        self.lab = lab
+        self.name = name
+        self.synthetic = synthetic
+        self._truth_fn = truth
+        self.adata = adata
+        self.de_method = de_method if adata is not None else "abs_lfc"
+        self.genes = [str(g) for g in lab.genes]
+        offered = list(lab.perturbations)
+        self.pairs = pairs
+        self.candidates = [p for p in offered if p.count("+") == 1] if pairs else [p for p in offered if "+" not in p]
+        self._single_labels = [p for p in offered if "+" not in p]
+        self._ctrl = lab.control()
+        self._ctrl_expr: np.ndarray | None = None
+        self._truth: dict[str, np.ndarray] = {}
+        self._de: dict[str, list[str]] = {}
+
+    @classmethod
+    def from_replay(cls, replay, adata=None, *, name: str, de_method: str = "t-test", pairs: bool = False) -> CellWorld:
+        table = _cached_truth(replay, adata)
+        return cls(replay, lambda labels: table.loc[labels].to_numpy(dtype=np.float64), name=name, pairs=pairs,
+                   adata=adata, de_method=de_method)
+
+    @classmethod
+    def from_grn(cls, grn, *, name: str = "synthetic_grn", pairs: bool = True) -> CellWorld:
+        return cls(grn, lambda labels: grn.true_lfc(labels).to_numpy(dtype=np.float64), name=name, synthetic=True,
+                   pairs=pairs)
+
+    def measure(self, labels: Sequence[str]) -> dict[str, np.ndarray | None]:
+        import anndata as ad
+
+        from perturbloop.responses import pseudobulk_lfc
+
+        readings = self.lab.run(list(labels))
+        ok = [r for r in readings if r.ok]
+        out: dict[str, np.ndarray | None] = {r.perturbation: None for r in readings}
+        if ok:
+            cells = ad.concat([self._ctrl, *[r.cells for r in ok]], join="outer", merge="first")
+            with keep_torch_threads():
+                lfc = pseudobulk_lfc(cells, "perturbation", "ctrl")
+            for r in ok:
+                out[r.perturbation] = lfc.loc[r.perturbation].to_numpy(dtype=np.float64)
+        return out
+
+    def singles(self) -> dict[str, np.ndarray]:
+        if not self.pairs:
+            return {}
+        got = self.measure(self._single_labels)
+        return {k: v for k, v in got.items() if v is not None}
+
+    def control_expression(self) -> np.ndarray:
+        if self._ctrl_expr is None:
+            from perturbloop.responses import log_normalised
+
+            with keep_torch_threads():
+                self._ctrl_expr = _dense(log_normalised(self._ctrl).X).astype(np.float64)
+        return self._ctrl_expr
+
+    def truth(self, labels: Sequence[str]) -> np.ndarray:
+        need = [lab for lab in dict.fromkeys(labels) if lab not in self._truth]
+        if need:
+            with keep_torch_threads():
+                self._truth.update(zip(need, self._truth_fn(need)))
+        return np.stack([self._truth[lab] for lab in labels]) if len(labels) else np.zeros((0, len(self.genes)))
+
+    def de_genes(self, labels: Sequence[str], n: int = TOP_DE) -> list[list[int]]:
+        import pandas as pd
+
+        from perturbloop.response_metrics import genes_to_idx
+        from perturbloop.responses import top_de_genes
+
+        key = f"{self.de_method}:{n}"
+        if key not in self._de:
+            if self.de_method == "abs_lfc":
+                self._de[key] = {}
+            else:
+                self._de[key] = _cached_de(self.adata, n, self.de_method)
+        lists = self._de[key]
+        need = [lab for lab in labels if lab not in lists]
+        if need:  # abs_lfc, or perturbations the t-test could not rank: largest |truth LFC|
+            lists.update(top_de_genes(pd.DataFrame(self.truth(need), index=need, columns=self.genes), n))
+        return genes_to_idx(self.genes, lists, labels)
+
+    def expressed(self, n: int) -> list[int]:
+        mean = self.control_expression().mean(0)
+        return np.argsort(-mean, kind="stable")[:n].tolist()
+
+
+_TRUTH_CACHE: dict[tuple, object] = {}
+
+
+def _cached_truth(replay, adata):
+    """The replay's full-data pseudobulk (it does not depend on the replay's seed): once per AnnData."""
+    if adata is None:
+        return replay.truth_lfc()
+    key = ("truth", id(adata), replay.min_cells)
+    if key not in _TRUTH_CACHE:
+        with keep_torch_threads():
+            _TRUTH_CACHE[key] = replay.truth_lfc()
+    return _TRUTH_CACHE[key]
+
+
+def _cached_de(adata, n: int, method: str) -> dict[str, list[str]]:
+    from perturbloop.responses import top_de_genes
+
+    key = ("de", id(adata), n, method)
+    if key not in _TRUTH_CACHE:
+        with keep_torch_threads():
+            _TRUTH_CACHE[key] = top_de_genes(adata, n, key="perturbation", control="ctrl", method=method)
+    return dict(_TRUTH_CACHE[key])
+
+
+class PairFitnessWorld:
+    """A `simulators.PairReplay` (Norman 2019 pair screen) seen as one-gene responses.
+
+    The response of a pair is its measured `readout` (double fitness, or GI score); singles
+    (known up front) are the single-gene fitnesses: the additive prior of a fitness readout, and
+    features of either. `genes` is the one readout name.
+    """
+
+    synthetic = False
+
+    def __init__(self, replay, readout: str = "fitness", name: str = "norman2019"):
+        if readout not in ("fitness", "gi"):
+            raise ConfigError(f"world.readout must be fitness or gi, got {readout!r}")
+        self.replay = replay
+        self.readout = readout
+        self.name = name
+        self.genes = [readout]
+        self.candidates = list(replay.candidates)
+        self._table = replay.pairs
+
+    def measure(self, labels: Sequence[str]) -> dict[str, np.ndarray | None]:
+        out: dict[str, np.ndarray | None] = {}
+        for r in self.replay.run(list(labels)):
+            v = getattr(r, self.readout) if r.error is None else None
+            if v is not None and self.replay.noise_sd > 0 and self.readout == self.replay.objective:
+                v = r.value  # the noisy measurement
+            out[r.perturbation] = None if v is None or not np.isfinite(v) else np.array([float(v)])
+        return out
+
+    def singles(self) -> dict[str, np.ndarray]:
+        return {g: np.array([float(v)]) for g, v in self.replay.singles.items()}
+
+    @property
+    def offset_prior(self) -> bool:
+        """Fitness has an additive prior (sum of singles); the GI score is already the deviation from it."""
+        return self.readout == "fitness"
+
+    def control_expression(self) -> None:
+        return None
+
+    def truth(self, labels: Sequence[str]) -> np.ndarray:
+        return self._table.loc[list(labels), self.readout].to_numpy(dtype=np.float64).reshape(-1, 1)
+
+    def de_genes(self, labels: Sequence[str], n: int = TOP_DE) -> list[list[int]]:
+        return [[0] for _ in labels]
+
+    def expressed(self, n: int) -> list[int]:
+        return [0]
+
+
+def build_world(config: ResponseCampaignConfig, data_dir=None) -> ResponseWorld:
+    """A fresh world for one campaign (labs keep per-perturbation cell cursors: never share one).
+
+    The world's seed is `world.seed` for every campaign seed: all policies and seeds see the same
+    cells for the same perturbation (paired comparisons); seeds vary the split and the models.
+    """
+    w = config.world
+    pairs = config.design.space == "pairs"
+    if w.kind == "perturbseq":
+        from simulators.perturbseq_replay import PerturbSeqReplay
+
+        adata = _load_adata(w.dataset, str(data_dir) if data_dir else None, w.key, w.control)
+        replay = PerturbSeqReplay(adata, "perturbation", "ctrl", cells_per_run=w.cells_per_run,
+                                  failure_rate=w.failure_rate, min_cells=w.min_cells, seed=w.seed, **w.params)
+        return CellWorld.from_replay(replay, adata, name=Path(w.dataset).stem, de_method=config.evaluation.de_method,
+                                     pairs=pairs)
+    if w.kind == "synthetic_grn":
+        from simulators.synthetic_grn import SyntheticGRN
+
+        try:
+            grn = SyntheticGRN(seed=w.seed, cells_per_run=w.cells_per_run, failure_rate=w.failure_rate, **w.params)
+        except TypeError as e:
+            raise ConfigError(f"world.params: {e}") from None
+        return CellWorld.from_grn(grn, name="synthetic_grn", pairs=pairs)
+    if w.kind == "pair_fitness":
+        from simulators.pair_replay import PairReplay
+
+        if w.dataset not in (None, "norman2019", "norman2019_pairs"):
+            raise ConfigError(f"world.dataset: pair_fitness replays norman2019_pairs, got {w.dataset!r}")
+        replay = PairReplay.from_norman2019(data_dir, with_perturbseq_fits=False, seed=w.seed,
+                                            objective=w.readout, **w.params)
+        return PairFitnessWorld(replay, w.readout)
+    raise ConfigError(f"world.kind: unknown world {w.kind!r}")
+
+
+@lru_cache(maxsize=4)
+def _load_adata(dataset: str, data_dir: str | None, key: str, control: str):
+    from perturbloop.perturbseq import load_perturbseq
+
+    return load_perturbseq(dataset, data_dir, key=key, control=control)
