@@ -288,7 +288,8 @@ class FileDropLab:
             why = self._unfinished(p, st)
             if why:
                 self.skipped[p] = why
-                log.info("%s: not read yet: %s", p, why)
+                # a young file is routine; one without a final newline waits until the lab fixes it: say so
+                (log.info if why.startswith("modified") else log.warning)("%s: not read yet: %s", p, why)
                 continue
             found.append(p)
         return sorted(found, key=lambda p: (p.name[len(stem) + 1:].startswith("results"), p.name))
@@ -337,7 +338,7 @@ class FileDropLab:
                                          f"{where[label][0].name} {where[label][1]}")
                 merged.setdefault(label, res)
                 where.setdefault(label, (path, line))
-            if path.name.startswith(f"{job.external_id}.results"):
+            if parse_result_name(path.name) == (job.external_id, "results"):
                 final = path
         earlier = self._earlier(job)
         for label, res in merged.items():
@@ -534,7 +535,8 @@ def _read_h5ad(path: Path, by_canon: dict[str, str]) -> dict[str, tuple[LabResul
     labels = adata.obs["perturbation"].astype(str).map(lambda s: canonical(unescape_cell(s.strip())))
     unknown = sorted(set(labels) - set(by_canon) - {CONTROL})
     if unknown:
-        raise LabResultError(f"{path}: cells of perturbation(s) not in the order for this job: {_shown(unknown)}")
+        hint = f" (label control cells exactly {CONTROL!r}, lower case: CTRL is a gene)" if CONTROL.upper() in unknown else ""
+        raise LabResultError(f"{path}: cells of perturbation(s) not in the order for this job: {_shown(unknown)}{hint}")
     out: dict[str, tuple[LabResult | LabError, str]] = {}
     for canon in [*by_canon, CONTROL]:
         mask = (labels == canon).to_numpy()

@@ -267,6 +267,10 @@ def test_gene_ctrl_is_not_the_control(lab, server):
     res = lab.collect(job)
     assert set(res) == {"VAV1", "CTRL", "ctrl"}
     assert (res["CTRL"].cells.n_obs, res["ctrl"].cells.n_obs) == (4, 2)
+    other = lab.submit("c1/round-1", ["VAV1"])  # control cells labelled CTRL: that gene was not ordered
+    adata.write_h5ad(lab.inbox / "c1_round-1.results.h5ad")
+    with pytest.raises(LabResultError, match=r"not in the order for this job: CTRL \(label control cells exactly 'ctrl'"):
+        lab.poll(other)
     # HTTP: a results payload naming the gene CTRL is accepted (and control is not a result)
     out = parse_results({"results": [{"perturbation": "CTRL", "value": 1.5}, {"perturbation": "VAV1", "value": 2.0}]}, "src")
     assert out == {"CTRL": LabResult("CTRL", 1.5, []), "VAV1": LabResult("VAV1", 2.0, [])}

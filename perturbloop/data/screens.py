@@ -23,7 +23,6 @@ import pandas as pd
 from perturbloop.data.registry import REGISTRY, get_spec, resolve
 from perturbloop.errors import ScreenFormatError
 
-
 Aggregate = Literal["error", "mean", "first"]
 AGGREGATES: tuple[str, ...] = get_args(Aggregate)
 MAX_DUPLICATES_SHOWN = 10
