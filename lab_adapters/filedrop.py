@@ -349,7 +349,7 @@ class FileDropLab:
                     f"{path}: {line} ({label}): {_describe(_record(res))} differs from {_describe(before.get('result'))} "
                     f"read from {before.get('file')} {before.get('line')} at an earlier run (and handed to the campaign); "
                     "a delivered result cannot change: put the earlier row back, and measure it again in a new "
-                    "round if it was wrong")
+                    f"round if it was wrong (what perturbloop read is kept in {self.read_log(job)})")
         if final is not None:
             missing = [label for label in order if label not in merged]
             if missing:

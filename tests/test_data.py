@@ -196,7 +196,7 @@ def test_conflicting_duplicate_genes_are_refused_unless_aggregated(tmp_path, dat
     assert str(path) in str(err.value) and "CD3G" not in str(err.value)  # rows that agree are one row
     assert load_screen(path, data_dir, aggregate="mean").scores.to_dict() == {"CD3G": 1.0, "VAV1": pytest.approx(48.2)}
     assert load_screen(path, data_dir, aggregate="first").scores.to_dict() == {"CD3G": 1.0, "VAV1": -3.6}
-    with pytest.raises(ValueError, match="aggregate must be one of error, mean, first"):
+    with pytest.raises(PerturbloopError, match="aggregate must be one of error, mean, first, got 'median'"):
         load_screen(path, data_dir, aggregate="median")
 
 

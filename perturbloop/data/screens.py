@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from perturbloop.data.registry import REGISTRY, get_spec, resolve
-from perturbloop.errors import ScreenFormatError
+from perturbloop.errors import ConfigError, ScreenFormatError
 
 Aggregate = Literal["error", "mean", "first"]
 AGGREGATES: tuple[str, ...] = get_args(Aggregate)
@@ -175,7 +175,7 @@ def _combine_duplicates(path: Path, values: pd.Series, reps: pd.DataFrame | None
     keeps the first row of each gene; ``"mean"`` keeps every row (`_map_symbols` averages them).
     """
     if aggregate not in AGGREGATES:
-        raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
+        raise ConfigError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
     if aggregate == "mean":
         return values, reps
     raw = [str(s) for s in values.index]
