@@ -21,9 +21,13 @@ JOB_STATUSES: tuple[str, ...] = ("submitted", "running", "partial", "complete", 
 
 def canonical(raw: object) -> str:
     """A label a lab sent back, as perturbloop writes it: symbols upper-cased, pair members sorted
-    and joined by ``+`` (``;`` is read as ``+`` too); ``ctrl`` stays the control."""
+    and joined by ``+`` (``;`` is read as ``+`` too).
+
+    Only the exact control label ``ctrl`` (lower case) is the control: ``CTRL``, ``Ctrl`` are the
+    gene CTRL (chymotrypsin like), as every other label is upper-cased into a gene symbol.
+    """
     s = str(raw).strip()
-    if s.lower() == CONTROL:
+    if s == CONTROL:
         return CONTROL
     return "+".join(sorted({p.strip().upper() for p in re.split(r"[+;]", s) if p.strip()}))
 

@@ -12,16 +12,25 @@ It is written atomically (a hidden temp file renamed into place) and a copy is k
 submitting the same round again returns the same job and never writes a second sheet; a different
 batch under the same idempotency key is refused.
 
-Results (written by the lab) go in INBOX, named after the order sheet:
+Results (written by the lab) go in INBOX, named after the order sheet, ``<job>.<kind>.csv``
+(or ``.h5ad``), where ``<kind>`` is the last dot-separated part of the name:
 
-- ``<job>.results.csv``: the batch is done. With any partial files before it, it must give a row
-  for every ordered perturbation (a missing one is an error; mark failures in ``error``).
-- ``<job>.partial<anything>.csv`` (e.g. ``il2-demo_round-0.partial-plate1.csv``): part of the
-  batch. Its rows are ingested at the next run; the rest of the batch stays pending.
+- ``results``: ``<job>.results.csv``, the batch is done. With any partial files before it, it must
+  give a row for every ordered perturbation (a missing one is an error; mark failures in ``error``).
+- ``partial`` followed by letters, digits, ``_`` or ``-`` (no dot; e.g.
+  ``il2-demo_round-0.partial-plate1.csv``): part of the batch. Its rows are ingested at the next
+  run; the rest of the batch stays pending.
+
+The job is everything before the kind, so two campaigns sharing an inbox never read each other's
+files (``a_round-1.partial-x_round-0.results.csv`` is the final file of job
+``a_round-1.partial-x_round-0``, not a partial file of job ``a_round-1``). Older names with a dot
+after ``partial`` (``<job>.partial.2.csv``) still belong to the job before the last ``.partial``.
+`parse_result_name` is this grammar.
 
 CSV columns (comma-separated, UTF-8, one header row; an Excel BOM is fine):
 
-- ``perturbation``: the label from the order sheet (case and pair order do not matter);
+- ``perturbation``: the label from the order sheet (case and pair order do not matter; a leading
+  ``'`` that the order sheet put before ``= + - @``, see below, may be kept or dropped);
 - ``value``: the readout, a finite number;
 - ``replicate*`` (optional, e.g. ``replicate_1,replicate_2``): per-replicate readouts, may be empty;
 - ``error`` (optional): a non-empty reason marks the perturbation failed (its value may be empty);
@@ -29,25 +38,44 @@ CSV columns (comma-separated, UTF-8, one header row; an Excel BOM is fine):
 - ``note`` (optional): ignored.
 
 Perturb-seq: ``<job>.results.h5ad`` / ``<job>.partial*.h5ad``, an AnnData whose
-``obs['perturbation']`` labels each cell (control cells ``ctrl``); each ordered perturbation gets
-its cells in ``LabResult.cells`` (no scalar value), the control cells come back under ``ctrl``.
+``obs['perturbation']`` labels each cell; control cells are labelled exactly ``ctrl`` (lower case:
+``CTRL`` is a gene); each ordered perturbation gets its cells in ``LabResult.cells`` (no scalar
+value), the control cells come back under ``ctrl``.
 
 A job is ``submitted`` until a results file arrives, ``partial`` while some perturbations are in,
 ``complete`` once every one has a value or an error. Every run reads all of the job's files, so
-leave them in the inbox until the round is closed. Write results under a temporary name (a
-leading dot or a ``.tmp`` suffix) and rename them when done: such files are ignored. A file that
-cannot be ingested (perturbations not in the order, missing ones in the final file, empty,
-non-numeric or NaN values, unknown columns, another format) raises `LabResultError` naming the file
-and its lines; nothing of that job is ingested until the file is fixed.
+leave them in the inbox until the round is closed.
+
+What is not read, or refused:
+
+- files still being written: a temporary name (a leading dot or a ``.tmp`` suffix), a file
+  modified less than ``min_age`` seconds ago, or a CSV that does not end with a newline (the last
+  row may be cut short); they are read at a later run (`FileDropLab.skipped` says why);
+- a symbolic link, or anything that does not resolve to a file in the inbox itself: an error,
+  and nothing of the linked file is read;
+- a result that differs from what an earlier run read for the same perturbation (a re-delivered
+  file with a changed row): an error naming both files and lines; a delivered result never
+  changes (perturbloop keeps what it read in ``OUTBOX/.perturbloop/<job>.read.json``);
+- a file that cannot be ingested (perturbations not in the order, missing ones in the final file,
+  empty, non-numeric or NaN values, unknown columns, a field too large, another format): a
+  `LabResultError` naming the file and its lines; nothing of that job is ingested until the file
+  is fixed.
+
+Order sheet cells that a spreadsheet would run as a formula (starting with ``= + - @``, a tab or
+a carriage return) are written with a leading ``'`` (`escape_cell`) and read back without it.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import logging
 import math
 import os
 import re
+import stat
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,11 +83,19 @@ from lab_adapters.base import JobRef, JobStatus, LabError, LabResult, canonical
 from perturbloop.errors import ConfigError, LabAdapterError, LabResultError, LabSubmissionError
 from perturbloop.perturbation import CONTROL
 
+log = logging.getLogger(__name__)
+
 ORDER_COLUMNS = ("round", "perturbation", "genes", "idempotency_key")
 LEDGER_DIR = ".perturbloop"  # inside the outbox: perturbloop's own copy of every order sheet
 RESULT_SUFFIXES = (".csv", ".h5ad")
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~")  # files still being written
 MAX_PROBLEMS_SHOWN = 20
+# A results file modified more recently than this may still be being written (a copy over a network
+# share, a slow save); it is read at a later run. Tests pass 0.
+DEFAULT_MIN_AGE = 5.0
+# A cell starting with one of these is run as a formula by spreadsheets (OWASP "CSV injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_KIND = re.compile(r"results|partial[A-Za-z0-9_-]*")
 
 
 def job_id(round_key: str) -> str:
@@ -70,6 +106,42 @@ def job_id(round_key: str) -> str:
     return slug
 
 
+def parse_result_name(name: str) -> tuple[str, str] | None:
+    """(job id, kind) that a results file name stands for, or None when it is not a results file name.
+
+    ``<job>.<kind>.csv|.h5ad``, the kind being the last dot-separated part: ``results``, or
+    ``partial`` plus letters, digits, ``_`` and ``-``. An older name with a dot after ``partial``
+    belongs to the job before its last ``.partial``. Each name stands for at most one job.
+
+    Example:
+        >>> parse_result_name("a_round-1.partial-x_round-0.results.csv")
+        ('a_round-1.partial-x_round-0', 'results')
+        >>> parse_result_name("a_round-1.partial.2.csv")
+        ('a_round-1', 'partial.2')
+    """
+    ext = next((e for e in RESULT_SUFFIXES if name.endswith(e)), None)
+    if ext is None or name.startswith("."):
+        return None
+    base = name[: -len(ext)]
+    job, dot, kind = base.rpartition(".")
+    if dot and job and _KIND.fullmatch(kind):
+        return job, kind
+    job, dot, tag = base.rpartition(".partial")
+    if dot and job:
+        return job, "partial" + tag
+    return None
+
+
+def escape_cell(text: str) -> str:
+    """An order-sheet cell that a spreadsheet would run as a formula, with a leading ``'`` (shown as text)."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def unescape_cell(text: str) -> str:
+    """The inverse of `escape_cell`; text without its ``'`` comes back unchanged."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START) else text
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8", newline="") as f:
@@ -77,6 +149,20 @@ def _atomic_write(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _open_results(path: Path) -> io.BufferedReader:
+    """A results file opened for reading; never through a symbolic link, never a FIFO or a device."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise LabResultError(f"{path}: cannot be opened ({e.strerror}); results files must be regular files "
+                             "in the inbox, not symbolic links") from None
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise LabResultError(f"{path}: not a regular file")
+    return f
 
 
 def _folder(path: str | os.PathLike, what: str) -> Path:
@@ -91,6 +177,12 @@ def _folder(path: str | os.PathLike, what: str) -> Path:
 class FileDropLab:
     """A lab reached through files: order sheets in `outbox`, results files in `inbox` (see module docstring).
 
+    Args:
+        outbox: folder for order sheets (perturbloop writes, the lab reads).
+        inbox: folder for results files (the lab writes, perturbloop reads).
+        min_age: seconds since its last change before a results file is read (younger ones may
+            still be being written).
+
     Example:
         >>> lab = FileDropLab("lab/outbox", "lab/inbox")
         >>> job = lab.submit("il2/round-0", ["VAV1", "CD3G"])   # writes lab/outbox/il2_round-0.order.csv
@@ -99,10 +191,14 @@ class FileDropLab:
 
     name = "filedrop"
 
-    def __init__(self, outbox: str | os.PathLike, inbox: str | os.PathLike):
+    def __init__(self, outbox: str | os.PathLike, inbox: str | os.PathLike, *, min_age: float = DEFAULT_MIN_AGE):
+        if not min_age >= 0:
+            raise ValueError(f"min_age must be >= 0 seconds, got {min_age!r}")
         self.outbox = _folder(outbox, "outbox")
         self.inbox = _folder(inbox, "inbox")
         self.ledger = self.outbox / LEDGER_DIR
+        self.min_age = float(min_age)
+        self.skipped: dict[Path, str] = {}  # results files the last look left for later, and why
 
     # submission ------------------------------------------------------------------------------
     def order_path(self, job: JobRef | str) -> Path:
@@ -115,7 +211,7 @@ class FileDropLab:
         w.writerow(ORDER_COLUMNS)
         rnd = round_key.rsplit("/", 1)[-1]
         for label in batch:
-            w.writerow([rnd, label, ";".join(label.split("+")), round_key])
+            w.writerow([escape_cell(c) for c in (rnd, label, ";".join(label.split("+")), round_key)])
         return buf.getvalue()
 
     @staticmethod
@@ -126,8 +222,8 @@ class FileDropLab:
             rows = list(reader)
         if "perturbation" not in (reader.fieldnames or []):
             raise LabAdapterError(f"{path}: not an order sheet (no 'perturbation' column); was it edited?")
-        keys = {r.get("idempotency_key") for r in rows}
-        return (keys.pop() if len(keys) == 1 else None), [r["perturbation"] for r in rows]
+        keys = {unescape_cell(r.get("idempotency_key") or "") for r in rows}
+        return (keys.pop() if len(keys) == 1 else None), [unescape_cell(r["perturbation"]) for r in rows]
 
     def submit(self, round_key: str, perturbations: Sequence[str]) -> JobRef:
         """Write the order sheet (once per `round_key`); returns the job."""
@@ -160,29 +256,76 @@ class FileDropLab:
 
     # results ---------------------------------------------------------------------------------
     def result_files(self, job: JobRef) -> list[Path]:
-        """The job's results files in the inbox: partial ones first, then the final one (by name)."""
+        """The job's results files ready to read: partial ones first, then the final one (by name).
+
+        Files still being written are left for a later look (`skipped` says why); a symbolic link
+        or a file outside the inbox is refused before anything of it is read.
+        """
         stem = job.external_id
         found: list[Path] = []
+        self.skipped = {}
+        inbox = self.inbox.resolve()
         for p in sorted(self.inbox.glob(f"{stem}.*")):  # job ids hold no glob characters (see `job_id`)
+            if p.name.endswith(IGNORED_SUFFIXES):
+                continue
+            parsed = parse_result_name(p.name)
+            if parsed is not None and parsed[0] != stem:
+                continue  # another job's file (e.g. of a campaign whose name starts like this one's)
             rest = p.name[len(stem) + 1:]
-            if not (rest.startswith("results") or rest.startswith("partial")) or p.name.startswith("."):
-                continue
-            if p.name.endswith(IGNORED_SUFFIXES) or not p.is_file():
-                continue
-            if not p.name.endswith(RESULT_SUFFIXES):
-                raise LabResultError(f"{p}: unsupported results format (expected .csv for screens or .h5ad for Perturb-seq)")
-            if rest.startswith("results") and rest not in ("results.csv", "results.h5ad"):
+            if parsed is None:
+                if not rest.startswith(("results", "partial")):
+                    continue
+                if not p.name.endswith(RESULT_SUFFIXES):
+                    raise LabResultError(f"{p}: unsupported results format (expected .csv for screens or .h5ad for Perturb-seq)")
                 raise LabResultError(f"{p}: unexpected name (the final results file is {stem}.results.csv or "
                                      f"{stem}.results.h5ad; name partial deliveries {stem}.partial-<N>.csv)")
+            if p.is_symlink() or p.resolve().parent != inbox:
+                raise LabResultError(f"{p}: a symbolic link (or a path leading outside the inbox {self.inbox}); "
+                                     "results files must be regular files in the inbox: copy the file in instead")
+            st = p.stat()
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            why = self._unfinished(p, st)
+            if why:
+                self.skipped[p] = why
+                # a young file is routine; one without a final newline waits until the lab fixes it: say so
+                (log.info if why.startswith("modified") else log.warning)("%s: not read yet: %s", p, why)
+                continue
             found.append(p)
         return sorted(found, key=lambda p: (p.name[len(stem) + 1:].startswith("results"), p.name))
 
-    def _gather(self, job: JobRef) -> tuple[dict[str, LabResult | LabError], bool, list[str]]:
-        """Every result in the job's files (validated), whether the final file is in, and the order."""
+    def _unfinished(self, path: Path, st: os.stat_result) -> str | None:
+        """Why a results file may still be being written, or None when it looks finished."""
+        age = time.time() - st.st_mtime
+        if age < self.min_age:
+            return f"modified {max(age, 0):.1f} s ago (files are read once unchanged for {self.min_age:g} s)"
+        if path.suffix == ".csv" and st.st_size:
+            with _open_results(path) as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    return "does not end with a newline (its last row may be cut short)"
+        return None
+
+    def read_log(self, job: JobRef) -> Path:
+        """perturbloop's record of the results it has read for `job` (to refuse a changed re-delivery)."""
+        return self.ledger / f"{job.external_id}.read.json"
+
+    def _earlier(self, job: JobRef) -> dict[str, dict]:
+        path = self.read_log(job)
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise LabAdapterError(f"{path}: perturbloop's record of the results it read is unreadable ({e})") from None
+        return data if isinstance(data, dict) else {}
+
+    def _gather(self, job: JobRef) -> tuple[dict[str, LabResult | LabError], bool, list[str], dict[str, tuple[Path, str]]]:
+        """Every result in the job's files (validated), whether the final file is in, the order, and where each came from."""
         order = self._order(job)
         by_canon = {canonical(label): label for label in order}
         merged: dict[str, LabResult | LabError] = {}
-        where: dict[str, str] = {}
+        where: dict[str, tuple[Path, str]] = {}
         final = None
         for path in self.result_files(job):
             rows = _read_h5ad(path, by_canon) if path.suffix == ".h5ad" else _read_csv(path, by_canon)
@@ -191,11 +334,22 @@ class FileDropLab:
                     merged[label] = _concat_cells(merged[label], res)
                     continue
                 if label in merged and not _same(merged[label], res):
-                    raise LabResultError(f"{path}: {line} ({label}): conflicts with the result for it in {where[label]}")
+                    raise LabResultError(f"{path}: {line} ({label}): conflicts with the result for it in "
+                                         f"{where[label][0].name} {where[label][1]}")
                 merged.setdefault(label, res)
-                where.setdefault(label, f"{path.name} {line}")
-            if path.name.startswith(f"{job.external_id}.results"):
+                where.setdefault(label, (path, line))
+            if parse_result_name(path.name) == (job.external_id, "results"):
                 final = path
+        earlier = self._earlier(job)
+        for label, res in merged.items():
+            before = earlier.get(label)
+            if before is not None and _record(res) is not None and _record(res) != before.get("result"):
+                path, line = where[label]
+                raise LabResultError(
+                    f"{path}: {line} ({label}): {_describe(_record(res))} differs from {_describe(before.get('result'))} "
+                    f"read from {before.get('file')} {before.get('line')} at an earlier run (and handed to the campaign); "
+                    "a delivered result cannot change: put the earlier row back, and measure it again in a new "
+                    f"round if it was wrong (what perturbloop read is kept in {self.read_log(job)})")
         if final is not None:
             missing = [label for label in order if label not in merged]
             if missing:
@@ -203,19 +357,47 @@ class FileDropLab:
                     f"{final}: no result for {len(missing)} ordered perturbation(s): {_shown(missing)}; "
                     "add a row for each (with the reason in the `error` column if it failed), or deliver part of "
                     f"the batch as {job.external_id}.partial-<N>.csv")
-        return merged, final is not None, order
+        return merged, final is not None, order, where
 
     def poll(self, job: JobRef) -> JobStatus:
         """`submitted` (no results yet), `partial` or `complete`; raises `LabResultError` on a bad file."""
-        results, final, order = self._gather(job)
+        results, final, order, _ = self._gather(job)
         covered = sum(1 for label in order if label in results)
         if final or covered == len(order):
             return "complete"
         return "partial" if covered else "submitted"
 
     def collect(self, job: JobRef) -> dict[str, LabResult | LabError]:
-        """The results received so far, per ordered perturbation (plus `ctrl` cells for Perturb-seq)."""
-        return self._gather(job)[0]
+        """The results received so far, per ordered perturbation (plus `ctrl` cells for Perturb-seq).
+
+        What it returns is recorded, so a later delivery that changes it is refused (see `_gather`).
+        """
+        results, _, _, where = self._gather(job)
+        earlier = self._earlier(job)
+        new = {label: {"file": where[label][0].name, "line": where[label][1], "result": _record(res)}
+               for label, res in results.items() if label not in earlier and _record(res) is not None}
+        if new:
+            self.ledger.mkdir(exist_ok=True)
+            _atomic_write(self.read_log(job), json.dumps({**earlier, **new}, indent=1))
+        return results
+
+
+def _record(res: LabResult | LabError) -> dict | None:
+    """A scalar result as JSON (what the read log keeps); None for cells, which are not compared."""
+    if isinstance(res, LabError):
+        return {"error": res.reason}
+    if res.cells is not None or res.value is None:
+        return None
+    return {"value": res.value, "replicates": list(res.replicates)}
+
+
+def _describe(rec: dict | None) -> str:
+    if not rec:
+        return "a result"
+    if "error" in rec:
+        return f"error {rec['error']!r}"
+    reps = f" (replicates {', '.join(map(str, rec['replicates']))})" if rec.get("replicates") else ""
+    return f"value {rec['value']}{reps}"
 
 
 def _shown(items: Sequence[str]) -> str:
@@ -273,11 +455,23 @@ def _row_result(label: str, error: str, value_text: str, replicates: list[tuple[
 
 def _read_csv(path: Path, by_canon: dict[str, str]) -> dict[str, tuple[LabResult | LabError, str]]:
     """Rows of a results CSV, validated against the order: label -> (result, 'line N')."""
+    with _open_results(path) as f:
+        data = f.read()
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise LabResultError(f"{path}: not a UTF-8 text file (save it as CSV, UTF-8)") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return _parse_csv(path, reader, by_canon)
+    except csv.Error as e:  # e.g. a field over the csv module's limit (131,072 characters)
+        # the reader counts a line once it is parsed: the failing one is the next
+        raise LabResultError(f"{path}: line {reader.line_num + 1}: not readable as CSV ({e}); "
+                             "is it a results file?") from None
+
+
+def _parse_csv(path: Path, reader: csv.DictReader, by_canon: dict[str, str]) -> dict[str, tuple[LabResult | LabError, str]]:
+    """`_read_csv` past decoding: header checks, then every row (problems gathered, then raised)."""
     header = [h.strip() for h in (reader.fieldnames or [])]
     if not header:
         raise LabResultError(f"{path}: empty file (expected a header row: perturbation,value[,replicate_1,...][,error])")
@@ -305,7 +499,7 @@ def _read_csv(path: Path, by_canon: dict[str, str]) -> dict[str, tuple[LabResult
         if None in row:
             problems.append(f"{line}: more fields than the header has columns")
             continue
-        raw = (row.get(col["perturbation"]) or "").strip()
+        raw = unescape_cell((row.get(col["perturbation"]) or "").strip())
         if not raw and not any((v or "").strip() for v in row.values()):
             continue  # blank line
         label = by_canon.get(canonical(raw)) if raw else None
@@ -338,10 +532,11 @@ def _read_h5ad(path: Path, by_canon: dict[str, str]) -> dict[str, tuple[LabResul
         raise LabResultError(f"{path}: not a readable .h5ad file ({type(e).__name__}: {e})") from None
     if "perturbation" not in adata.obs.columns:
         raise LabResultError(f"{path}: obs has no 'perturbation' column (found: {', '.join(map(str, adata.obs.columns)) or 'none'})")
-    labels = adata.obs["perturbation"].astype(str).map(canonical)
+    labels = adata.obs["perturbation"].astype(str).map(lambda s: canonical(unescape_cell(s.strip())))
     unknown = sorted(set(labels) - set(by_canon) - {CONTROL})
     if unknown:
-        raise LabResultError(f"{path}: cells of perturbation(s) not in the order for this job: {_shown(unknown)}")
+        hint = f" (label control cells exactly {CONTROL!r}, lower case: CTRL is a gene)" if CONTROL.upper() in unknown else ""
+        raise LabResultError(f"{path}: cells of perturbation(s) not in the order for this job: {_shown(unknown)}{hint}")
     out: dict[str, tuple[LabResult | LabError, str]] = {}
     for canon in [*by_canon, CONTROL]:
         mask = (labels == canon).to_numpy()

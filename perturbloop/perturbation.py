@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+# The control label (scPerturb/GEARS): lower case, so it never equals an upper-case HGNC symbol
+# (CTRL is a real gene). Compare labels to it exactly, never case-insensitively.
 CONTROL = "ctrl"
 
 
@@ -26,7 +28,8 @@ class Perturbation:
 
     @classmethod
     def parse(cls, label: str) -> Perturbation:
-        parts = [p for p in str(label).split("+") if p.strip() and p.strip().lower() != CONTROL]
+        """A label's perturbation; ``ctrl`` parts (GEARS ``A+ctrl``) are dropped, ``CTRL`` is the gene."""
+        parts = [p for p in str(label).split("+") if p.strip() and p.strip() != CONTROL]
         return cls(tuple(parts))
 
     @property

@@ -188,10 +188,43 @@ def test_outdated_symbol_maps_to_current(tmp_path, data_dir):
     assert s.scores["NOT_A_GENE_XYZ"] == 0.5
 
 
-def test_alias_and_current_symbol_are_averaged(tmp_path, data_dir):
+def test_conflicting_duplicate_genes_are_refused_unless_aggregated(tmp_path, data_dir):
+    path = _write(tmp_path / "dup.csv", "Gene,Score\nVAV1,-3.6\nCD3G,1.0\nvav1,100\nCD3G,1.0\n")
+    with pytest.raises(ScreenFormatError, match=r"1 gene\(s\) listed more than once with different scores.*"
+                                               r"VAV1 on lines 2 \(VAV1 = -3.6\), 4 \(vav1 = 100\).*aggregate") as err:
+        load_screen(path, data_dir)
+    assert str(path) in str(err.value) and "CD3G" not in str(err.value)  # rows that agree are one row
+    assert load_screen(path, data_dir, aggregate="mean").scores.to_dict() == {"CD3G": 1.0, "VAV1": pytest.approx(48.2)}
+    assert load_screen(path, data_dir, aggregate="first").scores.to_dict() == {"CD3G": 1.0, "VAV1": -3.6}
+    with pytest.raises(PerturbloopError, match="aggregate must be one of error, mean, first, got 'median'"):
+        load_screen(path, data_dir, aggregate="median")
+
+
+def test_alias_and_current_symbol_are_one_gene(tmp_path, data_dir):
     path = _write(tmp_path / "dup.csv", "Gene,Score\nKIAA0100,2.0\nBLTP2,4.0\n")
-    s = load_screen(path, data_dir)
-    assert s.scores.to_dict() == {"BLTP2": 3.0}
+    with pytest.raises(ScreenFormatError, match=r"BLTP2 on lines 2 \(KIAA0100 = 2\), 3 \(BLTP2 = 4\)"):
+        load_screen(path, data_dir)
+    assert load_screen(path, data_dir, aggregate="mean").scores.to_dict() == {"BLTP2": 3.0}
+    assert load_screen(path, data_dir, aggregate="first").scores.to_dict() == {"BLTP2": 2.0}
+
+
+def test_duplicates_with_different_replicates_conflict(tmp_path, data_dir):
+    path = _write(tmp_path / "mle.gene_summary.txt", "Gene\tRep1|beta\tRep2|beta\nVAV1\t1\t3\nCD3G\t0\t1\nVAV1\t2\t2\n")
+    with pytest.raises(ScreenFormatError, match=r"VAV1 on lines 2 \(VAV1 = 2\), 4 \(VAV1 = 2\)"):
+        load_screen(path, data_dir)  # the same mean, from different replicates
+    s = load_screen(path, data_dir, aggregate="first")
+    assert s.replicates.loc["VAV1"].tolist() == [1.0, 3.0]
+
+
+def test_registry_screens_declare_their_aggregation_and_load(data_dir):
+    names = [n for n, spec in REGISTRY.items() if spec.kind == "screen"]
+    assert len(names) == 6
+    for name in names:
+        assert REGISTRY[name].loader["aggregate"] == "mean"  # their outdated symbols collide with current ones
+        assert load_screen(name, data_dir).scores.index.is_unique
+    with pytest.raises(ScreenFormatError, match=r"zhu_2021_sarscov2_host_factors.csv: 22 gene\(s\).*MACF1 on lines 1042 "
+                                               r"\(MACF1 = 2.79351\), 6222 \(KIAA0754 = 1.05898\)"):
+        load_screen("zhu2021_sarscov2", data_dir, aggregate="error")
 
 
 # --- malformed files -----------------------------------------------------------------------------

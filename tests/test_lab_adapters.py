@@ -28,7 +28,8 @@ KEY = "c1/round-0"
 
 @pytest.fixture
 def lab(tmp_path: Path) -> FileDropLab:
-    return FileDropLab(tmp_path / "outbox", tmp_path / "inbox")
+    """A file-drop lab that reads files as soon as they are written (no `min_age` wait)."""
+    return FileDropLab(tmp_path / "outbox", tmp_path / "inbox", min_age=0)
 
 
 def _write(path: Path, text: str) -> Path:
@@ -64,7 +65,7 @@ def test_submit_writes_one_order_sheet_and_is_idempotent(lab):
     assert lab.submit(KEY, BATCH + ["CD3G+LAT"]) == job
     assert not sheet.exists()
     # ... and a new process (new adapter) knows the job too
-    assert FileDropLab(lab.outbox, lab.inbox).poll(job) == "submitted"
+    assert FileDropLab(lab.outbox, lab.inbox, min_age=0).poll(job) == "submitted"
 
 
 def test_unknown_job_and_missing_folder(lab, tmp_path):
@@ -140,6 +141,144 @@ def test_conflicting_deliveries_across_files(lab):
     _results(lab, "c1_round-0.partial-2.csv", "perturbation,value\nVAV1,2\n")
     with pytest.raises(LabResultError, match=r"partial-2.csv: line 2 \(VAV1\): conflicts with .*partial-1.csv line 2"):
         lab.poll(job)
+
+
+def test_changed_redelivery_of_a_read_result_is_a_conflict_naming_file_and_line(lab):
+    job = lab.submit(KEY, BATCH)
+    part = _results(lab, "c1_round-0.partial-1.csv", "perturbation,value\nVAV1,1\nCD3G,2\n")  # cut short by the lab
+    assert set(lab.collect(job)) == {"VAV1", "CD3G"}
+    # the corrected re-delivery changes a result already read (and handed to the campaign): refused, loudly
+    _results(lab, "c1_round-0.partial-1.csv", "perturbation,value\nVAV1,1\nCD3G,2.75\nLAT,3\n")
+    for call in (lab.poll, lab.collect):
+        with pytest.raises(LabResultError, match=r"partial-1.csv: line 3 \(CD3G\): value 2.75 differs from value 2.0 "
+                                                 r"read from c1_round-0.partial-1.csv line 3 at an earlier run") as err:
+            call(job)
+        assert str(part) in str(err.value)
+    # also when the changed row comes in another file (here: as a failure), and in a new process
+    _results(lab, "c1_round-0.partial-1.csv", "perturbation,value\nVAV1,1\nCD3G,2\n")
+    _results(lab, "c1_round-0.results.csv", "perturbation,value,error\nLAT,3,\nZAP70,4,\nVAV1,,no cells\n")
+    with pytest.raises(LabResultError, match=r"results.csv: line 4 \(VAV1\): conflicts with"):
+        lab.poll(job)
+    (lab.inbox / "c1_round-0.partial-1.csv").unlink()
+    with pytest.raises(LabResultError, match=r"results.csv: line 4 \(VAV1\): error 'no cells' differs from value 1.0"):
+        FileDropLab(lab.outbox, lab.inbox, min_age=0).poll(job)
+    # rows repeated unchanged are fine
+    _results(lab, "c1_round-0.results.csv", "perturbation,value\nLAT,3\nZAP70,4\nVAV1,1\nCD3G,2\n")
+    assert lab.poll(job) == "complete" and lab.collect(job)["CD3G"] == LabResult("CD3G", 2.0, [])
+
+
+def test_files_still_being_written_are_left_for_later(tmp_path):
+    lab = FileDropLab(tmp_path / "outbox", tmp_path / "inbox", min_age=60)
+    job = lab.submit(KEY, BATCH)
+    path = _results(lab, "c1_round-0.partial-1.csv", "perturbation,value\nVAV1,1\n")
+    assert lab.poll(job) == "submitted" and lab.collect(job) == {}
+    assert "modified" in lab.skipped[path]
+    old = time.time() - 120  # as if written two minutes ago (no sleeping in tests)
+    os.utime(path, (old, old))
+    assert lab.poll(job) == "partial" and not lab.skipped
+    # a file without a final newline may end in a row cut short ("2" of "2.75"): not read until it ends
+    _write(path, "perturbation,value\nVAV1,1\nCD3G,2")
+    os.utime(path, (old, old))
+    assert set(lab.collect(job)) == set() and "newline" in lab.skipped[path]
+    _write(path, "perturbation,value\nVAV1,1\nCD3G,2.75\n")
+    os.utime(path, (old, old))
+    assert lab.collect(job)["CD3G"].value == 2.75
+    with pytest.raises(ValueError, match="min_age"):
+        FileDropLab(tmp_path / "outbox", tmp_path / "inbox", min_age=-1)
+
+
+@pytest.mark.parametrize("target", ["outside", "inside"])
+def test_symlinks_in_the_inbox_are_refused_unread(lab, tmp_path, target):
+    job = lab.submit(KEY, BATCH)
+    secret = tmp_path / "secret.txt" if target == "outside" else lab.inbox / "c1_notes.txt"
+    secret.write_text("root:x:0:0:top-secret-line\n")
+    link = lab.inbox / "c1_round-0.partial-1.csv"
+    link.symlink_to(secret)
+    for call in (lab.poll, lab.collect):
+        with pytest.raises(LabResultError, match="symbolic link") as err:
+            call(job)
+        assert str(link) in str(err.value) and "top-secret" not in str(err.value)
+    link.unlink()
+    (lab.inbox / "c1_round-0.results.csv").symlink_to(tmp_path / "missing.csv")  # a dangling link too
+    with pytest.raises(LabResultError, match="symbolic link"):
+        lab.poll(job)
+
+
+def test_huge_field_is_a_lab_result_error_naming_the_file(lab):
+    job = lab.submit(KEY, BATCH)
+    path = _results(lab, "c1_round-0.partial-1.csv", "perturbation,value,note\nVAV1,1,ok\nCD3G,2," + "x" * 200_000 + "\n")
+    with pytest.raises(LabResultError, match=r"line 3: not readable as CSV \(field larger than field limit") as err:
+        lab.poll(job)
+    assert str(path) in str(err.value) and len(str(err.value)) < 1_000
+
+
+def test_result_file_names_of_campaigns_sharing_an_inbox_do_not_collide(lab):
+    a = lab.submit("a/round-1", ["VAV1", "CD3G"])  # job a_round-1
+    b = lab.submit("a_round-1.partial-x/round-0", ["LAT", "ZAP70"])  # job a_round-1.partial-x_round-0
+    assert (a.external_id, b.external_id) == ("a_round-1", "a_round-1.partial-x_round-0")
+    _results(lab, "a_round-1.partial-x_round-0.results.csv", "perturbation,value\nLAT,1\nZAP70,2\n")
+    assert lab.poll(a) == "submitted" and lab.collect(a) == {}
+    assert lab.poll(b) == "complete" and set(lab.collect(b)) == {"LAT", "ZAP70"}
+    # today's names keep working where they are unambiguous, a dotted partial tag included
+    _results(lab, "a_round-1.partial.plate-1.csv", "perturbation,value\nVAV1,1\n")
+    _results(lab, "a_round-1.partial_2.csv", "perturbation,value\nCD3G,2\n")
+    assert lab.poll(a) == "complete" and lab.poll(b) == "complete"
+    from lab_adapters.filedrop import parse_result_name
+
+    assert parse_result_name("a_round-1.partial-x_round-0.results.csv") == ("a_round-1.partial-x_round-0", "results")
+    assert parse_result_name("a_round-1.partial.plate-1.csv") == ("a_round-1", "partial.plate-1")
+    assert parse_result_name("il2.v2_round-0.partial-1.h5ad") == ("il2.v2_round-0", "partial-1")
+    assert parse_result_name("a_round-1.results-v2.csv") is None and parse_result_name("a_round-1.order.csv") is None
+
+
+def test_order_sheets_escape_spreadsheet_formulas_and_results_read_back(lab):
+    batch = ["=HYPERLINK(\"X\")", "+SUM(A1)", "-ABC", "@CMD", "VAV1", "CD3G+=EVIL"]
+    job = lab.submit(KEY, batch)
+    text = lab.order_path(job).read_text()
+    rows = list(csv.reader(text.splitlines()))[1:]
+    cells = [c for row in rows for c in row]
+    assert not any(c.startswith(("=", "+", "-", "@")) for c in cells)
+    assert [r[1] for r in rows] == ["'=HYPERLINK(\"X\")", "'+SUM(A1)", "'-ABC", "'@CMD", "VAV1", "CD3G+=EVIL"]
+    assert lab.submit(KEY, batch) == job  # the escaped sheet reads back as the same batch
+    (lab.outbox / ".perturbloop" / f"{job.external_id}.order.csv").unlink()
+    assert lab.submit(KEY, batch) == job
+    # the lab may return the labels escaped or not (a spreadsheet drops the quote when it saves)
+    _results(lab, "c1_round-0.results.csv", "perturbation,value\n'=HYPERLINK(\"X\"),1\n+SUM(A1),2\n'-ABC,3\n@cmd,4\n"
+                                            "VAV1,5\n=EVIL+CD3G,6\n")
+    res = lab.collect(job)
+    assert {k: v.value for k, v in res.items()} == dict(zip(batch, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))
+
+
+def test_gene_ctrl_is_not_the_control(lab, server):
+    import anndata as ad
+
+    from lab_adapters.base import canonical
+    from lab_adapters.http import parse_results
+    from perturbloop.perturbation import Perturbation
+
+    assert (canonical("CTRL"), canonical("ctrl"), canonical("ctrl+vav1")) == ("CTRL", "ctrl", "CTRL+VAV1")
+    assert Perturbation.parse("CTRL").label == "CTRL" and Perturbation.parse("VAV1+ctrl").label == "VAV1"
+    # Perturb-seq: cells of the gene CTRL and control cells stay apart
+    job = lab.submit(KEY, ["VAV1", "CTRL"])
+    labels = ["VAV1"] * 3 + ["CTRL"] * 4 + ["ctrl"] * 2
+    adata = ad.AnnData(np.ones((len(labels), 3), dtype=np.float32),
+                       obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))]))
+    adata.write_h5ad(lab.inbox / "c1_round-0.results.h5ad")
+    res = lab.collect(job)
+    assert set(res) == {"VAV1", "CTRL", "ctrl"}
+    assert (res["CTRL"].cells.n_obs, res["ctrl"].cells.n_obs) == (4, 2)
+    other = lab.submit("c1/round-1", ["VAV1"])  # control cells labelled CTRL: that gene was not ordered
+    adata.write_h5ad(lab.inbox / "c1_round-1.results.h5ad")
+    with pytest.raises(LabResultError, match=r"not in the order for this job: CTRL \(label control cells exactly 'ctrl'"):
+        lab.poll(other)
+    # HTTP: a results payload naming the gene CTRL is accepted (and control is not a result)
+    out = parse_results({"results": [{"perturbation": "CTRL", "value": 1.5}, {"perturbation": "VAV1", "value": 2.0}]}, "src")
+    assert out == {"CTRL": LabResult("CTRL", 1.5, []), "VAV1": LabResult("VAV1", 2.0, [])}
+    with pytest.raises(LabResultError, match=r"result 0 \(ctrl\): not in the batch"):
+        parse_results({"results": [{"perturbation": "ctrl", "value": 1.0}]}, "src")
+    http = _client(server)
+    job = http.submit(KEY, ["CTRL", "VAV1"])
+    assert set(http.collect(job)) == {"CTRL", "VAV1"}
 
 
 def test_perturbseq_results_as_h5ad(lab):

@@ -5,6 +5,8 @@ and a bad results file is a clear error that leaves the store untouched. File dr
 from __future__ import annotations
 
 import csv
+import os
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -65,9 +67,12 @@ def _order(path: Path) -> list[str]:
 
 
 def _write_results(path: Path, rows: list[tuple[str, str, str]]) -> None:
-    """Write like a lab would: under a temporary name, then renamed into place."""
+    """Write like a lab would: under a temporary name, then renamed into place; dated a minute ago, as
+    the file-drop lab reads only files unchanged for a few seconds (no sleeping in tests)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("perturbation,value,error\n" + "".join(f"{p},{v},{e}\n" for p, v, e in rows))
+    old = time.time() - 60
+    os.utime(tmp, (old, old))
     tmp.rename(path)
 
 
@@ -104,6 +109,19 @@ def test_filedrop_campaign_waits_ingests_partial_results_once_and_continues(slic
     snap = _snapshot(store, "fd")
     assert run_campaign(cfg, store, data_dir).status == "waiting_for_lab"
     assert _snapshot(store, "fd") == snap
+    # the lab re-delivers the partial file with a changed value: refused, naming file and line
+    part_file = inbox / "fd_round-0.partial-1.csv"
+    _write_results(part_file, [(first[0], "123.0", "")] + part[1:])
+    with pytest.raises(LabResultError, match=rf"partial-1.csv: line 2 \({first[0]}\): value 123.0 differs from value"):
+        run_campaign(cfg, store, data_dir)
+    assert _snapshot(store, "fd") == snap
+    _write_results(part_file, part)
+    # a file still being written (just now, no final newline) is not read
+    fresh = inbox / "fd_round-0.partial-2.csv"
+    fresh.write_text(f"perturbation,value\n{rest[0]},1")
+    assert run_campaign(cfg, store, data_dir).status == "waiting_for_lab"
+    assert _snapshot(store, "fd") == snap
+    fresh.unlink()
 
     # a bad final file: a clear error naming the file and lines, and the store is untouched
     bad = inbox / "fd_round-0.results.csv"

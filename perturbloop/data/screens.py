@@ -2,6 +2,11 @@
 
 A :class:`Screen` holds one score per gene (current HGNC symbols, outdated ones mapped through
 the alias table) and, when the source has them, per-replicate scores (donors, replicates).
+
+A gene listed more than once in one file (the same symbol twice, or an outdated symbol beside its
+current one) is refused when its rows disagree, naming the gene and the lines, unless the caller
+says how to combine them (`aggregate`: ``"mean"`` or ``"first"``). Registry screens whose outdated
+symbols collide declare their aggregation in the registry (``loader["aggregate"]``).
 """
 
 from __future__ import annotations
@@ -10,12 +15,17 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
 
 from perturbloop.data.registry import REGISTRY, get_spec, resolve
-from perturbloop.errors import ScreenFormatError
+from perturbloop.errors import ConfigError, ScreenFormatError
+
+Aggregate = Literal["error", "mean", "first"]
+AGGREGATES: tuple[str, ...] = get_args(Aggregate)
+MAX_DUPLICATES_SHOWN = 10
 
 
 @dataclass
@@ -81,9 +91,14 @@ def read_screen_file(path: str | os.PathLike, *, loader: dict | None = None, nam
       * MAGeCK MLE gene summary (`Gene`, `<rep>|beta`, ...): score = mean `|beta` (or `|z`) over replicates;
       * `Gene,Score` table (BioDiscoveryAgent format).
 
-    Returns (scores indexed by symbol, replicate table or None).
+    Returns (scores indexed by symbol, replicate table or None); a symbol may repeat.
     """
-    path = Path(path)
+    values, reps, _ = _read_screen(Path(path), loader=loader, name=name)
+    return values, reps
+
+
+def _read_screen(path: Path, *, loader: dict | None, name: str | None) -> tuple[pd.Series, pd.DataFrame | None, np.ndarray]:
+    """`read_screen_file` plus each row's line number in the file (n ints, 1-based, header = line 1)."""
     if not path.is_file():
         raise ScreenFormatError(f"screen file {str(path)!r} does not exist")
     df = _read_table(path)
@@ -134,12 +149,13 @@ def read_screen_file(path: str | os.PathLike, *, loader: dict | None = None, nam
         raise ScreenFormatError(f"{path}: missing score for gene(s) {', '.join(nan_genes[:10])}")
     if not np.isfinite(values.to_numpy()).all():
         raise ScreenFormatError(f"{path}: infinite score values")
-    drop = [g for g in values.index if _not_a_gene(g)]
-    if drop:  # non-targeting controls and spreadsheet-mangled symbols are not perturbable genes
-        values = values.drop(index=drop)
-        reps = reps.drop(index=drop) if reps is not None else None
+    lines = df.index.to_numpy() + 2  # 1-based, after the header
+    keep = np.array([not _not_a_gene(g) for g in values.index], dtype=bool)
+    if not keep.all():  # non-targeting controls and spreadsheet-mangled symbols are not perturbable genes
+        values, lines = values[keep], lines[keep]
+        reps = reps[keep] if reps is not None else None
     values.name = name or path.stem
-    return values.astype(float), reps
+    return values.astype(float), reps, lines
 
 
 CONTROL_IDS = {"NO-TARGET", "NON-TARGETING", "NONTARGETING", "NON_TARGETING", "SAFE-TARGETING"}  # not CTRL: a real gene
@@ -151,32 +167,85 @@ def _not_a_gene(symbol: str) -> bool:
     return symbol.upper() in CONTROL_IDS or bool(_EXCEL_DATE.match(symbol))
 
 
+def _combine_duplicates(path: Path, values: pd.Series, reps: pd.DataFrame | None, lines: np.ndarray,
+                        data_dir, aggregate: str) -> tuple[pd.Series, pd.DataFrame | None]:
+    """One file's rows with each gene (after symbol mapping) once, as `aggregate` says.
+
+    ``"error"`` refuses a gene whose rows disagree (rows that agree are kept, as one); ``"first"``
+    keeps the first row of each gene; ``"mean"`` keeps every row (`_map_symbols` averages them).
+    """
+    if aggregate not in AGGREGATES:
+        raise ConfigError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
+    if aggregate == "mean":
+        return values, reps
+    raw = [str(s) for s in values.index]
+    mapped = pd.Series(_current_symbols(raw, data_dir))
+    repeated = mapped.duplicated(keep=False).to_numpy()
+    if not repeated.any():
+        return values, reps
+    if aggregate == "first":
+        keep = ~mapped.duplicated(keep="first").to_numpy()
+        return values[keep], reps[keep] if reps is not None else None
+    rows = pd.DataFrame({"gene": mapped, "raw": raw, "line": lines, "value": values.to_numpy()})
+    if reps is not None:
+        rows = pd.concat([rows, pd.DataFrame(reps.to_numpy(), columns=[f"rep:{c}" for c in reps.columns])], axis=1)
+    rows = rows[repeated]
+    compared = [c for c in rows.columns if c == "value" or c.startswith("rep:")]
+    conflicts = [(g, grp) for g, grp in rows.groupby("gene", sort=False) if len(grp[compared].drop_duplicates()) > 1]
+    if conflicts:
+        shown = [f"{g} on lines " + ", ".join(f"{r.line} ({r.raw} = {r.value:g})" for r in grp.itertuples())
+                 for g, grp in conflicts[:MAX_DUPLICATES_SHOWN]]
+        more = f"; and {len(conflicts) - MAX_DUPLICATES_SHOWN} more" if len(conflicts) > MAX_DUPLICATES_SHOWN else ""
+        raise ScreenFormatError(
+            f"{path}: {len(conflicts)} gene(s) listed more than once with different scores (an outdated symbol "
+            f"counts as its current one): {'; '.join(shown)}{more}. Keep one row per gene, or say how to combine "
+            "them: aggregate 'mean' or 'first' (data.aggregate in a campaign config, --aggregate for "
+            "perturbloop benchmark)")
+    return values, reps  # repeated rows that agree: `_map_symbols` takes them as one
+
+
+def _current_symbols(raw: list[str], data_dir) -> list[str]:
+    """Each symbol's current HGNC symbol, or itself upper-cased when it has none."""
+    from perturbloop.genes import gene_index
+
+    idx = gene_index(data_dir)
+    return [idx.map(s) or s.upper() for s in raw]
+
+
 def _map_symbols(scores: pd.Series, reps: pd.DataFrame | None, data_dir) -> tuple[pd.Series, pd.DataFrame | None, list[str]]:
     from perturbloop.genes import gene_index
 
     idx = gene_index(data_dir)
     raw = [str(s) for s in scores.index]
-    mapped = [idx.map(s) for s in raw]
-    unmapped = [s for s, m in zip(raw, mapped) if m is None]
-    new = [m if m is not None else s.upper() for s, m in zip(raw, mapped)]
+    unmapped = [s for s in raw if idx.map(s) is None]
+    new = _current_symbols(raw, data_dir)
     scores = pd.Series(scores.to_numpy(), index=new, name=scores.name).groupby(level=0, sort=True).mean()
     if reps is not None:
         reps = pd.DataFrame(reps.to_numpy(), index=new, columns=reps.columns).groupby(level=0, sort=True).mean()
     return scores, reps, unmapped
 
 
-def load_screen(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Screen:
-    """Load a registry screen by name, or any screen file by path, with symbols mapped to HGNC."""
+def load_screen(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
+                aggregate: Aggregate | None = None) -> Screen:
+    """Load a registry screen by name, or any screen file by path, with symbols mapped to HGNC.
+
+    Args:
+        aggregate: how rows naming the same gene in one file combine: ``"error"`` (rows that
+            disagree are refused, naming the gene and lines), ``"mean"`` or ``"first"`` (the
+            first row). None: what the registry declares for its screen, else ``"error"``.
+    """
     p = Path(name_or_path)
     if str(name_or_path) not in REGISTRY and (p.suffix or os.sep in str(name_or_path) or p.exists()):
-        scores, reps = read_screen_file(p)  # a file path (a clear error if it does not exist)
+        values, reps, lines = _read_screen(p, loader=None, name=None)  # a file path (a clear error if it does not exist)
+        scores, reps = _combine_duplicates(p, values, reps, lines, data_dir, aggregate or "error")
         name = p.stem
     else:
         spec = get_spec(str(name_or_path))
         if spec.kind != "screen":
             raise ScreenFormatError(f"dataset {spec.name!r} is a {spec.kind} dataset, not a screen")
-        paths = resolve(spec.name, data_dir)
-        parts = [read_screen_file(path, loader=spec.loader) for path in paths]
+        how = aggregate or spec.loader.get("aggregate", "error")
+        parts = [_combine_duplicates(path, *_read_screen(path, loader=spec.loader, name=None), data_dir, how)
+                 for path in resolve(spec.name, data_dir)]
         if len(parts) == 1:
             scores, reps = parts[0]
         else:  # one file per donor / replicate: average them, keep each as a replicate
