@@ -41,6 +41,7 @@ class WorldSpec:
     embeddings: str | None = None  # a gene-embedding CSV/NPY for feature "embedding"
     target: str = "abs"  # what the surrogate models: abs = |score| (log-transformed), hit = the lab's hit call (0/1)
     fit_iter: int | None = None  # GP hyperparameter iterations per round (None: surrogates.gp.MAX_FIT_ITER)
+    aggregate: str | None = None  # rows of the screen file naming one gene: error | mean | first (load_screen)
 
 
 @dataclass
@@ -113,7 +114,7 @@ def build_screen_world(spec: WorldSpec) -> ScreenWorld:
     from perturbloop.features import build_gene_pool, essential_genes
     from simulators import ScreenReplay
 
-    screen = load_screen(spec.screen, spec.data_dir)
+    screen = load_screen(spec.screen, spec.data_dir, aggregate=spec.aggregate)
     if spec.nonessential:
         ess = essential_genes(spec.data_dir)
         screen = screen.subset([g for g in screen.genes if g not in ess])

@@ -127,7 +127,7 @@ class CampaignContext:
 
 
 def load_world(config: CampaignConfig, data_dir: str | os.PathLike | None) -> tuple[Screen, set[str]]:
-    screen = load_screen(config.data.screen, data_dir)
+    screen = load_screen(config.data.screen, data_dir, aggregate=config.data.aggregate)
     excluded: set[str] = set()
     if config.data.nonessential:
         excluded = essential_genes(data_dir) & set(screen.genes)

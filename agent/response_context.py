@@ -36,7 +36,7 @@ from lab_adapters.response_simulator import ResponseSimulatorLab
 from perturbloop.design import Split, build_space, prepare_singles, split_candidates
 from perturbloop.errors import StoreError
 from perturbloop.pairs import DesignSpace
-from perturbloop.response_config import ResponseCampaignConfig
+from perturbloop.config import CampaignConfig
 from perturbloop.response_metrics import Evaluation, prepare_evaluation, program_flags, program_weights, response_metrics
 from perturbloop.store import Store
 from simulators.response_worlds import ResponseWorld, build_world
@@ -48,7 +48,7 @@ SUMMARY_METRICS = ("mse_top20_de", "pearson_delta", "l2_top_expressed", "interac
 
 @dataclass
 class ResponseCampaignContext:
-    config: ResponseCampaignConfig
+    config: CampaignConfig
     store: Store
     world: ResponseWorld
     space: DesignSpace
@@ -171,7 +171,7 @@ class ResponseParts:
     make_baseline: Callable[[str], Any]  # kind -> unfitted baseline
 
 
-def response_parts(config: ResponseCampaignConfig, seed: int, data_dir: str | os.PathLike | None = None, *,
+def response_parts(config: CampaignConfig, seed: int, data_dir: str | os.PathLike | None = None, *,
                    policy_kind: str | None = None, space: DesignSpace | None = None) -> ResponseParts:
     """A fresh world, the design space, seed `seed`'s held-out split and evaluation, the policy
     (`policy_kind`, default the config's) and the model factories; bad input raises here."""
@@ -192,7 +192,7 @@ def response_parts(config: ResponseCampaignConfig, seed: int, data_dir: str | os
                          lambda k: model_factory(config, k)(seed))
 
 
-def build_response_context(config: ResponseCampaignConfig, store: Store, data_dir: str | os.PathLike | None = None,
+def build_response_context(config: CampaignConfig, store: Store, data_dir: str | os.PathLike | None = None,
                            on_round: Callable[[dict], None] | None = None) -> ResponseCampaignContext:
     """World, design space, held-out split, policy and models of a response campaign (bad input raises
     before anything is written)."""
@@ -202,7 +202,7 @@ def build_response_context(config: ResponseCampaignConfig, store: Store, data_di
                                    p.make_baseline, on_round)
 
 
-def make_policy(kind: str, config: ResponseCampaignConfig, world: ResponseWorld, seed: int):
+def make_policy(kind: str, config: CampaignConfig, world: ResponseWorld, seed: int):
     """The response policy `kind` with the config's settings (`program`: the program's weights over readouts)."""
     a = config.acquisition
     if kind == "program":
@@ -212,7 +212,7 @@ def make_policy(kind: str, config: ResponseCampaignConfig, world: ResponseWorld,
     return make_response_policy(kind, seed=seed, max_per_gene=a.max_per_gene)
 
 
-def model_factory(config: ResponseCampaignConfig, kind: str | None = None) -> Callable[[int], object]:
+def model_factory(config: CampaignConfig, kind: str | None = None) -> Callable[[int], object]:
     """`seed -> ResponseSurrogate`: the config's surrogate, or (`kind` given) a baseline with its own
     defaults, so a baseline is the same whatever model it is shown beside."""
     if kind is not None and kind != config.surrogate.kind:

@@ -16,8 +16,7 @@ from langgraph.types import Command
 
 from agent.context import CampaignContext, build_context
 from agent.graph import build_graph, open_checkpointer
-from perturbloop.config import CampaignConfig
-from perturbloop.response_config import ResponseCampaignConfig
+from perturbloop.config import CampaignConfig, stored_config_as_today
 from perturbloop.store import Store, sqlite_path
 
 if TYPE_CHECKING:
@@ -55,10 +54,10 @@ def next_round(store: Store, campaign_id: str) -> int:
     return max(done) + 1 if done else 0
 
 
-def make_context(config: CampaignConfig | ResponseCampaignConfig, store: Store, data_dir=None,
+def make_context(config: CampaignConfig, store: Store, data_dir=None,
                  on_round: Callable[[dict], None] | None = None) -> CampaignContext | ResponseCampaignContext:
     """The loop's context for a screen campaign or a response campaign (Perturb-seq, pairs)."""
-    if isinstance(config, ResponseCampaignConfig):
+    if config.is_response:
         from agent.response_context import build_response_context
 
         return build_response_context(config, store, data_dir, on_round)
@@ -74,7 +73,7 @@ def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_
     """
     store = store if isinstance(store, Store) else Store(store)
     ctx = context or make_context(config, store, data_dir, on_round)
-    store.create_or_check_campaign(config.name, config.model_dump(mode="json"))
+    store.create_or_check_campaign(config.name, config.model_dump(mode="json"), normalise=stored_config_as_today)
     cfg = {"configurable": {"thread_id": config.name},
            "recursion_limit": RECURSION_LIMIT_PER_ROUND * (ctx.rounds + 1)}
     with open_checkpointer(checkpoint_path(store)) as saver:

@@ -34,7 +34,7 @@ from agent.response_context import ResponseParts, response_parts
 from perturbloop.errors import PerturbloopError
 from perturbloop.pairs import DesignSpace
 from perturbloop.perturbation import CandidatePool
-from perturbloop.response_config import ResponseCampaignConfig
+from perturbloop.config import CampaignConfig
 from perturbloop.response_metrics import response_metrics
 from simulators.screen_replay import ScreenReplay
 from surrogates.base import Surrogate
@@ -152,7 +152,7 @@ def run_campaign(parts: ResponseParts, *, rounds: int, batch_size: int, seed: in
     return run
 
 
-def campaign_for(config: ResponseCampaignConfig, policy_kind: str, seed: int, data_dir=None,
+def campaign_for(config: CampaignConfig, policy_kind: str, seed: int, data_dir=None,
                  space: DesignSpace | None = None) -> dict:
     """One (policy, seed) campaign from a config: a fresh world, the seed's split, the results row."""
     threads = int(os.environ.get("PERTURBLOOP_TASK_THREADS", "0") or 0)
@@ -166,7 +166,7 @@ def campaign_for(config: ResponseCampaignConfig, policy_kind: str, seed: int, da
     return row
 
 
-def response_sweep(config: ResponseCampaignConfig, data_dir=None, *, policies: Sequence[str] | None = None,
+def response_sweep(config: CampaignConfig, data_dir=None, *, policies: Sequence[str] | None = None,
                    seeds: int | None = None) -> list[dict]:
     """Every policy x seed in this process, rows in (policy, seed) order (tests, benchmarks/)."""
     policies = list(policies or config.evaluation.policies)

@@ -13,17 +13,11 @@ from prefect.cache_policies import NO_CACHE
 
 from agent.runner import CampaignResult, run_campaign
 from perturbloop.config import CampaignConfig, LabConfig
-from perturbloop.response_config import ResponseCampaignConfig
 
 
-def baseline_config(config: CampaignConfig | ResponseCampaignConfig) -> CampaignConfig | ResponseCampaignConfig:
+def baseline_config(config: CampaignConfig) -> CampaignConfig:
     """The same campaign with random picks (same data, rounds, batch and seed), always in the simulator:
     a baseline never sends orders to a real lab."""
-    if isinstance(config, ResponseCampaignConfig):  # simulated worlds only, no approval step
-        return config.model_copy(update={
-            "name": f"{config.name}-random",
-            "acquisition": config.acquisition.model_copy(update={"kind": "random"}),
-        })
     return config.model_copy(update={
         "name": f"{config.name}-random",
         "acquisition": config.acquisition.model_copy(update={"kind": "random"}),
@@ -33,13 +27,13 @@ def baseline_config(config: CampaignConfig | ResponseCampaignConfig) -> Campaign
 
 
 @task(name="advance-campaign", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
-def advance_campaign(config: CampaignConfig | ResponseCampaignConfig, store: str | None, data_dir: str | None,
+def advance_campaign(config: CampaignConfig, store: str | None, data_dir: str | None,
                      on_round: Callable[[dict], None] | None = None) -> CampaignResult:
     return run_campaign(config, store, data_dir, on_round=on_round)
 
 
 @flow(name="perturbloop-campaign", log_prints=False)
-def campaign_flow(config: CampaignConfig | ResponseCampaignConfig, store: str | None = None, data_dir: str | None = None,
+def campaign_flow(config: CampaignConfig, store: str | None = None, data_dir: str | None = None,
                   baseline: bool = True, on_round: Callable[[dict], None] | None = None,
                   on_baseline_round: Callable[[dict], None] | None = None) -> dict[str, CampaignResult]:
     """Run `config` to completion (or to an approval pause); then its random baseline if asked."""

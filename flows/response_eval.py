@@ -13,11 +13,11 @@ from prefect.cache_policies import NO_CACHE
 from agent.response_context import build_world
 from agent.simulate import campaign_for, response_sweep
 from flows.evaluation import task_runner
-from perturbloop.response_config import ResponseCampaignConfig
+from perturbloop.config import CampaignConfig
 
 
 
-def run_response_sweep(config: ResponseCampaignConfig, data_dir=None, *, runner: str = "local",
+def run_response_sweep(config: CampaignConfig, data_dir=None, *, runner: str = "local",
                        address: str | None = None) -> list[dict]:
     """Every policy x seed as tasks of one Prefect flow (thread pool or Dask), like the screen benchmark;
     `runner="inline"`: in this process, no Prefect (quick runs)."""

@@ -22,7 +22,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.schedules import CronSchedule
 
 from perturbloop.config import CampaignConfig
-from perturbloop.response_config import load_campaign_config
+from perturbloop.config import load_config
 from perturbloop.errors import ConfigError
 
 DEFAULT_CRON = "0 * * * *"  # hourly: a lab round takes days, a scheduled run takes seconds when nothing is ready
@@ -38,7 +38,7 @@ def advance_flow(config_path: str, store: str | None = None, data_dir: str | Non
     """Advance one campaign to its next pause (approval, lab, end); publish its round table."""
     from agent.runner import run_campaign
 
-    config = load_campaign_config(config_path)
+    config = load_config(config_path)
     result = run_campaign(config, store, data_dir)
     rows = [{**{k: r.get(k) for k in ("round", "status", "picks", "new_hits", "hits_total", "hit_ratio",
                                       "spearman_unmeasured", "fit_seconds", "select_seconds")},
@@ -56,7 +56,7 @@ def campaign_configs(folder: str | Path) -> list[tuple[Path, CampaignConfig]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"serve: {str(folder)!r} is not a folder of campaign configs")
-    out = [(p.resolve(), load_campaign_config(p)) for p in sorted(folder.glob("*.toml"))]
+    out = [(p.resolve(), load_config(p)) for p in sorted(folder.glob("*.toml"))]
     if not out:
         raise ConfigError(f"serve: no *.toml campaign configs in {str(folder)!r}")
     seen: dict[str, Path] = {}

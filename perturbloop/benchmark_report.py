@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from perturbloop.response_config import ResponseCampaignConfig
+from perturbloop.config import CampaignConfig
 
 
 PRIMARY_METRICS = ("mse_top20_de", "pearson_delta", "l2_top_expressed")  # plotted, in this order
 
 
-def protocol_of(config: ResponseCampaignConfig, rows: Sequence[dict]) -> dict:
+def protocol_of(config: CampaignConfig, rows: Sequence[dict]) -> dict:
     baselines = sorted({k.split("@", 1)[1] for r in rows for k in r["metrics"] if "@" in k})
     return {"name": "response-campaign (IterPert-style learning curves)", "objective": config.objective,
             "world": config.world.model_dump(), "space": config.design.space, "initial": config.initial,

@@ -120,12 +120,12 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from perturbloop.response_config import ResponseCampaignConfig, load_campaign_config
+    from perturbloop.config import load_config
     from perturbloop.store import Store, sqlite_path
 
     console = Console()
-    config = load_campaign_config(config_path)
-    if isinstance(config, ResponseCampaignConfig):
+    config = load_config(config_path)
+    if config.is_response:
         return _run_response(config, store, data_dir, baseline)
     st = Store(store)
     console.print(
@@ -230,7 +230,7 @@ def _gp_fit_iter() -> int:
 
 
 def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir, out,
-               runner, address, embeddings=None, target="abs", fit_iter=None) -> None:
+               runner, address, embeddings=None, target="abs", fit_iter=None, aggregate=None) -> None:
     _quiet_prefect()
     from rich.console import Console
     from rich.table import Table
@@ -246,7 +246,7 @@ def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, feature
     priors = tuple(p.strip() for p in prior_screens.split(",") if p.strip()) if prior_screens else None
     spec = WorldSpec(screen=screen, hits_file=hits, nonessential=nonessential, features=feats, prior_screens=priors,
                      data_dir=data_dir, embeddings=str(Path(embeddings).expanduser().resolve()) if embeddings else None,
-                     target=target, fit_iter=fit_iter)
+                     target=target, fit_iter=fit_iter, aggregate=aggregate)
     console = Console()
     with console.status(f"{len(policies)} policies x {seeds} seeds on {screen} ({runner} runner)"):
         rows = run_sweep(spec, policies, seeds, rounds, batch, runner=runner, address=address)
@@ -277,9 +277,12 @@ def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runn
 
     from flows.response_eval import run_response_sweep
     from perturbloop.benchmark_report import protocol_of, response_table, write_response_results
-    from perturbloop.response_config import load_response_config
+    from perturbloop.config import load_config
 
-    config = load_response_config(config_path)
+    config = load_config(config_path)
+    if not config.is_response:
+        raise PerturbloopError(f"{config_path}: not a response campaign (needs a [world] table; screen campaigns are "
+                               "benchmarked with --screen)")
     console = Console()
     ev = config.evaluation
     with console.status(f"{len(ev.policies)} policies x {ev.seeds} seeds, {config.world.kind} world ({runner} runner)"):
@@ -307,6 +310,8 @@ def benchmark(
     embeddings: Annotated[Optional[str], typer.Option(help="gene embeddings for feature 'embedding' (CSV: gene + one column a dimension, or NPY)")] = None,
     target: Annotated[str, typer.Option(help="what the surrogate models: abs (log |score|) or hit (the lab's hit call, 0/1)")] = "abs",
     fit_iter: Annotated[Optional[int], typer.Option(min=1, help="GP hyperparameter (L-BFGS-B) iterations per round (default 10)")] = None,
+    aggregate: Annotated[Optional[str], typer.Option(help="rows of a --screen file naming the same gene: error (default: "
+                                                      "refuse rows that disagree), mean or first")] = None,
     data_dir: DataDirOpt = None,
     runner: Annotated[str, typer.Option(help="local (threads) or dask (prefect-dask); with --config also inline "
                                               "(this process, no Prefect)")] = "local",
@@ -327,7 +332,7 @@ def benchmark(
         typer.echo("error: name a --screen (pooled screen) or a --config (response campaign)", err=True)
         raise typer.Exit(2)
     _guard(_benchmark, screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir,
-           out, runner, address, embeddings, target, fit_iter)
+           out, runner, address, embeddings, target, fit_iter, aggregate)
 
 
 def _review(campaign: str, store: str | None) -> None:

@@ -1,12 +1,45 @@
-"""Campaign configuration (TOML), validated by pydantic; a bad field is an error that names it."""
+"""Campaign configuration (TOML), validated by pydantic; a bad field is an error that names it.
+
+One model for every kind of campaign. A pooled screen names its screen in `[data]` (one readout per
+gene: the screen's score); a response campaign names the `[world]` that answers its experiments
+(Perturb-seq: a transcriptome LFC vector per perturbation; a pair screen: the pair phenotype) and
+learns (objective `learn_response`) or drives (objective `maximize`) that response. `lab`,
+`approval`, `schedule` and `evaluation` apply to every kind. Defaults that differ by kind (batch
+size, model, policy, features) are filled in from `RESPONSE_DEFAULTS` for a `[world]` campaign.
+
+Response example (examples/papalexi_learn.toml):
+
+    name = "papalexi_learn"
+    objective = "learn_response"
+    initial = 4
+    rounds = 4
+    batch_size = 3
+
+    [world]
+    kind = "perturbseq"
+    dataset = "papalexi2021"
+
+    [design]
+    features = ["go", "expression_pca"]
+
+    [surrogate]
+    kind = "ensemble"
+
+    [acquisition]
+    kind = "uncertainty"
+
+    [evaluation]
+    policies = ["uncertainty", "diversity", "random"]
+    seeds = 10
+"""
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from perturbloop.errors import ConfigError
 
@@ -21,24 +54,60 @@ class DataConfig(_Strict):
     nonessential: bool = Field(False, description="drop core-essential genes (CEGv2) from hits and picks")
     hit_threshold: float | None = Field(None, gt=0, description="a measured gene is a hit when |value| >= this "
                                         "(surrogate.target = 'hit_call'; default: the screen's top-fraction cut-off)")
+    aggregate: Literal["error", "mean", "first"] | None = Field(
+        None, description="rows of the screen file naming the same gene: error (refuse rows that disagree), mean or "
+        "first (default: error for a file, the registry's declaration for a registry screen)")
+
+
+SCREEN_FEATURES = ("go", "screens", "essential", "embedding")
+RESPONSE_FEATURES = ("go", "expression_pca", "none")
 
 
 class DesignConfig(_Strict):
     space: Literal["genes", "pairs"] = "genes"
-    features: list[Literal["go", "screens", "essential", "embedding"]] = Field(default_factory=lambda: ["go"])
+    features: list[Literal["go", "screens", "essential", "embedding", "expression_pca", "none"]] = Field(
+        default_factory=lambda: ["go"],
+        description="gene features: GO embedding, prior screens, core-essential flag, user embeddings (screens); "
+                    "GO embedding, the gene's loadings on the PCs of control-cell expression (Perturb-seq, pairs)")
     prior_screens: list[str] | None = Field(None, description="screens used as features (default: all registry screens but the target)")
     genes: list[str] | str | None = Field(None, description="restrict the design space to these genes (a list, or a file with one gene per line)")
     go_dims: int = Field(64, ge=2, le=512)
     gaf: str | None = Field(None, description="a GO annotation file (GAF) to use instead of the data dir's gene_go table")
     embeddings: str | None = Field(None, description="CSV/NPY gene embeddings for feature 'embedding'")
+    expression_pcs: int = Field(10, ge=1, le=100, description="feature expression_pca: PCs of control-cell expression")
+    pooling: list[Literal["sum", "prod", "max"]] = Field(default_factory=lambda: ["sum", "prod"],
+                                                       description="symmetric pooling of the two genes' features (pairs)")
+    prior_rank: int = Field(8, ge=1, le=64, description="PCs of the single-gene responses used as pair features")
+    max_pairs: int | None = Field(None, ge=1, description="pairs: at most this many candidate pairs (seeded subsample)")
+
+
+SurrogateKind = Literal["gp", "mean", "ensemble", "linear", "additive"]
+SCREEN_SURROGATES = ("gp", "mean")
 
 
 class SurrogateConfig(_Strict):
-    kind: Literal["gp", "mean"] = "gp"
+    kind: SurrogateKind = Field("gp", description="screens: gp | mean; responses: ensemble | gp (low-rank) | linear | "
+                                                  "mean | additive (pairs)")
     max_iter: int = Field(10, ge=1, le=10_000, description="L-BFGS-B iterations per hyperparameter fit (warm-started)")
+    members: int = Field(5, ge=2, le=100, description="ensemble members")
+    hidden: int = Field(64, ge=4, le=4096, description="ensemble: hidden units")
+    layers: int = Field(2, ge=1, le=8, description="ensemble: hidden layers")
+    epochs: int = Field(300, ge=1, le=100_000, description="ensemble: training epochs")
+    rank: int = Field(16, ge=1, le=512, description="responses: output PCs modelled")
+    prior_scale: float = Field(0.3, ge=0, description="ensemble random-prior scale")
     target_transform: Literal["none", "log"] = Field("none", description="log: model log(y + median y) (objective hits only)")
     target: Literal["value", "hit_call"] = Field("value", description="value: the objective's scalar (|score| for hits); "
                                                  "hit_call: 1 for a measured hit, else 0 (objective hits only)")
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of a response surrogate of this kind (surrogates.make_response_surrogate)."""
+        if self.kind == "gp":
+            return {"rank": min(self.rank, 8), "max_iter": self.max_iter}
+        if self.kind == "linear":
+            return {"rank": self.rank}
+        if self.kind == "ensemble":
+            return self.model_dump(include={"members", "hidden", "layers", "epochs", "rank", "prior_scale", "max_iter"})
+        return {}
 
     @model_validator(mode="after")
     def _hit_call_untransformed(self) -> SurrogateConfig:
@@ -47,16 +116,64 @@ class SurrogateConfig(_Strict):
         return self
 
 
+ResponsePolicyKind = Literal["random", "uncertainty", "diversity", "program"]
+SCREEN_POLICIES = ("random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl")
+RESPONSE_POLICIES = ("random", "uncertainty", "diversity", "program")
+
+
 class AcquisitionConfig(_Strict):
-    kind: Literal["random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl"] = "ucb"
+    kind: Literal["random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl",
+                  "uncertainty", "diversity", "program"] = "ucb"
     beta: float = Field(4.0, ge=0, description="UCB exploration weight: mu + sqrt(beta) sigma")
     policy_path: str | None = Field(None, description="kind 'rl': checkpoint from `perturbloop policy train`")
+    program: list[str] | None = Field(None, description="program: genes whose mean LFC is the score")
+    direction: Literal["up", "down"] = Field("up", description="program: drive the score up or down")
+    interaction: bool = Field(False, description="program: score the deviation from the additive prior (pairs)")
+    absolute: bool = Field(False, description="program: score |s| (strongest effect of either sign)")
+    max_per_gene: int | None = Field(None, ge=1, description="pairs: at most this many picks per gene in a batch")
 
     @model_validator(mode="after")
     def _rl_needs_checkpoint(self) -> AcquisitionConfig:
         if self.kind == "rl" and not self.policy_path:
             raise ValueError("kind 'rl' needs policy_path (a checkpoint from `perturbloop policy train`)")
         return self
+
+
+class WorldConfig(_Strict):
+    """What answers the experiments (simulated: replayed real data or a labelled synthetic world)."""
+
+    kind: Literal["perturbseq", "synthetic_grn", "pair_fitness"] = Field(
+        description="perturbseq: replay held-out cells of a Perturb-seq AnnData; synthetic_grn: a synthetic "
+                    "gene-regulatory world with known interactions; pair_fitness: replay a pair screen (Norman 2019)")
+    dataset: str | None = Field(None, description="perturbseq: registry name or .h5ad path; pair_fitness: registry name")
+    key: str = Field("perturbation", description="obs column with perturbation labels")
+    control: str = Field("ctrl", description="control label in obs[key]")
+    cells_per_run: int = Field(50, ge=1, le=100_000, description="cells a run of one perturbation returns")
+    failure_rate: float = Field(0.0, ge=0, lt=1, description="probability that one run fails")
+    min_cells: int = Field(20, ge=1, description="perturbations with fewer cells in the data are not offered")
+    seed: int = Field(0, description="seed of the world's draws (cells, failures, synthetic network)")
+    params: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the simulator")
+    readout: Literal["fitness", "gi"] = Field("fitness", description="pair_fitness: the pair phenotype modelled")
+
+    @model_validator(mode="after")
+    def _dataset_needed(self) -> WorldConfig:
+        if self.kind == "perturbseq" and not self.dataset:
+            raise ValueError("world.dataset: a perturbseq world needs a dataset (registry name or .h5ad path)")
+        return self
+
+
+class EvaluationConfig(_Strict):
+    seeds: int = Field(5, ge=1, le=1000)
+    test_fraction: float = Field(0.3, gt=0, lt=1, description="held-out perturbations (never run), drawn per seed")
+    max_test: int | None = Field(None, ge=1, description="at most this many held-out perturbations")
+    policies: list[ResponsePolicyKind] = Field(default_factory=lambda: ["uncertainty", "random"])
+    baselines: list[SurrogateKind] = Field(
+        default_factory=lambda: ["mean", "linear"],
+        description="fitted on the same observations every round and scored beside the model (pairs add 'additive')")
+    top_de: int = Field(20, ge=1)
+    top_expressed: int = Field(1000, ge=1)
+    de_method: Literal["abs_lfc", "t-test"] = Field("t-test", description="how the top DE genes of the truth are ranked")
+    hit_fraction: float = Field(0.05, gt=0, lt=1, description="maximize: hits = this top fraction of the score")
 
 
 _LAB_FIELDS = {"filedrop": ("outbox", "inbox"), "http": ("url", "token_env", "timeout", "retries")}
@@ -100,34 +217,106 @@ class LabConfig(_Strict):
         return self
 
 
+RESPONSE_DEFAULTS: dict[str, Any] = {
+    "objective": "learn_response", "initial": 10, "batch_size": 10,
+    "design": {"features": ["go", "expression_pca"], "go_dims": 16},
+    "surrogate": {"kind": "ensemble", "max_iter": 75},
+    "acquisition": {"kind": "uncertainty", "beta": 1.0},
+}
+
+
+def _with_defaults(data: dict, defaults: dict) -> dict:
+    """`data` with `defaults` filled in where a key (or a key of a sub-table) is not given."""
+    out = dict(data)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _with_defaults(out[k], v)
+    return out
+
+
 class CampaignConfig(_Strict):
-    """One campaign: what to discover, in how many rounds of which size, with which model and policy."""
+    """One campaign: what to discover or learn, in how many rounds of which size, with which model, policy,
+    lab and approval step (see module docstring)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    objective: Literal["hits", "maximize"] = "hits"
+    objective: Literal["hits", "maximize", "learn_response"] = "hits"
+    initial: int | None = Field(None, ge=1, le=1_000_000,
+                                description="responses: perturbations run (random) before the first model fit")
     rounds: int = Field(5, ge=1, le=1000)
     batch_size: int = Field(128, ge=1, le=100_000)
     seed: int = 0
     approval: Literal["auto", "required"] = "auto"
     schedule: str | None = Field(None, description="cron schedule for `perturbloop serve` (default: the --cron option)")
-    data: DataConfig
+    data: DataConfig | None = Field(None, description="the pooled screen (one readout per gene)")
+    world: WorldConfig | None = Field(None, description="what answers a response campaign's experiments")
     design: DesignConfig = Field(default_factory=DesignConfig)
     surrogate: SurrogateConfig = Field(default_factory=SurrogateConfig)
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
     lab: LabConfig = Field(default_factory=LabConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("world") is not None:
+            return _with_defaults(data, RESPONSE_DEFAULTS)
+        return data
+
+    @property
+    def is_response(self) -> bool:
+        """A response campaign (a `[world]`: Perturb-seq, pairs), not a pooled screen."""
+        return self.world is not None
 
     @model_validator(mode="after")
-    def _log_needs_hits(self) -> CampaignConfig:
-        if self.surrogate.target_transform == "log" and self.objective != "hits":
-            raise ValueError("surrogate.target_transform = 'log' needs objective = 'hits' (non-negative targets)")
+    def _consistent(self) -> CampaignConfig:
+        if self.is_response:
+            self._check_response()
+        else:
+            self._check_screen()
         return self
 
-    @field_validator("design")
-    @classmethod
-    def _genes_only(cls, v: DesignConfig) -> DesignConfig:
-        if v.space != "genes":
-            raise ValueError("pooled-screen campaigns design single genes: set design.space = 'genes'")
-        return v
+    def _check_screen(self) -> None:
+        if self.data is None:
+            raise ValueError("data: required field is missing (a pooled-screen campaign names its screen in [data]; "
+                             "a Perturb-seq or pair campaign names its [world])")
+        if self.objective == "learn_response":
+            raise ValueError("objective 'learn_response' needs a [world] (Perturb-seq or pairs)")
+        if self.design.space != "genes":
+            raise ValueError("design.space: pooled-screen campaigns design single genes: set design.space = 'genes'")
+        _only("design.features", self.design.features, SCREEN_FEATURES)
+        _only("surrogate.kind", [self.surrogate.kind], SCREEN_SURROGATES)
+        _only("acquisition.kind", [self.acquisition.kind], SCREEN_POLICIES)
+        if self.surrogate.target_transform == "log" and self.objective != "hits":
+            raise ValueError("surrogate.target_transform = 'log' needs objective = 'hits' (non-negative targets)")
+
+    def _check_response(self) -> None:
+        if self.data is not None:
+            raise ValueError("data: a response campaign's experiments are answered by its [world]; remove [data]")
+        if self.objective == "hits":
+            raise ValueError("objective 'hits' is for pooled screens; a response campaign learns (learn_response) "
+                             "or drives (maximize) the response")
+        _only("design.features", self.design.features, RESPONSE_FEATURES)
+        _only("acquisition.kind", [self.acquisition.kind], RESPONSE_POLICIES)
+        if self.surrogate.target != "value" or self.surrogate.target_transform != "none":
+            raise ValueError("surrogate.target / target_transform apply to pooled screens only")
+        if self.objective == "maximize" and self.acquisition.kind != "program" and "program" not in self.evaluation.policies:
+            raise ValueError("objective 'maximize' needs acquisition.kind = 'program' (or 'program' among evaluation.policies)")
+        uses_program = self.acquisition.kind == "program" or "program" in self.evaluation.policies
+        if uses_program and not self.acquisition.program and self.world.kind != "pair_fitness":
+            raise ValueError("acquisition.program: list the program's genes (policy 'program')")
+        if self.world.kind == "pair_fitness" and self.design.space != "pairs":
+            raise ValueError("design.space: a pair_fitness world designs pairs (set design.space = 'pairs')")
+        if self.surrogate.kind == "additive" and self.design.space != "pairs":
+            raise ValueError("surrogate.kind = 'additive' applies to pairs only")
+
+
+def _only(field: str, values: list[str], allowed: tuple[str, ...]) -> None:
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ValueError(f"{field}: {', '.join(map(repr, bad))} is not available for this kind of campaign; "
+                         f"choose from {', '.join(allowed)}")
 
 
 def format_validation_error(e: ValidationError, source: str = "config") -> str:
@@ -163,3 +352,9 @@ def read_toml(path: str | Path) -> dict:
 
 def load_config(path: str | Path) -> CampaignConfig:
     return parse_config(read_toml(path), str(path))
+
+
+def stored_config_as_today(stored: dict) -> dict:
+    """A config stored by an earlier version, in today's format: validated by today's model (fields added since
+    take their defaults), dumped again. Raises a ConfigError when today's model cannot read it."""
+    return parse_config(stored, "stored config").model_dump(mode="json")

@@ -19,7 +19,7 @@ import torch
 from perturbloop.device import keep_torch_threads
 from perturbloop.errors import ConfigError
 from perturbloop.pairs import DesignSpace, PairSpace, SingleSpace
-from perturbloop.response_config import ResponseCampaignConfig
+from perturbloop.config import CampaignConfig
 
 if TYPE_CHECKING:
     from simulators.response_worlds import ResponseWorld
@@ -43,14 +43,14 @@ def expression_pca_features(genes: Sequence[str], readout: Sequence[str], ctrl_e
     return out, [f"expr_pc{j}" for j in range(k)] + ["expr_missing"]
 
 
-def gene_feature_matrix(genes: Sequence[str], world: ResponseWorld, config: ResponseCampaignConfig,
+def gene_feature_matrix(genes: Sequence[str], world: ResponseWorld, config: CampaignConfig,
                         data_dir=None) -> tuple[torch.Tensor, list[str]]:
     """`n x d` standardised gene features of the perturbable genes (design.features)."""
     with keep_torch_threads():  # scikit-learn's SVD (GO embedding) may reset OpenMP threads too
         return _gene_feature_matrix(genes, world, config, data_dir)
 
 
-def _gene_feature_matrix(genes: Sequence[str], world: ResponseWorld, config: ResponseCampaignConfig,
+def _gene_feature_matrix(genes: Sequence[str], world: ResponseWorld, config: CampaignConfig,
                          data_dir=None) -> tuple[torch.Tensor, list[str]]:
     blocks, names = [], []
     for f in config.design.features:
@@ -79,7 +79,7 @@ def _gene_feature_matrix(genes: Sequence[str], world: ResponseWorld, config: Res
     return torch.from_numpy(X).to(torch.float64), names
 
 
-def build_space(world: ResponseWorld, config: ResponseCampaignConfig, data_dir=None) -> DesignSpace:
+def build_space(world: ResponseWorld, config: CampaignConfig, data_dir=None) -> DesignSpace:
     """The design space of a response campaign over the world's candidates (see perturbloop.pairs)."""
     from perturbloop.device import default_device
 
@@ -111,7 +111,7 @@ class Split:
     initial: list[str]
 
 
-def split_candidates(space: DesignSpace, config: ResponseCampaignConfig, seed: int) -> Split:
+def split_candidates(space: DesignSpace, config: CampaignConfig, seed: int) -> Split:
     """Held-out test perturbations and the initial random design of one seed (shared by all policies)."""
     n = len(space)
     rng = np.random.default_rng([config.seed, seed, 11])

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from perturbloop.errors import ConfigError
-from perturbloop.response_config import ResponseCampaignConfig
+from perturbloop.config import CampaignConfig
 
 if TYPE_CHECKING:
     from perturbloop.design import Split
@@ -163,7 +163,7 @@ def genes_to_idx(genes: Sequence[str], lists: Mapping[str, Sequence[str]], label
     return out
 
 
-def program_weights(world: ResponseWorld, config: ResponseCampaignConfig) -> torch.Tensor:
+def program_weights(world: ResponseWorld, config: CampaignConfig) -> torch.Tensor:
     """`G` weights: the mean LFC of the program genes (sign by `direction`); pair fitness: the phenotype."""
     acq = config.acquisition
     sign = 1.0 if acq.direction == "up" else -1.0
@@ -181,7 +181,7 @@ def program_weights(world: ResponseWorld, config: ResponseCampaignConfig) -> tor
     return w
 
 
-def program_flags(config: ResponseCampaignConfig) -> tuple[bool, bool]:
+def program_flags(config: CampaignConfig) -> tuple[bool, bool]:
     """(interaction, absolute) of the program score. A pair screen's goal is the strongest genetic
     interactions of either sign: |GI|, or |fitness - additive| for a fitness readout."""
     a = config.acquisition
@@ -204,7 +204,7 @@ class Evaluation:
     scores: dict[str, float] = field(default_factory=dict)
 
 
-def prepare_evaluation(world: ResponseWorld, space: DesignSpace, config: ResponseCampaignConfig, split: Split,
+def prepare_evaluation(world: ResponseWorld, space: DesignSpace, config: CampaignConfig, split: Split,
                        w: torch.Tensor | None) -> Evaluation:
     test_idx = space.indices(split.test)
     truth = world.truth(split.test)

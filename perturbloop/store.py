@@ -10,7 +10,7 @@ Tables: Campaign, Round, Proposal, Decision, LabJob, Observation, ResponseVector
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -167,15 +167,27 @@ class Store:
         with self.session() as s:
             return s.get(Campaign, campaign_id)
 
-    def create_or_check_campaign(self, campaign_id: str, config: dict) -> Campaign:
-        """Create the campaign, or return it if it exists with the same config (a resume)."""
+    def create_or_check_campaign(self, campaign_id: str, config: dict,
+                                 normalise: Callable[[dict], dict] | None = None) -> Campaign:
+        """Create the campaign, or return it if it exists with the same config (a resume).
+
+        `normalise` maps a stored config to today's format (e.g. validate it with today's config model and
+        dump it, so fields added since it was stored take their defaults) before the two are compared; a
+        stored config it cannot read counts as different.
+        """
         with self.session() as s:
             c = s.get(Campaign, campaign_id)
             if c is None:
                 c = Campaign(id=campaign_id, config=config)
                 s.add(c)
                 return c
-            if json.dumps(c.config, sort_keys=True) != json.dumps(config, sort_keys=True):
+            stored = c.config
+            if normalise is not None:
+                try:
+                    stored = normalise(stored)
+                except Exception:  # noqa: BLE001 - unreadable under today's model: a different config
+                    stored = c.config
+            if json.dumps(stored, sort_keys=True) != json.dumps(config, sort_keys=True):
                 raise StoreError(
                     f"campaign {campaign_id!r} already exists in {self.url} with a different config; "
                     "resume it with the same config or choose another name"

@@ -17,7 +17,7 @@ import numpy as np
 
 from perturbloop.device import keep_torch_threads
 from perturbloop.errors import ConfigError
-from perturbloop.response_config import ResponseCampaignConfig
+from perturbloop.config import CampaignConfig
 from perturbloop.response_metrics import TOP_DE
 
 
@@ -227,7 +227,7 @@ class PairFitnessWorld:
         return [0]
 
 
-def build_world(config: ResponseCampaignConfig, data_dir=None) -> ResponseWorld:
+def build_world(config: CampaignConfig, data_dir=None) -> ResponseWorld:
     """A fresh world for one campaign (labs keep per-perturbation cell cursors: never share one).
 
     The world's seed is `world.seed` for every campaign seed: all policies and seeds see the same

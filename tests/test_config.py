@@ -130,3 +130,25 @@ def test_invalid_toml(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match=r"nope\.toml.*does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_a_campaign_stored_under_an_older_config_format_resumes(tmp_path):
+    """Fields added to the config model since a campaign was stored take their defaults on resume; a real
+    change of a field is still refused."""
+    from perturbloop.config import stored_config_as_today
+    from perturbloop.errors import StoreError
+    from perturbloop.store import Store
+
+    for raw in ({"name": "s", "data": {"screen": "schmidt2021_il2"}, "batch_size": 8},
+                {"name": "r", "world": {"kind": "synthetic_grn"}, "initial": 4}):
+        today = parse_config(raw).model_dump(mode="json")
+        old = {k: v for k, v in today.items() if k not in ("evaluation", "world", "data", "approval", "lab")}
+        old.update({k: today[k] for k in ("world", "data") if today[k] is not None})
+        old["design"] = {k: v for k, v in today["design"].items() if k not in ("pooling", "prior_rank", "gaf")}
+        store = Store(str(tmp_path / f"{raw['name']}.db"))
+        store.create_or_check_campaign(raw["name"], old)
+        with pytest.raises(StoreError, match="different config"):
+            store.create_or_check_campaign(raw["name"], today)
+        store.create_or_check_campaign(raw["name"], today, normalise=stored_config_as_today)
+        with pytest.raises(StoreError, match="different config"):
+            store.create_or_check_campaign(raw["name"], {**today, "rounds": 9}, normalise=stored_config_as_today)

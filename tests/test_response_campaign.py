@@ -14,7 +14,7 @@ import pytest
 
 from agent.runner import run_campaign
 from agent.simulate import campaign_for
-from perturbloop.response_config import parse_response_config
+from perturbloop.config import parse_config
 from perturbloop.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def _picks(store: Store, name: str) -> list[list[str]]:
 
 
 def test_loop_measures_and_scores_like_the_evaluation(tmp_path):
-    cfg = parse_response_config(GRN)
+    cfg = parse_config(GRN)
     store = Store(str(tmp_path / "pl.db"))
     res = run_campaign(cfg, store)
     assert res.status == "finished" and len(res.rounds) == cfg.rounds + 1
@@ -97,9 +97,9 @@ def test_killed_response_campaign_resumes_without_loss_or_duplicates(tmp_path, s
     cfg_path = tmp_path / "grn.toml"
     cfg_path.write_text(_toml(GRN))
     db = tmp_path / "pl.db"
-    code = ("import sys; from perturbloop.response_config import load_response_config; "
+    code = ("import sys; from perturbloop.config import load_config; "
             "from agent.runner import run_campaign; "
-            "print('STATUS', run_campaign(load_response_config(sys.argv[1]), sys.argv[2]).status)")
+            "print('STATUS', run_campaign(load_config(sys.argv[1]), sys.argv[2]).status)")
     env = {**os.environ, "PERTURBLOOP_KILL_AT": stage, "OMP_NUM_THREADS": "1"}
     killed = subprocess.run([sys.executable, "-c", code, str(cfg_path), str(db)], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
@@ -109,7 +109,7 @@ def test_killed_response_campaign_resumes_without_loss_or_duplicates(tmp_path, s
                           capture_output=True, text=True, timeout=300)
     assert "STATUS finished" in done.stdout, done.stderr[-2000:]
     store = Store(str(db))
-    cfg = parse_response_config(GRN)
+    cfg = parse_config(GRN)
     assert _picks(store, cfg.name) == campaign_for(cfg, "uncertainty", cfg.seed)["picks"]
     assert all(len(store.lab_jobs(r.id)) == 1 for r in store.rounds(cfg.name))
     obs = store.observations(cfg.name, include_failed=True)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from perturbloop.errors import ConfigError
-from perturbloop.response_config import is_response_config, load_response_config, parse_response_config
+from perturbloop.config import load_config, parse_config
 
 SLICE_TARGETS = ["STAT1", "IFNGR1", "JAK2", "IRF1", "CD86", "ATF2", "CAV1", "ETV7", "MYC", "NFKBIA"]
 
@@ -80,7 +80,7 @@ def test_papalexi_slice_campaign_scores_model_and_baselines(papalexi_slice, data
     from perturbloop.design import build_space, split_candidates
     from simulators.response_worlds import build_world
 
-    config = parse_response_config(_papalexi_config(papalexi_slice))
+    config = parse_config(_papalexi_config(papalexi_slice))
     world = build_world(config, data_dir)
     assert sorted(world.candidates) == sorted(SLICE_TARGETS) and len(world.genes) == 299
     space = build_space(world, config, data_dir)
@@ -101,7 +101,7 @@ def test_papalexi_slice_campaign_scores_model_and_baselines(papalexi_slice, data
 def test_replayed_responses_are_pseudobulk_lfcs_of_the_revealed_cells(papalexi_slice, data_dir):
     from simulators.response_worlds import build_world
 
-    world = build_world(parse_response_config(_papalexi_config(papalexi_slice)), data_dir)
+    world = build_world(parse_config(_papalexi_config(papalexi_slice)), data_dir)
     got = world.measure(["STAT1"])["STAT1"]
     truth = world.truth(["STAT1"])[0]
     assert got.shape == truth.shape == (299,)
@@ -116,7 +116,7 @@ def test_synthetic_pair_campaign_uses_the_additive_prior():
     from perturbloop.design import build_space, prepare_singles
     from simulators.response_worlds import build_world
 
-    config = parse_response_config(GRN_CONFIG)
+    config = parse_config(GRN_CONFIG)
     world = build_world(config)
     assert world.synthetic and all(c.count("+") == 1 for c in world.candidates)
     space = build_space(world, config)
@@ -139,7 +139,7 @@ def test_failed_runs_are_not_trained_on_or_reproposed():
 
     cfg = json.loads(json.dumps(GRN_CONFIG))
     cfg["world"]["failure_rate"] = 0.3
-    config = parse_response_config(cfg)
+    config = parse_config(cfg)
     row = campaign_for(config, "random", 0)
     assert row["failed"]
     later = [lab for b in row["picks"] for lab in b]
@@ -150,7 +150,7 @@ def test_failed_runs_are_not_trained_on_or_reproposed():
 def test_norman_gi_campaign_tracks_hits(data_dir):
     from agent.simulate import campaign_for
 
-    config = parse_response_config({
+    config = parse_config({
         "name": "norman-slice", "objective": "maximize", "initial": 30, "rounds": 2, "batch_size": 30,
         "world": {"kind": "pair_fitness", "dataset": "norman2019_pairs", "readout": "gi"},
         "design": {"space": "pairs", "features": ["none"], "max_pairs": 600},  # singles' fitness only (GO: Papalexi test)
@@ -170,7 +170,7 @@ def test_norman_gi_campaign_tracks_hits(data_dir):
 def test_results_file_and_table(tmp_path):
     from perturbloop.benchmark_report import final_table, protocol_of, response_table, write_response_results
 
-    config = parse_response_config(GRN_CONFIG)
+    config = parse_config(GRN_CONFIG)
     rows = [{"policy": p, "seed": s, "metrics": {"l2_top_expressed": [3.0, 2.0 + s], "l2_top_expressed@mean": [4.0, 4.0],
                                                 "l2_additive": [2.5, 2.5], "pearson_delta": [0.1, 0.2]},
              "round_seconds": [0.5], "n_observed": [10, 20], "picks": [], "failed": [], "n_test": 30, "n_candidates": 120}
@@ -194,25 +194,26 @@ def test_results_file_and_table(tmp_path):
 
 def test_config_validation_names_the_field(tmp_path):
     with pytest.raises(ConfigError, match="world.dataset"):
-        parse_response_config({"name": "x", "world": {"kind": "perturbseq"}})
+        parse_config({"name": "x", "world": {"kind": "perturbseq"}})
     with pytest.raises(ConfigError, match="program"):
-        parse_response_config({"name": "x", "objective": "maximize", "world": {"kind": "synthetic_grn"}})
+        parse_config({"name": "x", "objective": "maximize", "world": {"kind": "synthetic_grn"}})
     with pytest.raises(ConfigError, match="surrogate.kind"):
-        parse_response_config({"name": "x", "world": {"kind": "synthetic_grn"}, "surrogate": {"kind": "transformer"}})
+        parse_config({"name": "x", "world": {"kind": "synthetic_grn"}, "surrogate": {"kind": "transformer"}})
     with pytest.raises(ConfigError, match="design.colour: unknown field"):
-        parse_response_config({"name": "x", "world": {"kind": "synthetic_grn"}, "design": {"colour": 1}})
-    assert is_response_config({"world": {}}) and not is_response_config({"data": {"screen": "x"}})
-    screen = tmp_path / "screen.toml"
-    screen.write_text('name = "s"\n[data]\nscreen = "schmidt2021_il2"\n')
-    with pytest.raises(ConfigError, match="not a response campaign"):
-        load_response_config(screen)
+        parse_config({"name": "x", "world": {"kind": "synthetic_grn"}, "design": {"colour": 1}})
+    with pytest.raises(ConfigError, match="'expression_pca' is not available"):
+        parse_config({"name": "x", "data": {"screen": "s"}, "design": {"features": ["go", "expression_pca"]}})
+    with pytest.raises(ConfigError, match="remove \\[data\\]"):
+        parse_config({"name": "x", "data": {"screen": "s"}, "world": {"kind": "synthetic_grn"}})
+    assert parse_config({"name": "x", "world": {"kind": "synthetic_grn"}}).is_response
+    assert not parse_config({"name": "x", "data": {"screen": "s"}}).is_response
 
 
 def test_example_configs_validate():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "examples"
-    kinds = {load_response_config(root / f"{n}.toml").world.kind
+    kinds = {load_config(root / f"{n}.toml").world.kind
              for n in ("papalexi_learn", "synthetic_pairs", "norman_gi_pairs")}
     assert kinds == {"perturbseq", "synthetic_grn", "pair_fitness"}
 
