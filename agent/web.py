@@ -353,7 +353,10 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
     async def _http_error(request: Request, exc: HTTPException):  # noqa: ANN202
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-        return TEMPLATES.TemplateResponse(request, "error.html", {"status": exc.status_code, "detail": exc.detail},
+        path = request.url.path
+        back = path.removesuffix("/decision") if exc.status_code == 409 and path.endswith("/decision") else None
+        return TEMPLATES.TemplateResponse(request, "error.html",
+                                          {"status": exc.status_code, "detail": exc.detail, "back": back},
                                           status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/healthz")

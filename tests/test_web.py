@@ -386,6 +386,8 @@ def test_browser_refuses_a_stale_form_and_a_cross_site_form(live_server, browser
     wait.until(EC.title_contains("409"))
     assert "round 2" in browser.find_element(By.ID, "detail").text
     assert paused.decision(r0.id).by == "ada" and paused.decision(r1.id) is None
+    browser.find_element(By.ID, "back").click()  # back to the campaign, now showing round 2
+    wait.until(EC.text_to_be_present_in_element((By.ID, "pending-title"), "Round 2 proposal"))
 
     # a page on another origin posts a complete decision form (even the right proposal id) to the app
     second = httpx.get(f"{base}/api/campaigns/web/proposal", headers=AUTH).json()["proposal"]
