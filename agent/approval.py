@@ -37,12 +37,12 @@ def check_proposal(store: Store, campaign_id: str, expected: str) -> tuple[Round
     if r is None:
         c = store.get_campaign(campaign_id)
         raise DecisionConflictError(f"campaign {campaign_id!r} has no proposal awaiting approval any more "
-                                 f"(status: {c.status}): reload to see what was decided")
+                                    f"(status: {c.status}): reload to see what was decided")
     props = store.proposals(r.id)
     if proposal_id(r, props) != expected:
         raise DecisionConflictError(f"this decision was made on a proposal that is no longer pending: campaign "
-                                 f"{campaign_id!r} now awaits a decision on its round {r.index + 1} proposal "
-                                 f"(id {proposal_id(r, props)}); reload and review it first")
+                                    f"{campaign_id!r} now awaits a decision on its round {r.index + 1} proposal "
+                                    f"(id {proposal_id(r, props)}); reload and review it first")
     return r, props
 
 
