@@ -8,18 +8,48 @@ and continues the loop to the next pause or the end.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 
 from perturbloop.errors import PerturbloopError, UnknownGeneError
 from perturbloop.genes import gene_index
 from perturbloop.perturbation import CandidatePool
-from perturbloop.store import Proposal, Round, Store
+from perturbloop.store import Proposal, Round, Store, display_url
+
+
+class DecisionConflictError(PerturbloopError):
+    """A decision that cannot be recorded as made: it names a proposal that is not (or no longer) the
+    one awaiting approval, or another decision on it was recorded first."""
+
+
+def proposal_id(r: Round, props: Sequence[Proposal]) -> str:
+    """The id of a stored proposal, `<round id>-<digest>`: the digest covers the campaign, the round
+    and the proposed perturbations in order, so any other proposal (the next round's, or a new batch
+    for the same round) has another id. A reviewer's decision carries the id of what they saw."""
+    content = json.dumps([r.campaign_id, r.id, r.index, [p.perturbation for p in props]])
+    return f"{r.id}-{hashlib.sha256(content.encode()).hexdigest()[:16]}"
+
+
+def check_proposal(store: Store, campaign_id: str, expected: str) -> tuple[Round, list[Proposal]]:
+    """The pending round and its proposal if its id is `expected`; else DecisionConflictError naming what is pending."""
+    r = pending_round(store, campaign_id)
+    if r is None:
+        c = store.get_campaign(campaign_id)
+        raise DecisionConflictError(f"campaign {campaign_id!r} has no proposal awaiting approval any more "
+                                    f"(status: {c.status}): reload to see what was decided")
+    props = store.proposals(r.id)
+    if proposal_id(r, props) != expected:
+        raise DecisionConflictError(f"this decision was made on a proposal that is no longer pending: campaign "
+                                    f"{campaign_id!r} now awaits a decision on its round {r.index + 1} proposal "
+                                    f"(id {proposal_id(r, props)}); reload and review it first")
+    return r, props
 
 
 def pending_round(store: Store, campaign_id: str) -> Round | None:
     """The round whose proposal waits for a decision, if any."""
     if store.get_campaign(campaign_id) is None:
-        raise PerturbloopError(f"no campaign {campaign_id!r} in {store.url}")
+        raise PerturbloopError(f"no campaign {campaign_id!r} in {display_url(store.url)}")
     for r in reversed(store.rounds(campaign_id)):
         if r.status == "proposed" and store.decision(r.id) is None:
             return r
@@ -35,13 +65,16 @@ def pending_proposal(store: Store, campaign_id: str) -> tuple[Round, list[Propos
 
 
 def decide(store: Store, campaign_id: str, pool: CandidatePool, *, drop: Sequence[str] = (), add: Sequence[str] = (),
-           reject: bool = False, note: str = "", by: str = "scientist", data_dir=None) -> dict:
+           reject: bool = False, note: str = "", by: str = "scientist", data_dir=None,
+           proposal: str | None = None) -> dict:
     """A decision for the pending round: `approved`, `edited` (genes dropped / added) or `rejected`.
 
-    Raises, naming the genes, for: a dropped gene that is not in the proposal; an added gene that is
-    unknown, outside the design space, already measured or already proposed.
+    `proposal`: the id (`proposal_id`) of the proposal the decision was made on; DecisionConflictError
+    if another one is pending. Raises, naming the genes, for: a dropped gene that is not in the
+    proposal; an added gene that is unknown, outside the design space, already measured or already
+    proposed.
     """
-    r, props = pending_proposal(store, campaign_id)
+    _, props = pending_proposal(store, campaign_id) if proposal is None else check_proposal(store, campaign_id, proposal)
     proposed = [p.perturbation for p in props]
     if reject:
         if drop or add:

@@ -1,14 +1,27 @@
 """The review web app (`perturbloop web`): campaigns, the pending proposal, approve / edit / reject.
 
 A small FastAPI app over the store. Every page and API call but `/healthz` and `/login` needs
-the access token: an `Authorization: Bearer TOKEN` header (API clients), or the HttpOnly,
-SameSite=Strict cookie that `POST /login` sets after checking the token (browsers). A wrong or
-missing token gets 401 and changes nothing. The token is compared in constant time and never
+the access token: an `Authorization: Bearer TOKEN` header (API clients), or a browser session.
+`POST /login` checks the token and starts a session: the HttpOnly, SameSite=Strict cookie holds
+only a random session id (never the token), looked up on the server, valid for
+`SESSION_TTL_S`, ended on the server by `POST /logout`, and marked `Secure` when the app is
+reached over HTTPS. A wrong or missing token gets 401 and changes nothing; after
+`LoginLimiter.max_failures` wrong tokens from one address within `LoginLimiter.window_s`, that
+address gets 429 until the window has passed. The token is compared in constant time and never
 logged (it never appears in a URL).
 
-A decision is validated exactly like `perturbloop approve` (`agent.approval.decide`), written
-to the store at once (so it survives a crash of this server), and the campaign then advances in
-a background thread to its next pause: the next proposal, the lab, or the end.
+Cross-site requests: every POST is refused (403) when the browser marks it as coming from another
+site (`Sec-Fetch-Site`), or, from browsers that do not send that header, when its `Origin` is not
+this app's host; every write made with the session cookie must also carry the session's CSRF
+token (form field `csrf`, or the `X-CSRF-Token` header). Every response forbids framing
+(`X-Frame-Options: DENY`, CSP `frame-ancestors 'none'`) and scripts (`CONTENT_SECURITY_POLICY`).
+
+A decision names the proposal it was made on (`proposal`, the id from `agent.approval.proposal_id`,
+shown in the page's form and in `GET /api/campaigns/{id}/proposal`); a decision on any other
+proposal (a stale form) gets 409. It is validated exactly like `perturbloop approve`
+(`agent.approval.decide`) and written to the store at once, atomically (of concurrent decisions
+exactly one is stored, the others get 409), so it survives a crash of this server; the campaign
+then advances in a background thread to its next pause: the next proposal, the lab, or the end.
 
 Routes: `GET /` campaigns, `GET /campaigns/{id}` rounds and the pending proposal,
 `GET /campaigns/{id}/proposal.png` predicted effect +- sd, `POST /campaigns/{id}/decision` (form);
@@ -17,11 +30,17 @@ JSON: `GET /api/campaigns`, `GET /api/campaigns/{id}/proposal`, `POST /api/campa
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import io
+import math
 import re
+import secrets
 import threading
+import time
 import traceback
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +50,27 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
-from agent.approval import decide, pending_round
+from agent.approval import (
+    DecisionConflictError,
+    check_proposal,
+    decide,
+    pending_round,
+    proposal_id,
+)
 from agent.report import campaign_overview
 from perturbloop.errors import PerturbloopError
-from perturbloop.store import Decision, Store
+from perturbloop.store import Decision, Store, display_url
 
 COOKIE = "perturbloop_session"
+CSRF_HEADER = "x-csrf-token"
+SESSION_TTL_S = 12 * 3600.0  # a working day: log in again the next morning
+# No scripts at all (the pages have none); inline styles only (the templates' <style> blocks);
+# images, forms and everything else from this app only; never inside a frame.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'none'; style-src 'self' 'unsafe-inline'; "
+                           "img-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+SECURITY_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Frame-Options": "DENY",
+                    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 
 
@@ -48,6 +82,126 @@ class DecisionIn(BaseModel):
     reject: bool = False
     note: str = ""
     by: str = Field(min_length=1, max_length=100)
+    proposal: str = Field(min_length=1, max_length=100,
+                          description="id of the proposal decided on (`proposal` of GET /api/campaigns/{id}/proposal)")
+
+
+@dataclass
+class WebSession:
+    """A logged-in browser: its CSRF token and when the session ends (on `Sessions.clock`)."""
+
+    csrf: str
+    expires: float
+
+
+@dataclass
+class Sessions:
+    """Browser sessions, kept on the server: the cookie carries only a random id (`secrets`),
+    stored here by its SHA-256 so this table holds no usable cookie either."""
+
+    ttl_s: float = SESSION_TTL_S
+    clock: Callable[[], float] = time.monotonic
+    _by_key: dict[str, WebSession] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @staticmethod
+    def _key(session_id: str) -> str:
+        return hashlib.sha256(session_id.encode()).hexdigest()
+
+    def start(self) -> str:
+        """A new session; returns its id (the cookie value)."""
+        session_id = secrets.token_urlsafe(32)
+        with self._lock:
+            now = self.clock()
+            self._by_key = {k: v for k, v in self._by_key.items() if v.expires > now}
+            self._by_key[self._key(session_id)] = WebSession(csrf=secrets.token_urlsafe(32), expires=now + self.ttl_s)
+        return session_id
+
+    def get(self, session_id: str | None) -> WebSession | None:
+        """The live session with this id, if any."""
+        if not session_id:
+            return None
+        with self._lock:
+            s = self._by_key.get(self._key(session_id))
+            return s if s is not None and s.expires > self.clock() else None
+
+    def end(self, session_id: str | None) -> None:
+        if session_id:
+            with self._lock:
+                self._by_key.pop(self._key(session_id), None)
+
+
+@dataclass
+class LoginLimiter:
+    """Failed access-token checks per client address: after `max_failures` within `window_s`
+    seconds, every attempt from that address (even with the right token) is refused until the
+    oldest failure leaves the window."""
+
+    max_failures: int = 10
+    window_s: float = 300.0
+    clock: Callable[[], float] = time.monotonic
+    max_addresses: int = 10_000  # memory bound: beyond it the stalest addresses are forgotten
+    _failures: dict[str, deque[float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        q = self._failures.get(address, deque())
+        while q and q[0] <= now - self.window_s:
+            q.popleft()
+        return q
+
+    def retry_after(self, address: str) -> int:
+        """Seconds until `address` may try again; 0 if it may now."""
+        with self._lock:
+            now = self.clock()
+            q = self._recent(address, now)
+            return max(1, math.ceil(q[0] + self.window_s - now)) if len(q) >= self.max_failures else 0
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            now = self.clock()
+            q = self._recent(address, now)
+            q.append(now)
+            self._failures[address] = q
+            if len(self._failures) > self.max_addresses:
+                stalest = sorted(self._failures, key=lambda a: self._failures[a][-1] if self._failures[a] else 0.0)
+                for a in stalest[: len(self._failures) - self.max_addresses]:
+                    del self._failures[a]
+
+    def succeeded(self, address: str) -> None:
+        with self._lock:
+            self._failures.pop(address, None)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: an API client with the bearer token (`session` None) or a browser session."""
+
+    session: WebSession | None
+
+    def check_csrf(self, sent: str | None) -> None:
+        """A write made with the session cookie must carry the session's CSRF token (403 if not)."""
+        if self.session is None:
+            return
+        if not (sent and hmac.compare_digest(sent.encode(), self.session.csrf.encode())):
+            raise HTTPException(403, "the request's CSRF token is missing or does not match this session: "
+                                     "reload the page and submit it again")
+
+
+def _cross_site(request: Request) -> str | None:
+    """Why `request` comes from another site, or None. Browsers that send `Sec-Fetch-Site` are
+    believed (`same-site` is refused too: another port on this host is another origin); for older
+    ones a present `Origin` must name this host."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return None if site in ("same-origin", "none") else f"Sec-Fetch-Site: {site}"
+    origin = request.headers.get("origin")
+    if origin is None:
+        return None  # not sent by a browser (API clients, curl)
+    host = request.headers.get("host", "")
+    return None if origin.split("://", 1)[-1] == host else f"Origin: {origin}"
+
+
 
 
 @dataclass
@@ -105,17 +259,48 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
         raise PerturbloopError("web: the access token must be set and at least 8 characters long")
     store = store if isinstance(store, Store) else Store(store)
     advancer = Advancer(store, data_dir)
-    app = FastAPI(title="perturbloop review", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.advancer = advancer
+    sessions, limiter = Sessions(), LoginLimiter()
+
+    def same_origin(request: Request) -> None:
+        """Every unsafe request (POST) must come from this app's own pages or a non-browser client."""
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            why = _cross_site(request)
+            if why is not None:
+                raise HTTPException(403, f"cross-site request refused ({why}): "
+                                         "decide from this app's own pages")
+
+    app = FastAPI(title="perturbloop review", docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(same_origin)])
+    app.state.advancer, app.state.sessions, app.state.login_limiter = advancer, sessions, limiter
 
     def _ok(candidate: str | None) -> bool:
         return candidate is not None and hmac.compare_digest(candidate.encode(), token.encode())
 
-    def authorised(request: Request) -> None:
+    def _address(request: Request) -> str:
+        return request.client.host if request.client else "unknown"
+
+    def _not_blocked(request: Request) -> None:
+        wait = limiter.retry_after(_address(request))
+        if wait:
+            raise HTTPException(429, f"too many wrong access tokens from this address: try again in {wait} s",
+                                headers={"Retry-After": str(wait)})
+
+    def authorised(request: Request) -> Caller:
         header = request.headers.get("authorization", "")
-        bearer = header[7:] if header.lower().startswith("bearer ") else None
-        if not (_ok(bearer) or _ok(request.cookies.get(COOKIE))):
-            raise HTTPException(401, "a valid access token is required", headers={"WWW-Authenticate": "Bearer"})
+        if header.lower().startswith("bearer "):
+            _not_blocked(request)
+            if _ok(header[7:]):
+                return Caller(session=None)
+            limiter.failed(_address(request))
+        else:
+            session = sessions.get(request.cookies.get(COOKIE))
+            if session is not None:
+                return Caller(session=session)
+        raise HTTPException(401, "a valid access token is required", headers={"WWW-Authenticate": "Bearer"})
+
+    def page(request: Request, template: str, caller: Caller, context: dict) -> HTMLResponse:
+        csrf = caller.session.csrf if caller.session is not None else None
+        return TEMPLATES.TemplateResponse(request, template, {**context, "csrf": csrf})
 
     def campaign_or_404(campaign_id: str) -> None:
         if store.get_campaign(campaign_id) is None:
@@ -133,30 +318,45 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
         if r is None:
             return None
         props = store.proposals(r.id)
-        return {"round": r.index + 1, "items": [
+        return {"round": r.index + 1, "proposal": proposal_id(r, props), "items": [
             {"rank": p.rank + 1, "perturbation": p.perturbation, "mean": p.mean, "sd": p.sd,
              "acq_value": p.acq_value, "policy": p.policy, "rationale": p.rationale} for p in props]}
 
     def record(campaign_id: str, d: DecisionIn) -> dict:
-        """Validate, store, then advance in the background; raises PerturbloopError on bad input."""
+        """Check the proposal id, validate, store (atomically), then advance in the background.
+
+        Raises DecisionConflictError (409) for a proposal that is not the pending one or a decision
+        that lost to a concurrent one, PerturbloopError (400) for bad input."""
         if advancer.busy(campaign_id):
-            raise PerturbloopError(f"campaign {campaign_id!r} is still advancing after the last decision")
-        r = pending_round(store, campaign_id)
-        if r is None:
-            c = store.get_campaign(campaign_id)
-            raise PerturbloopError(f"campaign {campaign_id!r} has no proposal awaiting approval (status: {c.status})")
+            raise DecisionConflictError(f"campaign {campaign_id!r} is still advancing after the last decision: "
+                                        "reload in a moment")
+        r, _ = check_proposal(store, campaign_id, d.proposal)
         ctx = advancer.context(campaign_id)
         decision = decide(store, campaign_id, ctx.pool, drop=d.drop, add=d.add, reject=d.reject, note=d.note,
-                          by=d.by, data_dir=data_dir)
-        store.save_decision(Decision(round_id=r.id, **decision))
+                          by=d.by, data_dir=data_dir, proposal=d.proposal)
+        mine = Decision(round_id=r.id, **decision)
+        stored = store.save_decision(mine)
+        if stored is not mine:
+            raise DecisionConflictError(f"another decision on this proposal was recorded first: {stored.action} "
+                                        f"by {stored.by}; reload to see it")
         advancer.start(campaign_id, decision)
         return decision
+
+    @app.middleware("http")
+    async def _security_headers(request: Request, call_next):  # noqa: ANN202
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):  # noqa: ANN202
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-        return TEMPLATES.TemplateResponse(request, "error.html", {"status": exc.status_code, "detail": exc.detail},
+        path = request.url.path
+        back = path.removesuffix("/decision") if exc.status_code == 409 and path.endswith("/decision") else None
+        return TEMPLATES.TemplateResponse(request, "error.html",
+                                          {"status": exc.status_code, "detail": exc.detail, "back": back},
                                           status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/healthz")
@@ -168,28 +368,40 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
         return TEMPLATES.TemplateResponse(request, "login.html", {})
 
     @app.post("/login")
-    def login(token_in: str = Form(..., alias="token")):  # noqa: ANN202
+    def login(request: Request, token_in: str = Form(..., alias="token")):  # noqa: ANN202
+        _not_blocked(request)
         if not _ok(token_in):
+            limiter.failed(_address(request))
             raise HTTPException(401, "wrong access token")
+        limiter.succeeded(_address(request))
+        sessions.end(request.cookies.get(COOKIE))  # a new id at every log-in
         resp = RedirectResponse("/", status_code=303)
-        resp.set_cookie(COOKIE, token_in, httponly=True, samesite="strict")
+        resp.set_cookie(COOKIE, sessions.start(), max_age=int(sessions.ttl_s), httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
         return resp
 
     @app.post("/logout")
-    def logout():  # noqa: ANN202
+    def logout(request: Request, csrf: str = Form("")):  # noqa: ANN202
+        session_id = request.cookies.get(COOKIE)
+        session = sessions.get(session_id)
+        if session is not None:
+            Caller(session=session).check_csrf(csrf)
+            sessions.end(session_id)
         resp = RedirectResponse("/login", status_code=303)
-        resp.delete_cookie(COOKIE)
+        resp.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=request.url.scheme == "https")
         return resp
 
-    @app.get("/", response_class=HTMLResponse, dependencies=[Depends(authorised)])
-    def index(request: Request):  # noqa: ANN202
-        return TEMPLATES.TemplateResponse(request, "index.html", {"campaigns": campaign_overview(store), "store": store.url})
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request, caller: Caller = Depends(authorised)):  # noqa: ANN202
+        return page(request, "index.html", caller, {"campaigns": campaign_overview(store),
+                                                    "store": display_url(store.url)})
 
-    @app.get("/campaigns/{campaign_id}", response_class=HTMLResponse, dependencies=[Depends(authorised)])
-    def campaign_page(request: Request, campaign_id: str, error: str | None = None):  # noqa: ANN202
+    @app.get("/campaigns/{campaign_id}", response_class=HTMLResponse)
+    def campaign_page(request: Request, campaign_id: str, error: str | None = None,
+                      caller: Caller = Depends(authorised)):  # noqa: ANN202
         campaign_or_404(campaign_id)
         overview = next(c for c in campaign_overview(store) if c["campaign"] == campaign_id)
-        return TEMPLATES.TemplateResponse(request, "campaign.html", {
+        return page(request, "campaign.html", caller, {
             "c": overview, "pending": pending(campaign_id), "busy": advancer.busy(campaign_id),
             "error": error, "advance_error": advancer.errors.get(campaign_id)})
 
@@ -197,16 +409,22 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
     def proposal_png(campaign_id: str) -> Response:
         return Response(_proposal_plot(campaign_id, pending_or_404(campaign_id)), media_type="image/png")
 
-    @app.post("/campaigns/{campaign_id}/decision", dependencies=[Depends(authorised)])
+    @app.post("/campaigns/{campaign_id}/decision")
     def decision_form(campaign_id: str, action: str = Form(...), by: str = Form(...), note: str = Form(""),
-                      add: str = Form(""), drop: list[str] = Form(default_factory=list)):  # noqa: ANN202
+                      add: str = Form(""), drop: list[str] = Form(default_factory=list), proposal: str = Form(""),
+                      csrf: str = Form(""), caller: Caller = Depends(authorised)):  # noqa: ANN202
+        caller.check_csrf(csrf)
         campaign_or_404(campaign_id)
         if action not in ("approve", "reject"):
             raise HTTPException(400, f"unknown action {action!r}")
+        if not proposal:
+            raise HTTPException(409, "the form names no proposal: reload the campaign page and decide there")
         try:
             d = DecisionIn(drop=[] if action == "reject" else drop, add=[] if action == "reject" else _split_genes(add),
-                           reject=action == "reject", note=note, by=by.strip())
+                           reject=action == "reject", note=note, by=by.strip(), proposal=proposal)
             record(campaign_id, d)
+        except DecisionConflictError as e:
+            raise HTTPException(409, str(e)) from None
         except (PerturbloopError, ValueError) as e:
             return RedirectResponse(f"/campaigns/{campaign_id}?{_query(error=str(e))}", status_code=303)
         return RedirectResponse(f"/campaigns/{campaign_id}", status_code=303)
@@ -219,11 +437,15 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
     def api_proposal(campaign_id: str) -> dict:
         return pending_or_404(campaign_id)
 
-    @app.post("/api/campaigns/{campaign_id}/decision", dependencies=[Depends(authorised)])
-    def api_decision(campaign_id: str, body: DecisionIn) -> dict:
+    @app.post("/api/campaigns/{campaign_id}/decision")
+    def api_decision(request: Request, campaign_id: str, body: DecisionIn,
+                     caller: Caller = Depends(authorised)) -> dict:
+        caller.check_csrf(request.headers.get(CSRF_HEADER))
         campaign_or_404(campaign_id)
         try:
             return record(campaign_id, body)
+        except DecisionConflictError as e:
+            raise HTTPException(409, str(e)) from None
         except PerturbloopError as e:
             raise HTTPException(400, str(e)) from None
 

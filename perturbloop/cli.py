@@ -81,7 +81,7 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.campaign import campaign_flow
-    from perturbloop.store import Store
+    from perturbloop.store import Store, display_url
 
     console = Console()
     st = Store(store)
@@ -90,7 +90,7 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
     console.print(
         f"[bold]{config.name}[/]: {config.objective} on [cyan]{w.kind}[/] {w.dataset or ''}{synthetic}, design "
         f"{config.design.space}, {config.initial} initial + {config.rounds} rounds x {config.batch_size}, surrogate "
-        f"{config.surrogate.kind}, policy {config.acquisition.kind}; store {st.url}"
+        f"{config.surrogate.kind}, policy {config.acquisition.kind}; store {display_url(st.url)}"
     )
     from simulators.response_worlds import build_world
 
@@ -121,7 +121,7 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from perturbloop.config import load_config
-    from perturbloop.store import Store, sqlite_path
+    from perturbloop.store import Store, display_url, sqlite_path
 
     console = Console()
     config = load_config(config_path)
@@ -130,7 +130,8 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
     st = Store(store)
     console.print(
         f"[bold]{config.name}[/]: {config.objective} on [cyan]{config.data.screen}[/], {config.rounds} rounds x "
-        f"{config.batch_size}, surrogate {config.surrogate.kind}, policy {config.acquisition.kind}; store {st.url}"
+        f"{config.batch_size}, surrogate {config.surrogate.kind}, policy {config.acquisition.kind}; "
+        f"store {display_url(st.url)}"
     )
     from flows.campaign import campaign_flow
 
@@ -191,19 +192,19 @@ def run(config: Annotated[Path, typer.Argument(help="campaign config (TOML)")], 
 
 def _status(store: str | None, as_json: bool) -> None:
     from agent.report import campaign_overview
-    from perturbloop.store import Store
+    from perturbloop.store import Store, display_url
 
     st = Store(store)
     out = campaign_overview(st)
     if as_json:
-        typer.echo(json.dumps({"store": st.url, "campaigns": out}, indent=2))
+        typer.echo(json.dumps({"store": display_url(st.url), "campaigns": out}, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     if not out:
-        console.print(f"no campaigns in {st.url}")
+        console.print(f"no campaigns in {display_url(st.url)}")
         return
     for c in out:
         t = Table(title=f"{c['campaign']} [{c['status']}] {c['screen']}, policy {c['policy']}: "
@@ -368,12 +369,12 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir) -> None:
     from agent.context import build_context
     from agent.runner import run_campaign
     from perturbloop.config import parse_config
-    from perturbloop.store import Store
+    from perturbloop.store import Store, display_url
 
     st = Store(store)
     c = st.get_campaign(campaign)
     if c is None:
-        raise PerturbloopError(f"no campaign {campaign!r} in {st.url}")
+        raise PerturbloopError(f"no campaign {campaign!r} in {display_url(st.url)}")
     config = parse_config(c.config, f"stored config of {campaign}")
     ctx = build_context(config, st, data_dir)
     decision = decide(st, campaign, ctx.pool, drop=drop, add=add, reject=reject, note=note, by=by, data_dir=data_dir)
@@ -403,6 +404,7 @@ def approve(
 def _web(store: str | None, host: str, port: int, token_file: Path | None, data_dir: str | None) -> None:
     _quiet_prefect()
     from agent.web import serve
+    from perturbloop.store import display_url, store_url
 
     if token_file is not None:
         if not token_file.is_file():
@@ -412,7 +414,7 @@ def _web(store: str | None, host: str, port: int, token_file: Path | None, data_
         token = os.environ.get("PERTURBLOOP_WEB_TOKEN", "").strip()
     if not token:
         raise PerturbloopError("web: set the access token in $PERTURBLOOP_WEB_TOKEN or pass --token-file FILE")
-    typer.echo(f"perturbloop review on http://{host}:{port}/ (store {store or 'runs/perturbloop.db'})")
+    typer.echo(f"perturbloop review on http://{host}:{port}/ (store {display_url(store_url(store))})")
     serve(store, token, host=host, port=port, data_dir=data_dir)
 
 
@@ -430,11 +432,11 @@ def web(
 
 def _serve(folder: Path, cron: str, timezone: str | None, store: str | None, data_dir: str | None) -> None:
     from flows.schedule import campaign_configs, serve_campaigns
-    from perturbloop.store import store_url
+    from perturbloop.store import display_url, store_url
 
     configs = campaign_configs(folder)  # validate every config before registering anything
     url = store_url(store)  # absolute: scheduled runs may start in another directory
-    typer.echo(f"serving {len(configs)} campaigns from {folder} (store {url}): " + ", ".join(c.name for _, c in configs))
+    typer.echo(f"serving {len(configs)} campaigns from {folder} (store {display_url(url)}): " + ", ".join(c.name for _, c in configs))
     serve_campaigns(folder, url, str(Path(data_dir).resolve()) if data_dir else None, cron, timezone)
 
 

@@ -10,6 +10,7 @@ Tables: Campaign, Round, Proposal, Decision, LabJob, Observation, ResponseVector
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, Column, UniqueConstraint, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from perturbloop.errors import StoreError
@@ -130,6 +132,14 @@ def store_url(store: str | None) -> str:
     return f"sqlite:///{p}"
 
 
+def display_url(url: str) -> str:
+    """`url` with its password masked (`***`): the only form of a store URL to print, log or show."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # unparseable (e.g. a bad port): mask what looks like `user:password@`
+        return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
 def sqlite_path(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
 
@@ -189,7 +199,7 @@ class Store:
                     stored = c.config
             if json.dumps(stored, sort_keys=True) != json.dumps(config, sort_keys=True):
                 raise StoreError(
-                    f"campaign {campaign_id!r} already exists in {self.url} with a different config; "
+                    f"campaign {campaign_id!r} already exists in {display_url(self.url)} with a different config; "
                     "resume it with the same config or choose another name"
                 )
             return c
@@ -271,13 +281,24 @@ class Store:
             return s.exec(select(Decision).where(Decision.round_id == round_id)).first()
 
     def save_decision(self, decision: Decision) -> Decision:
-        with self.session() as s:
-            existing = s.exec(select(Decision).where(Decision.round_id == decision.round_id)).first()
-            if existing is not None:
-                return existing
-            s.add(decision)
-            self.set_round_status(decision.round_id, "rejected" if decision.action == "rejected" else "approved", session=s)
-            return decision
+        """Store the round's decision unless it has one; returns the stored decision (`decision`
+        itself only if it won). Atomic: of concurrent calls on one round exactly one inserts (the
+        unique round_id decides) and the others get the winner back."""
+        existing = self.decision(decision.round_id)
+        if existing is not None:
+            return existing
+        try:
+            with self.session() as s:
+                s.add(decision)
+                s.flush()  # the INSERT first: a concurrent winner makes it fail here, before any other write
+                self.set_round_status(decision.round_id, "rejected" if decision.action == "rejected" else "approved",
+                                      session=s)
+        except IntegrityError:
+            existing = self.decision(decision.round_id)
+            if existing is None:  # some other constraint failed (e.g. no such round)
+                raise
+            return existing
+        return decision
 
     # lab jobs ------------------------------------------------------------------------------
     def lab_job(self, idempotency_key: str) -> LabJob | None:

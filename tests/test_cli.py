@@ -113,3 +113,42 @@ def test_fetch_reads_the_screen_out_of_the_genedisco_wheel(tmp_path):
     got = [Path(p) for p in proc.stdout.split()]
     assert [p.name for p in got] == ["schmidt_il2_d1.gene_summary.txt", "schmidt_il2_d2.gene_summary.txt"]
     assert all(p.is_file() and str(p).startswith(str(tmp_path / "cache")) for p in got)
+
+
+def test_store_password_is_never_printed(fresh_postgres_url, data_dir, tmp_path):
+    """`status`, `status --json`, `run` and `web`'s start line show the store URL with its password masked."""
+    import socket
+
+    from sqlalchemy.engine import make_url
+
+    secret = "pw-SECRET-42"
+    url = make_url(fresh_postgres_url).set(password=secret).render_as_string(hide_password=False)
+    s = load_screen("schmidt2021_il2", data_dir)
+    genes = list(s.scores.abs().sort_values(ascending=False).index[:40])
+    pd.DataFrame({"Gene": genes, "Score": s.scores.loc[genes].to_numpy()}).to_csv(tmp_path / "slice.csv", index=False)
+    cfg = tmp_path / "pw.toml"
+    cfg.write_text(f'name = "pw"\nrounds = 1\nbatch_size = 4\napproval = "required"\n'
+                   f'[data]\nscreen = "{tmp_path / "slice.csv"}"\n')
+
+    empty = _cli("status", "--store", url, cwd=tmp_path)
+    assert empty.returncode == 0 and "no campaigns in" in empty.stdout, empty.stdout + empty.stderr
+    run = _cli("run", str(cfg), "--no-baseline", "--store", url, "--data-dir", str(data_dir), cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    st = _cli("status", "--json", "--store", url, cwd=tmp_path)
+    assert st.returncode == 0 and json.loads(st.stdout)["campaigns"][0]["campaign"] == "pw", st.stderr
+    for proc in (empty, run, st):
+        out = "".join((proc.stdout + proc.stderr).split())  # rich may fold a long URL over lines
+        assert secret not in out and ":***@" in out, proc.stdout
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PERTURBLOOP_WEB_TOKEN": "s3cret-review-token", "PYTHONUNBUFFERED": "1"}
+    web = subprocess.Popen([sys.executable, "-m", "perturbloop.cli", "web", "--store", url, "--port", str(port)],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = web.stdout.readline()  # the start line comes before the server starts (EOF if it died)
+    finally:
+        web.terminate()
+        web.wait(30)
+    assert line.startswith("perturbloop review on") and ":***@" in line and secret not in line, line

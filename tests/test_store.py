@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
 from sqlmodel import Session, SQLModel, create_engine, func, select
 
 from perturbloop.errors import StoreError
-from perturbloop.store import Decision, LabJob, ModelFit, Observation, Proposal, Round, Store
+from perturbloop.store import (
+    Decision,
+    LabJob,
+    ModelFit,
+    Observation,
+    Proposal,
+    Round,
+    Store,
+    display_url,
+)
 
 CONFIG = {"name": "c1", "batch_size": 4, "data": {"screen": "schmidt2021_il2"}}
 
@@ -122,6 +133,34 @@ def test_decision_saved_once(store, round_id):
     d = store.decision(round_id)
     assert d.final == ["VAV1", "LAT"] and d.dropped == ["CD3G"]
     assert store.get_round("c1", 0).status == "approved"
+
+
+def test_concurrent_decisions_store_exactly_one(store, round_id):
+    """Eight decisions on one round at once: one is stored, and every caller gets that one back
+    (never a UNIQUE-constraint error, never its own unstored decision)."""
+    n = 8
+    barrier = threading.Barrier(n)
+
+    def save(i: int) -> Decision:
+        d = Decision(round_id=round_id, action="rejected" if i % 2 else "approved", by=f"reviewer-{i}")
+        barrier.wait()
+        return store.save_decision(d)
+
+    with ThreadPoolExecutor(n) as ex:
+        answers = list(ex.map(save, range(n)))
+    stored = store.decision(round_id)
+    assert _count(store, Decision) == 1
+    assert {(a.id, a.action, a.by) for a in answers} == {(stored.id, stored.action, stored.by)}
+    assert store.get_round("c1", 0).status == ("rejected" if stored.action == "rejected" else "approved")
+
+
+def test_display_url_hides_the_password():
+    url = "postgresql+psycopg://ada:pw-SECRET%4042@db.example.org:5432/perturbloop"
+    shown = display_url(url)
+    assert "SECRET" not in shown and shown == "postgresql+psycopg://ada:***@db.example.org:5432/perturbloop"
+    assert display_url("sqlite:////tmp/runs/pl.db") == "sqlite:////tmp/runs/pl.db"
+    # a URL SQLAlchemy cannot parse still loses its password
+    assert "SECRET" not in display_url("postgresql://ada:pw-SECRET@db:notaport/x")
 
 
 def test_rejected_decision_finishes_round(store, round_id):

@@ -1,13 +1,19 @@
-"""The review web app: token access (401 changes nothing), the API, and a real headless Chromium
-driving the page end to end (log in, drop and add genes, approve, see the next proposal)."""
+"""The review web app: token access (401 changes nothing), sessions and CSRF, the API, decisions
+tied to the proposal the reviewer saw (stale or concurrent ones get 409), and a real headless
+Chromium driving the page end to end (log in, drop and add genes, approve, see the next proposal;
+a stale form and a cross-site form refused)."""
 
 from __future__ import annotations
 
+import http.server
+import re
 import shutil
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -20,6 +26,7 @@ from perturbloop.errors import PerturbloopError
 from perturbloop.store import Decision, Store
 
 TOKEN = "s3cret-review-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
@@ -42,6 +49,15 @@ def _wait_advanced(app, campaign: str = "web", timeout: float = 120) -> None:
 
 def _decisions(store: Store) -> list:
     return [store.decision(r.id) for r in store.rounds("web") if store.decision(r.id) is not None]
+
+
+def _login(client: TestClient, campaign: str = "web") -> str:
+    """Log `client` in through the form; returns the CSRF token of the campaign page's forms."""
+    r = client.post("/login", data={"token": TOKEN}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    found = re.search(r'name="csrf" value="([^"]+)"', client.get(f"/campaigns/{campaign}").text)
+    assert found, "the campaign page has no CSRF field"
+    return found.group(1)
 
 
 def test_token_is_required(paused, data_dir):
@@ -72,16 +88,112 @@ def test_api_review_validate_and_approve(paused, data_dir):
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert client.get("/api/campaigns/nope/proposal").status_code == 404
 
-    bad = client.post("/api/campaigns/web/decision", json={"add": ["NOTAGENE7"], "by": "ada"})
+    bad = client.post("/api/campaigns/web/decision", json={"add": ["NOTAGENE7"], "by": "ada", "proposal": prop["proposal"]})
     assert bad.status_code == 400 and "NOTAGENE7" in bad.json()["detail"]
     assert _decisions(paused) == []  # a refused edit writes nothing
 
-    ok = client.post("/api/campaigns/web/decision", json={"drop": [labels[0]], "note": "off-target risk", "by": "ada"})
+    ok = client.post("/api/campaigns/web/decision",
+                     json={"drop": [labels[0]], "note": "off-target risk", "by": "ada", "proposal": prop["proposal"]})
     assert ok.status_code == 200 and ok.json()["final"] == labels[1:]
     _wait_advanced(app)
     (d,) = _decisions(paused)[:1]
     assert (d.action, d.by, d.dropped, d.note) == ("edited", "ada", [labels[0]], "off-target risk")
     assert client.get("/api/campaigns/web/proposal").json()["round"] == 2
+
+
+def test_decision_must_name_the_pending_proposal(paused, data_dir):
+    """A decision carries the id of the proposal it was made on: none is refused (422), a wrong or
+    stale one gets 409 and writes nothing; an old id never approves the next round unseen."""
+    app = create_app(paused, TOKEN, str(data_dir))
+    client = TestClient(app, headers=AUTH)
+    first = client.get("/api/campaigns/web/proposal").json()["proposal"]
+    assert client.post("/api/campaigns/web/decision", json={"by": "ada"}).status_code == 422
+    wrong = client.post("/api/campaigns/web/decision", json={"by": "ada", "proposal": first + "0"})
+    assert wrong.status_code == 409 and "reload" in wrong.json()["detail"]
+    assert _decisions(paused) == []
+
+    assert client.post("/api/campaigns/web/decision", json={"by": "ada", "proposal": first}).status_code == 200
+    _wait_advanced(app)
+    second = client.get("/api/campaigns/web/proposal").json()
+    assert second["round"] == 2 and second["proposal"] != first
+    stale = client.post("/api/campaigns/web/decision", json={"by": "bob", "reject": True, "proposal": first})
+    assert stale.status_code == 409 and "round 2" in stale.json()["detail"]
+    assert [d.by for d in _decisions(paused)] == ["ada"] and pending_round(paused, "web").index == 1
+
+
+def test_session_cookie_csrf_and_logout(paused, data_dir):
+    """The cookie holds a random session id, not the token; every form needs the session's CSRF
+    token and a same-origin request; logging out ends the session on the server."""
+    app = create_app(paused, TOKEN, str(data_dir))
+    client = TestClient(app)
+    assert client.post("/login", data={"token": TOKEN}, follow_redirects=False).status_code == 303
+    sid = client.cookies.get("perturbloop_session")
+    assert sid and TOKEN not in sid
+    cookie = client.post("/login", data={"token": TOKEN}, follow_redirects=False).headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "secure" not in cookie  # plain http
+    csrf = _login(client)
+    proposal = client.get("/api/campaigns/web/proposal").json()["proposal"]
+    form = {"action": "approve", "by": "mallory", "proposal": proposal}
+    for data, headers in (
+        (form, {}),  # no CSRF token (a form built elsewhere)
+        ({**form, "csrf": csrf[::-1]}, {}),  # a wrong one
+        ({**form, "csrf": csrf}, {"Sec-Fetch-Site": "same-site"}),  # another port on the same host
+        ({**form, "csrf": csrf}, {"Origin": "http://127.0.0.1:9"}),  # another origin
+    ):
+        r = client.post("/campaigns/web/decision", data=data, headers=headers, follow_redirects=False)
+        assert r.status_code == 403, (data, headers, r.status_code)
+    r = client.post("/api/campaigns/web/decision", json={"by": "mallory", "proposal": proposal})
+    assert r.status_code == 403  # the cookie alone does not authorise an API write either
+    assert _decisions(paused) == []
+
+    page = client.get("/campaigns/web")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+
+    outsider = TestClient(app)
+    outsider.cookies.set("perturbloop_session", TOKEN)  # the token itself is no session id
+    assert outsider.get("/").status_code == 401
+    assert client.post("/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    replay = TestClient(app)
+    replay.cookies.set("perturbloop_session", sid)
+    assert replay.get("/").status_code == 401  # the session ended on the server, not only in the browser
+
+
+def test_secure_cookie_over_https_and_session_expiry(paused, data_dir):
+    app = create_app(paused, TOKEN, str(data_dir))
+    client = TestClient(app, base_url="https://review.example.org")
+    r = client.post("/login", data={"token": TOKEN}, follow_redirects=False)
+    assert r.status_code == 303 and "secure" in r.headers["set-cookie"].lower()
+    assert client.get("/").status_code == 200
+    sessions = app.state.sessions
+    sessions.clock = lambda: time.monotonic() + sessions.ttl_s + 1
+    assert client.get("/").status_code == 401
+
+
+def test_failed_logins_are_rate_limited(paused, data_dir):
+    app = create_app(paused, TOKEN, str(data_dir))
+    limiter = app.state.login_limiter
+    now = [1000.0]
+    limiter.clock = lambda: now[0]
+    client = TestClient(app)
+    for _ in range(limiter.max_failures):
+        assert client.post("/login", data={"token": "wrong-token-123"}).status_code == 401
+    blocked = client.post("/login", data={"token": TOKEN}, follow_redirects=False)
+    assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) > 0  # even the right token waits
+    assert client.get("/api/campaigns", headers=AUTH).status_code == 429  # the API's bearer check too
+    assert client.get("/").status_code == 401
+    now[0] += limiter.window_s + 1
+    assert client.post("/login", data={"token": TOKEN}, follow_redirects=False).status_code == 303
+    assert client.get("/api/campaigns", headers=AUTH).status_code == 200
+
+
+def test_index_page_hides_the_store_password(fresh_postgres_url):
+    from sqlalchemy.engine import make_url
+
+    url = make_url(fresh_postgres_url).set(password="pw-SECRET-42").render_as_string(hide_password=False)
+    page = TestClient(create_app(url, TOKEN), headers=AUTH).get("/")
+    assert page.status_code == 200 and "pw-SECRET-42" not in page.text and ":***@" in page.text
 
 
 def test_decision_stored_before_the_loop_resumes(paused, data_dir, slice_csv):
@@ -118,6 +230,54 @@ def live_server(paused, data_dir):
     assert server.started
     yield app, f"http://127.0.0.1:{port}"
     server.should_exit = True
+    t.join(10)
+
+
+def test_concurrent_decisions_have_one_winner(live_server, paused):
+    """Eight reviewers decide at once (approve and reject mixed): one 200, seven 409, and the
+    stored decision is the one the 200 reported."""
+    app, base = live_server
+    proposal = httpx.get(f"{base}/api/campaigns/web/proposal", headers=AUTH).json()["proposal"]
+    r0 = pending_round(paused, "web")
+    n = 8
+    barrier = threading.Barrier(n)
+
+    def post(i: int) -> httpx.Response:
+        body = {"by": f"reviewer-{i}", "reject": bool(i % 2), "proposal": proposal}
+        barrier.wait()
+        return httpx.post(f"{base}/api/campaigns/web/decision", json=body, headers=AUTH, timeout=120)
+
+    with ThreadPoolExecutor(n) as ex:
+        answers = list(ex.map(post, range(n)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200] + [409] * (n - 1), [(a.status_code, a.text[:200]) for a in answers]
+    (won,) = [a.json() for a in answers if a.status_code == 200]
+    _wait_advanced(app)
+    d = paused.decision(r0.id)
+    assert (d.action, d.by) == (won["action"], won["by"])
+
+
+@pytest.fixture
+def attacker_site():
+    """Another origin on the same host (another port): serves one page whose form posts to the
+    review app (`set_form(html)` sets it)."""
+    page = {"html": b"<html><body>nothing yet</body></html>"}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(page["html"])
+
+        def log_message(self, *args) -> None:  # keep the test output quiet
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", lambda html: page.update(html=html.encode())
+    server.shutdown()
     t.join(10)
 
 
@@ -195,3 +355,50 @@ def test_browser_login_edit_and_approve(live_server, browser, paused):
     wait.until(EC.presence_of_element_located((By.ID, "no-pending")))
     assert paused.get_campaign("web").status == "finished"
     assert paused.rounds("web")[1].status == "rejected"
+
+
+def test_browser_refuses_a_stale_form_and_a_cross_site_form(live_server, browser, paused, attacker_site):
+    """A form showing round 1, submitted after another reviewer decided it, gets 409 and decides
+    nothing; a form on another port of the same host, posted with the reviewer's cookie, gets 403."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    app, base = live_server
+    wait = WebDriverWait(browser, 120)
+    browser.get(base + "/login")
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "login").click()
+    wait.until(EC.presence_of_element_located((By.ID, "campaigns")))
+    browser.get(base + "/campaigns/web")
+    wait.until(EC.presence_of_element_located((By.ID, "proposal")))
+    r0 = pending_round(paused, "web")
+
+    # another reviewer approves round 1 through the API while this page still shows it
+    first = httpx.get(f"{base}/api/campaigns/web/proposal", headers=AUTH).json()["proposal"]
+    ok = httpx.post(f"{base}/api/campaigns/web/decision", json={"by": "ada", "proposal": first}, headers=AUTH)
+    assert ok.status_code == 200, ok.text
+    _wait_advanced(app)
+    r1 = pending_round(paused, "web")
+    assert r1.index == 1
+    browser.find_element(By.ID, "by").send_keys("grace")
+    browser.find_element(By.ID, "reject").click()
+    wait.until(EC.title_contains("409"))
+    assert "round 2" in browser.find_element(By.ID, "detail").text
+    assert paused.decision(r0.id).by == "ada" and paused.decision(r1.id) is None
+    browser.find_element(By.ID, "back").click()  # back to the campaign, now showing round 2
+    wait.until(EC.text_to_be_present_in_element((By.ID, "pending-title"), "Round 2 proposal"))
+
+    # a page on another origin posts a complete decision form (even the right proposal id) to the app
+    second = httpx.get(f"{base}/api/campaigns/web/proposal", headers=AUTH).json()["proposal"]
+    attacker, set_form = attacker_site
+    set_form(f"""<html><head><title>cute cats</title></head><body>
+      <form method="post" action="{base}/campaigns/web/decision">
+       <input type="hidden" name="action" value="reject"><input type="hidden" name="by" value="mallory">
+       <input type="hidden" name="proposal" value="{second}">
+       <button type="submit" id="go">see the cats</button></form></body></html>""")
+    browser.get(attacker + "/")
+    browser.find_element(By.ID, "go").click()
+    wait.until(EC.title_contains("403"))
+    assert "cross-site" in browser.find_element(By.ID, "detail").text
+    assert paused.decision(r1.id) is None and pending_round(paused, "web").id == r1.id
