@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 from perturbloop.errors import PerturbloopError, UnknownGeneError
 from perturbloop.genes import gene_index
-from perturbloop.perturbation import CandidatePool
 from perturbloop.store import Proposal, Round, Store, display_url
 
 
@@ -64,7 +63,28 @@ def pending_proposal(store: Store, campaign_id: str) -> tuple[Round, list[Propos
     return r, store.proposals(r.id)
 
 
-def decide(store: Store, campaign_id: str, pool: CandidatePool, *, drop: Sequence[str] = (), add: Sequence[str] = (),
+def canonical_labels(items: Sequence[str], candidates: Sequence[str], context: str, data_dir=None) -> list[str]:
+    """Perturbations as a scientist typed them (`GENE`, or `A+B` for a pair; symbols mapped to HGNC) in their
+    canonical labels. Raises, naming them, for unknown genes and for a single gene where the candidates are
+    pairs (or a pair where they are single genes)."""
+    if not items:
+        return []
+    genes = sorted({g for c in candidates for g in c.split("+")})
+    parts = [[p for p in str(item).split("+") if p.strip()] or [str(item)] for item in items]
+    mapped = gene_index(data_dir).canonical([g for ps in parts for g in ps], context=context, allowed=genes)
+    out, i = [], 0
+    for ps in parts:
+        out.append("+".join(sorted(set(mapped[i:i + len(ps)]))))
+        i += len(ps)
+    pairs = bool(candidates) and all("+" in c for c in candidates)
+    wrong = [item for item, lab in zip(items, out) if ("+" in lab) != pairs]
+    if wrong:
+        what = "a single gene in a pairs campaign (name a pair, e.g. A+B)" if pairs else "a pair in a single-gene campaign"
+        raise PerturbloopError(f"{context}: {what}: {', '.join(wrong)}")
+    return out
+
+
+def decide(store: Store, campaign_id: str, candidates: Sequence[str], *, drop: Sequence[str] = (), add: Sequence[str] = (),
            reject: bool = False, note: str = "", by: str = "scientist", data_dir=None,
            proposal: str | None = None) -> dict:
     """A decision for the pending round: `approved`, `edited` (genes dropped / added) or `rejected`.
@@ -80,13 +100,13 @@ def decide(store: Store, campaign_id: str, pool: CandidatePool, *, drop: Sequenc
         if drop or add:
             raise PerturbloopError("--reject cannot be combined with --drop or --add")
         return {"action": "rejected", "by": by, "note": note, "added": [], "dropped": [], "final": []}
-    idx = gene_index(data_dir)
-    drop_c = idx.canonical(drop, context="in --drop", allowed=proposed) if drop else []
+    drop_c = canonical_labels(drop, proposed, "in --drop", data_dir)
     not_proposed = [d for d, c in zip(drop, drop_c) if c not in proposed]
     if not_proposed:
         raise PerturbloopError(f"--drop: not in the pending proposal: {', '.join(not_proposed)}")
-    add_c = idx.canonical(add, context="in --add", allowed=pool.labels) if add else []
-    outside = [a for a, c in zip(add, add_c) if c not in pool.index]
+    add_c = canonical_labels(add, candidates, "in --add", data_dir)
+    offered = set(candidates)
+    outside = [a for a, c in zip(add, add_c) if c not in offered]
     if outside:
         raise UnknownGeneError(outside, "in --add (outside the campaign's design space)")
     measured = {o.perturbation for o in store.observations(campaign_id, include_failed=True)}

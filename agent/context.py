@@ -116,6 +116,14 @@ class CampaignContext:
         """The policy's proposal for round `index` (a `acquisition.base.Proposal`)."""
         return self.policy.select(surrogate, self.pool, observed, self.config.batch_size, pending)
 
+    def candidate_labels(self) -> list[str]:
+        """Every perturbation the design space offers (approval edits are checked against these)."""
+        return self.pool.labels
+
+    def summarise_results(self, results: dict, source: str) -> dict:
+        """A screen's results are its readouts as they came (cells are refused by `collect`)."""
+        return results
+
     def after_ingest(self, index: int) -> None:
         """Called once a round is ingested (a response campaign scores its model here)."""
 

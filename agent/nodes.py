@@ -143,6 +143,10 @@ def collect(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     if unknown:
         raise LabResultError(f"lab job {ref.external_id} ({key}): results for perturbation(s) not in its batch: "
                              + ", ".join(unknown[:20]))
+    source = f"lab job {ref.external_id} ({key})"
+    if hasattr(ctx.lab, "result_files"):  # a file drop: name the files the results came from
+        source += " [" + ", ".join(str(f) for f in ctx.lab.result_files(ref)) + "]"
+    results = ctx.summarise_results(results, source)
     have = ctx.store.observed(ctx.campaign_id)
     rows, pending = [], []
     for label in job.perturbations:

@@ -29,15 +29,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from acquisition.base import Proposal, ProposedItem
 from acquisition.response import make_response_policy
+from lab_adapters import LabAdapter, LabError, LabResult, make_lab
 from lab_adapters.response_simulator import ResponseSimulatorLab
 from perturbloop.design import Split, build_space, prepare_singles, split_candidates
-from perturbloop.errors import StoreError
+from perturbloop.errors import LabResultError, PerturbloopError, StoreError
+from perturbloop.perturbation import CONTROL
 from perturbloop.pairs import DesignSpace
 from perturbloop.config import CampaignConfig
 from perturbloop.response_metrics import Evaluation, prepare_evaluation, program_flags, program_weights, response_metrics
+from perturbloop.responses import summarise_delivery
 from perturbloop.store import Store
 from simulators.response_worlds import ResponseWorld, build_world
 from surrogates import make_response_surrogate
@@ -54,7 +58,7 @@ class ResponseCampaignContext:
     space: DesignSpace
     split: Split
     evaluation: Evaluation
-    lab: ResponseSimulatorLab
+    lab: LabAdapter
     policy: Any  # acquisition.response policy
     make_model: Callable[[int], Any]
     baselines: list[str]
@@ -73,14 +77,51 @@ class ResponseCampaignContext:
 
     @property
     def approval(self) -> str:
-        return "auto"
+        return self.config.approval
+
+    @property
+    def scored(self) -> bool:
+        """Whether the model is scored on held-out perturbations: only where the world is also the lab (a real
+        lab's campaign has no truth to score against)."""
+        return self.config.lab.kind == "simulator"
+
+    def candidate_labels(self) -> list[str]:
+        """Every perturbation the design space offers (approval edits are checked against these)."""
+        return self.space.labels(range(len(self.space)))
+
+    def summarise_results(self, results: dict[str, LabResult | LabError], source: str) -> dict[str, LabResult | LabError]:
+        """A lab's results as response vectors over the world's readout genes: cells (a Perturb-seq delivery)
+        are summarised against the delivery's control cells (`perturbloop.responses.summarise_delivery`); a
+        vector of the wrong length is refused. Raises a LabResultError naming `source`."""
+        readout = list(self.world.genes)
+        control = results.pop(CONTROL, None)
+        with_cells = {k: r for k, r in results.items() if isinstance(r, LabResult) and r.cells is not None
+                      and r.response is None}
+        if with_cells:
+            try:
+                lfc = summarise_delivery({k: r.cells for k, r in with_cells.items()},
+                                         control.cells if isinstance(control, LabResult) else None, readout,
+                                         min_cells=self.config.world.min_cells, source=source)
+            except PerturbloopError as e:
+                raise LabResultError(str(e)) from None
+            for k, y in lfc.items():
+                results[k] = LabResult(k, float(np.linalg.norm(y)) if y.size > 1 else float(y[0]), [],
+                                       response=y.tolist())
+        for k, r in results.items():
+            if isinstance(r, LabResult) and r.response is None and len(readout) == 1 and r.value is not None:
+                results[k] = LabResult(k, r.value, r.replicates, response=[float(r.value)])
+            elif isinstance(r, LabResult) and (r.response is None or len(r.response) != len(readout)):
+                got = "no response vector" if r.response is None else f"a response of {len(r.response)} values"
+                raise LabResultError(f"{source}: {k} came back with {got}; this campaign reads out "
+                                     f"{len(readout)} genes ({', '.join(readout[:5])}{', ...' if len(readout) > 5 else ''})")
+        return results
 
     @property
     def n_hits(self) -> int | None:
         return len(self.evaluation.hits) or None
 
     def is_hit(self, perturbation: str, value: float | None) -> bool | None:
-        return perturbation in self.evaluation.hits if self.evaluation.hits else None
+        return perturbation in self.evaluation.hits if self.scored and self.evaluation.hits else None
 
     # the loop's questions ------------------------------------------------------------------------
     def training_data(self) -> dict[str, np.ndarray]:
@@ -127,7 +168,7 @@ class ResponseCampaignContext:
         model = self.fit_model(observed, index + 1)
         fit_seconds = time.perf_counter() - t0
         metrics: dict[str, float] = {"n_measured": float(len(observed))}
-        if model is not None:
+        if model is not None and self.scored:
             metrics.update(self._scores(model, observed))
         self.cache["fit"] = {"round": index + 1, "surrogate": model, "observed": observed,
                              "fit_seconds": fit_seconds, "metrics": {}}
@@ -174,14 +215,22 @@ class ResponseParts:
 def response_parts(config: CampaignConfig, seed: int, data_dir: str | os.PathLike | None = None, *,
                    policy_kind: str | None = None, space: DesignSpace | None = None) -> ResponseParts:
     """A fresh world, the design space, seed `seed`'s held-out split and evaluation, the policy
-    (`policy_kind`, default the config's) and the model factories; bad input raises here."""
+    (`policy_kind`, default the config's) and the model factories; bad input raises here.
+
+    With a real lab (`lab.kind` not `simulator`) the world is the reference data set that defines the
+    candidates, their features and the readout genes; nothing is held out and nothing is scored.
+    """
     data_dir = str(data_dir) if data_dir else None
     world = build_world(config, data_dir)
     space = space if space is not None else build_space(world, config, data_dir)
     prepare_singles(world, space)
-    split = split_candidates(space, config, seed)
+    scored = config.lab.kind == "simulator"
+    split = split_candidates(space, config, seed, held_out=scored)
     w = program_weights(world, config) if config.objective == "maximize" else None
-    ev = prepare_evaluation(world, space, config, split, w)
+    if scored:
+        ev = prepare_evaluation(world, space, config, split, w)
+    else:
+        ev = Evaluation([], torch.zeros(0, dtype=torch.long), np.zeros((0, len(world.genes))), None, [], None)
     baselines = list(config.evaluation.baselines)
     if ev.additive is not None and "additive" not in baselines:
         baselines.append("additive")
@@ -197,9 +246,9 @@ def build_response_context(config: CampaignConfig, store: Store, data_dir: str |
     """World, design space, held-out split, policy and models of a response campaign (bad input raises
     before anything is written)."""
     p = response_parts(config, config.seed, data_dir)
-    return ResponseCampaignContext(config, store, p.world, p.space, p.split, p.evaluation,
-                                   ResponseSimulatorLab(p.world), p.policy, p.make_model, p.baselines,
-                                   p.make_baseline, on_round)
+    lab = ResponseSimulatorLab(p.world) if config.lab.kind == "simulator" else make_lab(config.lab)
+    return ResponseCampaignContext(config, store, p.world, p.space, p.split, p.evaluation, lab, p.policy,
+                                   p.make_model, p.baselines, p.make_baseline, on_round)
 
 
 def make_policy(kind: str, config: CampaignConfig, world: ResponseWorld, seed: int):

@@ -217,14 +217,14 @@ class Advancer:
 
     def context(self, campaign_id: str):
         """The campaign's runtime context (candidate pool, lab, policy), built once from its stored config."""
-        from agent.context import build_context
+        from agent.runner import make_context
         from perturbloop.config import parse_config
 
         with self._lock:
             if campaign_id not in self._contexts:
                 c = self.store.get_campaign(campaign_id)
                 config = parse_config(c.config, f"stored config of {campaign_id}")
-                self._contexts[campaign_id] = build_context(config, self.store, self.data_dir)
+                self._contexts[campaign_id] = make_context(config, self.store, self.data_dir)
             return self._contexts[campaign_id]
 
     def busy(self, campaign_id: str) -> bool:
@@ -332,7 +332,7 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
                                         "reload in a moment")
         r, _ = check_proposal(store, campaign_id, d.proposal)
         ctx = advancer.context(campaign_id)
-        decision = decide(store, campaign_id, ctx.pool, drop=d.drop, add=d.add, reject=d.reject, note=d.note,
+        decision = decide(store, campaign_id, ctx.candidate_labels(), drop=d.drop, add=d.add, reject=d.reject, note=d.note,
                           by=d.by, data_dir=data_dir, proposal=d.proposal)
         mine = Decision(round_id=r.id, **decision)
         stored = store.save_decision(mine)

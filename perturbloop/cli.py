@@ -366,8 +366,7 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir) -> None:
     from rich.console import Console
 
     from agent.approval import decide
-    from agent.context import build_context
-    from agent.runner import run_campaign
+    from agent.runner import make_context, run_campaign
     from perturbloop.config import parse_config
     from perturbloop.store import Store, display_url
 
@@ -376,13 +375,14 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir) -> None:
     if c is None:
         raise PerturbloopError(f"no campaign {campaign!r} in {display_url(st.url)}")
     config = parse_config(c.config, f"stored config of {campaign}")
-    ctx = build_context(config, st, data_dir)
-    decision = decide(st, campaign, ctx.pool, drop=drop, add=add, reject=reject, note=note, by=by, data_dir=data_dir)
+    ctx = make_context(config, st, data_dir)
+    decision = decide(st, campaign, ctx.candidate_labels(), drop=drop, add=add, reject=reject, note=note, by=by, data_dir=data_dir)
     typer.echo(f"{decision['action']} by {by}: {len(decision['final'])} perturbations"
                + (f" (dropped {', '.join(decision['dropped'])})" if decision["dropped"] else "")
                + (f" (added {', '.join(decision['added'])})" if decision["added"] else ""))
     res = run_campaign(config, st, data_dir, resume=decision, context=ctx)
-    Console().print(_round_table(f"{campaign}: {config.acquisition.kind}", res.rounds))
+    table = _response_table if config.is_response else _round_table
+    Console().print(table(f"{campaign}: {config.acquisition.kind}", res.rounds))
     typer.echo(f"campaign status: {res.status}")
 
 

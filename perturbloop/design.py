@@ -111,11 +111,12 @@ class Split:
     initial: list[str]
 
 
-def split_candidates(space: DesignSpace, config: CampaignConfig, seed: int) -> Split:
-    """Held-out test perturbations and the initial random design of one seed (shared by all policies)."""
+def split_candidates(space: DesignSpace, config: CampaignConfig, seed: int, *, held_out: bool = True) -> Split:
+    """Held-out test perturbations (none without `held_out`: a real lab's campaign has no truth to score
+    against) and the initial random design of one seed (shared by all policies)."""
     n = len(space)
     rng = np.random.default_rng([config.seed, seed, 11])
-    n_test = max(1, int(round(config.evaluation.test_fraction * n)))
+    n_test = max(1, int(round(config.evaluation.test_fraction * n))) if held_out else 0
     if config.evaluation.max_test:
         n_test = min(n_test, config.evaluation.max_test)
     if n_test + config.initial >= n:

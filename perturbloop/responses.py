@@ -186,3 +186,49 @@ def most_expressed_genes(
     order = np.argsort(-mean, kind="stable")[: min(n, len(mean))]
     return [str(logn.var_names[i]) for i in order]
 
+
+
+def summarise_delivery(cells: dict[str, ad.AnnData], control: ad.AnnData | None, readout: list[str], *,
+                       min_cells: int, source: str, batch_key: str = "batch") -> dict[str, np.ndarray]:
+    """Response vectors (pseudobulk LFC over the `readout` genes) of the perturbations in one lab delivery.
+
+    Each perturbation's cells are compared with the control cells of the same delivery; when the cells carry
+    `obs[batch_key]`, batch by batch (`lfc_p = sum_b n_pb lfc_pb / sum_b n_pb`, each `lfc_pb` against the
+    control cells of batch `b`), so a batch effect does not read as a response. Errors (a `PerturbloopError`
+    naming `source`): no or too few control cells (in a batch that has perturbed cells), a perturbation with
+    fewer than `min_cells` cells, readout genes the delivery did not measure.
+    """
+    if control is None or control.n_obs < min_cells:
+        n = 0 if control is None else control.n_obs
+        raise PerturbloopError(f"{source}: {n} control cells (label {CONTROL!r}); a delivery needs at least {min_cells} "
+                               "to summarise its perturbations")
+    few = {label: a.n_obs for label, a in cells.items() if a.n_obs < min_cells}
+    if few:
+        shown = ", ".join(f"{k} ({v})" for k, v in sorted(few.items())[:20])
+        raise PerturbloopError(f"{source}: too few cells (at least {min_cells} needed): {shown}")
+    parts = [a for a in cells.values()]
+    merged = ad.concat([control, *parts], join="inner", merge="first", index_unique="-")
+    missing = [g for g in readout if g not in set(merged.var_names)]
+    if missing:
+        raise PerturbloopError(f"{source}: {len(missing)} of the campaign's {len(readout)} readout genes were not "
+                               f"measured in every file of the delivery: {', '.join(missing[:20])}")
+    merged.obs["perturbation"] = np.concatenate([np.full(control.n_obs, CONTROL)]
+                                                + [np.full(a.n_obs, label) for label, a in cells.items()])
+    batches = merged.obs[batch_key].astype(str) if batch_key in merged.obs else pd.Series("all", index=merged.obs_names)
+    total: dict[str, np.ndarray] = {}
+    weight: dict[str, int] = {}
+    for b in pd.unique(batches):
+        sub = merged[(batches == b).to_numpy()]
+        labels = set(sub.obs["perturbation"]) - {CONTROL}
+        if not labels:
+            continue
+        n_ctrl = int((sub.obs["perturbation"] == CONTROL).sum())
+        if n_ctrl < min_cells:
+            raise PerturbloopError(f"{source}: batch {b!r} has {n_ctrl} control cells (at least {min_cells} needed) "
+                                   f"for its perturbed cells ({', '.join(sorted(labels)[:10])})")
+        lfc = pseudobulk_lfc(sub, "perturbation", CONTROL)[readout]
+        for label in lfc.index:
+            n = lfc.attrs["n_cells"][label]
+            total[label] = total.get(label, 0.0) + n * lfc.loc[label].to_numpy(dtype=np.float64)
+            weight[label] = weight.get(label, 0) + n
+    return {label: total[label] / weight[label] for label in cells}

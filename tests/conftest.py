@@ -161,3 +161,23 @@ def il2_slice_1500(tmp_path_factory, il2_screen) -> Path:
     path = tmp_path_factory.mktemp("slice1500") / "il2_slice.csv"
     pd.DataFrame({"Gene": genes, "Score": s.scores.loc[genes].to_numpy()}).to_csv(path, index=False)
     return path
+
+
+PAPALEXI_KNOCKOUTS = ["STAT1", "IFNGR1", "JAK2", "IRF1", "CD86", "ATF2", "CAV1", "ETV7", "MYC", "NFKBIA"]
+
+
+@pytest.fixture(scope="session")
+def papalexi_slice(tmp_path_factory, data_dir, _session_env):
+    """10 real knockouts (<= 80 cells each) and 400 non-targeting cells, in the source's own labels."""
+    import anndata as ad
+    import numpy as np
+
+    a = ad.read_h5ad(data_dir / "perturbseq" / "papalexi2021" / "papalexi2021_lowmoi.h5ad")
+    rng = np.random.default_rng(0)
+    keep = []
+    for t, n in [*((t, 80) for t in PAPALEXI_KNOCKOUTS), ("non-targeting", 400)]:
+        idx = np.flatnonzero(a.obs["target"].to_numpy() == t)
+        keep += sorted(rng.choice(idx, min(n, len(idx)), replace=False).tolist())
+    p = tmp_path_factory.mktemp("papalexi") / "papalexi_slice.h5ad"
+    a[sorted(keep)].copy().write_h5ad(p)
+    return p

@@ -23,20 +23,6 @@ def _one_thread(one_torch_thread):
     """Small models: one thread (two shared cores spin-wait badly on tiny matmuls)."""
 
 
-@pytest.fixture(scope="module")
-def papalexi_slice(tmp_path_factory, data_dir):
-    """10 real knockouts (<= 80 cells each) and 400 non-targeting cells, in the source's own labels."""
-    import anndata as ad
-
-    a = ad.read_h5ad(data_dir / "perturbseq" / "papalexi2021" / "papalexi2021_lowmoi.h5ad")
-    rng = np.random.default_rng(0)
-    keep = []
-    for t, n in [*((t, 80) for t in SLICE_TARGETS), ("non-targeting", 400)]:
-        idx = np.flatnonzero(a.obs["target"].to_numpy() == t)
-        keep += sorted(rng.choice(idx, min(n, len(idx)), replace=False).tolist())
-    p = tmp_path_factory.mktemp("papalexi") / "papalexi_slice.h5ad"
-    a[sorted(keep)].copy().write_h5ad(p)
-    return p
 
 
 def _papalexi_config(path, **over) -> dict:
