@@ -58,6 +58,7 @@ from agent.approval import (
     proposal_id,
 )
 from agent.report import campaign_overview
+from perturbloop.config import parse_config
 from perturbloop.errors import PerturbloopError
 from perturbloop.store import Decision, Store, display_url
 
@@ -218,7 +219,6 @@ class Advancer:
     def context(self, campaign_id: str):
         """The campaign's runtime context (candidate pool, lab, policy), built once from its stored config."""
         from agent.runner import make_context
-        from perturbloop.config import parse_config
 
         with self._lock:
             if campaign_id not in self._contexts:
@@ -318,7 +318,12 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
         if r is None:
             return None
         props = store.proposals(r.id)
-        return {"round": r.index + 1, "proposal": proposal_id(r, props), "items": [
+        c = store.get_campaign(campaign_id)
+        try:
+            label = parse_config(c.config, f"stored config of {campaign_id}").prediction_label
+        except PerturbloopError:
+            label = "predicted +- sd"
+        return {"round": r.index + 1, "proposal": proposal_id(r, props), "label": label, "items": [
             {"rank": p.rank + 1, "perturbation": p.perturbation, "mean": p.mean, "sd": p.sd,
              "acq_value": p.acq_value, "policy": p.policy, "rationale": p.rationale} for p in props]}
 
@@ -471,7 +476,7 @@ def _proposal_plot(campaign_id: str, p: dict) -> bytes:
         x = list(range(len(items)))
         ax.errorbar(x, [i["mean"] for i in items], yerr=[i["sd"] or 0.0 for i in items], fmt="o", ms=3, capsize=2)
         ax.set_xticks(x, [i["perturbation"] for i in items], rotation=90, fontsize=6)
-        ax.set_ylabel("predicted objective +- sd")
+        ax.set_ylabel(p.get("label", "predicted +- sd"), fontsize=7)
     else:
         ax.text(0.5, 0.5, "round 1: chosen from priors, no model predictions yet", ha="center", va="center",
                 transform=ax.transAxes)

@@ -341,12 +341,15 @@ def _review(campaign: str, store: str | None) -> None:
     from rich.table import Table
 
     from agent.approval import pending_proposal
+    from perturbloop.config import parse_config
     from perturbloop.store import Store
 
-    r, props = pending_proposal(Store(store), campaign)
+    st = Store(store)
+    r, props = pending_proposal(st, campaign)
+    label = parse_config(st.get_campaign(campaign).config, f"stored config of {campaign}").prediction_label
     t = Table(title=f"{campaign}: round {r.index + 1} proposal awaiting approval ({len(props)} perturbations)",
               title_justify="left")
-    for col in ("#", "perturbation", "predicted", "acq value", "policy", "rationale"):
+    for col in ("#", "perturbation", label, "acq value", "policy", "rationale"):
         t.add_column(col)
     for p in props:
         pred = "-" if p.mean is None else f"{p.mean:.3f} +- {p.sd:.3f}"

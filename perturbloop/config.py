@@ -269,6 +269,22 @@ class CampaignConfig(_Strict):
         """A response campaign (a `[world]`: Perturb-seq, pairs), not a pooled screen."""
         return self.world is not None
 
+    @property
+    def prediction_label(self) -> str:
+        """What a proposal's `predicted` column holds, in the units a scientist reads."""
+        if not self.is_response:
+            what = "hit call (probability)" if self.surrogate.target == "hit_call" else (
+                "|score|" if self.objective == "hits" else "score")
+            return f"predicted {what} +- sd"
+        a = self.acquisition
+        if self.objective == "learn_response" or a.kind != "program":
+            return "predicted response size (L2 norm of the LFC over the readout genes) +- sd"
+        if self.world.kind == "pair_fitness":
+            gi = self.world.readout == "gi" or a.interaction or a.absolute
+            return ("predicted |GI| +- sd" if a.absolute else "predicted GI +- sd") if gi else "predicted fitness +- sd"
+        sign = "mean LFC of the program genes" + (" (up)" if a.direction == "up" else " (down)")
+        return f"predicted program score: {sign} +- sd"
+
     @model_validator(mode="after")
     def _consistent(self) -> CampaignConfig:
         if self.is_response:

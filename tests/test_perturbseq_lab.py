@@ -137,3 +137,43 @@ def test_a_delivery_missing_readout_genes_or_cells_is_refused(tmp_path, data_dir
         summarise_delivery(by, ctrl, [*readout, "NOTMEASURED"], min_cells=20, source="d.h5ad")
     with pytest.raises(PerturbloopError, match="0 control cells"):
         summarise_delivery(by, None, readout, min_cells=20, source="d.h5ad")
+
+
+@pytest.mark.slow
+def test_perturbseq_proposal_approved_on_the_web_page(tmp_path, data_dir, papalexi_slice, browser):
+    """The review page shows a Perturb-seq proposal in the units a scientist reads; approving it there (one
+    knockout dropped) sends the order sheet to the file drop."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from agent.web import create_app
+    from tests.conftest import serve_app
+
+    token = "perturbseq-review-token"
+    config = parse_config(_config(papalexi_slice, tmp_path))
+    store = Store(str(tmp_path / "store.db"))
+    assert run_campaign(config, store, data_dir).status == "awaiting_approval"
+    r0, props = pending_proposal(store, config.name)
+    proposed = [p.perturbation for p in props]
+    app = create_app(store, token, str(data_dir))
+    with serve_app(app) as base:
+        wait = WebDriverWait(browser, 120)
+        browser.get(base + "/login")
+        browser.find_element(By.ID, "token").send_keys(token)
+        browser.find_element(By.ID, "login").click()
+        wait.until(EC.presence_of_element_located((By.ID, "campaigns")))
+        browser.get(f"{base}/campaigns/{config.name}")
+        wait.until(EC.presence_of_element_located((By.ID, "proposal")))
+        assert "LFC over the readout genes" in browser.find_element(By.ID, "predicted-label").text
+        browser.find_element(By.ID, f"drop-{proposed[0]}").click()
+        browser.find_element(By.ID, "by").send_keys("ada")
+        browser.find_element(By.ID, "approve").click()
+        wait.until(lambda _: store.get_campaign(config.name).status == "waiting_for_lab")
+        thread = app.state.advancer.running.get(config.name)
+        if thread is not None:
+            thread.join(120)
+    d = store.decision(r0.id)
+    assert (d.action, d.by, d.dropped) == ("edited", "ada", [proposed[0]])
+    order = (tmp_path / "outbox" / f"{job_id('papalexi-lab/round-0')}.order.csv").read_text()
+    assert proposed[0] not in order and all(p in order for p in proposed[1:])

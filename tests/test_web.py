@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import http.server
 import re
-import shutil
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,13 +19,13 @@ from fastapi.testclient import TestClient
 from agent.approval import pending_round
 from agent.runner import run_campaign
 from agent.web import create_app
+from tests.conftest import serve_app
 from perturbloop.config import parse_config
 from perturbloop.errors import PerturbloopError
 from perturbloop.store import Decision, Store
 
 TOKEN = "s3cret-review-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 @pytest.fixture
@@ -209,28 +207,11 @@ def test_decision_stored_before_the_loop_resumes(paused, data_dir, slice_csv):
     assert job.perturbations == labels
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def live_server(paused, data_dir):
-    import uvicorn
-
     app = create_app(paused, TOKEN, str(data_dir))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield app, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    t.join(10)
+    with serve_app(app) as base:
+        yield app, base
 
 
 def test_concurrent_decisions_have_one_winner(live_server, paused):
@@ -279,25 +260,6 @@ def attacker_site():
     yield f"http://127.0.0.1:{server.server_address[1]}", lambda html: page.update(html=html.encode())
     server.shutdown()
     t.join(10)
-
-
-@pytest.fixture
-def browser(tmp_path):
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
 
 
 def test_browser_login_edit_and_approve(live_server, browser, paused):
