@@ -8,28 +8,13 @@ error) or `failed` (the lab gave up on the job; perturbations without a result c
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from perturbloop.perturbation import CONTROL
 
 JobStatus = Literal["submitted", "running", "partial", "complete", "failed"]
 JOB_STATUSES: tuple[str, ...] = ("submitted", "running", "partial", "complete", "failed")
-
-
-def canonical(raw: object) -> str:
-    """A label a lab sent back, as perturbloop writes it: symbols upper-cased, pair members sorted
-    and joined by ``+`` (``;`` is read as ``+`` too).
-
-    Only the exact control label ``ctrl`` (lower case) is the control: ``CTRL``, ``Ctrl`` are the
-    gene CTRL (chymotrypsin like), as every other label is upper-cased into a gene symbol.
-    """
-    s = str(raw).strip()
-    if s == CONTROL:
-        return CONTROL
-    return "+".join(sorted({p.strip().upper() for p in re.split(r"[+;]", s) if p.strip()}))
 
 
 @dataclass(frozen=True)

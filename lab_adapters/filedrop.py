@@ -79,9 +79,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lab_adapters.base import JobRef, JobStatus, LabError, LabResult, canonical
+from lab_adapters.base import JobRef, JobStatus, LabError, LabResult
 from perturbloop.errors import ConfigError, LabAdapterError, LabResultError, LabSubmissionError
-from perturbloop.perturbation import CONTROL
+from perturbloop.perturbation import CONTROL, lab_label
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ class FileDropLab:
     def _gather(self, job: JobRef) -> tuple[dict[str, LabResult | LabError], bool, list[str], dict[str, tuple[Path, str]]]:
         """Every result in the job's files (validated), whether the final file is in, the order, and where each came from."""
         order = self._order(job)
-        by_canon = {canonical(label): label for label in order}
+        by_canon = {lab_label(label): label for label in order}
         merged: dict[str, LabResult | LabError] = {}
         where: dict[str, tuple[Path, str]] = {}
         final = None
@@ -502,7 +502,7 @@ def _parse_csv(path: Path, reader: csv.DictReader, by_canon: dict[str, str]) -> 
         raw = unescape_cell((row.get(col["perturbation"]) or "").strip())
         if not raw and not any((v or "").strip() for v in row.values()):
             continue  # blank line
-        label = by_canon.get(canonical(raw)) if raw else None
+        label = by_canon.get(lab_label(raw)) if raw else None
         where = f"{line} ({raw or 'no perturbation'})"
         if label is None:
             problems.append(f"{where}: " + ("perturbation is empty" if not raw else "not in the order for this job"))
@@ -532,7 +532,7 @@ def _read_h5ad(path: Path, by_canon: dict[str, str]) -> dict[str, tuple[LabResul
         raise LabResultError(f"{path}: not a readable .h5ad file ({type(e).__name__}: {e})") from None
     if "perturbation" not in adata.obs.columns:
         raise LabResultError(f"{path}: obs has no 'perturbation' column (found: {', '.join(map(str, adata.obs.columns)) or 'none'})")
-    labels = adata.obs["perturbation"].astype(str).map(lambda s: canonical(unescape_cell(s.strip())))
+    labels = adata.obs["perturbation"].astype(str).map(lambda s: lab_label(unescape_cell(s.strip())))
     unknown = sorted(set(labels) - set(by_canon) - {CONTROL})
     if unknown:
         hint = f" (label control cells exactly {CONTROL!r}, lower case: CTRL is a gene)" if CONTROL.upper() in unknown else ""

@@ -28,9 +28,9 @@ from urllib.parse import quote
 
 import httpx
 
-from lab_adapters.base import JOB_STATUSES, JobRef, JobStatus, LabError, LabResult, canonical
+from lab_adapters.base import JOB_STATUSES, JobRef, JobStatus, LabError, LabResult
 from perturbloop.errors import LabRequestError, LabResultError, LabSubmissionError, LabUnavailableError
-from perturbloop.perturbation import CONTROL
+from perturbloop.perturbation import CONTROL, lab_label
 
 DEFAULT_TIMEOUT = 30.0  # seconds per request (connect, read, write)
 DEFAULT_RETRIES = 3
@@ -155,7 +155,7 @@ def parse_results(payload: Any, source: str) -> dict[str, LabResult | LabError]:
     if not isinstance(payload, dict) or not isinstance(payload.get("results"), list):
         raise LabResultError(f"{source}: expected an object with a 'results' list, got {str(payload)[:200]}")
     order = payload.get("perturbations")
-    by_canon = {canonical(p): str(p) for p in order} if isinstance(order, list) else None
+    by_canon = {lab_label(p): str(p) for p in order} if isinstance(order, list) else None
     out: dict[str, LabResult | LabError] = {}
     problems: list[str] = []
     for i, item in enumerate(payload["results"]):
@@ -163,7 +163,7 @@ def parse_results(payload: Any, source: str) -> dict[str, LabResult | LabError]:
             problems.append(f"result {i}: not an object with a 'perturbation' name")
             continue
         raw = item["perturbation"]
-        label = canonical(raw) if by_canon is None else by_canon.get(canonical(raw))
+        label = lab_label(raw) if by_canon is None else by_canon.get(lab_label(raw))
         where = f"result {i} ({raw})"
         if label is None or label == CONTROL:
             problems.append(f"{where}: not in the batch of this job")

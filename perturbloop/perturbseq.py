@@ -19,7 +19,6 @@ carry these conventions (``DatasetSpec.loader``), so a registry name loads witho
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -31,7 +30,7 @@ import scipy.sparse as sp
 
 from perturbloop.data.registry import REGISTRY, resolve
 from perturbloop.errors import PerturbloopError, UnknownDatasetError
-from perturbloop.perturbation import CONTROL
+from perturbloop.perturbation import CONTROL, canonical_label, label_set
 
 DEFAULT_KEY = "perturbation"
 COUNTS_LAYER = "counts"
@@ -57,48 +56,6 @@ class UnknownPerturbationError(PerturbloopError, KeyError):
 
 
 # --- labels -----------------------------------------------------------------------------------
-
-def _as_set(control: str | Iterable[str] | None) -> set[str]:
-    if control is None:
-        return set()
-    if isinstance(control, str):
-        return {control}
-    return {str(c) for c in control}
-
-
-def canonical_label(
-    raw: object,
-    *,
-    control: str | Iterable[str] = CONTROL,
-    separators: str = "+",
-    symbol_map: Mapping[str, str] | None = None,
-) -> str | None:
-    """The canonical label of one source label, ``ctrl`` for control, None for a missing label.
-
-    Genes are split on any character of `separators`, control parts (GEARS ``A+ctrl``) dropped,
-    symbols upper-cased (and mapped through `symbol_map` when given), de-duplicated and sorted.
-
-    Example:
-        >>> canonical_label("MAP2K6_klf1", separators="_+")
-        'KLF1+MAP2K6'
-        >>> canonical_label("non-targeting", control="non-targeting")
-        'ctrl'
-    """
-    if raw is None or (isinstance(raw, float) and np.isnan(raw)):
-        return None
-    s = str(raw).strip()
-    if not s or s.lower() in {"nan", "none"}:
-        return None
-    controls = {c.lower() for c in _as_set(control)} | {CONTROL}
-    if s.lower() in controls:
-        return CONTROL
-    parts = re.split("[" + re.escape(separators) + "]", s) if separators else [s]
-    genes = {p.strip().upper() for p in parts if p.strip() and p.strip().lower() not in controls}
-    if symbol_map:
-        genes = {symbol_map.get(g, g) for g in genes}
-    if not genes:
-        return CONTROL
-    return "+".join(sorted(genes))
 
 
 def canonical_labels(
@@ -206,7 +163,7 @@ def prepare_perturbseq(
     previous = adata.uns.get("perturbseq") if key == DEFAULT_KEY else None
     info = dict(previous) if isinstance(previous, Mapping) else {  # re-preparing keeps the provenance
         "source_key": key,
-        "controls": sorted(_as_set(control) | {CONTROL}),
+        "controls": sorted(label_set(control) | {CONTROL}),
         "separators": separators,
         "symbol_map": dict(symbol_map or {}),
     }
@@ -215,7 +172,7 @@ def prepare_perturbseq(
     out.uns["perturbseq"] = info
     if int((obs[DEFAULT_KEY] == CONTROL).sum()) == 0:
         warnings.warn(
-            f"no control cells (labels {sorted(_as_set(control) | {CONTROL})}) in obs[{key!r}]", stacklevel=2
+            f"no control cells (labels {sorted(label_set(control) | {CONTROL})}) in obs[{key!r}]", stacklevel=2
         )
     return out
 
@@ -274,7 +231,7 @@ def load_perturbseq(
     adata = ad.read_h5ad(path)
     if key not in adata.obs and key == DEFAULT_KEY and opts.get("key"):
         key = opts["key"]
-    controls = _as_set(control) | _as_set(opts.get("control"))
+    controls = label_set(control) | label_set(opts.get("control"))
     seps = separators if separators is not None else opts.get("separators", "+")
     symbol_map = None
     if map_symbols and key in adata.obs:

@@ -36,7 +36,8 @@ import pandas as pd
 
 from perturbloop.data.registry import resolve
 from perturbloop.errors import PerturbloopError
-from perturbloop.perturbseq import UnknownPerturbationError, canonical_label
+from perturbloop.perturbation import canonical_label
+from perturbloop.perturbseq import UnknownPerturbationError
 
 NORMAN_CONTROL = "negative"
 HIT_FRACTION = 0.05  # hits = the top 5% of pairs by |GI| (as the screen benchmarks use for genes)

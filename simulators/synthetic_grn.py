@@ -47,7 +47,8 @@ import scipy.sparse as sp
 from scipy import special
 
 from perturbloop.perturbation import CONTROL
-from perturbloop.perturbseq import UnknownPerturbationError, canonical_label
+from perturbloop.perturbation import canonical_label
+from perturbloop.perturbseq import UnknownPerturbationError
 from perturbloop.responses import TARGET_SUM
 from simulators.perturbseq_replay import CELLS_PER_RUN, PerturbSeqReading
 
