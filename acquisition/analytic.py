@@ -19,7 +19,7 @@ import torch
 
 from acquisition.base import Proposal, make_items, pool_posterior
 from acquisition.prior import PriorScorePolicy
-from perturbloop.perturbation import CandidatePool
+from perturbloop.design_space import SingleSpace
 from surrogates.base import Surrogate, SurrogatePosterior
 
 UCB_BETA = 4.0  # sqrt(beta) = 2 posterior sd
@@ -39,7 +39,7 @@ class _AnalyticTopQ:
     def score(self, post: SurrogatePosterior) -> torch.Tensor:  # pragma: no cover - overridden
         raise NotImplementedError(type(self).__name__)
 
-    def select(self, surrogate: Surrogate | None, pool: CandidatePool, observed: Mapping[str, float],
+    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
         if surrogate is None:
             return Proposal(self.name, self.initial.select(None, pool, observed, batch_size, pending).items)

@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from perturbloop.perturbation import CandidatePool
+from perturbloop.design_space import SingleSpace
 from surrogates.base import Surrogate, SurrogatePosterior
 
 RATIONALE_NEIGHBOURS = 3
@@ -46,11 +46,11 @@ class AcquisitionPolicy(Protocol):
 
     name: str
 
-    def select(self, surrogate: Surrogate | None, pool: CandidatePool, observed: Mapping[str, float],
+    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
                batch_size: int, pending: Sequence[str] = ()) -> Proposal: ...
 
 
-def available_mask(pool: CandidatePool, observed: Mapping[str, float], pending: Sequence[str]) -> torch.Tensor:
+def available_mask(pool: SingleSpace, observed: Mapping[str, float], pending: Sequence[str]) -> torch.Tensor:
     """`n` bool: candidates that are neither observed nor pending."""
     mask = torch.ones(len(pool), dtype=torch.bool)
     taken = [pool.index[lab] for lab in (*observed.keys(), *pending) if lab in pool.index]
@@ -65,7 +65,7 @@ def check_batch(batch_size: int, n_available: int) -> int:
     return min(batch_size, n_available)
 
 
-def pool_posterior(surrogate: Surrogate, pool: CandidatePool, observed: Mapping[str, float], batch_size: int,
+def pool_posterior(surrogate: Surrogate, pool: SingleSpace, observed: Mapping[str, float], batch_size: int,
                    pending: Sequence[str]) -> tuple[torch.Tensor, int, SurrogatePosterior]:
     """What every model-based policy starts from: the `n` availability mask, the batch size capped
     to what is available, and the marginal posterior over the whole pool."""
@@ -73,7 +73,7 @@ def pool_posterior(surrogate: Surrogate, pool: CandidatePool, observed: Mapping[
     return mask, check_batch(batch_size, int(mask.sum())), surrogate.posterior(pool.X)
 
 
-def nearest_observed(pool: CandidatePool, picks: Sequence[int], observed: Mapping[str, float],
+def nearest_observed(pool: SingleSpace, picks: Sequence[int], observed: Mapping[str, float],
                      k: int = RATIONALE_NEIGHBOURS) -> list[str]:
     """Short rationale per pick: the `k` nearest measured perturbations (feature space) and their values."""
     obs_labels = [lab for lab in observed if lab in pool.index]
@@ -86,7 +86,7 @@ def nearest_observed(pool: CandidatePool, picks: Sequence[int], observed: Mappin
     return ["near " + ", ".join(f"{obs_labels[j]} ({observed[obs_labels[j]]:.2f})" for j in row.tolist()) for row in nn]
 
 
-def make_items(pool: CandidatePool, picks: Sequence[int], mean: torch.Tensor | None, sd: torch.Tensor | None,
+def make_items(pool: SingleSpace, picks: Sequence[int], mean: torch.Tensor | None, sd: torch.Tensor | None,
                acq: torch.Tensor | None, observed: Mapping[str, float], prefix: str = "") -> list[ProposedItem]:
     notes = nearest_observed(pool, picks, observed)
     out = []

@@ -33,7 +33,7 @@ import torch
 from acquisition.analytic import UCB_BETA
 from acquisition.base import Proposal, make_items, pool_posterior
 from acquisition.prior import PriorScorePolicy
-from perturbloop.perturbation import CandidatePool
+from perturbloop.design_space import SingleSpace
 from surrogates.base import Surrogate
 
 SHORTLIST_PER_PICK = 4
@@ -71,7 +71,7 @@ class BatchUCBPolicy:
         self.shortlist_per_pick = shortlist_per_pick
         self.initial = PriorScorePolicy(seed=seed)
 
-    def select(self, surrogate: Surrogate | None, pool: CandidatePool, observed: Mapping[str, float],
+    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
         if surrogate is None:
             return Proposal(self.name, self.initial.select(None, pool, observed, batch_size, pending).items)

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from acquisition.base import Proposal, available_mask, check_batch, make_items
-from perturbloop.perturbation import CandidatePool
+from perturbloop.design_space import SingleSpace
 from surrogates.base import Surrogate
 
 CENTER_CHUNK = 1024  # covered rows per cdist call: n x 1024 float64 is ~150 MB on a 19k pool
@@ -50,7 +50,7 @@ class CoresetPolicy:
     def __init__(self, seed: int = 0, **_: object):
         self.seed = seed
 
-    def select(self, surrogate: Surrogate | None, pool: CandidatePool, observed: Mapping[str, float],
+    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
         mask = available_mask(pool, observed, pending)
         q = check_batch(batch_size, int(mask.sum()))

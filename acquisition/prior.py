@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from acquisition.base import Proposal, available_mask, check_batch, make_items
 from acquisition.random import RandomPolicy
-from perturbloop.perturbation import CandidatePool
+from perturbloop.design_space import SingleSpace
 from surrogates.base import Surrogate
 
 
@@ -24,10 +24,10 @@ class PriorScorePolicy:
         self.fallback = RandomPolicy(seed=seed)
 
     @staticmethod
-    def columns(pool: CandidatePool) -> list[int]:
+    def columns(pool: SingleSpace) -> list[int]:
         return [i for i, n in enumerate(pool.feature_names) if n.endswith("_absz")]
 
-    def select(self, surrogate: Surrogate | None, pool: CandidatePool, observed: Mapping[str, float],
+    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
         cols = self.columns(pool)
         if not cols:

@@ -20,7 +20,7 @@ import torch
 
 from acquisition.base import Proposal, make_items, pool_posterior
 from acquisition.prior import PriorScorePolicy
-from perturbloop.perturbation import CandidatePool
+from perturbloop.design_space import SingleSpace
 from surrogates.base import Surrogate, SurrogatePosterior
 
 HIT_FRACTION = 0.05  # the top 5% of a genome-wide screen: the usual size of a hit list
@@ -57,7 +57,7 @@ class ProbHitPolicy:
             return float(self.tau)
         return float(torch.quantile(post.mean, 1.0 - self.hit_fraction))
 
-    def select(self, surrogate: Surrogate | None, pool: CandidatePool, observed: Mapping[str, float],
+    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
         if surrogate is None:
             return Proposal(self.name, self.initial.select(None, pool, observed, batch_size, pending).items)

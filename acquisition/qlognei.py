@@ -19,7 +19,7 @@ from botorch.sampling import SobolQMCNormalSampler
 from acquisition.analytic import ucb
 from acquisition.base import Proposal, available_mask, check_batch, make_items
 from acquisition.prior import PriorScorePolicy
-from perturbloop.perturbation import CandidatePool
+from perturbloop.design_space import SingleSpace
 from surrogates.base import Surrogate
 
 SHORTLIST_PER_PICK = 4  # shortlist = 4 x batch size
@@ -37,7 +37,7 @@ class QLogNEIPolicy:
         self.mc_samples = mc_samples
         self.initial = PriorScorePolicy(seed=seed)
 
-    def select(self, surrogate: Surrogate | None, pool: CandidatePool, observed: Mapping[str, float],
+    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
         if surrogate is None or getattr(surrogate, "model", None) is None:  # no BoTorch model: first round or a baseline
             return Proposal(self.name, self.initial.select(surrogate, pool, observed, batch_size, pending).items)

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from acquisition.base import Proposal, available_mask, check_batch, make_items
-from perturbloop.perturbation import CandidatePool
+from perturbloop.design_space import SingleSpace
 from surrogates.base import Surrogate
 
 
@@ -23,7 +23,7 @@ class RandomPolicy:
     def __init__(self, seed: int = 0, **_: object):
         self.seed = seed
 
-    def select(self, surrogate: Surrogate | None, pool: CandidatePool, observed: Mapping[str, float],
+    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
         avail = available_mask(pool, observed, pending).nonzero().squeeze(-1)
         q = check_batch(batch_size, avail.numel())

@@ -1,7 +1,7 @@
 """Policies for response campaigns (objective `learn_response`, and `maximize` a gene-program score).
 
 They follow the `AcquisitionPolicy` protocol (`select(surrogate, space, observed, batch_size,
-pending) -> Proposal`) over a `perturbloop.pairs.DesignSpace` (single genes, or up to ~1M gene
+pending) -> Proposal`) over a `perturbloop.design_space.DesignSpace` (single genes, or up to ~1M gene
 pairs scored in chunks) with a `ResponseSurrogate`; `observed` maps measured labels to their
 response vectors (only the keys matter for availability).
 
@@ -30,7 +30,7 @@ import torch
 
 from acquisition.base import Proposal, ProposedItem, check_batch
 from perturbloop.errors import ConfigError
-from perturbloop.pairs import PAIR_CHUNK, DesignSpace, top_k
+from perturbloop.design_space import PAIR_CHUNK, DesignSpace, top_k
 
 SHORTLIST_FACTOR = 8  # pair batches with a per-gene cap choose from the top factor x q by score
 MAX_CANDIDATES = 20_000  # k-center on larger spaces runs on a seeded subsample of this size
@@ -76,7 +76,7 @@ def _rationale(space: DesignSpace, picks: Sequence[int], observed: Mapping[str, 
 def _items(space: DesignSpace, picks: Sequence[int], mean: Sequence[float | None], sd: Sequence[float | None],
            acq: Sequence[float | None], observed: Mapping[str, object], prefix: str) -> list[ProposedItem]:
     notes = _rationale(space, picks, observed, prefix)
-    return [ProposedItem(lab, m, s, a, r) for lab, m, s, a, r in zip(space.labels(picks), mean, sd, acq, notes)]
+    return [ProposedItem(lab, m, s, a, r) for lab, m, s, a, r in zip(space.labels_at(picks), mean, sd, acq, notes)]
 
 
 def _summary(surrogate, space: DesignSpace, picks: list[int], w: torch.Tensor | None = None):

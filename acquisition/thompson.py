@@ -34,7 +34,7 @@ from linear_operator.utils.cholesky import psd_safe_cholesky
 from acquisition.analytic import ucb
 from acquisition.base import Proposal, make_items, pool_posterior
 from acquisition.prior import PriorScorePolicy
-from perturbloop.perturbation import CandidatePool
+from perturbloop.design_space import SingleSpace
 from surrogates.base import Surrogate
 
 SHORTLIST_PER_PICK = 4
@@ -59,7 +59,7 @@ class ThompsonPolicy:
         self.shortlist_min = shortlist_min
         self.initial = PriorScorePolicy(seed=seed)
 
-    def select(self, surrogate: Surrogate | None, pool: CandidatePool, observed: Mapping[str, float],
+    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
         if surrogate is None:
             return Proposal(self.name, self.initial.select(None, pool, observed, batch_size, pending).items)

@@ -23,7 +23,7 @@ from perturbloop.data.screens import Screen
 from perturbloop.errors import ConfigError, UnknownGeneError
 from perturbloop.genes import gene_index
 from perturbloop.features import build_gene_pool, essential_genes
-from perturbloop.perturbation import CandidatePool
+from perturbloop.design_space import SingleSpace
 from perturbloop.store import Store
 from simulators import ScreenReplay
 from surrogates import Surrogate, make_surrogate
@@ -33,7 +33,7 @@ from surrogates import Surrogate, make_surrogate
 class CampaignContext:
     config: CampaignConfig
     store: Store
-    pool: CandidatePool
+    pool: SingleSpace
     lab: LabAdapter
     policy: AcquisitionPolicy
     make_surrogate: Callable[[dict], Surrogate]  # init_params (warm start) -> unfitted surrogate

@@ -38,7 +38,7 @@ from lab_adapters.response_simulator import ResponseSimulatorLab
 from perturbloop.design import Split, build_space, prepare_singles, split_candidates
 from perturbloop.errors import LabResultError, PerturbloopError, StoreError
 from perturbloop.perturbation import CONTROL
-from perturbloop.pairs import DesignSpace
+from perturbloop.design_space import DesignSpace
 from perturbloop.config import CampaignConfig
 from perturbloop.response_metrics import Evaluation, prepare_evaluation, program_flags, program_weights, response_metrics
 from perturbloop.responses import summarise_delivery
@@ -87,7 +87,7 @@ class ResponseCampaignContext:
 
     def candidate_labels(self) -> list[str]:
         """Every perturbation the design space offers (approval edits are checked against these)."""
-        return self.space.labels(range(len(self.space)))
+        return self.space.labels
 
     def summarise_results(self, results: dict[str, LabResult | LabError], source: str) -> dict[str, LabResult | LabError]:
         """A lab's results as response vectors over the world's readout genes: cells (a Perturb-seq delivery)

@@ -32,8 +32,8 @@ import torch
 from acquisition.base import AcquisitionPolicy
 from agent.response_context import ResponseParts, response_parts
 from perturbloop.errors import PerturbloopError
-from perturbloop.pairs import DesignSpace
-from perturbloop.perturbation import CandidatePool
+from perturbloop.design_space import DesignSpace
+from perturbloop.design_space import SingleSpace
 from perturbloop.config import CampaignConfig
 from perturbloop.response_metrics import response_metrics
 from simulators.screen_replay import ScreenReplay
@@ -54,7 +54,7 @@ class SimulatedRun:
         return self.per_round[-1] if self.per_round else 0.0
 
 
-def simulate_campaign(pool: CandidatePool, world: ScreenReplay, policy: AcquisitionPolicy,
+def simulate_campaign(pool: SingleSpace, world: ScreenReplay, policy: AcquisitionPolicy,
                       make_surrogate: Callable[[dict | None], Surrogate] | None, *, rounds: int, batch_size: int,
                       seed: int = 0, objective: Callable[[float], float] = abs, hit_calls: bool = False) -> SimulatedRun:
     """`objective` maps a readout to the modelled value; with `hit_calls` the model sees the lab's

@@ -1,4 +1,4 @@
-"""Seconds and peak memory to score ~1M gene-pair candidates (perturbloop.pairs, acquisition.response).
+"""Seconds and peak memory to score ~1M gene-pair candidates (perturbloop.design_space, acquisition.response).
 
     python benchmarks/pairs_scale.py                       # 1,415 genes -> 1,000,405 pairs, writes results
     python benchmarks/pairs_scale.py --genes 300 --quick   # a smoke run
@@ -55,7 +55,7 @@ def measure(n_genes: int, surrogate: str, policy: str, chunk: int, threads: int)
     torch.set_num_threads(threads)
     from acquisition.response import ProgramPolicy, UncertaintyPolicy
     from perturbloop.device import default_device
-    from perturbloop.pairs import PairSpace
+    from perturbloop.design_space import PairSpace
     from surrogates.response import EnsembleResponse, LowRankGPResponse
 
     g = torch.Generator().manual_seed(0)
@@ -70,7 +70,7 @@ def measure(n_genes: int, surrogate: str, policy: str, chunk: int, threads: int)
     model = EnsembleResponse(seed=0) if surrogate == "ensemble" else LowRankGPResponse(max_iter=30)
     model.fit(X, Y, off)
     fit_s = time.perf_counter() - t0
-    observed = dict.fromkeys(space.labels(obs))
+    observed = dict.fromkeys(space.labels_at(obs))
     if policy == "uncertainty":
         pol = UncertaintyPolicy(max_per_gene=2, chunk=chunk)
     else:

@@ -1,7 +1,7 @@
 """Building a response campaign's design space from its world: gene features, the space, the split.
 
 `build_space(world, config)` turns the candidates a world offers into a `SingleSpace` or a
-`PairSpace` (perturbloop.pairs) with standardised gene features (`design.features`);
+`PairSpace` (perturbloop.design_space) with standardised gene features (`design.features`);
 `split_candidates` draws the held-out test perturbations and the initial random design of a seed.
 The world is anything with `genes`, `candidates`, `synthetic` and `control_expression()`
 (simulators.response_worlds).
@@ -18,7 +18,7 @@ import torch
 
 from perturbloop.device import keep_torch_threads
 from perturbloop.errors import ConfigError
-from perturbloop.pairs import DesignSpace, PairSpace, SingleSpace
+from perturbloop.design_space import DesignSpace, PairSpace, SingleSpace
 from perturbloop.config import CampaignConfig
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def _gene_feature_matrix(genes: Sequence[str], world: ResponseWorld, config: Cam
 
 
 def build_space(world: ResponseWorld, config: CampaignConfig, data_dir=None) -> DesignSpace:
-    """The design space of a response campaign over the world's candidates (see perturbloop.pairs)."""
+    """The design space of a response campaign over the world's candidates (see perturbloop.design_space)."""
     from perturbloop.device import default_device
 
     cands = list(world.candidates)
@@ -122,7 +122,7 @@ def split_candidates(space: DesignSpace, config: CampaignConfig, seed: int, *, h
     if n_test + config.initial >= n:
         raise ConfigError(f"initial ({config.initial}) + test ({n_test}) leave nothing to pick among {n} candidates")
     perm = rng.permutation(n)
-    return Split(space.labels(np.sort(perm[:n_test])), space.labels(np.sort(perm[n_test:n_test + config.initial])))
+    return Split(space.labels_at(np.sort(perm[:n_test])), space.labels_at(np.sort(perm[n_test:n_test + config.initial])))
 
 
 def prepare_singles(world: ResponseWorld, space: DesignSpace) -> dict[str, np.ndarray]:

@@ -26,7 +26,8 @@ import torch
 from perturbloop.data.registry import cache_dir, resolve, sha256_of
 from perturbloop.data.screens import Screen
 from perturbloop.errors import PerturbloopError
-from perturbloop.perturbation import CandidatePool, Perturbation
+from perturbloop.design_space import SingleSpace
+from perturbloop.perturbation import Perturbation
 
 GO_DIMS = 64  # SVD components; more adds noise dimensions for a GP fit on a few hundred points
 GO_MIN_GENES = 3
@@ -166,8 +167,8 @@ def build_gene_pool(
     go_dims: int = GO_DIMS,
     gaf: str | None = None,
     embeddings: str | None = None,
-) -> CandidatePool:
-    """A single-gene CandidatePool with standardised feature columns (float64)."""
+) -> SingleSpace:
+    """A single-gene SingleSpace with standardised feature columns (float64)."""
     genes = list(genes)
     blocks, names = [], []
     for f in features:
@@ -189,4 +190,4 @@ def build_gene_pool(
     X = np.hstack(blocks) if blocks else np.zeros((len(genes), 0))
     sd = X.std(axis=0)
     X = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    return CandidatePool([Perturbation((g,)) for g in genes], torch.from_numpy(X).to(torch.float64), names)
+    return SingleSpace([Perturbation((g,)) for g in genes], torch.from_numpy(X).to(torch.float64), names)

@@ -1,13 +1,12 @@
-"""Perturbations, their canonical labels, and the candidate pool (the design space)."""
+"""Perturbations and their canonical labels."""
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
-import torch
 
 # The control label (scPerturb/GEARS): lower case, so it never equals an upper-case HGNC symbol
 # (CTRL is a real gene). Compare labels to it exactly, never case-insensitively.
@@ -42,46 +41,6 @@ class Perturbation:
 
     def __str__(self) -> str:
         return self.label
-
-
-@dataclass
-class CandidatePool:
-    """The design space: ordered perturbations and their feature matrix.
-
-    Attributes:
-        perturbations: n perturbations, unique labels.
-        X: `n x d` float64 features (CPU; moved to the model's device by surrogates).
-        feature_names: d names.
-        essential: optional n bools (core-essential genes), for the non-essential protocol.
-    """
-
-    perturbations: list[Perturbation]
-    X: torch.Tensor
-    feature_names: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.X.ndim != 2 or self.X.shape[0] != len(self.perturbations):
-            raise ValueError(f"X must be n x d with n={len(self.perturbations)}, got {tuple(self.X.shape)}")
-        self.labels: list[str] = [p.label for p in self.perturbations]
-        self.index: dict[str, int] = {lab: i for i, lab in enumerate(self.labels)}
-        if len(self.index) != len(self.labels):
-            raise ValueError("candidate pool has duplicate perturbations")
-
-    def __len__(self) -> int:
-        return len(self.perturbations)
-
-    def __contains__(self, label: str) -> bool:
-        return label in self.index
-
-    def indices(self, labels: Iterable[str]) -> list[int]:
-        labels = list(labels)
-        missing = [lab for lab in labels if lab not in self.index]
-        if missing:
-            raise KeyError(f"not in the design space: {', '.join(missing[:20])}")
-        return [self.index[lab] for lab in labels]
-
-    def subset(self, idx: Sequence[int]) -> CandidatePool:
-        return CandidatePool([self.perturbations[i] for i in idx], self.X[list(idx)], self.feature_names)
 
 
 def label_set(control: str | Iterable[str] | None) -> set[str]:

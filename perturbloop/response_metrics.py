@@ -40,7 +40,7 @@ from perturbloop.config import CampaignConfig
 
 if TYPE_CHECKING:
     from perturbloop.design import Split
-    from perturbloop.pairs import DesignSpace
+    from perturbloop.design_space import DesignSpace
     from simulators.response_worlds import ResponseWorld
 
 TOP_DE = 20  # IterPert / GEARS
@@ -213,7 +213,7 @@ def prepare_evaluation(world: ResponseWorld, space: DesignSpace, config: Campaig
     ev = Evaluation(split.test, test_idx, truth, de, world.expressed(config.evaluation.top_expressed),
                     None if off is None else off.cpu().numpy())
     if config.objective == "maximize" and w is not None:
-        labels = [c for c in space.labels(range(len(space))) if c not in set(split.test)]
+        labels = [c for c in space.labels if c not in set(split.test)]
         T = world.truth(labels)
         s = T @ w.numpy()
         interaction, absolute = program_flags(config)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from perturbloop.device import default_device
-from perturbloop.pairs import DesignSpace
+from perturbloop.design_space import DesignSpace
 
 POSTERIOR_CHUNK = 4096  # rows per forward pass / GP posterior call; bounds memory at ~chunk x (hidden or n) floats
 DEFAULT_RANK = 16  # output PCs; more mostly models noise with tens of training perturbations

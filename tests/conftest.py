@@ -88,7 +88,7 @@ def small_pool_genes(il2_screen) -> list[str]:
 
 @pytest.fixture(scope="session")
 def small_pool(small_pool_genes: list[str], data_dir: Path, _session_env):
-    """CandidatePool of the 600 small-pool genes with GO features (65 columns)."""
+    """SingleSpace of the 600 small-pool genes with GO features (65 columns)."""
     from perturbloop.features import build_gene_pool
 
     return build_gene_pool(small_pool_genes, features=["go"], data_dir=data_dir)

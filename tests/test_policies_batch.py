@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from perturbloop.perturbation import CandidatePool, Perturbation
+from perturbloop.design_space import SingleSpace
+from perturbloop.perturbation import Perturbation
 
 N_TRAIN = 100
 SPLIT_SEED = 7
@@ -42,7 +43,7 @@ def fitted(small_pool, il2_screen) -> Fitted:
 
 
 @pytest.fixture(scope="module")
-def dup_pool(small_pool, fitted) -> tuple[CandidatePool, int, int]:
+def dup_pool(small_pool, fitted) -> tuple[SingleSpace, int, int]:
     """small_pool plus `DUPA` and `DUPB`, exact copies of the feature row of the best unobserved UCB candidate."""
     from acquisition.analytic import ucb
 
@@ -50,7 +51,7 @@ def dup_pool(small_pool, fitted) -> tuple[CandidatePool, int, int]:
     acq[small_pool.indices(fitted.observed)] = float("-inf")
     top = int(acq.argmax())
     X = torch.cat([small_pool.X, small_pool.X[top].expand(2, -1)])
-    pool = CandidatePool([*small_pool.perturbations, Perturbation(("DUPA",)), Perturbation(("DUPB",))], X,
+    pool = SingleSpace([*small_pool.perturbations, Perturbation(("DUPA",)), Perturbation(("DUPB",))], X,
                          small_pool.feature_names)
     return pool, top, len(small_pool)
 
@@ -152,7 +153,7 @@ def test_coreset_is_greedy_k_center(fitted, small_pool):
     pending = [lab for lab in small_pool.labels if lab not in fitted.observed][:2]
     prop = _select("coreset", fitted, small_pool, pending=pending)
     X = small_pool.X
-    covered = small_pool.indices([*fitted.observed, *pending])
+    covered = small_pool.indices([*fitted.observed, *pending]).tolist()
     free = torch.ones(len(small_pool), dtype=torch.bool)
     free[covered] = False
     for it in prop.items:

@@ -108,7 +108,7 @@ def test_synthetic_pair_campaign_uses_the_additive_prior():
     space = build_space(world, config)
     singles = prepare_singles(world, space)
     assert len(singles) == len(space.genes) == 16 and len(space) == 120
-    lab = space.labels([0])[0]
+    lab = space.labels_at([0])[0]
     a, b = lab.split("+")
     assert np.allclose(space.offset(space.indices([lab]))[0].numpy(), singles[a] + singles[b])
     rows = [campaign_for(config, "uncertainty", 0, space=space)]  # random picks: the next test

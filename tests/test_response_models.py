@@ -240,7 +240,7 @@ def test_response_registry_keeps_scalar_surrogates():
 # --- pair spaces and chunked scoring ------------------------------------------------------------------
 
 def _pair_space(n_genes: int = 30, d: int = 5, with_singles: bool = True, **kw):
-    from perturbloop.pairs import PairSpace
+    from perturbloop.design_space import PairSpace
 
     g = torch.Generator().manual_seed(2)
     genes = [f"G{i:03d}" for i in range(n_genes)]
@@ -250,7 +250,7 @@ def _pair_space(n_genes: int = 30, d: int = 5, with_singles: bool = True, **kw):
 
 
 def test_pair_space_features_are_symmetric_and_offset_is_the_sum_of_singles():
-    from perturbloop.pairs import PairSpace
+    from perturbloop.design_space import PairSpace
 
     space, gx, singles = _pair_space()
     assert len(space) == 30 * 29 // 2
@@ -260,7 +260,7 @@ def test_pair_space_features_are_symmetric_and_offset_is_the_sum_of_singles():
     assert f.shape == (1, space.dim) == (1, len(space.feature_names))
     assert torch.allclose(f[0, :5], gx[3] + gx[17]) and torch.allclose(f[0, 5:10], gx[3] * gx[17])
     assert torch.allclose(space.offset(i[:1])[0], singles[3] + singles[17])
-    assert space.labels(i[:1]) == ["G003+G017"]
+    assert space.labels_at(i[:1]) == ["G003+G017"]
     # explicit pairs, and an unknown single contributes nothing to the offset
     s2 = singles.clone()
     s2[3] = float("nan")
@@ -293,12 +293,12 @@ def test_program_score_on_pairs_uses_the_singles_scores():
 def test_pair_labels_round_trip_over_all_pairs():
     space, _, _ = _pair_space(n_genes=50, with_singles=False)
     idx = torch.arange(len(space))
-    assert torch.equal(space.indices(space.labels(idx)), idx)
+    assert torch.equal(space.indices(space.labels_at(idx)), idx)
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 100, 10_000])
 def test_chunked_top_k_matches_scoring_everything_at_once(chunk):
-    from perturbloop.pairs import top_k
+    from perturbloop.design_space import top_k
 
     g = torch.Generator().manual_seed(4)
     scores = torch.randint(0, 50, (1000,), generator=g).to(torch.float64)  # many ties
@@ -319,7 +319,7 @@ def test_chunked_pair_scoring_with_a_surrogate_matches_unchunked():
     Y = off + torch.tanh(X[:, :3]) @ torch.randn(3, G, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     m = EnsembleResponse(seed=0, epochs=100)
     m.fit(X, Y, off)
-    observed = {lab: None for lab in space.labels(obs_idx)}
+    observed = {lab: None for lab in space.labels_at(obs_idx)}
     small = UncertaintyPolicy(chunk=7).select(m, space, observed, 12, pending=["G000+G001"])
     big = UncertaintyPolicy(chunk=1_000_000).select(m, space, observed, 12, pending=["G000+G001"])
     assert small.labels == big.labels
@@ -331,7 +331,7 @@ def test_chunked_pair_scoring_with_a_surrogate_matches_unchunked():
 # --- policies -----------------------------------------------------------------------------------------
 
 def _singles_setup(n: int = 60):
-    from perturbloop.pairs import SingleSpace
+    from perturbloop.design_space import SingleSpace
     from surrogates.response import EnsembleResponse
 
     X, Y = planted(n)
@@ -353,20 +353,20 @@ def test_uncertainty_picks_the_largest_total_variance_never_observed_or_pending(
     tv = m.posterior(space.X).total_variance
     avail = [i for i in range(len(space)) if space.label(i) not in obs and space.label(i) not in pending]
     best = sorted(avail, key=lambda i: -float(tv[i]))[:5]
-    assert prop.labels == space.labels(best)
+    assert prop.labels == space.labels_at(best)
     assert all(it.sd is not None and it.rationale.startswith("most uncertain") for it in prop.items)
 
 
 def test_pair_batches_cap_picks_per_gene():
     from acquisition.response import UncertaintyPolicy
-    from perturbloop.pairs import gene_counts
+    from perturbloop.design_space import gene_counts
     from surrogates.response import EnsembleResponse
 
     space, _, _ = _pair_space(n_genes=20)
     idx = torch.arange(0, len(space), 5)
     m = EnsembleResponse(seed=0, epochs=50)
     m.fit(space.features(idx), space.offset(idx) + 0.1, space.offset(idx))
-    obs = {lab: None for lab in space.labels(idx)}
+    obs = {lab: None for lab in space.labels_at(idx)}
     prop = UncertaintyPolicy(max_per_gene=2).select(m, space, obs, 10)
     counts = gene_counts(space, space.indices(prop.labels).tolist())
     assert len(prop.labels) == 10 and counts.max() <= 2
@@ -387,7 +387,7 @@ def test_diversity_random_and_program_policies():
     p = ProgramPolicy(weights=w, beta=0.0).select(m, space, obs, 3)
     pred = m.posterior(space.X).mean @ w
     avail = [i for i in range(len(space)) if space.label(i) not in obs]
-    assert p.labels == space.labels(sorted(avail, key=lambda i: -float(pred[i]))[:3])
+    assert p.labels == space.labels_at(sorted(avail, key=lambda i: -float(pred[i]))[:3])
     assert p.items[0].mean == pytest.approx(float(pred[space.indices(p.labels[:1])[0]]))
     with pytest.raises(ConfigError, match="program weights"):
         make_response_policy("program")

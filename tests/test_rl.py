@@ -21,7 +21,8 @@ from acquisition.rl.features import FEATURES, pool_static, state_features
 from acquisition.rl.network import PolicyConfig, PolicyNet, gumbel_topk, load_policy, plackett_luce_logp, save_policy
 from acquisition.rl.train import evaluate, train_policy
 from perturbloop.errors import ConfigError
-from perturbloop.perturbation import CandidatePool, Perturbation
+from perturbloop.design_space import SingleSpace
+from perturbloop.perturbation import Perturbation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,7 +178,7 @@ def test_permuted_control_refits_on_shuffled_feedback(tmp_path):
     from acquisition import make_policy
 
     world = synthetic_world()
-    pool = CandidatePool([Perturbation((f"G{i}",)) for i in range(len(world))], world.X, world.feature_names)
+    pool = SingleSpace([Perturbation((f"G{i}",)) for i in range(len(world))], world.X, world.feature_names)
     path = save_policy(PolicyNet(), PolicyConfig(), tmp_path / "pol.pt")
     observed = {pool.labels[i]: float(world.y[i]) for i in range(30)}
     sur = _RecordingSurrogate()

@@ -26,7 +26,7 @@ from acquisition.rl.env import log_target
 from acquisition.rl.features import PoolStatic, pool_static, state_features
 from acquisition.rl.network import load_policy
 from perturbloop.errors import ConfigError
-from perturbloop.perturbation import CandidatePool
+from perturbloop.design_space import SingleSpace
 from surrogates.base import Surrogate
 
 
@@ -49,19 +49,19 @@ class RLPolicy:
         self.seed = seed
         self._static: tuple[int, int, PoolStatic] | None = None
 
-    def _pool_static(self, pool: CandidatePool) -> PoolStatic:
+    def _pool_static(self, pool: SingleSpace) -> PoolStatic:
         key = (id(pool.X), len(pool))
         if self._static is None or self._static[:2] != key:
             self._static = (*key, pool_static(pool.X, pool.feature_names))
         return self._static[2]
 
     @torch.no_grad()
-    def scores(self, surrogate: Surrogate | None, pool: CandidatePool, observed: Mapping[str, float],
+    def scores(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
                batch_size: int, pending: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor, object]:
         """`n` network scores, the `n` availability mask, and the posterior used (or None)."""
         mask = available_mask(pool, observed, pending)
         labels = [lab for lab in observed if lab in pool.index]
-        obs_idx = torch.tensor(pool.indices(labels), dtype=torch.long)
+        obs_idx = pool.indices(labels)
         y = torch.tensor([float(observed[lab]) for lab in labels], dtype=torch.float64)
         if self.permute_feedback and y.numel() > 1:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + len(observed) + len(pending))
@@ -81,7 +81,7 @@ class RLPolicy:
                                progress=min(t, self.rounds) / self.rounds, last_round=t >= self.rounds - 1)
         return self.net(feats).double(), mask, post
 
-    def select(self, surrogate: Surrogate | None, pool: CandidatePool, observed: Mapping[str, float],
+    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
         scores, mask, post = self.scores(surrogate, pool, observed, batch_size, pending)
         q = check_batch(batch_size, int(mask.sum()))

@@ -28,7 +28,7 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from perturbloop.perturbation import CandidatePool, Perturbation
+from perturbloop.perturbation import Perturbation
 
 PAIR_CHUNK = 16_384  # candidates per chunk: 16k x ~300 features x 8 B = ~40 MB per feature block
 PRIOR_RANK = 8  # PCs of the single-gene responses used as pair features
@@ -39,6 +39,8 @@ Pooling = Literal["sum", "prod", "max"]
 class DesignSpace(Protocol):
     """Candidates a response campaign may run.
 
+    `labels`: the `n` candidate labels in order; `labels_at(idx)` those of some indices, `indices(labels)`
+    the reverse (a LongTensor; a label outside the space is a KeyError naming it);
     `features(idx)`: `c x D` float64 rows for a `c` LongTensor of candidate indices;
     `offset(idx)`: `c x G` known prior responses, or None (singles).
     """
@@ -53,7 +55,10 @@ class DesignSpace(Protocol):
 
     def label(self, i: int) -> str: ...
 
-    def labels(self, idx: torch.Tensor | Sequence[int]) -> list[str]: ...
+    @property
+    def labels(self) -> list[str]: ...
+
+    def labels_at(self, idx: torch.Tensor | Sequence[int]) -> list[str]: ...
 
     def indices(self, labels: Sequence[str]) -> torch.Tensor: ...
 
@@ -71,48 +76,63 @@ def chunks(n: int, chunk: int = PAIR_CHUNK) -> Iterator[torch.Tensor]:
 
 
 class SingleSpace:
-    """Single-gene perturbations with a precomputed `n x d` feature matrix (no offset)."""
+    """Single-gene perturbations with a precomputed `n x d` feature matrix (no offset): the design space of a
+    pooled screen (the `G = 1` case) and of a Perturb-seq campaign over single genes.
+
+    Attributes:
+        labels: the `n` perturbation labels, in order (unique).
+        X: `n x d` float64 features (CPU; moved to the model's device by surrogates).
+        feature_names: `d` names.
+        index: label -> row.
+    """
 
     kind = "genes"
 
-    def __init__(self, genes: Sequence[str], X: torch.Tensor, feature_names: Sequence[str] = ()):
-        self.genes = [Perturbation((g,)).label for g in genes]
-        if X.ndim != 2 or X.shape[0] != len(self.genes):
-            raise ValueError(f"X must be n x d with n={len(self.genes)}, got {tuple(X.shape)}")
+    def __init__(self, genes: Sequence[str | Perturbation], X: torch.Tensor, feature_names: Sequence[str] = ()):
+        self.perturbations = [g if isinstance(g, Perturbation) else Perturbation((g,)) for g in genes]
+        self.labels: list[str] = [p.label for p in self.perturbations]
+        if X.ndim != 2 or X.shape[0] != len(self.labels):
+            raise ValueError(f"X must be n x d with n={len(self.labels)}, got {tuple(X.shape)}")
         self.X = X.to(torch.float64)
         self.feature_names = list(feature_names)
-        self._index = {g: i for i, g in enumerate(self.genes)}
-        if len(self._index) != len(self.genes):
-            raise ValueError("duplicate genes in the design space")
+        self.index: dict[str, int] = {lab: i for i, lab in enumerate(self.labels)}
+        if len(self.index) != len(self.labels):
+            raise ValueError("duplicate perturbations in the design space")
 
-    @classmethod
-    def from_pool(cls, pool: CandidatePool) -> SingleSpace:
-        return cls(pool.labels, pool.X, pool.feature_names)
+    @property
+    def genes(self) -> list[str]:
+        return self.labels
 
     def __len__(self) -> int:
-        return len(self.genes)
+        return len(self.labels)
+
+    def __contains__(self, label: str) -> bool:
+        return label in self.index
 
     @property
     def dim(self) -> int:
         return self.X.shape[1]
 
     def label(self, i: int) -> str:
-        return self.genes[i]
+        return self.labels[i]
 
-    def labels(self, idx) -> list[str]:
-        return [self.genes[int(i)] for i in idx]
+    def labels_at(self, idx) -> list[str]:
+        return [self.labels[int(i)] for i in idx]
 
     def indices(self, labels: Sequence[str]) -> torch.Tensor:
-        missing = [lab for lab in labels if lab not in self._index]
+        missing = [lab for lab in labels if lab not in self.index]
         if missing:
             raise KeyError(f"not in the design space: {', '.join(missing[:20])}")
-        return torch.tensor([self._index[lab] for lab in labels], dtype=torch.long)
+        return torch.tensor([self.index[lab] for lab in labels], dtype=torch.long)
 
     def features(self, idx: torch.Tensor) -> torch.Tensor:
         return self.X[idx]
 
     def offset(self, idx: torch.Tensor) -> None:
         return None
+
+    def subset(self, idx: Sequence[int]) -> SingleSpace:
+        return SingleSpace([self.perturbations[i] for i in idx], self.X[list(idx)], self.feature_names)
 
 
 class PairSpace:
@@ -137,6 +157,7 @@ class PairSpace:
                  singles: torch.Tensor | None = None, *, pooling: Sequence[Pooling] = ("sum", "prod"),
                  prior_rank: int = PRIOR_RANK, use_offset: bool = True, device: torch.device | str | None = None):
         self.genes = [Perturbation((g,)).label for g in genes]
+        self._labels: list[str] | None = None
         self._gidx = {g: i for i, g in enumerate(self.genes)}
         if len(self._gidx) != len(self.genes):
             raise ValueError("duplicate genes in the pair space")
@@ -225,7 +246,14 @@ class PairSpace:
         a, b = self.pairs[i].tolist()
         return "+".join(sorted((self.genes[a], self.genes[b])))
 
-    def labels(self, idx) -> list[str]:
+    @property
+    def labels(self) -> list[str]:
+        """Every candidate pair's label (built on first use: ~1M strings for the largest spaces)."""
+        if self._labels is None:
+            self._labels = self.labels_at(range(len(self)))
+        return self._labels
+
+    def labels_at(self, idx) -> list[str]:
         rows = self.pairs[torch.as_tensor(idx, dtype=torch.long)].tolist()
         return ["+".join(sorted((self.genes[a], self.genes[b]))) for a, b in rows]
 
