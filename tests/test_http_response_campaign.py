@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from agent.approval import decide, pending_proposal
@@ -81,6 +82,7 @@ def test_pair_campaign_through_the_http_lab_with_approval(tmp_path, data_dir, pa
             run_campaign(config, store, data_dir, context=ctx)
         assert store.observations(config.name, include_failed=True) == [] and store.responses(config.name) == {}
         assert store.get_round(config.name, 0).status != "ingested"
+        assert store.lab_job(f"{config.name}/round-0").status != "collected"
 
         # the lab's vectors: each pair's GI score, stored as its response and its value
         job.readings[other]["response"] = good
@@ -129,6 +131,8 @@ def test_perturbseq_responses_through_the_http_lab(tmp_path, data_dir, papalexi_
     responses = store.responses(config.name)
     assert responses.keys() == sent.keys()
     assert all(responses[p] == pytest.approx(sent[p]) for p in sent)
+    obs = store.observations(config.name)  # no value sent: the vector's L2 norm
+    assert len(obs) == 5 and all(o.value == pytest.approx(float(np.linalg.norm(sent[o.perturbation]))) for o in obs)
     # a knockout's pseudobulk LFC: STAT1's lowers STAT1 (when run)
     if "STAT1" in sent and "STAT1" in world.genes:
         assert responses["STAT1"][list(world.genes).index("STAT1")] < 0
