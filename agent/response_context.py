@@ -34,6 +34,7 @@ import torch
 from acquisition.base import Proposal, ProposedItem
 from acquisition.response import make_response_policy
 from lab_adapters import LabAdapter, LabError, LabResult, make_lab
+from lab_adapters.base import response_value
 from lab_adapters.response_simulator import ResponseSimulatorLab
 from perturbloop.design import Split, build_space, prepare_singles, split_candidates
 from perturbloop.errors import LabResultError, PerturbloopError, StoreError
@@ -105,7 +106,7 @@ class ResponseCampaignContext:
             except PerturbloopError as e:
                 raise LabResultError(str(e)) from None
             for k, y in lfc.items():
-                results[k] = LabResult(k, float(np.linalg.norm(y)) if y.size > 1 else float(y[0]), [],
+                results[k] = LabResult(k, response_value(y.tolist()), [],
                                        response=y.tolist())
         for k, r in results.items():
             if isinstance(r, LabResult) and r.response is None and len(readout) == 1 and r.value is not None:

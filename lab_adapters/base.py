@@ -8,6 +8,7 @@ error) or `failed` (the lab gave up on the job; perturbations without a result c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -41,6 +42,11 @@ class LabResult:
     replicates: list[float] = field(default_factory=list)
     cells: Any = None
     response: list[float] | None = None
+
+
+def response_value(response: Sequence[float]) -> float:
+    """The scalar a response vector stands for when the lab gives none: its one element, or its L2 norm."""
+    return float(response[0]) if len(response) == 1 else math.sqrt(math.fsum(float(v) ** 2 for v in response))
 
 
 @dataclass

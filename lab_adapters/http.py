@@ -6,9 +6,12 @@ Endpoints (JSON bodies; ``Authorization: Bearer TOKEN`` when the lab needs a tok
   ``Idempotency-Key: K`` -> ``{"job_id": ID, "status": S}``. The same key with the same batch
   returns the same job; the same key with another batch is refused with 409.
 - ``GET /jobs/{ID}`` -> ``{"status": S}``, S one of submitted | running | partial | complete | failed.
-- ``GET /jobs/{ID}/results`` -> ``{"results": [{"perturbation", "value", "replicates", "error"}, ...]}``:
-  the results received so far; a non-empty ``error`` marks that perturbation failed. Optional keys
-  ``status`` and ``perturbations`` (the batch) let the client check for unknown and missing ones.
+- ``GET /jobs/{ID}/results`` -> ``{"results": [{"perturbation", "value", "replicates", "response", "error"}, ...]}``:
+  the results received so far; a non-empty ``error`` marks that perturbation failed. ``response`` (optional)
+  is the perturbation's response vector over the campaign's readout genes, in their order (a Perturb-seq
+  pseudobulk LFC, a pair's GI score as ``[gi]``); with it ``value`` may be left out (it then defaults to the
+  vector's one element, or its L2 norm). The campaign checks the vector's length against its readout genes.
+  Optional keys ``status`` and ``perturbations`` (the batch) let the client check for unknown and missing ones.
 
 Connection errors, timeouts, 5xx and 429 are retried with exponential backoff (`retries` times);
 other 4xx are not (`LabRequestError`, or `LabSubmissionError` for 409). A lab still unreachable
@@ -28,7 +31,7 @@ from urllib.parse import quote
 
 import httpx
 
-from lab_adapters.base import JOB_STATUSES, JobRef, JobStatus, LabError, LabResult
+from lab_adapters.base import JOB_STATUSES, JobRef, JobStatus, LabError, LabResult, response_value
 from perturbloop.errors import LabRequestError, LabResultError, LabSubmissionError, LabUnavailableError
 from perturbloop.perturbation import CONTROL, lab_label
 
@@ -150,8 +153,25 @@ def _number(v: Any) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
+def _vector(raw: Any) -> tuple[list[float] | None, str | None]:
+    """A result's `response`: the finite numbers it holds, or the problem with it (None, None when absent)."""
+    if raw is None:
+        return None, None
+    if not isinstance(raw, list) or not raw:
+        return None, f"response {str(raw)[:60]!r} is not a non-empty list of numbers"
+    values = [_number(v) for v in raw]
+    bad = [i for i, v in enumerate(values) if v is None]
+    if bad:
+        shown = ", ".join(f"[{i}] = {raw[i]!r}" for i in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        return None, f"response has {len(bad)} of {len(raw)} entries that are not finite numbers ({shown})"
+    return [v for v in values if v is not None], None
+
+
 def parse_results(payload: Any, source: str) -> dict[str, LabResult | LabError]:
-    """Validate a results payload (`{"results": [...], "status"?, "perturbations"?}`); errors name the items."""
+    """Validate a results payload (`{"results": [...], "status"?, "perturbations"?}`); errors name the items.
+
+    A result with a `response` vector may leave out `value`: it is then the vector's one element, or its L2 norm.
+    """
     if not isinstance(payload, dict) or not isinstance(payload.get("results"), list):
         raise LabResultError(f"{source}: expected an object with a 'results' list, got {str(payload)[:200]}")
     order = payload.get("perturbations")
@@ -173,16 +193,21 @@ def parse_results(payload: Any, source: str) -> dict[str, LabResult | LabError]:
         if error not in (None, ""):
             res = LabError(label, str(error))
         else:
-            value = _number(item.get("value"))
+            response, bad_response = _vector(item.get("response"))
+            if bad_response:
+                problems.append(f"{where}: {bad_response}")
+                continue
+            given = item.get("value")
+            value = response_value(response) if given is None and response is not None else _number(given)
             reps_raw = item.get("replicates") or []
             reps = [_number(r) for r in reps_raw if r is not None] if isinstance(reps_raw, list) else [None]
             if value is None:
-                problems.append(f"{where}: value {item.get('value')!r} is not a finite number")
+                problems.append(f"{where}: value {given!r} is not a finite number")
                 continue
             if any(r is None for r in reps):
                 problems.append(f"{where}: replicates {reps_raw!r} are not all finite numbers")
                 continue
-            res = LabResult(label, value, [r for r in reps if r is not None])
+            res = LabResult(label, value, [r for r in reps if r is not None], response=response)
         if label in out and out[label] != res:
             problems.append(f"{where}: a second, different result for {label}")
             continue

@@ -1,13 +1,17 @@
 """A reference lab server for the perturbloop-compatible lab API (see `lab_adapters/http.py`).
 
-It wraps any simulated world (anything with `run(perturbations)` returning readings with
-`perturbation`, `value`, `replicates`, `error`, e.g. `ScreenReplay`) and serves the API from a
-thread on 127.0.0.1 (port 0: any free port). Tests use it, and it is a demo of what a lab's API
-must do::
+It wraps any simulated world and serves the API from a thread on 127.0.0.1 (port 0: any free port):
+a screen world (`run(perturbations)` returning readings with `perturbation`, `value`, `replicates`,
+`error`, e.g. `ScreenReplay`) answers with values; a response world (`measure(labels)` giving a vector
+over its readouts `genes`, or None for a failed run: `CellWorld` for Perturb-seq, `PairFitnessWorld`
+for gene pairs) answers with response vectors (``"response"`` in the results JSON). Tests use it, and
+it is a demo of what a lab's API must do::
 
     python -m lab_adapters.http_server --screen schmidt2021_il2 --port 8780 [--token-env LAB_TOKEN]
+    python -m lab_adapters.http_server --config examples/norman_gi_pairs.toml --port 8780
 
-then set ``[lab] kind = "http"``, ``url = "http://127.0.0.1:8780"`` (and ``token_env``) in a
+(``--config``: the world of a campaign config, Perturb-seq and pairs included, built as the campaign
+builds it), then set ``[lab] kind = "http"``, ``url = "http://127.0.0.1:8780"`` (and ``token_env``) in a
 campaign config. Jobs complete at once unless the server is made with ``auto_release=False``:
 then `release(job_id, perturbations)` hands results out piece by piece (partial results).
 For tests it can also fail the next requests (`fail_next`, `fail_status`) or answer them late
@@ -28,9 +32,50 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import unquote
 
+import numpy as np
 
-class World(Protocol):
+from lab_adapters.response_simulator import MeasuringWorld
+from perturbloop.perturbation import lab_label
+
+
+class ScreenWorld(Protocol):
     def run(self, perturbations: list[str]) -> list[Any]: ...
+
+
+ServedWorld = ScreenWorld | MeasuringWorld
+
+
+def _item(label: str, *, value: float | None = None, replicates: Iterable[float] = (), error: str | None = None,
+          response: list[float] | None = None) -> dict[str, Any]:
+    """One result as the results JSON carries it; `response` only for a response world."""
+    item = {"perturbation": label, "value": value, "replicates": list(replicates), "error": error}
+    if response is not None:
+        item["response"] = response  # the client takes its magnitude as the value
+    return item
+
+
+def run_batch(world: ServedWorld, batch: list[str]) -> dict[str, dict[str, Any]]:
+    """The world's results for a batch (results-JSON items), per label as sent. A response world measures the
+    labels it offers (`candidates`, compared canonically); the others fail with the reason, as does a run
+    without a usable response."""
+    if not hasattr(world, "measure"):
+        return {r.perturbation: _item(r.perturbation, value=r.value, replicates=r.replicates or (), error=r.error)
+                for r in world.run(batch)}
+    offered = getattr(world, "candidates", None)
+    offered = None if offered is None else set(offered)
+    out = {lab: _item(lab, error=f"{lab} is not offered by this lab (world {getattr(world, 'name', '?')})")
+           for lab in batch if offered is not None and lab_label(lab) not in offered}
+    to_run = {lab_label(lab): lab for lab in batch if lab not in out}
+    measured = world.measure(list(to_run))
+    for c, lab in to_run.items():
+        y = measured.get(c)
+        if y is None:
+            out[lab] = _item(lab, error="run failed (no usable cells)")
+        elif not np.all(np.isfinite(y)):
+            out[lab] = _item(lab, error="non-finite response")
+        else:
+            out[lab] = _item(lab, response=np.asarray(y, dtype=np.float64).ravel().tolist())
+    return out
 
 
 @dataclass
@@ -38,7 +83,7 @@ class _Job:
     job_id: str
     key: str
     perturbations: list[str]
-    readings: dict[str, Any]
+    readings: dict[str, dict[str, Any]]  # label -> its results-JSON item
     released: set[str] = field(default_factory=set)
     failed: str | None = None
 
@@ -51,12 +96,7 @@ class _Job:
         return "complete" if len(self.released) == len(self.perturbations) else "partial"
 
     def results(self) -> list[dict]:
-        out = []
-        for p in self.perturbations:
-            if p in self.released:
-                r = self.readings[p]
-                out.append({"perturbation": p, "value": r.value, "replicates": list(r.replicates or []), "error": r.error})
-        return out
+        return [dict(self.readings[p]) for p in self.perturbations if p in self.released]
 
 
 class _Server(ThreadingHTTPServer):
@@ -75,7 +115,7 @@ class LabServer:
         ...     lab = HttpLab(server.url)
     """
 
-    def __init__(self, world: World, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+    def __init__(self, world: ServedWorld, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  auto_release: bool = True):
         self.world = world
         self.token = token
@@ -141,7 +181,10 @@ class LabServer:
                 return 401, {"error": "missing or wrong token"}
         parts = [unquote(p) for p in path.split("?", 1)[0].strip("/").split("/") if p]
         if method == "GET" and not parts:
-            return 200, {"name": "perturbloop-compatible lab API", "jobs": len(self.jobs)}
+            about: dict[str, Any] = {"name": "perturbloop-compatible lab API", "jobs": len(self.jobs)}
+            if hasattr(self.world, "genes"):
+                about["readouts"] = list(self.world.genes)
+            return 200, about
         if method == "POST" and parts == ["jobs"]:
             return self._submit(headers, body)
         if method == "GET" and len(parts) in (2, 3) and parts[0] == "jobs" and parts[2:] in ([], ["results"]):
@@ -175,7 +218,7 @@ class LabServer:
                     return 409, {"error": f"idempotency key {key!r} was already used for a different batch"}
                 return 200, {"job_id": job.job_id, "status": job.status}
             job_id = f"job-{len(self.jobs) + 1:05d}"
-            job = _Job(job_id, key, list(batch), {r.perturbation: r for r in self.world.run(list(batch))})
+            job = _Job(job_id, key, list(batch), run_batch(self.world, list(batch)))
             if self.auto_release:
                 job.released = set(batch)
             self.jobs[job_id], self.keys[key] = job, job_id
@@ -215,24 +258,46 @@ class LabServer:
         return Handler
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Serve a registry screen (or a screen file) as a lab until Ctrl-C."""
+def world_for(config_path: str, data_dir: str | None, *, noise: str = "none") -> tuple[ServedWorld, str]:
+    """The world a campaign config runs against (a response world built as the campaign builds it, or the
+    config's screen), and a name for it."""
+    from perturbloop.config import load_config
+
+    config = load_config(config_path)
+    if config.is_response:
+        from simulators.response_worlds import build_world
+
+        return build_world(config, data_dir), f"{config.world.kind} world of {config_path}"
     from perturbloop.data import load_screen
     from simulators import ScreenReplay
 
+    screen = load_screen(config.data.screen, data_dir, aggregate=config.data.aggregate)
+    return ScreenReplay(screen, noise=noise), f"screen {config.data.screen} of {config_path}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve a registry screen, a screen file or a campaign config's world as a lab until Ctrl-C."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--screen", required=True, help="registry screen name or screen file")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--screen", help="registry screen name or screen file")
+    what.add_argument("--config", help="campaign config (TOML) whose world to serve: Perturb-seq, pairs or a screen")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--port", type=int, default=8780)
-    ap.add_argument("--noise", choices=["none", "donor"], default="none")
+    ap.add_argument("--noise", choices=["none", "donor"], default="none", help="screens: screen mean, or one donor")
     ap.add_argument("--token-env", default=None, help="environment variable holding the token clients must send")
     args = ap.parse_args(argv)
     token = os.environ.get(args.token_env) if args.token_env else None
     if args.token_env and not token:
         ap.error(f"environment variable {args.token_env} is not set")
-    world = ScreenReplay(load_screen(args.screen, args.data_dir), noise=args.noise)
+    if args.config:
+        world, name = world_for(args.config, args.data_dir, noise=args.noise)
+    else:
+        from perturbloop.data import load_screen
+        from simulators import ScreenReplay
+
+        world, name = ScreenReplay(load_screen(args.screen, args.data_dir), noise=args.noise), args.screen
     with LabServer(world, port=args.port, token=token) as server:
-        print(f"perturbloop-compatible lab API for {args.screen} on {server.url} (Ctrl-C stops)", flush=True)
+        print(f"perturbloop-compatible lab API for {name} on {server.url} (Ctrl-C stops)", flush=True)
         try:
             while True:
                 time.sleep(3600)

@@ -8,13 +8,12 @@ each result carries the vector in `LabResult.response` and its magnitude in `val
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
 
-from lab_adapters.base import JobRef, JobStatus, LabError, LabResult
+from lab_adapters.base import JobRef, JobStatus, LabError, LabResult, response_value
 from lab_adapters.simulator import SimulatedJobs
 
 
@@ -46,7 +45,7 @@ class ResponseSimulatorLab(SimulatedJobs):
                     out[lab] = LabError(lab, "run failed (no usable cells)" if y is None else "non-finite response")
                     continue
                 v = np.asarray(y, dtype=np.float64).ravel()
-                value = float(v[0]) if v.size == 1 else float(math.sqrt(float(v @ v)))
+                value = response_value(v.tolist())
                 out[lab] = LabResult(lab, value, [], response=v.tolist())
             self._results[job.external_id] = out
         return dict(self._results[job.external_id])

@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -418,6 +419,73 @@ def test_http_bad_results_payload_is_a_clear_error(server, monkeypatch):
     monkeypatch.setattr(type(src), "results", lambda self: [{"perturbation": "VAV1", "value": 1.0}])
     with pytest.raises(LabResultError, match=r"complete but 3 perturbation\(s\) have no result: CD3G, LAT, ZAP70"):
         lab.collect(job)
+
+
+def test_http_response_vectors():
+    from lab_adapters.http import parse_results
+
+    out = parse_results({"results": [
+        {"perturbation": "VAV1", "response": [3, 4]},                 # value: the L2 norm
+        {"perturbation": "CD3G+LAT", "response": [-1.5]},             # value: its one element
+        {"perturbation": "ZAP70", "value": 2.0, "response": [1.0, 1.0], "replicates": [1.9, 2.1]},
+        {"perturbation": "CD28", "value": None, "error": "no cells"}]}, "src")
+    assert out == {"VAV1": LabResult("VAV1", 5.0, [], response=[3.0, 4.0]),
+                   "CD3G+LAT": LabResult("CD3G+LAT", -1.5, [], response=[-1.5]),
+                   "ZAP70": LabResult("ZAP70", 2.0, [1.9, 2.1], response=[1.0, 1.0]),
+                   "CD28": LabError("CD28", "no cells")}
+    bad = [{"perturbation": "VAV1", "response": "1,2"}, {"perturbation": "CD3G", "response": []},
+           {"perturbation": "LAT", "response": [1.0, float("nan"), "x", True, None]},
+           {"perturbation": "ZAP70", "value": "abc", "response": [1.0]}]
+    with pytest.raises(LabResultError, match=r"(?s)4 problem\(s\).*result 0 \(VAV1\): response '1,2' is not a non-empty list"
+                                             r".*result 1 \(CD3G\): response '\[\]' is not a non-empty list"
+                                             r".*result 2 \(LAT\): response has 4 of 5 entries that are not finite numbers "
+                                             r"\(\[1\] = nan, \[2\] = 'x', \[3\] = True, \.\.\.\)"
+                                             r".*result 3 \(ZAP70\): value 'abc' is not a finite number"):
+        parse_results({"results": bad}, "src")
+
+
+class _ToyResponseWorld:
+    """A response world of two readouts: `measure` gives a vector, or None (a failed run) for FAILS."""
+
+    name = "toy"
+
+    def __init__(self):
+        self.genes = ["G1", "G2"]
+        self.candidates = ["VAV1", "CD3G", "FAILS", "CD3G+LAT"]
+        self.measured: list[list[str]] = []
+
+    def measure(self, labels):
+        self.measured.append(list(labels))
+        return {lab: None if lab == "FAILS" else np.array([len(lab), -1.0]) for lab in labels}
+
+
+def test_http_server_serves_a_response_world():
+    world = _ToyResponseWorld()
+    with LabServer(world) as server:
+        lab = _client(server, token=None)
+        job = lab.submit(KEY, ["VAV1", "FAILS", "LAT+CD3G", "NOTAGENE"])
+        assert world.measured == [["VAV1", "FAILS", "CD3G+LAT"]]  # what it offers, canonically
+        raw = server.jobs[job.external_id].results()
+        assert raw[0] == {"perturbation": "VAV1", "value": None, "replicates": [], "error": None, "response": [4.0, -1.0]}
+        res = lab.collect(job)
+        assert res["VAV1"] == LabResult("VAV1", float(np.hypot(4, 1)), [], response=[4.0, -1.0])
+        assert res["LAT+CD3G"].response == [8.0, -1.0]  # measured as CD3G+LAT, answered under the batch's label
+        assert res["FAILS"] == LabError("FAILS", "run failed (no usable cells)")
+        assert res["NOTAGENE"] == LabError("NOTAGENE", "NOTAGENE is not offered by this lab (world toy)")
+        assert httpx.get(server.url).json()["readouts"] == ["G1", "G2"]
+
+
+def test_http_server_world_of_a_campaign_config(tmp_path, data_dir, slice_csv):
+    from lab_adapters.http_server import world_for
+    from simulators.response_worlds import CellWorld
+
+    grn = _write(tmp_path / "grn.toml", 'name = "grn"\nobjective = "learn_response"\n[world]\nkind = "synthetic_grn"\n'
+                 'seed = 3\ncells_per_run = 40\nparams = { n_genes = 80, n_regulators = 6, pairs_per_type = 1 }\n')
+    world, name = world_for(str(grn), str(data_dir))
+    assert isinstance(world, CellWorld) and name == f"synthetic_grn world of {grn}"  # measured: test_http_response_campaign
+    screen = _write(tmp_path / "screen.toml", f'name = "s"\n[data]\nscreen = "{slice_csv}"\n')
+    world, name = world_for(str(screen), str(data_dir))
+    assert isinstance(world, ScreenReplay) and len(world.screen.genes) > 0
 
 
 # --- config ---------------------------------------------------------------------------------------
