@@ -25,7 +25,7 @@ class DataConfig(_Strict):
 
 class DesignConfig(_Strict):
     space: Literal["genes", "pairs"] = "genes"
-    features: list[Literal["go", "screens", "essential", "embedding"]] = Field(default_factory=lambda: ["go"])
+    features: list[Literal["go", "screens", "essential", "embedding", "string", "pathways", "hpo", "literature", "depmap", "paralogs", "knowledge"]] = Field(default_factory=lambda: ["go"])
     prior_screens: list[str] | None = Field(None, description="screens used as features (default: all registry screens but the target)")
     genes: list[str] | str | None = Field(None, description="restrict the design space to these genes (a list, or a file with one gene per line)")
     go_dims: int = Field(64, ge=2, le=512)
