@@ -305,3 +305,103 @@ def test_build_gene_pool_and_config_accept_knowledge(knowledge_genes, data_dir):
     assert DesignConfig(features=["go", "knowledge"]).features == ["go", "knowledge"]
     with pytest.raises(PerturbloopError, match="unknown feature source 'stringg'.*string, pathways"):
         build_gene_pool(knowledge_genes[:5], features=("stringg",), data_dir=data_dir)
+
+
+# ------------------------------------------------------------------------------------ network kernel
+
+
+@pytest.fixture(scope="module")
+def il2ra_subgraph(data_dir):
+    """The real STRING subgraph (score >= 900) within two hops of IL2RA: (adjacency, genes)."""
+    W, genes = kn.string_adjacency(data_dir, min_score=900)
+    hop1 = W[genes.index("IL2RA")].indices
+    sub = np.union1d(hop1, W[hop1].indices)
+    return W[sub][:, sub].tocsr(), [genes[i] for i in sub]
+
+
+def test_network_kernel_is_the_diffusion_kernel(il2ra_subgraph):
+    """With every eigenpair but the trivial one, `k = c (expm(-tL) - u0 u0^T)`; regularised: `(I + tL)^-1`."""
+    import torch
+    from scipy.linalg import expm, inv
+
+    from surrogates.network_kernel import NetworkKernel
+
+    W, genes = il2ra_subgraph  # connected: every gene is within two hops of IL2RA
+    W = W.toarray()
+    d = W.sum(1)
+    L = np.eye(len(W)) - W / np.sqrt(np.outer(d, d))
+    lam, U = np.linalg.eigh(L)
+    assert lam[0] == pytest.approx(0, abs=1e-9) and lam[1] > 1e-6
+    u0 = U[:, 0]
+    lam, U = lam[1:], U[:, 1:]  # the trivial eigenpair is dropped, as in string_spectrum
+    c = 1.0 / (U ** 2).sum(1).mean()
+    x = torch.arange(len(W), dtype=torch.float64).unsqueeze(-1)
+    k = NetworkKernel(torch.from_numpy(U), torch.from_numpy(lam), time=2.0)
+    got = k(x).to_dense().detach().numpy()
+    assert np.allclose(got, c * (expm(-2.0 * L) - np.outer(u0, u0)), atol=1e-8)
+    reg = NetworkKernel(torch.from_numpy(U), torch.from_numpy(lam), kind="regularized_laplacian", time=2.0)
+    assert np.allclose(reg(x).to_dense().detach().numpy(), c * (inv(np.eye(len(W)) + 2.0 * L) - np.outer(u0, u0)),
+                       atol=1e-8)
+    assert np.allclose(k(x, diag=True).detach().numpy(), np.diag(got))
+    outside = k(torch.tensor([[-1.0], [0.0]], dtype=torch.float64)).to_dense()
+    assert outside[0].abs().max() == 0  # a gene outside the network: a zero row
+    with pytest.raises(IndexError, match="out of range"):
+        k(torch.tensor([[float(len(W))]], dtype=torch.float64)).to_dense()
+
+
+def test_measured_hit_raises_its_network_neighbours_posterior(il2ra_subgraph, one_torch_thread):
+    """GP with the network kernel, fit by marginal likelihood: after IL2RA and a few of its first neighbours are
+    measured as hits among measured non-hits, the unmeasured first neighbours of IL2RA rank above the rest."""
+    import torch
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from gpytorch.kernels import ScaleKernel
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    from perturbloop.knowledge_features import laplacian_eigenpairs
+    from surrogates.network_kernel import NetworkKernel
+
+    W, genes = il2ra_subgraph
+    lam, U, _ = laplacian_eigenpairs(W, 40)
+    center = genes.index("IL2RA")
+    nbrs = set(W[center].indices.tolist())
+    rng = np.random.default_rng(0)
+    hits = [center, *rng.choice(sorted(nbrs), size=3, replace=False).tolist()]
+    far = [i for i in range(len(genes)) if i not in nbrs and i != center]
+    nonhits = rng.choice(far, size=40, replace=False).tolist()
+    train = hits + nonhits
+    X = torch.tensor(train, dtype=torch.float64).unsqueeze(-1)
+    Y = torch.tensor([3.0] * len(hits) + [0.0] * len(nonhits), dtype=torch.float64).unsqueeze(-1)
+    kernel = NetworkKernel(torch.from_numpy(U), torch.from_numpy(lam))
+    t0 = kernel.time.item()
+    gp = SingleTaskGP(X, Y, covar_module=ScaleKernel(kernel))
+    fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
+    assert kernel.time.item() != pytest.approx(t0)  # the diffusion time is learned with the rest
+    test_nbrs = sorted(nbrs - set(train))
+    test_far = sorted(set(far) - set(train))
+    with torch.no_grad():
+        mean = gp.posterior(torch.arange(len(genes), dtype=torch.float64).unsqueeze(-1)).mean.squeeze(-1).numpy()
+    assert len(test_nbrs) >= 5 and mean[test_nbrs].mean() > mean[test_far].mean() + 0.5
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.r_[np.ones(len(test_nbrs)), np.zeros(len(test_far))]
+    assert roc_auc_score(labels, np.r_[mean[test_nbrs], mean[test_far]]) > 0.8
+
+
+def test_network_kernel_for_pool_genes(knowledge_genes, data_dir):
+    """`for_genes` lines the cached STRING eigenpairs up with the pool; unknown genes get zero rows."""
+    import torch
+
+    from perturbloop.knowledge_features import string_block
+    from surrogates.network_kernel import NetworkKernel
+
+    k = NetworkKernel.for_genes(knowledge_genes, data_dir=data_dir)
+    x = torch.arange(len(knowledge_genes), dtype=torch.float64).unsqueeze(-1)
+    K = k(x).to_dense().detach()
+    assert K[knowledge_genes.index("NOTAGENE1")].abs().max() == 0
+    assert torch.allclose(K, K.T) and torch.linalg.eigvalsh(K).min() > -1e-8
+    emb, _ = string_block(knowledge_genes, data_dir)
+    on = emb[:, -1] == 0
+    assert torch.diag(K)[torch.from_numpy(on)].mean() == pytest.approx(1.0, rel=0.5)
+    il2ra, il2rb, other = (knowledge_genes.index(g) for g in ("IL2RA", "IL2RB", "POLR2B"))
+    assert K[il2ra, il2rb] > K[il2ra, other]
