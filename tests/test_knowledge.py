@@ -265,7 +265,7 @@ def test_string_embedding_puts_network_neighbours_close(knowledge_genes, data_di
     """Linked genes are nearer in the spectral embedding than random pairs of network genes."""
     from perturbloop.knowledge_features import string_block
 
-    m, names = string_block(knowledge_genes, data_dir)
+    m, _ = string_block(knowledge_genes, data_dir)
     X = m[:, :-2]
     e = kn.string_edges(data_dir, min_score=700)
     idx = {g: i for i, g in enumerate(knowledge_genes)}
@@ -274,8 +274,10 @@ def test_string_embedding_puts_network_neighbours_close(knowledge_genes, data_di
     on = np.flatnonzero(m[:, -1] == 0)
     rng = np.random.default_rng(0)
     rand = rng.choice(on, size=(2000, 2))
-    d = lambda pairs: np.linalg.norm(X[[p[0] for p in pairs]] - X[[p[1] for p in pairs]], axis=1).mean()  # noqa: E731
-    assert d(linked) < 0.5 * d(rand)
+    def dist(pairs) -> float:
+        return float(np.linalg.norm(X[[p[0] for p in pairs]] - X[[p[1] for p in pairs]], axis=1).mean())
+
+    assert dist(linked) < 0.5 * dist(rand)
 
 
 def test_spectrum_is_the_normalised_laplacian_one(data_dir):
@@ -286,7 +288,7 @@ def test_spectrum_is_the_normalised_laplacian_one(data_dir):
     sub = np.flatnonzero(np.asarray(W[genes.index("IL2RA")].todense()).ravel() > 0)
     sub = np.union1d(sub, np.flatnonzero(np.asarray(W[sub].sum(axis=0)).ravel() > 0))[:300]
     Ws = W[sub][:, sub]
-    lam, U, deg = laplacian_eigenpairs(Ws, 5)
+    lam, U, _ = laplacian_eigenpairs(Ws, 5)
     d = np.asarray(Ws.sum(axis=1)).ravel()
     dinv = np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1e-300)), 0)
     L = np.eye(len(sub)) - dinv[:, None] * Ws.toarray() * dinv[None, :]
@@ -348,7 +350,7 @@ def test_network_kernel_is_the_diffusion_kernel(il2ra_subgraph):
 
     from surrogates.network_kernel import NetworkKernel
 
-    W, genes = il2ra_subgraph  # connected: every gene is within two hops of IL2RA
+    W, _ = il2ra_subgraph  # connected: every gene is within two hops of IL2RA
     W = W.toarray()
     d = W.sum(1)
     L = np.eye(len(W)) - W / np.sqrt(np.outer(d, d))

