@@ -324,8 +324,9 @@ def test_build_gene_pool_and_config_accept_knowledge(knowledge_genes, data_dir):
     from perturbloop.config import DesignConfig
     from perturbloop.features import build_gene_pool
 
-    pool = build_gene_pool(knowledge_genes, features=("go", "literature", "paralogs"), data_dir=data_dir)
-    assert pool.X.shape == (len(knowledge_genes), 65 + 2 + 4) and "paralogs_none" in pool.feature_names
+    pool = build_gene_pool(knowledge_genes, features=("literature", "paralogs"), data_dir=data_dir)
+    assert pool.X.shape == (len(knowledge_genes), 2 + 4) and "paralogs_none" in pool.feature_names
+    assert np.allclose(pool.X.mean(0).numpy(), 0) and np.allclose(pool.X.numpy().std(0), 1)  # standardised
     assert DesignConfig(features=["go", "knowledge"]).features == ["go", "knowledge"]
     with pytest.raises(PerturbloopError, match="unknown feature source 'stringg'.*string, pathways"):
         build_gene_pool(knowledge_genes[:5], features=("stringg",), data_dir=data_dir)

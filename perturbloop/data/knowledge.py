@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -82,10 +83,17 @@ def string_edges(data_dir: str | os.PathLike | None = None, *, min_score: int = 
     """STRING v12 edges: `gene_a`, `gene_b` (mapped symbols, `gene_a < gene_b`), `combined_score` and every
     evidence channel (0-999); one row per unordered pair (the largest score when aliases merge two)."""
     path, = knowledge_paths("string_v12", data_dir)
+    df = _string_table(str(path), path.stat().st_mtime_ns, str(data_dir) if data_dir else None)
+    return df[df["combined_score"] >= min_score].reset_index(drop=True)
+
+
+@lru_cache(maxsize=2)
+def _string_table(path: str, mtime_ns: int, data_dir: str | None) -> pd.DataFrame:
+    """The mapped, deduplicated edge table (read once per file version: ~1 s of parsing and mapping)."""
     df = pd.read_csv(path, sep="\t", usecols=["gene_a", "gene_b", "combined_score", *STRING_CHANNELS])
     a, b = _map_column(df["gene_a"], data_dir), _map_column(df["gene_b"], data_dir)
     df["gene_a"], df["gene_b"] = np.minimum(a, b), np.maximum(a, b)
-    df = df[(df["gene_a"] != df["gene_b"]) & (df["combined_score"] >= min_score)]
+    df = df[df["gene_a"] != df["gene_b"]]
     return df.groupby(["gene_a", "gene_b"], as_index=False, sort=True).max()
 
 
