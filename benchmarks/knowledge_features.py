@@ -1,7 +1,8 @@
 """Build time of each knowledge feature block on every gene of a screen, and a quick sanity number.
 
     python benchmarks/knowledge_features.py                  # Schmidt IL2 (18,877 genes), writes results
-    python benchmarks/knowledge_features.py --screen zhuang2019_nk
+    python benchmarks/knowledge_features.py --screen zhuang2019_nk \
+        --out benchmarks/results/knowledge_features_zhuang2019_nk.json   # one file per screen
 
 Times: each block built from the knowledge files into an empty cache (`PERTURBLOOP_CACHE_DIR` is a
 fresh temporary directory; BLAS limited to `--threads`), then read back from the cache.
