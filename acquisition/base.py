@@ -1,4 +1,10 @@
-"""The AcquisitionPolicy protocol and the Proposal it returns."""
+"""The AcquisitionPolicy protocol, the Proposal it returns, and what every policy shares: which candidates are
+taken, the seeded generator, predictions of the picks and the items with their rationale.
+
+A policy works on any design space (`perturbloop.design_space.DesignSpace`: single genes, pairs) through
+`features(idx)`, `indices(labels)` and `labels_at(idx)`; `observed` maps measured labels to what the model was
+trained on (a screen's scalar, a response vector).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from perturbloop.design_space import SingleSpace
+from perturbloop.design_space import DesignSpace, SingleSpace
 from surrogates.base import Surrogate, SurrogatePosterior
 
 RATIONALE_NEIGHBOURS = 3
@@ -37,26 +43,22 @@ class Proposal:
 
 @runtime_checkable
 class AcquisitionPolicy(Protocol):
-    """`select(surrogate, pool, observed, batch_size, pending) -> Proposal`.
+    """`select(surrogate, space, observed, batch_size, pending) -> Proposal`.
 
-    `observed` maps measured perturbation labels to their objective value; `pending` lists
+    `observed` maps measured perturbation labels to what the model was trained on; `pending` lists
     labels that are running or must not be picked. A policy never picks either.
     `surrogate` is fitted on `observed`, or None when nothing has been observed yet.
     """
 
     name: str
 
-    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
+    def select(self, surrogate: Surrogate | None, space: DesignSpace, observed: Mapping[str, object],
                batch_size: int, pending: Sequence[str] = ()) -> Proposal: ...
 
 
-def available_mask(pool: SingleSpace, observed: Mapping[str, float], pending: Sequence[str]) -> torch.Tensor:
-    """`n` bool: candidates that are neither observed nor pending."""
-    mask = torch.ones(len(pool), dtype=torch.bool)
-    taken = [pool.index[lab] for lab in (*observed.keys(), *pending) if lab in pool.index]
-    if taken:
-        mask[taken] = False
-    return mask
+def available_mask(space: DesignSpace, observed: Mapping[str, object], pending: Sequence[str]) -> torch.Tensor:
+    """`n` bool: candidates that are neither observed nor pending (`~taken_mask`)."""
+    return ~taken_mask(space, observed, pending)
 
 
 def check_batch(batch_size: int, n_available: int) -> int:
@@ -73,29 +75,84 @@ def pool_posterior(surrogate: Surrogate, pool: SingleSpace, observed: Mapping[st
     return mask, check_batch(batch_size, int(mask.sum())), surrogate.posterior(pool.X)
 
 
-def nearest_observed(pool: SingleSpace, picks: Sequence[int], observed: Mapping[str, float],
+def taken_mask(space: DesignSpace, observed: Mapping[str, object], pending: Sequence[str]) -> torch.Tensor:
+    """`n` bool: candidates already observed or pending (labels outside the space are ignored)."""
+    mask = torch.zeros(len(space), dtype=torch.bool)
+    labels = [*observed.keys(), *pending]
+    if labels:
+        try:
+            mask[space.indices(labels)] = True
+        except KeyError:  # some labels are outside the space (e.g. singles measured beside a pair space)
+            for lab in labels:
+                try:
+                    mask[space.indices([lab])] = True
+                except KeyError:
+                    continue
+    return mask
+
+
+def seeded_generator(seed: int, observed: Mapping, pending: Sequence[str]) -> torch.Generator:
+    """A generator seeded by `(seed, measured + pending count)`: the same campaign state always gives the same
+    draw, also after a restart."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + len(observed) + len(pending))
+
+
+def predicted(surrogate, space: DesignSpace, picks: Sequence[int],
+              w: torch.Tensor | None = None) -> tuple[list[float | None], list[float | None]]:
+    """Predicted objective and sd of the picks, for the proposal: a screen model's posterior; a response model's
+    scalarised by `w` (`w^T mu`, `sqrt(w^T Sigma w)`), or without `w` the response size (`||mu||`, `sqrt(tr Sigma)`)."""
+    if surrogate is None or not len(picks):
+        return [None] * len(picks), [None] * len(picks)
+    idx = torch.as_tensor(list(picks), dtype=torch.long)
+    offset = space.offset(idx)
+    X = space.features(idx)
+    post = surrogate.posterior(X) if offset is None else surrogate.posterior(X, offset)
+    if not hasattr(post, "project"):  # a one-readout (screen) posterior
+        return post.mean.tolist(), post.sd.tolist()
+    if w is not None:
+        m, v = post.project(w)
+        return m.tolist(), v.clamp_min(0).sqrt().tolist()
+    return post.mean.norm(dim=1).tolist(), post.total_variance.clamp_min(0).sqrt().tolist()
+
+
+def nearest_observed(space: DesignSpace, picks: Sequence[int], observed: Mapping[str, object],
                      k: int = RATIONALE_NEIGHBOURS) -> list[str]:
-    """Short rationale per pick: the `k` nearest measured perturbations (feature space) and their values."""
-    obs_labels = [lab for lab in observed if lab in pool.index]
-    if not obs_labels or not picks:
+    """Short rationale per pick: the `k` nearest measured perturbations (feature space), with their values where
+    the value is one number."""
+    labs: list[tuple[str, int]] = []
+    for lab in observed:
+        try:
+            labs.append((lab, int(space.indices([lab])[0])))
+        except KeyError:
+            continue
+    if not labs or not len(picks):
         return ["" for _ in picks]
-    Xo = pool.X[pool.indices(obs_labels)]
-    Xp = pool.X[list(picks)]
-    d = torch.cdist(Xp, Xo)
-    nn = d.topk(min(k, len(obs_labels)), largest=False).indices
-    return ["near " + ", ".join(f"{obs_labels[j]} ({observed[obs_labels[j]]:.2f})" for j in row.tolist()) for row in nn]
+    Xo = space.features(torch.tensor([i for _, i in labs])).cpu()
+    Xp = space.features(torch.as_tensor(list(picks), dtype=torch.long)).cpu()
+    nn = torch.cdist(Xp, Xo).topk(min(k, len(labs)), largest=False).indices
+
+    def shown(lab: str) -> str:
+        v = observed[lab]
+        return f"{lab} ({v:.2f})" if isinstance(v, (int, float)) else lab
+
+    return ["near " + ", ".join(shown(labs[j][0]) for j in row.tolist()) for row in nn]
 
 
-def make_items(pool: SingleSpace, picks: Sequence[int], mean: torch.Tensor | None, sd: torch.Tensor | None,
-               acq: torch.Tensor | None, observed: Mapping[str, float], prefix: str = "") -> list[ProposedItem]:
-    notes = nearest_observed(pool, picks, observed)
+def make_items(space: DesignSpace, picks: Sequence[int], mean: torch.Tensor | Sequence[float | None] | None,
+               sd: torch.Tensor | Sequence[float | None] | None, acq: torch.Tensor | Sequence[float | None] | None,
+               observed: Mapping[str, object], prefix: str = "", *, per_pick: bool = False) -> list[ProposedItem]:
+    """The proposal's items, best first: each pick's prediction (`mean[i]`, `sd[i]` indexed by candidate, or by
+    position with `per_pick`), acquisition value (by position) and rationale (`prefix; near ...`)."""
+    notes = nearest_observed(space, picks, observed)
+    labels = space.labels_at(picks)
     out = []
     for j, i in enumerate(picks):
+        at = j if per_pick else i
         out.append(ProposedItem(
-            pool.labels[i],
-            None if mean is None else float(mean[i]),
-            None if sd is None else float(sd[i]),
-            None if acq is None else float(acq[j]),
+            labels[j],
+            None if mean is None or mean[at] is None else float(mean[at]),
+            None if sd is None or sd[at] is None else float(sd[at]),
+            None if acq is None or acq[j] is None else float(acq[j]),
             "; ".join(x for x in (prefix, notes[j]) if x),
         ))
     return out

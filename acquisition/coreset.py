@@ -1,4 +1,5 @@
-"""Coreset: greedy k-center in feature space, blind to the surrogate (GeneDisco / BioDiscoveryAgent baseline).
+"""Coreset: greedy k-center in feature space, blind to the surrogate (GeneDisco / BioDiscoveryAgent
+baseline; `diversity` in response campaigns). One implementation for every design space.
 
 Each pick is the available candidate farthest from everything already covered:
 
@@ -6,12 +7,14 @@ Each pick is the available candidate farthest from everything already covered:
 
 (Sener & Savarese 2018, the greedy 2-approximation to k-center). Pending perturbations count as
 covered: they will be measured. With nothing observed or pending, the first pick is a seeded
-random candidate (seed and campaign state, as `RandomPolicy`). Distances are Euclidean on the
-pool's feature rows as built (`pool.X`). Picks keep a running `n` vector of squared
-min-distances, updated with one `n x d` pass per pick (`O(q n d)` in all); a duplicate of a
-covered row has distance 0 and is picked only once nothing else is left uncovered.
-The acquisition value of a pick is its distance to the covered set when it was picked (None for a
-random start); it is non-increasing along the batch.
+random candidate (seed and campaign state, as `RandomPolicy`). Distances are Euclidean on standardised
+features: single-gene spaces are built standardised (perturbloop.features, perturbloop.design); a pair
+space's pooled features are standardised here, over the candidates considered. Spaces with more than
+`max_candidates` available candidates run on a seeded random subsample of them. Picks keep a running
+vector of squared min-distances, updated with one pass per pick (`O(q n d)` in all); a duplicate of a
+covered row has distance 0 and is picked only once nothing else is left uncovered. The acquisition value
+of a pick is its distance to the covered set when it was picked (None for a random start); it is
+non-increasing along the batch.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from acquisition.base import Proposal, available_mask, check_batch, make_items
-from perturbloop.design_space import SingleSpace
-from surrogates.base import Surrogate
+from acquisition.base import Proposal, check_batch, make_items, predicted, seeded_generator, taken_mask
+from perturbloop.design_space import PAIR_CHUNK, DesignSpace
 
 CENTER_CHUNK = 1024  # covered rows per cdist call: n x 1024 float64 is ~150 MB on a 19k pool
+MAX_CANDIDATES = 20_000  # k-center on larger spaces runs on a seeded subsample of this size
 
 
 def min_sq_dist(X: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
@@ -42,44 +45,55 @@ class CoresetPolicy:
     `x_j = argmax_x min_{c in C_j} ||x - c||_2` (see module docstring).
 
     Example:
-        >>> CoresetPolicy(seed=0).select(None, pool, observed, batch_size=32, pending=[])
+        >>> CoresetPolicy(seed=0).select(None, space, observed, batch_size=32, pending=[])
     """
 
     name = "coreset"
 
-    def __init__(self, seed: int = 0, **_: object):
-        self.seed = seed
+    def __init__(self, seed: int = 0, max_candidates: int = MAX_CANDIDATES, chunk: int = PAIR_CHUNK, **_: object):
+        self.seed, self.max_candidates, self.chunk = seed, max_candidates, chunk
 
-    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
-               batch_size: int, pending: Sequence[str] = ()) -> Proposal:
-        mask = available_mask(pool, observed, pending)
-        q = check_batch(batch_size, int(mask.sum()))
-        X = pool.X.to(torch.float64)
-        covered = [pool.index[lab] for lab in (*observed.keys(), *pending) if lab in pool.index]
-        picks: list[int] = []
-        dist: list[float] = []
-        if covered:
-            d2 = min_sq_dist(X, X[covered])
+    def _rows(self, space: DesignSpace, idx: torch.Tensor) -> torch.Tensor:
+        if not idx.numel():
+            return torch.zeros(0, space.dim, dtype=torch.float64)
+        return torch.cat([space.features(i).cpu().to(torch.float64) for i in torch.split(idx, self.chunk)])
+
+    def select(self, surrogate, space: DesignSpace, observed: Mapping[str, object], batch_size: int,
+               pending: Sequence[str] = ()) -> Proposal:
+        taken = taken_mask(space, observed, pending)
+        avail = (~taken).nonzero().squeeze(-1)
+        q = check_batch(batch_size, avail.numel())
+        gen = seeded_generator(self.seed, observed, pending)
+        if avail.numel() > self.max_candidates:
+            avail = avail[torch.randperm(avail.numel(), generator=gen)[:self.max_candidates]].sort().values
+        X = self._rows(space, avail)
+        mu = torch.zeros(X.shape[1], dtype=X.dtype)
+        sd = torch.ones(X.shape[1], dtype=X.dtype)
+        if space.kind == "pairs" and X.shape[0] > 1:  # pooled pair features share no scale: standardise them
+            mu, sd = X.mean(0), X.std(0)
+            sd = torch.where(sd > 1e-8, sd, torch.ones_like(sd))
+            X = (X - mu) / sd
+        covered = taken.nonzero().squeeze(-1)
+        free = torch.ones(X.shape[0], dtype=torch.bool)
+        local: list[int] = []
+        dist: list[float | None] = []
+        if covered.numel():
+            d2 = min_sq_dist(X, (self._rows(space, covered) - mu) / sd)
         else:  # nothing covered yet: a seeded random start
-            avail = mask.nonzero().squeeze(-1)
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + len(observed) + len(pending))
-            first = int(avail[torch.randint(avail.numel(), (1,), generator=gen)])
-            picks.append(first)
-            dist.append(float("nan"))
-            mask[first] = False
+            first = int(torch.randint(X.shape[0], (1,), generator=gen))
+            local.append(first)
+            dist.append(None)
+            free[first] = False
             d2 = (X - X[first]).square().sum(dim=1)
-        while len(picks) < q:
-            i = int(d2.masked_fill(~mask, -1.0).argmax())
-            picks.append(i)
-            dist.append(float(d2[i].sqrt()))
-            mask[i] = False
+        while len(local) < q:
+            i = int(d2.masked_fill(~free, -1.0).argmax())
+            local.append(i)
+            dist.append(float(d2[i].clamp_min(0).sqrt()))
+            free[i] = False
             d2 = torch.minimum(d2, (X - X[i]).square().sum(dim=1))
-        mean = sd = None
-        if surrogate is not None:
-            post = surrogate.posterior(pool.X)
-            mean, sd = post.mean, post.sd
-        items = make_items(pool, picks, mean, sd, torch.tensor(dist, dtype=torch.float64), observed, "farthest from measured")
-        if not covered:
-            items[0].acq_value = None
+        picks = avail[local].tolist()
+        mean, sdv = predicted(surrogate, space, picks)
+        items = make_items(space, picks, mean, sdv, dist, observed, "farthest from measured", per_pick=True)
+        if not covered.numel():
             items[0].rationale = "random start (nothing measured yet)"
         return Proposal(self.name, items)

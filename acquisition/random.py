@@ -1,4 +1,4 @@
-"""Uniform random picks: the baseline every policy is reported beside."""
+"""Uniform random picks: the baseline every policy is reported beside (any design space, any campaign)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from acquisition.base import Proposal, available_mask, check_batch, make_items
-from perturbloop.design_space import SingleSpace
-from surrogates.base import Surrogate
+from acquisition.base import Proposal, available_mask, check_batch, make_items, predicted, seeded_generator
+from perturbloop.design_space import DesignSpace
 
 
 class RandomPolicy:
@@ -23,14 +22,11 @@ class RandomPolicy:
     def __init__(self, seed: int = 0, **_: object):
         self.seed = seed
 
-    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
-               batch_size: int, pending: Sequence[str] = ()) -> Proposal:
-        avail = available_mask(pool, observed, pending).nonzero().squeeze(-1)
+    def select(self, surrogate, space: DesignSpace, observed: Mapping[str, object], batch_size: int,
+               pending: Sequence[str] = ()) -> Proposal:
+        avail = available_mask(space, observed, pending).nonzero().squeeze(-1)
         q = check_batch(batch_size, avail.numel())
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + len(observed) + len(pending))
+        gen = seeded_generator(self.seed, observed, pending)
         picks = avail[torch.randperm(avail.numel(), generator=gen)[:q]].tolist()
-        mean = sd = None
-        if surrogate is not None:
-            post = surrogate.posterior(pool.X)
-            mean, sd = post.mean, post.sd
-        return Proposal(self.name, make_items(pool, picks, mean, sd, None, observed, "random pick"))
+        mean, sd = predicted(surrogate, space, picks)
+        return Proposal(self.name, make_items(space, picks, mean, sd, None, observed, "random pick", per_pick=True))

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from acquisition.base import Proposal, ProposedItem
-from acquisition.response import make_response_policy
+from acquisition import make_policy as make_acquisition_policy
 from lab_adapters import LabAdapter, LabError, LabResult, make_lab
 from lab_adapters.base import response_value
 from lab_adapters.response_simulator import ResponseSimulatorLab
@@ -257,9 +257,10 @@ def make_policy(kind: str, config: CampaignConfig, world: ResponseWorld, seed: i
     a = config.acquisition
     if kind == "program":
         interaction, absolute = program_flags(config)
-        return make_response_policy(kind, weights=program_weights(world, config), beta=a.beta, interaction=interaction,
-                                    absolute=absolute, max_per_gene=a.max_per_gene, seed=seed)
-    return make_response_policy(kind, seed=seed, max_per_gene=a.max_per_gene)
+        return make_acquisition_policy(kind, "response", weights=program_weights(world, config), beta=a.beta,
+                                       interaction=interaction, absolute=absolute, max_per_gene=a.max_per_gene,
+                                       seed=seed)
+    return make_acquisition_policy(kind, "response", seed=seed, max_per_gene=a.max_per_gene)
 
 
 def model_factory(config: CampaignConfig, kind: str | None = None) -> Callable[[int], object]:

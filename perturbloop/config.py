@@ -119,9 +119,9 @@ class SurrogateConfig(_Strict):
         return self
 
 
-ResponsePolicyKind = Literal["random", "uncertainty", "diversity", "program"]
+ResponsePolicyKind = Literal["random", "uncertainty", "diversity", "coreset", "program"]
 SCREEN_POLICIES = ("random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl")
-RESPONSE_POLICIES = ("random", "uncertainty", "diversity", "program")
+RESPONSE_POLICIES = ("random", "uncertainty", "diversity", "coreset", "program")  # diversity = coreset
 
 
 class AcquisitionConfig(_Strict):

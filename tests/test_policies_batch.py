@@ -133,7 +133,7 @@ def test_prob_hit_values_and_ranking(fitted, small_pool):
     assert all(0.0 <= v <= 1.0 for v in values)
     assert values == sorted(values, reverse=True)  # best first
     avail = [i for i, lab in enumerate(small_pool.labels) if lab not in fitted.observed]
-    assert torch.equal(torch.tensor(picks), torch.tensor(avail)[ph[avail].argsort(descending=True, stable=True)[:Q]])
+    assert torch.equal(picks, torch.tensor(avail)[ph[avail].argsort(descending=True, stable=True)[:Q]])
 
 
 def test_prob_hit_threshold_and_arguments(fitted, small_pool):

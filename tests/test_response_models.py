@@ -373,15 +373,17 @@ def test_pair_batches_cap_picks_per_gene():
 
 
 def test_diversity_random_and_program_policies():
-    from acquisition.response import DiversityPolicy, ProgramPolicy, RandomResponsePolicy, make_response_policy
+    from acquisition import make_policy
+    from acquisition.response import ProgramPolicy
 
     space, obs, m, Y = _singles_setup()
-    d = DiversityPolicy(seed=0).select(None, space, obs, 6)
+    d = make_policy("diversity", "response", seed=0).select(None, space, obs, 6)  # an alias of coreset
+    assert d.policy == "coreset"
     assert len(set(d.labels)) == 6 and not set(d.labels) & set(obs)
     assert all(a is not None for a in [i.acq_value for i in d.items])
     assert [i.acq_value for i in d.items] == sorted([i.acq_value for i in d.items], reverse=True)
-    r1 = RandomResponsePolicy(seed=3).select(None, space, obs, 6)
-    assert r1.labels == RandomResponsePolicy(seed=3).select(None, space, obs, 6).labels
+    r1 = make_policy("random", "response", seed=3).select(None, space, obs, 6)
+    assert r1.labels == make_policy("random", "response", seed=3).select(None, space, obs, 6).labels
     w = torch.zeros(G, dtype=torch.float64)
     w[:5] = 0.2
     p = ProgramPolicy(weights=w, beta=0.0).select(m, space, obs, 3)
@@ -390,8 +392,8 @@ def test_diversity_random_and_program_policies():
     assert p.labels == space.labels_at(sorted(avail, key=lambda i: -float(pred[i]))[:3])
     assert p.items[0].mean == pytest.approx(float(pred[space.indices(p.labels[:1])[0]]))
     with pytest.raises(ConfigError, match="program weights"):
-        make_response_policy("program")
+        make_policy("program", "response")
     with pytest.raises(ConfigError, match="unknown response policy"):
-        make_response_policy("bald")
+        make_policy("bald", "response")
     with pytest.raises(ValueError, match="needs a fitted surrogate"):
-        make_response_policy("uncertainty").select(None, space, obs, 3)
+        make_policy("uncertainty", "response").select(None, space, obs, 3)
