@@ -107,11 +107,9 @@ def predicted(surrogate, space: DesignSpace, picks: Sequence[int],
     offset = space.offset(idx)
     X = space.features(idx)
     post = surrogate.posterior(X) if offset is None else surrogate.posterior(X, offset)
-    if not hasattr(post, "project"):  # a one-readout (screen) posterior
-        return post.mean.tolist(), post.sd.tolist()
-    if w is not None:
-        m, v = post.project(w)
-        return m.tolist(), v.clamp_min(0).sqrt().tolist()
+    if w is not None or not hasattr(post, "total_variance"):  # a one-readout posterior scalarises to itself
+        s = post.scalarise(w)
+        return s.mean.tolist(), s.sd.tolist()
     return post.mean.norm(dim=1).tolist(), post.total_variance.clamp_min(0).sqrt().tolist()
 
 

@@ -144,11 +144,13 @@ class ProgramPolicy(_ScoredPolicy):
         if fast is not None:  # pairs: w . offset from the singles' scores, no c x G offset
             off_s = fast(idx, self.w)
             off_s = None if off_s is None else off_s.to("cpu", torch.float64)
-            mean, var = surrogate.posterior(X).project(self.w, off_s if off_s is not None else None)
+            s = surrogate.posterior(X).scalarise(self.w, off_s)
+            mean, var = s.mean, s.variance
         else:
             off_s = None
             offset = space.offset(idx)
-            mean, var = surrogate.posterior(X, offset).project(self.w)
+            s = surrogate.posterior(X, offset).scalarise(self.w)
+            mean, var = s.mean, s.variance
             if offset is not None:
                 off_s = offset.to("cpu", torch.float64) @ self.w
         if self.interaction and off_s is not None:

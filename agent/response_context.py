@@ -45,7 +45,7 @@ from perturbloop.response_metrics import Evaluation, prepare_evaluation, program
 from perturbloop.responses import summarise_delivery
 from perturbloop.store import Store
 from simulators.response_worlds import ResponseWorld, build_world
-from surrogates import make_response_surrogate
+from surrogates import make_surrogate
 from surrogates.response import fit_on_space, predict_on_space
 
 SUMMARY_METRICS = ("mse_top20_de", "pearson_delta", "l2_top_expressed", "interaction_pearson", "hit_ratio")
@@ -275,6 +275,6 @@ def model_factory(config: CampaignConfig, kind: str | None = None) -> Callable[[
             kw = {"rank": config.surrogate.rank}
 
     def make(seed: int):
-        return make_response_surrogate(kind, **({**kw, "seed": seed} if kind == "ensemble" else kw))
+        return make_surrogate(kind, "response", **({**kw, "seed": seed} if kind == "ensemble" else kw))
 
     return make

@@ -103,7 +103,7 @@ class SurrogateConfig(_Strict):
                                                  "hit_call: 1 for a measured hit, else 0 (objective hits only)")
 
     def kwargs(self) -> dict:
-        """Keyword arguments of a response surrogate of this kind (surrogates.make_response_surrogate)."""
+        """Keyword arguments of a response surrogate of this kind (`surrogates.make_surrogate(kind, "response")`)."""
         if self.kind == "gp":
             return {"rank": min(self.rank, 8), "max_iter": self.max_iter}
         if self.kind == "linear":

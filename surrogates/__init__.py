@@ -1,7 +1,6 @@
 """Surrogate models of perturbation outcomes, with uncertainty. Registered by config name."""
 
 from surrogates.base import Surrogate, SurrogatePosterior
-from surrogates.registry import RESPONSE_SURROGATES, SURROGATES, make_response_surrogate, make_surrogate
+from surrogates.registry import REGISTRY, make_surrogate, surrogate_names
 
-__all__ = ["RESPONSE_SURROGATES", "SURROGATES", "Surrogate", "SurrogatePosterior", "make_response_surrogate",
-           "make_surrogate"]
+__all__ = ["REGISTRY", "Surrogate", "SurrogatePosterior", "make_surrogate", "surrogate_names"]

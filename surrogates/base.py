@@ -1,4 +1,11 @@
-"""The Surrogate protocol: `fit(X, Y)` then `posterior(X)` -> mean and variance."""
+"""The Surrogate protocols and the scalar posterior every policy scores.
+
+A surrogate fits features `X` (`n x d`) to what was measured: a pooled screen's one readout (`Y`: `n`,
+the `G = 1` case: `Surrogate`) or a response vector over `G` readouts (`Y`: `n x G`, with the design
+space's offsets where it has them: `surrogates.response.ResponseSurrogate`). Either posterior gives a
+`SurrogatePosterior` for a policy: a screen model's directly, a response model's through
+`scalarise(w)` (mean `w^T mu`, variance `w^T Sigma w`).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,16 @@ class SurrogatePosterior:
     @property
     def sd(self) -> torch.Tensor:
         return self.variance.clamp_min(0).sqrt()
+
+    def scalarise(self, w: torch.Tensor | None = None, offset_score: torch.Tensor | None = None) -> SurrogatePosterior:
+        """Already a one-readout posterior: `w` (length 1) scales it, `offset_score` shifts it."""
+        mean, var = self.mean, self.variance
+        if w is not None:
+            s = float(torch.as_tensor(w).reshape(-1)[0])
+            mean, var = mean * s, var * s * s
+        if offset_score is not None:
+            mean = mean + offset_score.to(mean)
+        return SurrogatePosterior(mean, var)
 
 
 @runtime_checkable

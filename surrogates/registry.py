@@ -1,4 +1,9 @@
-"""Surrogates by config name."""
+"""Surrogates by config name: one registry for every kind of campaign.
+
+Each entry names the campaign kinds it serves: `screen` (one readout per gene, `Y`: `n`) and
+`response` (a response vector, `Y`: `n x G`). `gp` and `mean` exist for both: an exact GP and a
+mean model of the one readout, and a low-rank GP and a mean model of the response.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +11,30 @@ from collections.abc import Callable
 
 from perturbloop.errors import ConfigError
 from surrogates.baselines import MeanSurrogate
-from surrogates.base import Surrogate
 from surrogates.gp import GPSurrogate
-from surrogates.response import EnsembleResponse, LowRankGPResponse, ResponseSurrogate
+from surrogates.response import EnsembleResponse, LowRankGPResponse
 from surrogates.response_baselines import AdditiveResponse, LinearResponse, MeanResponse
 
-SURROGATES: dict[str, Callable[..., Surrogate]] = {"gp": GPSurrogate, "mean": MeanSurrogate}
-
-
-# multi-output (transcriptome response) surrogates: objective learn_response, pair campaigns
-RESPONSE_SURROGATES: dict[str, Callable[..., ResponseSurrogate]] = {
-    "ensemble": EnsembleResponse, "gp": LowRankGPResponse, "linear": LinearResponse,
-    "mean": MeanResponse, "additive": AdditiveResponse,
+REGISTRY: dict[tuple[str, str], Callable[..., object]] = {
+    ("gp", "screen"): GPSurrogate,
+    ("mean", "screen"): MeanSurrogate,
+    ("ensemble", "response"): EnsembleResponse,
+    ("gp", "response"): LowRankGPResponse,
+    ("linear", "response"): LinearResponse,
+    ("mean", "response"): MeanResponse,
+    ("additive", "response"): AdditiveResponse,
 }
 
 
-def make_surrogate(kind: str, **kwargs: object) -> Surrogate:
-    try:
-        factory = SURROGATES[kind]
-    except KeyError:
-        raise ConfigError(f"surrogate.kind: unknown surrogate {kind!r}; available: {', '.join(SURROGATES)}") from None
-    return factory(**kwargs)
+def surrogate_names(campaign: str) -> list[str]:
+    return [name for name, c in REGISTRY if c == campaign]
 
 
-def make_response_surrogate(kind: str, **kwargs: object) -> ResponseSurrogate:
-    """A `ResponseSurrogate` (surrogates.response) by name: ensemble, gp (low-rank), linear, mean, additive."""
+def make_surrogate(kind: str, campaign: str = "screen", **kwargs: object):
+    """The surrogate `kind` for a `campaign` kind (`screen` | `response`), unfitted."""
     try:
-        factory = RESPONSE_SURROGATES[kind]
+        factory = REGISTRY[(kind, campaign)]
     except KeyError:
-        raise ConfigError(f"surrogate.kind: unknown response surrogate {kind!r}; "
-                          f"available: {', '.join(RESPONSE_SURROGATES)}") from None
+        raise ConfigError(f"surrogate.kind: unknown {campaign} surrogate {kind!r}; "
+                          f"available: {', '.join(surrogate_names(campaign))}") from None
     return factory(**kwargs)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from perturbloop.device import default_device
+from surrogates.base import SurrogatePosterior
 from perturbloop.design_space import DesignSpace
 
 POSTERIOR_CHUNK = 4096  # rows per forward pass / GP posterior call; bounds memory at ~chunk x (hidden or n) floats
@@ -117,6 +118,11 @@ class ResponsePosterior:
         if self.gene_var is not None:
             var = var + self.gene_var @ w.square()
         return mean, var
+
+    def scalarise(self, w: torch.Tensor, offset_score: torch.Tensor | None = None) -> SurrogatePosterior:
+        """The posterior of the scalar `s = w . y` (mean `w^T mu`, variance `w^T Sigma w`, as BoTorch's
+        `ScalarizedPosteriorTransform`): what a policy scores."""
+        return SurrogatePosterior(*self.project(w, offset_score))
 
 
 @runtime_checkable

@@ -124,10 +124,10 @@ def test_pca_output_reconstructs_a_low_rank_response():
 
 @pytest.mark.parametrize("kind", ["ensemble", "gp", "linear", "mean"])
 def test_response_surrogates_fit_predict_shapes(kind):
-    from surrogates import make_response_surrogate
+    from surrogates import make_surrogate
 
     X, Y = planted(25)
-    m = make_response_surrogate(kind, **({"epochs": 50} if kind == "ensemble" else {}))
+    m = make_surrogate(kind, "response", **({"epochs": 50} if kind == "ensemble" else {}))
     m.fit(X[:20], Y[:20])
     post = m.posterior(X[20:])
     assert post.mean.shape == (5, G) and post.variance.shape == (5, G) and post.total_variance.shape == (5,)
@@ -228,13 +228,21 @@ def test_offset_models_learn_the_residual_and_additive_returns_the_prior():
     assert torch.allclose(mean.posterior(X[:2]).mean[0], Y[:90].mean(0))
 
 
-def test_response_registry_keeps_scalar_surrogates():
-    from surrogates import RESPONSE_SURROGATES, SURROGATES, make_response_surrogate, make_surrogate
+def test_one_registry_serves_both_campaign_kinds():
+    from surrogates import make_surrogate, surrogate_names
+    from surrogates.base import SurrogatePosterior
 
-    assert set(RESPONSE_SURROGATES) == {"ensemble", "gp", "linear", "mean", "additive"}
-    assert set(SURROGATES) >= {"gp", "mean"} and make_surrogate("mean").name == "mean"
+    assert set(surrogate_names("response")) == {"ensemble", "gp", "linear", "mean", "additive"}
+    assert set(surrogate_names("screen")) == {"gp", "mean"} and make_surrogate("mean").name == "mean"
+    assert type(make_surrogate("gp", "response")).__name__ == "LowRankGPResponse"
     with pytest.raises(ConfigError, match="unknown response surrogate"):
-        make_response_surrogate("transformer")
+        make_surrogate("transformer", "response")
+    with pytest.raises(ConfigError, match="unknown screen surrogate 'ensemble'"):
+        make_surrogate("ensemble")
+    # a one-readout posterior is already scalar: scalarising it with w = [s] scales it
+    post = SurrogatePosterior(torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([0.5, 2.0], dtype=torch.float64))
+    s = post.scalarise(torch.tensor([-2.0]))
+    assert s.mean.tolist() == [-2.0, 4.0] and s.variance.tolist() == [2.0, 8.0]
 
 
 # --- pair spaces and chunked scoring ------------------------------------------------------------------
