@@ -49,6 +49,7 @@ class CoresetPolicy:
     """
 
     name = "coreset"
+    uses_model = False  # the loop fits no surrogate for it
 
     def __init__(self, seed: int = 0, max_candidates: int = MAX_CANDIDATES, chunk: int = PAIR_CHUNK, **_: object):
         self.seed, self.max_candidates, self.chunk = seed, max_candidates, chunk

@@ -18,6 +18,7 @@ class RandomPolicy:
     """
 
     name = "random"
+    uses_model = False  # the loop fits no surrogate for it
 
     def __init__(self, seed: int = 0, **_: object):
         self.seed = seed

@@ -2,12 +2,16 @@
 
 A `WorldSpec` names the screen, hits and features; a `PolicySpec` the policy. `build_screen_world`
 makes the candidate pool and the replayed screen once per process (cached), so a sweep task can run
-in any worker process without shipping tensors; `simulated_campaign_row` runs one policy and seed.
+in any worker process without shipping tensors; `simulated_campaign_row` runs one policy and seed
+through the shipped LangGraph loop (agent.runner) against a temporary store: a benchmark number is
+the loop's number.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -15,8 +19,14 @@ from pathlib import Path
 import torch
 
 from acquisition import make_policy
-from agent.simulate import simulate_campaign
+from agent.context import CampaignContext
+from agent.runner import run_campaign
+from lab_adapters import SimulatorLab
+from perturbloop.config import CampaignConfig, parse_config
+from perturbloop.design_space import SingleSpace
 from perturbloop.errors import ConfigError, PerturbloopError
+from perturbloop.store import Store
+from simulators import ScreenReplay
 from surrogates import make_surrogate
 
 
@@ -135,21 +145,57 @@ def build_screen_world(spec: WorldSpec) -> ScreenWorld:
     return ScreenWorld(pool, replay, names)
 
 
+def benchmark_config(world_spec: WorldSpec, policy: PolicySpec, seed: int, rounds: int, batch: int) -> CampaignConfig:
+    """The campaign a benchmark task runs: the shipped loop's config for this screen, policy and seed."""
+    hit_calls = world_spec.target == "hit"
+    surrogate = {"kind": "gp", "target": "hit_call" if hit_calls else "value",
+                 "target_transform": "none" if hit_calls else world_spec.target_transform}
+    if world_spec.fit_iter:
+        surrogate["max_iter"] = world_spec.fit_iter
+    acquisition: dict = {"kind": policy.kind, "beta": policy.beta}
+    if policy.path:
+        acquisition["policy_path"] = policy.path
+    return parse_config({
+        "name": f"benchmark-{policy.kind}-{seed}", "rounds": rounds, "batch_size": batch, "seed": seed,
+        "data": {"screen": world_spec.screen, "hit_fraction": world_spec.hit_fraction,
+                 "nonessential": world_spec.nonessential},
+        "design": {"features": list(world_spec.features), "embeddings": world_spec.embeddings,
+                   "prior_screens": None if world_spec.prior_screens is None else list(world_spec.prior_screens)},
+        "surrogate": surrogate, "acquisition": acquisition}, "benchmark campaign")
+
+
+def simulate(config: CampaignConfig, pool: SingleSpace, replay: ScreenReplay, policy,
+             make_surrogate: Callable[[dict | None], object]) -> tuple[list[dict], list[list[str]]]:
+    """Run `config` through the shipped loop against a temporary store, `replay` answering in the simulator
+    lab; returns the round rows (agent.report) and the batch measured in each round."""
+    with tempfile.TemporaryDirectory(prefix="perturbloop-benchmark-") as tmp:
+        store = Store(str(Path(tmp) / "benchmark.db"))
+        ctx = CampaignContext(config, store, pool, SimulatorLab(replay), policy, make_surrogate, replay, score=False)
+        rows = run_campaign(config, store, context=ctx).rounds
+        picks = [list(store.decision(r.id).final) for r in store.rounds(config.name)]
+    return rows, picks
+
+
 def simulated_campaign_row(world_spec: WorldSpec, policy: PolicySpec, seed: int, rounds: int, batch: int) -> dict:
-    """One campaign of one policy and seed; returns a results row."""
+    """One campaign of one policy and seed, run by the shipped LangGraph loop against a temporary store (the
+    world's pool and replay are built once per process); returns a results row.
+
+    Per round: the cumulative hit ratio, and the seconds of fitting the model and selecting the batch.
+    """
     torch.set_num_threads(max(1, int(os.environ.get("PERTURBLOOP_TASK_THREADS", "0")) or torch.get_num_threads()))
     world = build_screen_world(world_spec)
+    config = benchmark_config(world_spec, policy, seed, rounds, batch)
     pool = world.pool
     bounds = torch.stack([pool.X.min(0).values, pool.X.max(0).values])
-    make = None
-    hit_calls = world_spec.target == "hit"
-    transform = "none" if hit_calls else world_spec.target_transform
-    if policy.kind not in ("random", "coreset", "prior"):
-        def make(params):  # noqa: ANN001, ANN202
-            kw = {"max_iter": world_spec.fit_iter} if world_spec.fit_iter else {}
-            return make_surrogate("gp", bounds=bounds, init_params=params, target_transform=transform, **kw)
-    run = simulate_campaign(pool, world.replay, make_policy(policy.kind, seed=seed, beta=policy.beta, policy_path=policy.path,
-                                                                rounds=rounds), make,
-                            rounds=rounds, batch_size=batch, seed=seed, objective=abs, hit_calls=hit_calls)
-    return {"policy": policy.label, "seed": seed, "hit_ratio": run.hit_ratio, "per_round": run.per_round,
-            "round_seconds": run.round_seconds, "n_hits": len(world.replay.hits & set(pool.labels))}
+    s = config.surrogate
+
+    def make(params: dict | None):
+        return make_surrogate("gp", bounds=bounds, init_params=params, target_transform=s.target_transform,
+                              max_iter=s.max_iter)
+
+    acq = make_policy(policy.kind, seed=seed, beta=policy.beta, policy_path=policy.path, rounds=rounds)
+    rows, _ = simulate(config, pool, world.replay, acq, make)
+    return {"policy": policy.label, "seed": seed, "hit_ratio": rows[-1]["hit_ratio"],
+            "per_round": [r["hit_ratio"] for r in rows],
+            "round_seconds": [(r["fit_seconds"] or 0.0) + (r["select_seconds"] or 0.0) for r in rows],
+            "n_hits": len(world.replay.hits & set(pool.labels))}

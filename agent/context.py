@@ -39,6 +39,7 @@ class CampaignContext:
     make_surrogate: Callable[[dict], Surrogate]  # init_params (warm start) -> unfitted surrogate
     world: ScreenReplay | None = None  # simulated campaigns only: scoring, never seen by the policy
     on_round: Callable[[dict], None] | None = None
+    score: bool = True  # score the model on the unmeasured genes each round (evaluation only; benchmarks skip it)
     cache: dict[str, Any] = field(default_factory=dict)  # fitted surrogate of the current round
 
     @property
@@ -92,8 +93,8 @@ class CampaignContext:
     def fit_model(self, observed: dict[str, float], index: int) -> Surrogate | None:
         """The surrogate refit on `observed` (warm-started from the last stored fit); None under 2 points or
         when every target is the same (e.g. no hit called yet): then the policy ranks by priors."""
-        if len(observed) < 2 or len(set(observed.values())) < 2:
-            return None
+        if len(observed) < 2 or len(set(observed.values())) < 2 or not getattr(self.policy, "uses_model", True):
+            return None  # a model-free policy (random, coreset) needs no fit
         surrogate = self.make_surrogate(self.store.latest_params(self.campaign_id, self.config.surrogate.kind))
         idx = self.pool.indices(list(observed))
         surrogate.fit(self.pool.X[idx], torch.tensor(list(observed.values()), dtype=torch.float64))
@@ -101,7 +102,7 @@ class CampaignContext:
 
     def score_model(self, surrogate: Surrogate | None, observed: dict[str, float]) -> dict[str, float]:
         """Evaluation only (a simulated world): Spearman of the posterior mean on the genes not yet measured."""
-        if surrogate is None or self.world is None:
+        if surrogate is None or self.world is None or not self.score:
             return {}
         import numpy as np
         from scipy.stats import spearmanr

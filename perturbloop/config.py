@@ -120,13 +120,14 @@ class SurrogateConfig(_Strict):
 
 
 ResponsePolicyKind = Literal["random", "uncertainty", "diversity", "coreset", "program"]
-SCREEN_POLICIES = ("random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl")
+SCREEN_POLICIES = ("random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl",
+                   "rl_permuted")  # rl_permuted: the RL policy's shuffled-feedback control (benchmarks)
 RESPONSE_POLICIES = ("random", "uncertainty", "diversity", "coreset", "program")  # diversity = coreset
 
 
 class AcquisitionConfig(_Strict):
     kind: Literal["random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl",
-                  "uncertainty", "diversity", "program"] = "ucb"
+                  "rl_permuted", "uncertainty", "diversity", "program"] = "ucb"
     beta: float = Field(4.0, ge=0, description="UCB exploration weight: mu + sqrt(beta) sigma")
     policy_path: str | None = Field(None, description="kind 'rl': checkpoint from `perturbloop policy train`")
     program: list[str] | None = Field(None, description="program: genes whose mean LFC is the score")
@@ -137,7 +138,7 @@ class AcquisitionConfig(_Strict):
 
     @model_validator(mode="after")
     def _rl_needs_checkpoint(self) -> AcquisitionConfig:
-        if self.kind == "rl" and not self.policy_path:
+        if self.kind in ("rl", "rl_permuted") and not self.policy_path:
             raise ValueError("kind 'rl' needs policy_path (a checkpoint from `perturbloop policy train`)")
         return self
 

@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 
 from acquisition import make_policy
-from agent.simulate import simulate_campaign
-from agent.benchmark import PolicySpec, WorldSpec, build_screen_world, read_hits_file
+from agent.benchmark import PolicySpec, WorldSpec, benchmark_config, build_screen_world, read_hits_file, simulate
 from perturbloop.benchmark_report import summarise
 from perturbloop.data import load_screen
 from perturbloop.data.screens import Screen
@@ -34,22 +33,34 @@ def slice_path(tmp_path_factory, data_dir):
     return p
 
 
-def _gp(pool):
+def _gp(pool, **kw):
     import torch
 
     bounds = torch.stack([pool.X.min(0).values, pool.X.max(0).values])
-    return lambda params: make_surrogate("gp", bounds=bounds, init_params=params, max_iter=30, target_transform="log")
+    kw = {"max_iter": 30, "target_transform": "log", **kw}
+    return lambda params: make_surrogate("gp", bounds=bounds, init_params=params, **kw)
+
+
+def _run(spec: WorldSpec, policy, make, rounds: int, batch: int, replay=None,
+         kind: str | None = None) -> tuple[list[float], list[list[str]]]:
+    """A simulated campaign through the shipped loop (the config names `kind`, default the policy's name):
+    (cumulative hit ratio per round, picks per round)."""
+    world = build_screen_world(spec)
+    config = benchmark_config(spec, PolicySpec.parse(kind or policy.name), 0, rounds, batch)
+    rows, picks = simulate(config, world.pool, replay or world.replay, policy, make)
+    return [r["hit_ratio"] for r in rows], picks
 
 
 def test_hit_ratio_is_distinct_hits_over_all_hits(slice_path, data_dir):
-    world = build_screen_world(WorldSpec(str(slice_path), features=("go",), data_dir=str(data_dir)))
-    run = simulate_campaign(world.pool, world.replay, make_policy("random", seed=3), None, rounds=3, batch_size=20)
+    spec = WorldSpec(str(slice_path), features=("go",), data_dir=str(data_dir))
+    world = build_screen_world(spec)
+    per_round, picks = _run(spec, make_policy("random", seed=3), None, 3, 20)
     hits = world.replay.hits
     assert len(hits) == round(0.05 * len(world.pool))
     for t in range(3):
-        picked = {g for batch in run.picks[: t + 1] for g in batch}
-        assert run.per_round[t] == pytest.approx(len(picked & hits) / len(hits))
-    assert len({g for b in run.picks for g in b}) == 60  # never the same gene twice
+        picked = {g for batch in picks[: t + 1] for g in batch}
+        assert per_round[t] == pytest.approx(len(picked & hits) / len(hits))
+    assert len({g for b in picks for g in b}) == 60  # never the same gene twice
 
 
 def test_given_hit_list_replaces_top_fraction(slice_path, data_dir, tmp_path):
@@ -80,24 +91,21 @@ def test_unseen_scores_never_reach_the_policy(slice_path, data_dir):
     spec = WorldSpec(str(slice_path), features=("go", "screens"), prior_screens=("schmidt2021_ifng",), data_dir=str(data_dir))
     world = build_screen_world(spec)
     screen: Screen = world.replay.screen
-    run = simulate_campaign(world.pool, world.replay, make_policy("ucb", seed=0, beta=0.25), _gp(world.pool),
-                            rounds=3, batch_size=16)
-    picked = {g for b in run.picks for g in b}
+    _, run_picks = _run(spec, make_policy("ucb", seed=0, beta=0.25), _gp(world.pool), 3, 16)
+    picked = {g for b in run_picks for g in b}
     rng = np.random.default_rng(0)
 
     unseen = [g for g in screen.genes if g not in picked]
     scores = screen.scores.copy()
     scores.loc[unseen] = rng.permutation(scores.loc[unseen].to_numpy())
     shuffled = ScreenReplay(Screen(screen.name, scores), hits=set(world.replay.hits))
-    again = simulate_campaign(world.pool, shuffled, make_policy("ucb", seed=0, beta=0.25), _gp(world.pool),
-                              rounds=3, batch_size=16)
-    assert again.picks == run.picks
+    _, again = _run(spec, make_policy("ucb", seed=0, beta=0.25), _gp(world.pool), 3, 16, replay=shuffled)
+    assert again == run_picks
 
     all_shuffled = ScreenReplay(Screen(screen.name, pd.Series(rng.permutation(screen.scores.to_numpy()), index=screen.scores.index)))
-    other = simulate_campaign(world.pool, all_shuffled, make_policy("ucb", seed=0, beta=0.25), _gp(world.pool),
-                              rounds=3, batch_size=16)
-    assert other.picks[0] == run.picks[0]
-    assert other.picks[1:] != run.picks[1:]
+    _, other = _run(spec, make_policy("ucb", seed=0, beta=0.25), _gp(world.pool), 3, 16, replay=all_shuffled)
+    assert other[0] == run_picks[0]
+    assert other[1:] != run_picks[1:]
 
 
 def test_policy_specs_and_aliases():
@@ -135,8 +143,9 @@ def test_benchmark_command_writes_results_and_curves(slice_path, data_dir, tmp_p
 
 def test_hit_call_target_trains_on_the_labs_hit_calls(slice_path, data_dir):
     """`--target hit`: the surrogate sees 1.0 for measured hits and 0.0 otherwise, never the scores."""
-    world = build_screen_world(WorldSpec(str(slice_path), features=("go", "screens"), prior_screens=("schmidt2021_ifng",),
-                                  data_dir=str(data_dir), target="hit"))
+    spec = WorldSpec(str(slice_path), features=("go", "screens"), prior_screens=("schmidt2021_ifng",),
+                     data_dir=str(data_dir), target="hit")
+    world = build_screen_world(spec)
     seen: list[dict] = []
 
     class Recording:
@@ -149,14 +158,9 @@ def test_hit_call_target_trains_on_the_labs_hit_calls(slice_path, data_dir):
             seen.append(dict(observed))
             return self.inner.select(surrogate, pool, observed, batch_size, pending)
 
-    import torch
-
-    bounds = torch.stack([world.pool.X.min(0).values, world.pool.X.max(0).values])
-    run = simulate_campaign(world.pool, world.replay, Recording(),
-                            lambda p: make_surrogate("gp", bounds=bounds, init_params=p, max_iter=5), rounds=3,
-                            batch_size=40, hit_calls=True)
+    _, picks = _run(spec, Recording(), _gp(world.pool, max_iter=5, target_transform="none"), 3, 40, kind="greedy")
     last = seen[-1]
-    assert set(last) == {g for b in run.picks[:2] for g in b}
+    assert set(last) == {g for b in picks[:2] for g in b}
     assert all(v == float(g in world.replay.hits) for g, v in last.items())
     assert 0 < sum(last.values()) < len(last)  # both kinds were measured: a real hit-call signal
     with pytest.raises(ConfigError, match="--target"):
