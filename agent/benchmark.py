@@ -1,17 +1,24 @@
-"""Simulated screen campaigns (the BioDiscoveryAgent protocol) composed from plain parameters.
+"""Simulated campaigns for benchmarks, run by the shipped LangGraph loop (agent.runner) against a temporary
+store: a benchmark number is the loop's number.
 
-A `WorldSpec` names the screen, hits and features; a `PolicySpec` the policy. `build_screen_world`
-makes the candidate pool and the replayed screen once per process (cached), so a sweep task can run
-in any worker process without shipping tensors; `simulated_campaign_row` runs one policy and seed
-through the shipped LangGraph loop (agent.runner) against a temporary store: a benchmark number is
-the loop's number.
+Screens (the BioDiscoveryAgent protocol): a `WorldSpec` names the screen, hits and features; a `PolicySpec`
+the policy. `build_screen_world` makes the candidate pool and the replayed screen once per process (cached),
+so a sweep task can run in any worker process without shipping tensors; `simulated_campaign_row` runs one
+policy and seed. Hit ratio after round `t` = distinct hits picked in rounds 1..t / all hits.
+
+Response campaigns (`campaign_for`): IterPert-style learning curves for singles, Ahlmann-Eltze-style
+scoring for pairs. Per seed a held-out test set (`evaluation.test_fraction`, never run) and `initial`
+random candidates (pair campaigns know the singles up front: the additive prior); after every ingested
+round the refit model is scored on the test set (perturbloop.response_metrics) beside the baselines
+(`mean`, `linear`; `additive` for pairs) fitted on the same observations (`<metric>@<baseline>`); objective
+`maximize` adds `hit_ratio` and `best_score`.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -20,10 +27,12 @@ import torch
 
 from acquisition import make_policy
 from agent.context import CampaignContext
+from agent.response_context import ResponseCampaignContext, response_parts
 from agent.runner import run_campaign
 from lab_adapters import SimulatorLab
-from perturbloop.config import CampaignConfig, parse_config
-from perturbloop.design_space import SingleSpace
+from lab_adapters.response_simulator import ResponseSimulatorLab
+from perturbloop.config import CampaignConfig, LabConfig, parse_config
+from perturbloop.design_space import DesignSpace, SingleSpace
 from perturbloop.errors import ConfigError, PerturbloopError
 from perturbloop.store import Store
 from simulators import ScreenReplay
@@ -199,3 +208,45 @@ def simulated_campaign_row(world_spec: WorldSpec, policy: PolicySpec, seed: int,
             "per_round": [r["hit_ratio"] for r in rows],
             "round_seconds": [(r["fit_seconds"] or 0.0) + (r["select_seconds"] or 0.0) for r in rows],
             "n_hits": len(world.replay.hits & set(pool.labels))}
+
+
+def campaign_for(config: CampaignConfig, policy_kind: str, seed: int, data_dir=None,
+                 space: DesignSpace | None = None) -> dict:
+    """One (policy, seed) response campaign from a config, run by the loop against a temporary store with a
+    fresh world and the seed's split; returns the results row (metrics per round: after the initial design and
+    after each of the `rounds` rounds)."""
+    threads = int(os.environ.get("PERTURBLOOP_TASK_THREADS", "0") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    run_config = config.model_copy(update={
+        "name": f"benchmark-{policy_kind}-{seed}", "seed": seed, "approval": "auto",
+        "acquisition": config.acquisition.model_copy(update={"kind": policy_kind}),
+        "lab": LabConfig(kind="simulator")})
+    p = response_parts(run_config, seed, data_dir, policy_kind=policy_kind, space=space)
+    with tempfile.TemporaryDirectory(prefix="perturbloop-benchmark-") as tmp:
+        store = Store(str(Path(tmp) / "benchmark.db"))
+        ctx = ResponseCampaignContext(run_config, store, p.world, p.space, p.split, p.evaluation,
+                                      ResponseSimulatorLab(p.world), p.policy, p.make_model, p.baselines,
+                                      p.make_baseline)
+        run_campaign(run_config, store, context=ctx)
+        rounds = store.rounds(run_config.name)
+        fits = [store.model_fit(r.id) for r in rounds]
+        picks = [list(store.decision(r.id).final) for r in rounds]
+        failed = [o.perturbation for o in store.observations(run_config.name, include_failed=True) if o.failed]
+    metrics: dict[str, list[float]] = {}
+    for f in fits:
+        for k, v in (f.metrics or {}).items():
+            if k != "n_measured":
+                metrics.setdefault(k, []).append(float(v))
+    return {"policy": policy_kind, "seed": seed, "metrics": metrics,
+            "round_seconds": [f.fit_seconds + f.select_seconds for f in fits[1:]],
+            "n_observed": [int((f.metrics or {}).get("n_measured", 0)) for f in fits], "picks": picks,
+            "failed": failed, "n_test": len(p.split.test), "n_candidates": len(p.space)}
+
+
+def response_sweep(config: CampaignConfig, data_dir=None, *, policies: Sequence[str] | None = None,
+                   seeds: int | None = None) -> list[dict]:
+    """Every policy x seed in this process, rows in (policy, seed) order (tests, benchmarks/)."""
+    policies = list(policies or config.evaluation.policies)
+    seeds = seeds or config.evaluation.seeds
+    return [campaign_for(config, pk, s, data_dir) for pk in policies for s in range(seeds)]

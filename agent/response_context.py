@@ -15,7 +15,7 @@ in place of a screen campaign's:
   beside the baselines fitted on the same observations (`<metric>@<baseline>`), and the scores
   are written to the round's ModelFit record.
 
-The pieces (`response_parts`) are those of the simulated evaluation (`agent.simulate.campaign_for`):
+The pieces (`response_parts`) are those of the simulated evaluation (`agent.benchmark.campaign_for`):
 a campaign run here measures the same perturbations, and scores the same, as seed `seed` of its
 policy in `perturbloop benchmark --config` (tested).
 """
@@ -186,6 +186,7 @@ class ResponseCampaignContext:
                 out[f"{k}@{b}"] = v
         if ev.hits:
             out["hit_ratio"] = len(ev.hits & set(observed)) / len(ev.hits)
+            out["best_score"] = max((ev.scores.get(k, -np.inf) for k in observed), default=float("nan"))
         return {k: float(v) for k, v in out.items()}
 
     def summary(self, index: int) -> dict:

@@ -1,7 +1,7 @@
 """Response-campaign benchmarks (`perturbloop benchmark --config`): every policy x seed as Prefect tasks.
 
 The protocol (IterPert-style for singles, Ahlmann-Eltze-style scoring for pairs) and the campaign
-each task runs are in `agent.simulate` (`campaign_for`); results and tables in
+each task runs (through the LangGraph loop) are in `agent.benchmark` (`campaign_for`); results and tables in
 `perturbloop.benchmark_report`.
 """
 
@@ -11,7 +11,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from agent.response_context import build_world
-from agent.simulate import campaign_for, response_sweep
+from agent.benchmark import campaign_for, response_sweep
 from flows.evaluation import task_runner
 from perturbloop.config import CampaignConfig
 

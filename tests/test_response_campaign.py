@@ -1,5 +1,5 @@
-"""Response campaigns (Perturb-seq, pairs) through the LangGraph loop and the store: the same picks
-and scores as the simulated evaluation, response vectors in the store, crash-safe resume, and
+"""Response campaigns (Perturb-seq, pairs) through the LangGraph loop and the store: scores in every round,
+response vectors in the store, crash-safe resume (the same batches as an uninterrupted run), and
 `perturbloop run` on a response config."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from agent.runner import run_campaign
-from agent.simulate import campaign_for
+from agent.benchmark import campaign_for
 from perturbloop.config import parse_config
 from perturbloop.store import Store
 
@@ -66,16 +66,14 @@ def _picks(store: Store, name: str) -> list[list[str]]:
     return [list(store.decision(r.id).final) for r in store.rounds(name)]
 
 
-def test_loop_measures_and_scores_like_the_evaluation(tmp_path):
+def test_loop_stores_responses_and_scores_every_round(tmp_path):
     cfg = parse_config(GRN)
     store = Store(str(tmp_path / "pl.db"))
     res = run_campaign(cfg, store)
     assert res.status == "finished" and len(res.rounds) == cfg.rounds + 1
-    row = campaign_for(cfg, "uncertainty", cfg.seed)
-    assert _picks(store, cfg.name) == row["picks"]  # the same batches as seed `seed` of the benchmark
-    for r, mse in zip(res.rounds, row["metrics"]["mse_top20_de"]):
-        assert r["metrics"]["mse_top20_de"] == pytest.approx(mse, rel=1e-6)
-        assert "mse_top20_de@additive" in r["metrics"] and "mse_top20_de@mean" in r["metrics"]
+    for r in res.rounds:
+        assert {"mse_top20_de", "mse_top20_de@additive", "mse_top20_de@mean"} <= set(r["metrics"])
+    picks = _picks(store, cfg.name)
     # every measured response is in the store with its observation; held-out pairs were never run
     responses = store.responses(cfg.name)
     obs = store.observations(cfg.name)
@@ -87,7 +85,7 @@ def test_loop_measures_and_scores_like_the_evaluation(tmp_path):
     assert len(proposals) == len(set(proposals))
     # a re-run of a finished campaign does nothing
     again = run_campaign(cfg, store)
-    assert again.status == "finished" and _picks(store, cfg.name) == row["picks"]
+    assert again.status == "finished" and _picks(store, cfg.name) == picks
     assert all(len(store.lab_jobs(r.id)) == 1 for r in store.rounds(cfg.name))
 
 

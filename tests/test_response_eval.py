@@ -62,7 +62,7 @@ def _check_rows(rows, config, policies):
 
 
 def test_papalexi_slice_campaign_scores_model_and_baselines(papalexi_slice, data_dir):
-    from agent.simulate import response_sweep
+    from agent.benchmark import response_sweep
     from perturbloop.design import build_space, split_candidates
     from simulators.response_worlds import build_world
 
@@ -98,7 +98,7 @@ def test_replayed_responses_are_pseudobulk_lfcs_of_the_revealed_cells(papalexi_s
 
 
 def test_synthetic_pair_campaign_uses_the_additive_prior():
-    from agent.simulate import campaign_for
+    from agent.benchmark import campaign_for
     from perturbloop.design import build_space, prepare_singles
     from simulators.response_worlds import build_world
 
@@ -121,7 +121,7 @@ def test_synthetic_pair_campaign_uses_the_additive_prior():
 
 
 def test_failed_runs_are_not_trained_on_or_reproposed():
-    from agent.simulate import campaign_for
+    from agent.benchmark import campaign_for
 
     cfg = json.loads(json.dumps(GRN_CONFIG))
     cfg["world"]["failure_rate"] = 0.3
@@ -134,7 +134,7 @@ def test_failed_runs_are_not_trained_on_or_reproposed():
 
 
 def test_norman_gi_campaign_tracks_hits(data_dir):
-    from agent.simulate import campaign_for
+    from agent.benchmark import campaign_for
 
     config = parse_config({
         "name": "norman-slice", "objective": "maximize", "initial": 30, "rounds": 2, "batch_size": 30,
