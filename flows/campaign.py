@@ -13,6 +13,8 @@ from prefect.cache_policies import NO_CACHE
 
 from agent.runner import CampaignResult, run_campaign
 from perturbloop.config import CampaignConfig, LabConfig
+from perturbloop.errors import (ConfigError, DataIntegrityError, LabResultError, LabSubmissionError, ScreenFormatError,
+                                StoreError, UnknownDatasetError, UnknownGeneError)
 
 
 def baseline_config(config: CampaignConfig) -> CampaignConfig:
@@ -26,7 +28,23 @@ def baseline_config(config: CampaignConfig) -> CampaignConfig:
     })
 
 
-@task(name="advance-campaign", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+BAD_INPUT = (ConfigError, UnknownDatasetError, UnknownGeneError, ScreenFormatError, DataIntegrityError, StoreError,
+             LabSubmissionError, LabResultError)
+
+
+def retryable(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn signature
+    """Transient failures (a lab unreachable, a crash) are retried; bad input fails the same way every time."""
+    try:
+        state.result()
+    except BAD_INPUT:
+        return False
+    except BaseException:  # noqa: BLE001 - anything else may be transient
+        return True
+    return True
+
+
+@task(name="advance-campaign", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retryable,
+      cache_policy=NO_CACHE)
 def advance_campaign(config: CampaignConfig, store: str | None, data_dir: str | None,
                      on_round: Callable[[dict], None] | None = None) -> CampaignResult:
     return run_campaign(config, store, data_dir, on_round=on_round)

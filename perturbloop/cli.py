@@ -92,9 +92,7 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
         f"{config.design.space}, {config.initial} initial + {config.rounds} rounds x {config.batch_size}, surrogate "
         f"{config.surrogate.kind}, policy {config.acquisition.kind}; store {display_url(st.url)}"
     )
-    from simulators.response_worlds import build_world
-
-    build_world(config, data_dir)  # bad input (missing data set, unknown dataset) fails here, before any flow runs
+    _check_before_flow(config, st, data_dir)
     total = config.rounds + 1
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
@@ -115,6 +113,19 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
         console.print(_response_table(f"{base.campaign_id}: random picks, same campaign", base.rounds))
 
 
+def _check_before_flow(config, store, data_dir: str | None) -> None:
+    """Bad input (an unknown dataset or gene, a malformed file, a config that differs from the stored one)
+    fails here, in seconds, before any Prefect machinery starts."""
+    from agent.runner import make_context
+
+    c = store.get_campaign(config.name)
+    if c is not None:
+        from perturbloop.config import stored_config_as_today
+
+        store.create_or_check_campaign(config.name, config.model_dump(mode="json"), normalise=stored_config_as_today)
+    make_context(config, store, data_dir)
+
+
 def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: bool) -> None:
     _quiet_prefect()
     from rich.console import Console
@@ -128,6 +139,7 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
     if config.is_response:
         return _run_response(config, store, data_dir, baseline)
     st = Store(store)
+    _check_before_flow(config, st, data_dir)
     console.print(
         f"[bold]{config.name}[/]: {config.objective} on [cyan]{config.data.screen}[/], {config.rounds} rounds x "
         f"{config.batch_size}, surrogate {config.surrogate.kind}, policy {config.acquisition.kind}; "
