@@ -30,7 +30,6 @@ from agent.context import CampaignContext
 from agent.response_context import ResponseCampaignContext, response_parts
 from agent.runner import run_campaign
 from lab_adapters import SimulatorLab
-from lab_adapters.response_simulator import ResponseSimulatorLab
 from perturbloop.config import CampaignConfig, LabConfig, parse_config
 from perturbloop.design_space import DesignSpace, SingleSpace
 from perturbloop.errors import ConfigError, PerturbloopError
@@ -226,7 +225,7 @@ def campaign_for(config: CampaignConfig, policy_kind: str, seed: int, data_dir=N
     with tempfile.TemporaryDirectory(prefix="perturbloop-benchmark-") as tmp:
         store = Store(str(Path(tmp) / "benchmark.db"))
         ctx = ResponseCampaignContext(run_config, store, p.world, p.space, p.split, p.evaluation,
-                                      ResponseSimulatorLab(p.world), p.policy, p.make_model, p.baselines,
+                                      SimulatorLab(p.world), p.policy, p.make_model, p.baselines,
                                       p.make_baseline)
         run_campaign(run_config, store, context=ctx)
         rounds = store.rounds(run_config.name)

@@ -7,7 +7,7 @@ in place of a screen campaign's:
 - round 0 runs the initial design (`initial` random perturbations, seeded; no model yet);
   rounds 1..`rounds` are chosen by the policy (`acquisition.kind`) from the surrogate refit on
   every response measured so far (vectors in the store's `ResponseVector` table);
-- the lab is `ResponseSimulatorLab` over the configured world (held-out cells of a Perturb-seq
+- the simulated lab is `SimulatorLab` over the configured world (held-out cells of a Perturb-seq
   data set, the synthetic GRN, or the Norman 2019 pair screen); pair campaigns know the singles
   up front (the additive prior);
 - a held-out set of perturbations (`evaluation.test_fraction`, seeded by `seed`) is never run;
@@ -33,9 +33,8 @@ import torch
 
 from acquisition.base import Proposal, ProposedItem
 from acquisition import make_policy as make_acquisition_policy
-from lab_adapters import LabAdapter, LabError, LabResult, make_lab
+from lab_adapters import LabAdapter, LabError, LabResult, SimulatorLab, make_lab
 from lab_adapters.base import response_value
-from lab_adapters.response_simulator import ResponseSimulatorLab
 from perturbloop.design import Split, build_space, prepare_singles, split_candidates
 from perturbloop.errors import LabResultError, PerturbloopError, StoreError
 from perturbloop.perturbation import CONTROL
@@ -248,7 +247,7 @@ def build_response_context(config: CampaignConfig, store: Store, data_dir: str |
     """World, design space, held-out split, policy and models of a response campaign (bad input raises
     before anything is written)."""
     p = response_parts(config, config.seed, data_dir)
-    lab = ResponseSimulatorLab(p.world) if config.lab.kind == "simulator" else make_lab(config.lab)
+    lab = SimulatorLab(p.world) if config.lab.kind == "simulator" else make_lab(config.lab)
     return ResponseCampaignContext(config, store, p.world, p.space, p.split, p.evaluation, lab, p.policy,
                                    p.make_model, p.baselines, p.make_baseline, on_round)
 

@@ -16,19 +16,19 @@ from perturbloop.errors import ConfigError
 
 if TYPE_CHECKING:
     from perturbloop.config import LabConfig
-    from simulators import ScreenReplay
+    from simulators.world import World
 
 __all__ = ["FileDropLab", "JobRef", "LabAdapter", "LabError", "LabResult", "SimulatorLab", "make_lab"]
 
 
-def make_lab(config: LabConfig, world: ScreenReplay | None = None) -> LabAdapter:
+def make_lab(config: LabConfig, world: World | None = None) -> LabAdapter:
     """The lab adapter `config.kind` names; `world` is what the simulator lab replays.
 
     The HTTP lab's token is read from the environment variable `config.token_env`, never from the config.
     """
     if config.kind == "simulator":
         if world is None:
-            raise ConfigError("lab.kind = 'simulator' needs a screen to replay (data.screen)")
+            raise ConfigError("lab.kind = 'simulator' needs a world to run (data.screen, or a [world])")
         return SimulatorLab(world)
     if config.kind == "filedrop":
         return FileDropLab(config.outbox, config.inbox)  # type: ignore[arg-type]

@@ -1,11 +1,10 @@
 """A reference lab server for the perturbloop-compatible lab API (see `lab_adapters/http.py`).
 
-It wraps any simulated world and serves the API from a thread on 127.0.0.1 (port 0: any free port):
-a screen world (`run(perturbations)` returning readings with `perturbation`, `value`, `replicates`,
-`error`, e.g. `ScreenReplay`) answers with values; a response world (`measure(labels)` giving a vector
-over its readouts `genes`, or None for a failed run: `CellWorld` for Perturb-seq, `PairFitnessWorld`
-for gene pairs) answers with response vectors (``"response"`` in the results JSON). Tests use it, and
-it is a demo of what a lab's API must do::
+It wraps any simulated world (simulators.world.World: `measure(labels)` per label a response over its
+`readouts`, or a failure with its reason) and serves the API from a thread on 127.0.0.1 (port 0: any free
+port): a one-readout world (`ScreenReplay`, a pair screen) answers with values and replicates, a world of
+several readouts (Perturb-seq: `CellWorld`) with response vectors (``"response"`` in the results JSON).
+Tests use it, and it is a demo of what a lab's API must do::
 
     python -m lab_adapters.http_server --screen schmidt2021_il2 --port 8780 [--token-env LAB_TOKEN]
     python -m lab_adapters.http_server --config examples/norman_gi_pairs.toml --port 8780
@@ -29,52 +28,44 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
 
-from lab_adapters.response_simulator import MeasuringWorld
+from simulators.world import World
 from perturbloop.perturbation import lab_label
-
-
-class ScreenWorld(Protocol):
-    def run(self, perturbations: list[str]) -> list[Any]: ...
-
-
-ServedWorld = ScreenWorld | MeasuringWorld
 
 
 def _item(label: str, *, value: float | None = None, replicates: Iterable[float] = (), error: str | None = None,
           response: list[float] | None = None) -> dict[str, Any]:
-    """One result as the results JSON carries it; `response` only for a response world."""
+    """One result as the results JSON carries it; `response` only for a world of several readouts."""
     item = {"perturbation": label, "value": value, "replicates": list(replicates), "error": error}
     if response is not None:
         item["response"] = response  # the client takes its magnitude as the value
     return item
 
 
-def run_batch(world: ServedWorld, batch: list[str]) -> dict[str, dict[str, Any]]:
-    """The world's results for a batch (results-JSON items), per label as sent. A response world measures the
-    labels it offers (`candidates`, compared canonically); the others fail with the reason, as does a run
-    without a usable response."""
-    if not hasattr(world, "measure"):
-        return {r.perturbation: _item(r.perturbation, value=r.value, replicates=r.replicates or (), error=r.error)
-                for r in world.run(batch)}
-    offered = getattr(world, "candidates", None)
-    offered = None if offered is None else set(offered)
-    out = {lab: _item(lab, error=f"{lab} is not offered by this lab (world {getattr(world, 'name', '?')})")
-           for lab in batch if offered is not None and lab_label(lab) not in offered}
+def run_batch(world: World, batch: list[str]) -> dict[str, dict[str, Any]]:
+    """The world's results for a batch (results-JSON items), per label as sent. The world measures the labels it
+    offers (`candidates`, compared canonically); the others fail with the reason, as does a run without a usable
+    response. A one-readout world's response is the item's `value`."""
+    offered = set(world.candidates)
+    out = {lab: _item(lab, error=f"{lab} is not offered by this lab: not measured in world {getattr(world, 'name', '?')}")
+           for lab in batch if lab_label(lab) not in offered}
     to_run = {lab_label(lab): lab for lab in batch if lab not in out}
     measured = world.measure(list(to_run))
     for c, lab in to_run.items():
-        y = measured.get(c)
+        m = measured.get(c)
+        y = None if m is None or m.response is None else np.asarray(m.response, dtype=np.float64).ravel()
         if y is None:
-            out[lab] = _item(lab, error="run failed (no usable cells)")
+            out[lab] = _item(lab, error=(m.error if m is not None else None) or "run failed (no usable cells)")
         elif not np.all(np.isfinite(y)):
             out[lab] = _item(lab, error="non-finite response")
+        elif len(world.readouts) == 1:
+            out[lab] = _item(lab, value=float(y[0]), replicates=m.replicates)
         else:
-            out[lab] = _item(lab, response=np.asarray(y, dtype=np.float64).ravel().tolist())
+            out[lab] = _item(lab, response=y.tolist())
     return out
 
 
@@ -115,7 +106,7 @@ class LabServer:
         ...     lab = HttpLab(server.url)
     """
 
-    def __init__(self, world: ServedWorld, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+    def __init__(self, world: World, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  auto_release: bool = True):
         self.world = world
         self.token = token
@@ -181,9 +172,8 @@ class LabServer:
                 return 401, {"error": "missing or wrong token"}
         parts = [unquote(p) for p in path.split("?", 1)[0].strip("/").split("/") if p]
         if method == "GET" and not parts:
-            about: dict[str, Any] = {"name": "perturbloop-compatible lab API", "jobs": len(self.jobs)}
-            if hasattr(self.world, "genes"):
-                about["readouts"] = list(self.world.genes)
+            about: dict[str, Any] = {"name": "perturbloop-compatible lab API", "jobs": len(self.jobs),
+                                     "readouts": list(self.world.readouts)}
             return 200, about
         if method == "POST" and parts == ["jobs"]:
             return self._submit(headers, body)
@@ -258,7 +248,7 @@ class LabServer:
         return Handler
 
 
-def world_for(config_path: str, data_dir: str | None, *, noise: str = "none") -> tuple[ServedWorld, str]:
+def world_for(config_path: str, data_dir: str | None, *, noise: str = "none") -> tuple[World, str]:
     """The world a campaign config runs against (a response world built as the campaign builds it, or the
     config's screen), and a name for it."""
     from perturbloop.config import load_config

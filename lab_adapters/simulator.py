@@ -1,12 +1,14 @@
-"""SimulatorLab: the LabAdapter over a simulated world (screen replay, ...)."""
+"""SimulatorLab: the LabAdapter over any simulated world (screen replay, Perturb-seq replay, pairs)."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
 
-from lab_adapters.base import JobRef, JobStatus, LabError, LabResult
-from simulators.screen_replay import ScreenReplay
+import numpy as np
+
+from lab_adapters.base import JobRef, JobStatus, LabError, LabResult, response_value
+from simulators.world import World
 
 
 class SimulatedJobs:
@@ -37,13 +39,20 @@ class SimulatedJobs:
 
 
 class SimulatorLab(SimulatedJobs):
-    """Runs batches in a screen simulator; a job is complete after `turnaround_polls` polls (default: at once)."""
+    """Runs batches in any simulated world (simulators.world.World: a screen replay, a Perturb-seq replay, the
+    synthetic GRN, a pair screen); a job is complete after `turnaround_polls` polls (default: at once).
 
-    def __init__(self, world: ScreenReplay, turnaround_polls: int = 0):
+    A job is measured once: collecting it again returns the same results, never new cells. A result carries
+    the world's readout as `value` (a vector's L2 norm, or the one readout) with its replicates, and a
+    response of several readouts in `response`.
+    """
+
+    def __init__(self, world: World, turnaround_polls: int = 0):
         super().__init__()
         self.world = world
         self.turnaround_polls = turnaround_polls
         self._polls: dict[str, int] = {}
+        self._results: dict[str, dict[str, LabResult | LabError]] = {}
 
     def poll(self, job: JobRef) -> JobStatus:
         self._batch(job)
@@ -51,7 +60,14 @@ class SimulatorLab(SimulatedJobs):
         return "complete" if self._polls[job.external_id] > self.turnaround_polls else "running"
 
     def collect(self, job: JobRef) -> dict[str, LabResult | LabError]:
-        out: dict[str, LabResult | LabError] = {}
-        for r in self.world.run(self._batch(job)):
-            out[r.perturbation] = LabError(r.perturbation, r.error) if r.error or r.value is None else LabResult(r.perturbation, r.value, r.replicates)
-        return out
+        if job.external_id not in self._results:
+            out: dict[str, LabResult | LabError] = {}
+            for label, m in self.world.measure(list(self._batch(job))).items():
+                y = None if m.response is None else np.asarray(m.response, dtype=np.float64).ravel()
+                if y is None or not np.all(np.isfinite(y)):
+                    out[label] = LabError(label, m.error or "non-finite response")
+                    continue
+                out[label] = LabResult(label, response_value(y.tolist()), list(m.replicates),
+                                       response=y.tolist() if y.size > 1 else None)
+            self._results[job.external_id] = out
+        return dict(self._results[job.external_id])

@@ -19,24 +19,22 @@ from perturbloop.device import keep_torch_threads
 from perturbloop.errors import ConfigError
 from perturbloop.config import CampaignConfig
 from perturbloop.response_metrics import TOP_DE
+from simulators.world import Measurement, World
 
 
-class ResponseWorld(Protocol):
-    """What a response campaign can ask of its lab, and what only its evaluation may see.
+class ResponseWorld(World, Protocol):
+    """A `World` (simulators.world) with what a response campaign also asks, and what only its evaluation
+    may see.
 
-    Campaign side: `genes` (readout columns), `candidates` (labels it can run), `measure(labels)`
-    (label -> LFC vector, or None for a failed run), `singles()` (pair worlds: the single-gene
-    responses measured before pairs; {} otherwise), `control_expression()` (control cells,
-    log-normalised, for expression features; None where there are no cells).
+    Campaign side: `genes` (= `readouts`, the readout columns), `singles()` (pair worlds: the single-gene
+    responses measured before pairs; {} otherwise), `control_expression()` (control cells, log-normalised,
+    for expression features; None where there are no cells).
     Evaluation side: `truth(labels)` (`n x G`), `de_genes(labels, n)`, `expressed(n)`.
     """
 
     name: str
     synthetic: bool
     genes: list[str]
-    candidates: list[str]
-
-    def measure(self, labels: Sequence[str]) -> dict[str, np.ndarray | None]: ...
 
     def singles(self) -> dict[str, np.ndarray]: ...
 
@@ -93,27 +91,30 @@ class CellWorld:
         return cls(grn, lambda labels: grn.true_lfc(labels).to_numpy(dtype=np.float64), name=name, synthetic=True,
                    pairs=pairs)
 
-    def measure(self, labels: Sequence[str]) -> dict[str, np.ndarray | None]:
+    @property
+    def readouts(self) -> list[str]:
+        return self.genes
+
+    def measure(self, labels: Sequence[str]) -> dict[str, Measurement]:
         import anndata as ad
 
         from perturbloop.responses import pseudobulk_lfc
 
         readings = self.lab.run(list(labels))
         ok = [r for r in readings if r.ok]
-        out: dict[str, np.ndarray | None] = {r.perturbation: None for r in readings}
+        out = {r.perturbation: Measurement.failed(r.error or "run failed (no usable cells)") for r in readings}
         if ok:
             cells = ad.concat([self._ctrl, *[r.cells for r in ok]], join="outer", merge="first")
             with keep_torch_threads():
                 lfc = pseudobulk_lfc(cells, "perturbation", "ctrl")
             for r in ok:
-                out[r.perturbation] = lfc.loc[r.perturbation].to_numpy(dtype=np.float64)
+                out[r.perturbation] = Measurement(lfc.loc[r.perturbation].to_numpy(dtype=np.float64))
         return out
 
     def singles(self) -> dict[str, np.ndarray]:
         if not self.pairs:
             return {}
-        got = self.measure(self._single_labels)
-        return {k: v for k, v in got.items() if v is not None}
+        return {k: m.response for k, m in self.measure(self._single_labels).items() if m.ok}
 
     def control_expression(self) -> np.ndarray:
         if self._ctrl_expr is None:
@@ -197,13 +198,20 @@ class PairFitnessWorld:
         self.candidates = list(replay.candidates)
         self._table = replay.pairs
 
-    def measure(self, labels: Sequence[str]) -> dict[str, np.ndarray | None]:
-        out: dict[str, np.ndarray | None] = {}
+    @property
+    def readouts(self) -> list[str]:
+        return self.genes
+
+    def measure(self, labels: Sequence[str]) -> dict[str, Measurement]:
+        out: dict[str, Measurement] = {}
         for r in self.replay.run(list(labels)):
             v = getattr(r, self.readout) if r.error is None else None
             if v is not None and self.replay.noise_sd > 0 and self.readout == self.replay.objective:
                 v = r.value  # the noisy measurement
-            out[r.perturbation] = None if v is None or not np.isfinite(v) else np.array([float(v)])
+            if v is None or not np.isfinite(v):
+                out[r.perturbation] = Measurement.failed(r.error or f"no finite {self.readout} for this pair")
+            else:
+                out[r.perturbation] = Measurement(np.array([float(v)]))
         return out
 
     def singles(self) -> dict[str, np.ndarray]:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from perturbloop.data.screens import Screen
+from simulators.world import Measurement
 
 
 @dataclass
@@ -54,9 +55,24 @@ class ScreenReplay:
         # smallest |score| among the hits (evaluation only)
         self.hit_threshold = float(ranked[ranked.index.isin(list(self._hits))].min()) if self._hits else float("nan")
 
+    readouts = ["score"]  # a pooled screen's response: one readout per gene
+
+    @property
+    def name(self) -> str:
+        return self.screen.name
+
     @property
     def genes(self) -> list[str]:
         return self.screen.genes
+
+    @property
+    def candidates(self) -> list[str]:
+        return self.screen.genes
+
+    def measure(self, labels: Sequence[str]) -> dict[str, Measurement]:
+        """The World protocol: each gene's readout as a length-1 response, with the screen's replicates."""
+        return {r.perturbation: Measurement.failed(r.error or "no readout") if r.value is None
+                else Measurement(np.array([r.value]), None, tuple(r.replicates)) for r in self.run(labels)}
 
     @property
     def hits(self) -> frozenset[str]:

@@ -74,7 +74,7 @@ def test_pair_campaign_through_the_http_lab_with_approval(tmp_path, data_dir, pa
         assert job.perturbations == batch
 
         # a response vector of the wrong length is refused, naming it; nothing is ingested
-        good = job.readings[other]["response"]
+        good = dict(job.readings[other])  # a one-readout world answers with the value
         job.readings[other]["response"] = [0.5, 1.5]
         server.release(job.job_id)
         with pytest.raises(LabResultError, match=re.escape(f"{other} came back with a response of 2 values; "
@@ -85,7 +85,7 @@ def test_pair_campaign_through_the_http_lab_with_approval(tmp_path, data_dir, pa
         assert store.lab_job(f"{config.name}/round-0").status != "collected"
 
         # the lab's vectors: each pair's GI score, stored as its response and its value
-        job.readings[other]["response"] = good
+        job.readings[other] = good
         server.auto_release = True
         res = run_campaign(config, store, data_dir, context=ctx)
         approved = [batch]

@@ -445,18 +445,21 @@ def test_http_response_vectors():
 
 
 class _ToyResponseWorld:
-    """A response world of two readouts: `measure` gives a vector, or None (a failed run) for FAILS."""
+    """A world of two readouts (simulators.world.World): `measure` gives a vector, or a failed run for FAILS."""
 
     name = "toy"
 
     def __init__(self):
-        self.genes = ["G1", "G2"]
+        self.readouts = ["G1", "G2"]
         self.candidates = ["VAV1", "CD3G", "FAILS", "CD3G+LAT"]
         self.measured: list[list[str]] = []
 
     def measure(self, labels):
+        from simulators.world import Measurement
+
         self.measured.append(list(labels))
-        return {lab: None if lab == "FAILS" else np.array([len(lab), -1.0]) for lab in labels}
+        return {lab: Measurement.failed("run failed (no usable cells)") if lab == "FAILS"
+                else Measurement(np.array([len(lab), -1.0])) for lab in labels}
 
 
 def test_http_server_serves_a_response_world():
@@ -471,7 +474,7 @@ def test_http_server_serves_a_response_world():
         assert res["VAV1"] == LabResult("VAV1", float(np.hypot(4, 1)), [], response=[4.0, -1.0])
         assert res["LAT+CD3G"].response == [8.0, -1.0]  # measured as CD3G+LAT, answered under the batch's label
         assert res["FAILS"] == LabError("FAILS", "run failed (no usable cells)")
-        assert res["NOTAGENE"] == LabError("NOTAGENE", "NOTAGENE is not offered by this lab (world toy)")
+        assert res["NOTAGENE"] == LabError("NOTAGENE", "NOTAGENE is not offered by this lab: not measured in world toy")
         assert httpx.get(server.url).json()["readouts"] == ["G1", "G2"]
 
 

@@ -88,7 +88,7 @@ def test_replayed_responses_are_pseudobulk_lfcs_of_the_revealed_cells(papalexi_s
     from simulators.response_worlds import build_world
 
     world = build_world(parse_config(_papalexi_config(papalexi_slice)), data_dir)
-    got = world.measure(["STAT1"])["STAT1"]
+    got = world.measure(["STAT1"])["STAT1"].response
     truth = world.truth(["STAT1"])[0]
     assert got.shape == truth.shape == (299,)
     assert np.corrcoef(got, truth)[0, 1] > 0.5  # 40 cells vs all 80: same knockout signature
