@@ -35,6 +35,18 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+def _console():
+    """Rich output; written to a log or a pipe, tables keep their full width (not cut to 80 columns)."""
+    import shutil
+    import sys
+
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=max(200, shutil.get_terminal_size((200, 24)).columns))
+
+
 def _fmt(v, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -77,13 +89,12 @@ def _response_table(title: str, rows: list[dict]):
 
 def _run_response(config, store: str | None, data_dir: str | None, baseline: bool) -> None:
     """A response campaign (Perturb-seq / pairs) through the same loop and store as a screen campaign."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.campaign import campaign_flow
     from perturbloop.store import Store, display_url
 
-    console = Console()
+    console = _console()
     st = Store(store)
     w = config.world
     synthetic = " [magenta](SYNTHETIC world)[/]" if w.kind == "synthetic_grn" else ""
@@ -128,13 +139,12 @@ def _check_before_flow(config, store, data_dir: str | None) -> None:
 
 def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: bool) -> None:
     _quiet_prefect()
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from perturbloop.config import load_config
     from perturbloop.store import Store, display_url, sqlite_path
 
-    console = Console()
+    console = _console()
     config = load_config(config_path)
     if config.is_response:
         return _run_response(config, store, data_dir, baseline)
@@ -165,7 +175,7 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
     if base is not None:
         console.print(_round_table(f"{base.campaign_id}: random picks, same campaign", base.rounds))
         curves["random"] = [r["hit_ratio"] or 0.0 for r in base.rounds]
-    if main.hit_ratio is not None:
+    if main.hit_ratio is not None and main.status == "finished":  # a paused campaign has no result to compare yet
         line = f"[bold]hit ratio after {len(main.rounds)} rounds: {config.acquisition.kind} {main.hit_ratio:.3f}"
         if base is not None and base.hit_ratio:
             line += f" vs random {base.hit_ratio:.3f} ({main.hit_ratio / base.hit_ratio:.1f}x)"
@@ -211,10 +221,9 @@ def _status(store: str | None, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps({"store": display_url(st.url), "campaigns": out}, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     if not out:
         console.print(f"no campaigns in {display_url(st.url)}")
         return
@@ -245,7 +254,6 @@ def _gp_fit_iter() -> int:
 def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir, out,
                runner, address, embeddings=None, target="abs", fit_iter=None, aggregate=None) -> None:
     _quiet_prefect()
-    from rich.console import Console
     from rich.table import Table
 
     from agent.benchmark import PolicySpec, WorldSpec
@@ -260,7 +268,7 @@ def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, feature
     spec = WorldSpec(screen=screen, hits_file=hits, nonessential=nonessential, features=feats, prior_screens=priors,
                      data_dir=data_dir, embeddings=str(Path(embeddings).expanduser().resolve()) if embeddings else None,
                      target=target, fit_iter=fit_iter, aggregate=aggregate)
-    console = Console()
+    console = _console()
     with console.status(f"{len(policies)} policies x {seeds} seeds on {screen} ({runner} runner)"):
         rows = run_sweep(spec, policies, seeds, rounds, batch, runner=runner, address=address)
     protocol = {"name": "BioDiscoveryAgent", "rounds": rounds, "batch": batch, "seeds": seeds,
@@ -286,7 +294,6 @@ def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, feature
 
 def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runner: str, address: str | None) -> None:
     _quiet_prefect()
-    from rich.console import Console
 
     from flows.response_eval import run_response_sweep
     from perturbloop.benchmark_report import protocol_of, response_table, write_response_results
@@ -296,7 +303,7 @@ def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runn
     if not config.is_response:
         raise PerturbloopError(f"{config_path}: not a response campaign (needs a [world] table; screen campaigns are "
                                "benchmarked with --screen)")
-    console = Console()
+    console = _console()
     ev = config.evaluation
     with console.status(f"{len(ev.policies)} policies x {ev.seeds} seeds, {config.world.kind} world ({runner} runner)"):
         rows = run_response_sweep(config, data_dir, runner=runner, address=address)
@@ -349,7 +356,6 @@ def benchmark(
 
 
 def _review(campaign: str, store: str | None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from agent.approval import pending_proposal
@@ -366,7 +372,7 @@ def _review(campaign: str, store: str | None) -> None:
     for p in props:
         pred = "-" if p.mean is None else f"{p.mean:.3f} +- {p.sd:.3f}"
         t.add_row(str(p.rank + 1), p.perturbation, pred, _fmt(p.acq_value), p.policy, p.rationale)
-    Console().print(t)
+    _console().print(t)
     typer.echo(f"approve: perturbloop approve {campaign} [--drop GENE ...] [--add GENE ...] [--reject] [--note TEXT] [--by NAME]")
 
 
@@ -378,7 +384,6 @@ def review(campaign: str, store: StoreOpt = None) -> None:
 
 def _approve(campaign, drop, add, reject, note, by, store, data_dir) -> None:
     _quiet_prefect()
-    from rich.console import Console
 
     from agent.approval import decide
     from agent.runner import make_context, run_campaign
@@ -397,7 +402,7 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir) -> None:
                + (f" (added {', '.join(decision['added'])})" if decision["added"] else ""))
     res = run_campaign(config, st, data_dir, resume=decision, context=ctx)
     table = _response_table if config.is_response else _round_table
-    Console().print(table(f"{campaign}: {config.acquisition.kind}", res.rounds))
+    _console().print(table(f"{campaign}: {config.acquisition.kind}", res.rounds))
     typer.echo(f"campaign status: {res.status}")
 
 
@@ -496,7 +501,6 @@ def _policy_train(worlds, holdout, synthetic, out, iterations, bc_iterations, wa
     import time
 
     import torch
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -513,7 +517,7 @@ def _policy_train(worlds, holdout, synthetic, out, iterations, bc_iterations, wa
     held = [h.strip() for h in holdout.split(",") if h.strip()] if holdout else []
     warm = None if warm_start in ("", "none") else warm_start
     device = default_device()
-    console = Console()
+    console = _console()
     t0 = time.perf_counter()
 
     def gp(bounds, params):  # the benchmark's surrogate: exact GP on log(|score| + median)
