@@ -49,7 +49,8 @@ def checkpoint_path(store: Store) -> Path | str:
 
 
 def next_round(store: Store, campaign_id: str) -> int:
-    """Index of the first round not yet ingested (or rejected)."""
+    """Index of the first round not yet ingested. A rejected proposal does not use up its round (the round is
+    proposed again); `rejected` rounds are those an earlier version gave up on a rejection."""
     done = [r.index for r in store.rounds(campaign_id) if r.status in ("ingested", "rejected")]
     return max(done) + 1 if done else 0
 
@@ -98,6 +99,6 @@ def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_
         status = "awaiting_approval"
     elif snapshot.values.get("status") == "waiting_for_lab":
         status = "waiting_for_lab"
-    elif next_round(store, config.name) < ctx.rounds:
-        status = "running"
+    elif next_round(store, config.name) < ctx.rounds and store.get_campaign(config.name).status != "finished":
+        status = "running"  # (a campaign with nothing left to propose finishes before its last round)
     return CampaignResult(config.name, status, rounds, n_hits)

@@ -23,7 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from perturbloop.data.registry import cache_dir, resolve, sha256_of
+from perturbloop.data.registry import cache_dir, resolve, sha256_of, writable_cache
 from perturbloop.data.screens import Screen
 from perturbloop.errors import PerturbloopError
 from perturbloop.perturbation import CandidatePool, Perturbation
@@ -104,7 +104,7 @@ def go_embedding(genes: Sequence[str], *, data_dir=None, dims: int = GO_DIMS, ga
     if k < dims:
         emb = np.pad(emb, ((0, 0), (0, dims - k)))
     out = np.hstack([emb, missing[:, None].astype(float)])
-    cached.parent.mkdir(parents=True, exist_ok=True)
+    writable_cache("features")
     tmp = cached.with_suffix(".tmp.npy")
     np.save(tmp, out)
     tmp.replace(cached)
