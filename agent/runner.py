@@ -37,14 +37,16 @@ class CampaignResult:
         return self.rounds[-1]["hit_ratio"] if self.rounds else None
 
 
-def checkpoint_path(store: Store) -> Path | str:
+def checkpoint_path(store: Store | str) -> Path | str:
     """Where the graph's checkpoints live: beside a SQLite store (`<store>.checkpoints.sqlite`), in the
-    same database for a PostgreSQL store, else `$PERTURBLOOP_CHECKPOINTS` (default `runs/checkpoints.sqlite`)."""
-    db = sqlite_path(store.url)
+    same database for a PostgreSQL store, else `$PERTURBLOOP_CHECKPOINTS` (default `runs/checkpoints.sqlite`).
+    `store`: the store, or its URL."""
+    url = store if isinstance(store, str) else store.url
+    db = sqlite_path(url)
     if db is not None:
         return db.with_name(db.stem + ".checkpoints.sqlite")
-    if store.url.startswith(("postgresql", "postgres://")):
-        return store.url
+    if url.startswith(("postgresql", "postgres://")):
+        return url
     return Path(os.environ.get("PERTURBLOOP_CHECKPOINTS", "runs/checkpoints.sqlite"))
 
 

@@ -84,8 +84,8 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
     from perturbloop.store import Store, display_url
 
     console = Console()
+    _preflight(store, screen=False)
     st = Store(store)
-    _preflight(st, screen=False)
     w = config.world
     synthetic = " [magenta](SYNTHETIC world)[/]" if w.kind == "synthetic_grn" else ""
     console.print(
@@ -128,8 +128,8 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
     config = load_config(config_path)
     if config.is_response:
         return _run_response(config, store, data_dir, baseline)
+    _preflight(store, screen=True)
     st = Store(store)
-    _preflight(st, screen=True)
     console.print(
         f"[bold]{config.name}[/]: {config.objective} on [cyan]{config.data.screen}[/], {config.rounds} rounds x "
         f"{config.batch_size}, surrogate {config.surrogate.kind}, policy {config.acquisition.kind}; "
@@ -183,14 +183,18 @@ def _guard(fn, *args, **kwargs):
         raise typer.Exit(2) from None
 
 
-def _preflight(st, screen: bool) -> None:
-    """What `run` needs besides its config, checked before any Prefect flow starts (so a problem is one
-    `error:` line, not a failed flow): the campaign checkpoints can be read and the cache can be written."""
+def _preflight(store: str | None, screen: bool) -> None:
+    """What `run` needs besides its config, checked before the store is opened and before any Prefect flow
+    starts (a problem is one `error:` line and nothing is written): existing campaign checkpoints can be
+    read, and (screens) the feature cache can be written."""
     from agent.graph import open_checkpointer
     from agent.runner import checkpoint_path
+    from perturbloop.store import store_url
 
-    with open_checkpointer(checkpoint_path(st)):
-        pass
+    where = checkpoint_path(store_url(store))
+    if isinstance(where, Path) and where.exists():
+        with open_checkpointer(where):
+            pass
     if screen:
         from perturbloop.data.registry import writable_cache
 

@@ -200,6 +200,19 @@ def _readonly_error(e: BaseException) -> bool:
     return "readonly database" in str(e)
 
 
+def _read_only_sqlite(db: Path) -> sqlite3.Connection:
+    """A connection that never writes (URI `mode=ro`). A WAL database in a folder this process cannot write has
+    no -shm file to share: it is then read as it is on disk (`immutable=1`: what a writer has not yet
+    checkpointed is not seen)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30, check_same_thread=False)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        return sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True, timeout=30, check_same_thread=False)
+
+
 class StoreReadOnlyError(StoreError):
     """The store can be read but not written by this process."""
 
@@ -267,10 +280,7 @@ class Store:
             args = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S} if self.url.startswith("postgres") else {}
             return create_engine(self.url, connect_args=args)
         if self.read_only:
-            # a read-only connection (sqlite3 URI mode=ro): it never writes, and opens files this process cannot write
-            uri = f"file:{db}?mode=ro"
-            engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=30,
-                                                                                 check_same_thread=False))
+            engine = create_engine("sqlite://", creator=lambda: _read_only_sqlite(db))
         else:
             engine = create_engine(self.url, connect_args={"timeout": 30})
 

@@ -95,8 +95,12 @@ def test_cli_review_and_approve(slice_csv, data_dir, tmp_path):
     assert shown.returncode == 0 and "awaiting approval (6 perturbations)" in shown.stdout
     bad = cli("approve", "cli-appr", "--add", "NOTAGENE9", "--data-dir", str(data_dir))
     assert bad.returncode == 2 and "NOTAGENE9" in bad.stderr
-    ok = cli("approve", "cli-appr", "--by", "ada", "--data-dir", str(data_dir))
-    assert ok.returncode == 0 and "approved by ada: 6 perturbations" in ok.stdout and "finished" in ok.stdout
+    r, props = pending_proposal(Store(str(store)), "cli-appr")
+    vetoed = props[0].perturbation
+    ok = cli("approve", "cli-appr", "--by", "ada", "--veto", vetoed, "--note", "toxic", "--data-dir", str(data_dir))
+    assert ok.returncode == 0 and "edited by ada: 5 perturbations" in ok.stdout and "finished" in ok.stdout, ok.stderr
+    assert f"vetoed for the rest of the campaign: {vetoed}" in ok.stdout
+    assert [(v.perturbation, v.by, v.note) for v in Store(str(store)).vetoes("cli-appr")] == [(vetoed, "ada", "toxic")]
 
 
 def test_approval_example_config_requires_approval():
@@ -174,3 +178,34 @@ def test_veto_rules_a_gene_out_and_a_dropped_gene_comes_back_marked(slice_csv, d
     assert first[0] not in by_label and set(first[1:5]) <= set(by_label)
     assert all(by_label[g].rationale.startswith("dropped by ada in round 1 (toxic)") for g in first[1:5])
     assert not any(p.rationale.startswith("dropped") for p in props if p.perturbation not in first)
+
+
+def _grn_approval() -> dict:
+    """The response-campaign tests' synthetic pair world, with approval required."""
+    from test_response_campaign import GRN
+
+    return {**GRN, "name": "grn-appr", "initial": 6, "rounds": 1, "batch_size": 4, "approval": "required"}
+
+
+def test_reject_and_veto_in_a_pair_campaign_initial_design(data_dir, tmp_path):
+    """Issues 13 (8, 9) for a response campaign: a rejected initial design is drawn again without its pairs
+    (and never from the held-out ones); a vetoed pair is left out of the new draw."""
+    from agent.runner import make_context
+
+    store = Store(str(tmp_path / "pl.db"))
+    cfg = parse_config(_grn_approval())
+    ctx = make_context(cfg, store, data_dir)
+    assert run_campaign(cfg, store, data_dir, context=ctx).status == "awaiting_approval"
+    r, props = pending_proposal(store, "grn-appr")
+    first = [p.perturbation for p in props]
+    other = next(lab for lab in ctx.candidate_labels() if lab not in first and lab not in ctx.split.test)
+    a, b = other.split("+")
+    d = decide(store, "grn-appr", ctx.candidate_labels(), reject=True, veto=[f"{b}+{a}"], note="bad guides", by="ada",
+               data_dir=data_dir)
+    assert d["vetoed"] == [other]
+    assert run_campaign(cfg, store, data_dir, context=ctx, resume=d).status == "awaiting_approval"
+    again, props2 = pending_proposal(store, "grn-appr")
+    second = [p.perturbation for p in props2]
+    assert again.index == 0 and len(second) == len(first) == 6
+    assert not set(second) & (set(first) | {other} | set(ctx.split.test))
+    assert [rej.perturbations for rej in store.rejections(r.id)] == [first]
