@@ -387,7 +387,7 @@ def review(campaign: str, store: StoreOpt = None) -> None:
     _guard(_review, campaign, store)
 
 
-def _approve(campaign, drop, add, reject, note, by, store, data_dir, veto=()) -> None:
+def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=()) -> None:
     _quiet_prefect()
     from rich.console import Console
 
@@ -429,7 +429,7 @@ def approve(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Record a decision on the pending proposal (approve, edit or reject) and continue the campaign."""
-    _guard(_approve, campaign, drop or [], add or [], reject, note, by, store, data_dir, veto or [])
+    _guard(_approve, campaign, drop or [], add or [], reject, note, by, store, data_dir, veto=veto or [])
 
 
 def _web(store: str | None, host: str, port: int, token_file: Path | None, data_dir: str | None) -> None:
