@@ -448,6 +448,9 @@ class Store:
                     s.exec(delete(Proposal).where(Proposal.round_id == r.id))
                     s.exec(delete(ModelFit).where(ModelFit.round_id == r.id))
                 else:
+                    proposed = set(s.exec(select(Proposal.perturbation).where(Proposal.round_id == r.id)))
+                    if set(decision.final) - set(decision.added) - proposed:
+                        raise _Lost()  # made on an earlier proposal of this round (since rejected)
                     s.add(decision)
                     s.flush()
                 have = set(s.exec(select(Veto.perturbation).where(Veto.campaign_id == r.campaign_id)))

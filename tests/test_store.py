@@ -191,6 +191,13 @@ def test_rejection_keeps_the_batch_and_reopens_the_round(store, proposed):
     assert [(v.perturbation, v.by, v.note) for v in store.vetoes("c1")] == [("LAT", "bob", "off target")]
     late = store.save_decision(Decision(round_id=proposed, action="approved", by="ada"))
     assert (late.action, late.by) == ("rejected", "bob") and store.decision(proposed) is None
+    # proposed again; an approval made on the rejected batch never approves the new one unseen
+    store.save_proposal(proposed, [Item("ZAP70"), Item("ITK")], "ucb", _fit(proposed))
+    stale = store.save_decision(Decision(round_id=proposed, action="approved", by="ada", final=["VAV1", "CD3G", "LAT"]))
+    assert stale.action == "rejected" and store.decision(proposed) is None
+    assert store.get_round("c1", 0).status == "proposed"
+    ok = Decision(round_id=proposed, action="edited", by="ada", added=["LAT"], final=["ZAP70", "LAT"])
+    assert store.save_decision(ok) is ok and store.get_round("c1", 0).status == "approved"
 
 
 def test_lab_job_submit_and_ingest_idempotent(store, round_id):
