@@ -3,7 +3,9 @@
 A campaign with `approval = "required"` stops in `review` (a LangGraph interrupt kept in the
 checkpointer). `decide` validates an approval, edit or rejection against the store and the
 design space *before* anything is written; `run_campaign(..., resume=decision)` then records it
-and continues the loop to the next pause or the end.
+and continues the loop to the next pause or the end. A rejection does not use up the round: the
+round is proposed again without the rejected perturbations. A vetoed perturbation is never
+proposed again in the campaign (`Store.vetoes`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 
 from perturbloop.errors import PerturbloopError, UnknownGeneError
 from perturbloop.genes import gene_index
-from perturbloop.store import Proposal, Round, Store, display_url
+from perturbloop.store import Decision, Proposal, Round, Store, display_url
 
 
 class DecisionConflictError(PerturbloopError):
@@ -85,27 +87,35 @@ def canonical_labels(items: Sequence[str], candidates: Sequence[str], context: s
 
 
 def decide(store: Store, campaign_id: str, candidates: Sequence[str], *, drop: Sequence[str] = (), add: Sequence[str] = (),
-           reject: bool = False, note: str = "", by: str = "scientist", data_dir=None,
+           veto: Sequence[str] = (), reject: bool = False, note: str = "", by: str = "scientist", data_dir=None,
            proposal: str | None = None) -> dict:
-    """A decision for the pending round: `approved`, `edited` (genes dropped / added) or `rejected`.
+    """A decision for the pending round: `approved`, `edited` (genes dropped / added / vetoed) or `rejected`.
 
-    `proposal`: the id (`proposal_id`) of the proposal the decision was made on; DecisionConflictError
-    if another one is pending. Raises, naming the genes, for: a dropped gene that is not in the
-    proposal; an added gene that is unknown, outside the design space, already measured or already
-    proposed.
+    `drop` takes a perturbation out of this batch only ("not now"); `veto` rules it out for the rest of the
+    campaign (dropped from this batch if it is in it, never proposed again); a rejected batch is proposed
+    again without its perturbations. `proposal`: the id (`proposal_id`) of the proposal the decision was
+    made on; DecisionConflictError if another one is pending. Raises, naming the genes, for: a dropped gene
+    that is not in the proposal; an added or vetoed gene that is unknown or outside the design space; an
+    added gene that is already measured, already proposed, vetoed, or vetoed in the same decision.
     """
     _, props = pending_proposal(store, campaign_id) if proposal is None else check_proposal(store, campaign_id, proposal)
     proposed = [p.perturbation for p in props]
+    offered = set(candidates)
+    veto_c = canonical_labels(veto, candidates, "in --veto", data_dir)
+    outside = [v for v, c in zip(veto, veto_c) if c not in offered]
+    if outside:
+        raise UnknownGeneError(outside, "in --veto (outside the campaign's design space)")
+    vetoed = list(dict.fromkeys(veto_c))
     if reject:
         if drop or add:
             raise PerturbloopError("--reject cannot be combined with --drop or --add")
-        return {"action": "rejected", "by": by, "note": note, "added": [], "dropped": [], "final": []}
+        return {"action": "rejected", "by": by, "note": note, "added": [], "dropped": [], "final": [],
+                "vetoed": vetoed}
     drop_c = canonical_labels(drop, proposed, "in --drop", data_dir)
     not_proposed = [d for d, c in zip(drop, drop_c) if c not in proposed]
     if not_proposed:
         raise PerturbloopError(f"--drop: not in the pending proposal: {', '.join(not_proposed)}")
     add_c = canonical_labels(add, candidates, "in --add", data_dir)
-    offered = set(candidates)
     outside = [a for a, c in zip(add, add_c) if c not in offered]
     if outside:
         raise UnknownGeneError(outside, "in --add (outside the campaign's design space)")
@@ -113,12 +123,31 @@ def decide(store: Store, campaign_id: str, candidates: Sequence[str], *, drop: S
     again = [a for a, c in zip(add, add_c) if c in measured]
     if again:
         raise PerturbloopError(f"--add: already measured in this campaign: {', '.join(again)}")
+    earlier = {v.perturbation: v for v in store.vetoes(campaign_id)}
+    ruled_out = [f"{a} (vetoed by {earlier[c].by}{': ' + earlier[c].note if earlier[c].note else ''})"
+                 for a, c in zip(add, add_c) if c in earlier]
+    if ruled_out:
+        raise PerturbloopError(f"--add: vetoed in this campaign: {', '.join(ruled_out)}")
+    both = [a for a, c in zip(add, add_c) if c in set(vetoed)]
+    if both:
+        raise PerturbloopError(f"--add and --veto name the same perturbation: {', '.join(both)}")
     dup = [a for a, c in zip(add, add_c) if c in proposed and c not in drop_c]
     if dup:
         raise PerturbloopError(f"--add: already in the proposal: {', '.join(dup)}")
-    final = [p for p in proposed if p not in set(drop_c)] + [c for c in dict.fromkeys(add_c)]
+    out = set(drop_c) | set(vetoed)
+    dropped = [p for p in proposed if p in out]
+    final = [p for p in proposed if p not in out] + [c for c in dict.fromkeys(add_c)]
     if not final:
         raise PerturbloopError("the edited batch is empty: use --reject to reject the proposal")
-    action = "edited" if (drop_c or add_c) else "approved"
-    return {"action": action, "by": by, "note": note, "added": list(dict.fromkeys(add_c)), "dropped": drop_c,
-            "final": final}
+    action = "edited" if (dropped or add_c) else "approved"
+    return {"action": action, "by": by, "note": note, "added": list(dict.fromkeys(add_c)), "dropped": dropped,
+            "final": final, "vetoed": vetoed}
+
+
+def record_decision(store: Store, round_id: int, decision: dict) -> tuple[Decision, bool]:
+    """Store `decision` (from `decide`) on the round's pending proposal, with its vetoes; returns the stored
+    decision and whether it was this one (False: another decision on the proposal was recorded first)."""
+    fields = {k: v for k, v in decision.items() if k != "vetoed"}
+    mine = Decision(round_id=round_id, **fields)
+    stored = store.save_decision(mine, vetoed=decision.get("vetoed", []))
+    return stored, stored is mine

@@ -3,7 +3,8 @@
     START -> fit -> propose -> review -> dispatch -> collect -> ingest -> fit (next round) | END
 
 `review` calls `interrupt()` when the config requires approval; the checkpoint keeps the
-paused graph across processes, and `Command(resume=decision)` continues it.
+paused graph across processes, and `Command(resume=decision)` continues it. A rejection sends
+the round back to `propose`; `fit` and `propose` end the campaign when nothing is left to propose.
 """
 
 from __future__ import annotations
@@ -22,11 +23,23 @@ from langgraph.graph.state import CompiledStateGraph
 from agent import nodes
 from agent.context import CampaignContext
 from agent.state import LoopState
+from perturbloop.errors import StoreError
 
 
 def _after_ingest(state: LoopState) -> str:
     # a partial delivery was ingested and the round still waits for the rest of its batch
     return END if state.get("status") in ("finished", "waiting_for_lab") else "fit"
+
+
+def _unless_finished(then: str):
+    def route(state: LoopState) -> str:
+        return END if state.get("status") == "finished" else then
+
+    return route
+
+
+def _after_review(state: LoopState) -> str:
+    return "propose" if state.get("status") == "rejected" else "dispatch"
 
 
 def _after_collect(state: LoopState) -> str:
@@ -50,9 +63,9 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStat
     for name in ("fit", "propose", "review", "dispatch", "collect", "ingest"):
         g.add_node(name, _with_fault_point(name, getattr(nodes, name)))
     g.add_edge(START, "fit")
-    g.add_edge("fit", "propose")
-    g.add_edge("propose", "review")
-    g.add_edge("review", "dispatch")
+    g.add_conditional_edges("fit", _unless_finished("propose"), ["propose", END])
+    g.add_conditional_edges("propose", _unless_finished("review"), ["review", END])
+    g.add_conditional_edges("review", _after_review, ["propose", "dispatch"])
     g.add_edge("dispatch", "collect")
     g.add_conditional_edges("collect", _after_collect, ["ingest", END])
     g.add_conditional_edges("ingest", _after_ingest, ["fit", END])
@@ -75,6 +88,12 @@ def open_checkpointer(location: str | Path) -> Iterator[BaseCheckpointSaver]:
     path = Path(location)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), check_same_thread=False)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise StoreError(f"checkpoint file {str(path)!r} is not a readable SQLite database ({e}); move it aside "
+                         "and run again (the campaign resumes from its store)") from None
     try:
         yield SqliteSaver(conn, serde=JsonPlusSerializer())
     finally:

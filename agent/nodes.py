@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import replace
 from typing import Any
 
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
+from agent.approval import record_decision
 from agent.context import CampaignContext
 from agent.state import LoopState
 from lab_adapters.base import JobRef, LabError
@@ -47,24 +49,70 @@ def fit_surrogate(ctx: CampaignContext, index: int) -> dict[str, Any]:
     return fit
 
 
+def excluded(ctx: CampaignContext, index: int) -> list[str]:
+    """What round `index` must not propose (the policy's `pending`): failed perturbations (never re-proposed),
+    those vetoed in the campaign, and those of the round's rejected proposals."""
+    store = ctx.store
+    failed = [o.perturbation for o in store.observations(ctx.campaign_id, include_failed=True) if o.failed]
+    vetoed = [v.perturbation for v in store.vetoes(ctx.campaign_id)]
+    r = store.get_round(ctx.campaign_id, index)
+    rejected = [lab for rej in store.rejections(r.id) for lab in rej.perturbations] if r is not None else []
+    return list(dict.fromkeys([*failed, *vetoed, *rejected]))
+
+
+def left_to_propose(ctx: CampaignContext, index: int) -> int:
+    """How many perturbations round `index` could still propose: the design space less what is measured,
+    excluded (`excluded`) or held out for scoring (a response campaign's test set)."""
+    held_out = getattr(getattr(ctx, "split", None), "test", ())
+    taken = ctx.store.observed(ctx.campaign_id) | set(excluded(ctx, index)) | set(held_out)
+    return sum(1 for lab in ctx.candidate_labels() if lab not in taken)
+
+
+def _finished(ctx: CampaignContext) -> dict:
+    """Nothing is left to propose: the campaign ends here, whatever rounds remain."""
+    ctx.store.set_campaign_status(ctx.campaign_id, "finished")
+    return {"status": "finished", "collected": []}
+
+
 def fit(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     ctx = runtime.context
-    r = ctx.store.get_or_create_round(ctx.campaign_id, state["round"])
+    r = ctx.store.get_round(ctx.campaign_id, state["round"])
+    if (r is None or r.status == "fitting") and not left_to_propose(ctx, state["round"]):
+        return _finished(ctx)
+    r = r or ctx.store.get_or_create_round(ctx.campaign_id, state["round"])
     if r.status == "fitting":
         fit_surrogate(ctx, state["round"])
     return {"status": "running"}
+
+
+def _annotate(ctx: CampaignContext, items: list) -> list:
+    """`items` with the scientist's earlier word on a perturbation put first in its rationale: dropped from
+    an earlier batch, or in a rejected one."""
+    said: dict[str, str] = {}
+    for r, d in ctx.store.decisions(ctx.campaign_id):
+        for lab in d.dropped:
+            said[lab] = f"dropped by {d.by} in round {r.index + 1}" + (f" ({d.note})" if d.note else "")
+    for r in ctx.store.rounds(ctx.campaign_id):
+        for rej in ctx.store.rejections(r.id):
+            for lab in rej.perturbations:
+                said.setdefault(lab, f"in the batch rejected by {rej.by} in round {r.index + 1}"
+                                + (f" ({rej.note})" if rej.note else ""))
+    return [replace(it, rationale=f"{said[it.perturbation]}; {it.rationale}" if it.rationale else said[it.perturbation])
+            if it.perturbation in said else it for it in items]
 
 
 def propose(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     ctx = runtime.context
     r = ctx.store.get_or_create_round(ctx.campaign_id, state["round"])
     if ctx.store.proposals(r.id):
-        return {}
+        return {"status": "running"}
+    if not left_to_propose(ctx, state["round"]):  # every candidate left was in a rejected batch
+        return _finished(ctx)
     cached = ctx.cache.get("fit")
     if cached is None or cached["round"] != state["round"]:
         cached = fit_surrogate(ctx, state["round"])
     observed = cached["observed"]
-    pending = [o.perturbation for o in ctx.store.observations(ctx.campaign_id, include_failed=True) if o.failed]
+    pending = excluded(ctx, state["round"])
     t0 = time.perf_counter()
     proposal = ctx.select(cached["surrogate"], observed, pending, state["round"])
     select_seconds = time.perf_counter() - t0
@@ -73,24 +121,28 @@ def propose(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     record = ModelFit(round_id=r.id, surrogate=surrogate_name, policy=proposal.policy, n_train=len(observed),
                       fit_seconds=cached["fit_seconds"], select_seconds=select_seconds, metrics=cached["metrics"],
                       params=params)
-    ctx.store.save_proposal(r.id, proposal.items, proposal.policy, record)
-    return {}
+    ctx.store.save_proposal(r.id, _annotate(ctx, proposal.items), proposal.policy, record)
+    return {"status": "running"}
 
 
 def review(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
+    """The approval gate. A rejection (here, or recorded by the web app before this run) sends the round
+    back to `propose` (state status `rejected`); any other decision goes on to `dispatch`."""
     ctx = runtime.context
     r = ctx.store.get_or_create_round(ctx.campaign_id, state["round"])
     if ctx.store.decision(r.id) is not None:
-        return {}
+        return {"status": "running"}
     labels = [p.perturbation for p in ctx.store.proposals(r.id)]
+    if not labels:  # the proposal was rejected: propose the round again
+        return {"status": "rejected"}
     if ctx.approval == "auto":
         ctx.store.save_decision(Decision(round_id=r.id, action="auto", by="auto", final=labels))
-        return {}
+        return {"status": "running"}
     ctx.store.set_campaign_status(ctx.campaign_id, "awaiting_approval")
     answer = interrupt({"campaign": ctx.campaign_id, "round": state["round"], "proposal": labels})
-    ctx.store.save_decision(Decision(round_id=r.id, **answer))
+    stored, _ = record_decision(ctx.store, r.id, answer)
     ctx.store.set_campaign_status(ctx.campaign_id, "running")
-    return {}
+    return {"status": "rejected" if stored.action == "rejected" else "running"}
 
 
 def dispatch(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:

@@ -154,10 +154,22 @@ class ResponseCampaignContext:
     def select(self, surrogate, observed: dict[str, np.ndarray], pending: list[str], index: int) -> Proposal:
         if index == 0:
             note = f"initial design (random, seed {self.config.seed})"
-            return Proposal("initial", [ProposedItem(lab, None, None, None, note) for lab in self.split.initial])
+            return Proposal("initial", [ProposedItem(lab, None, None, None, note) for lab in self._initial(pending)])
         # held-out perturbations are never proposed: they score the model
         return self.policy.select(surrogate, self.space, observed, self.config.batch_size,
                                   [*pending, *self.split.test])
+
+    def _initial(self, pending: list[str]) -> list[str]:
+        """The initial design less `pending` (rejected or vetoed picks), each replaced by the next of a seeded
+        random order of the other candidates (never held-out ones)."""
+        out = set(pending)
+        keep = [lab for lab in self.split.initial if lab not in out]
+        if len(keep) == len(self.split.initial):
+            return keep
+        taken = out | set(self.split.initial) | set(self.split.test)
+        spare = [lab for lab in self.candidate_labels() if lab not in taken]
+        order = np.random.default_rng([self.config.seed, 13]).permutation(len(spare))
+        return keep + [spare[i] for i in order[: len(self.split.initial) - len(keep)]]
 
     def after_ingest(self, index: int) -> None:
         """Refit on everything measured so far, score on the held-out set beside the baselines, store

@@ -37,19 +37,22 @@ class CampaignResult:
         return self.rounds[-1]["hit_ratio"] if self.rounds else None
 
 
-def checkpoint_path(store: Store) -> Path | str:
+def checkpoint_path(store: Store | str) -> Path | str:
     """Where the graph's checkpoints live: beside a SQLite store (`<store>.checkpoints.sqlite`), in the
-    same database for a PostgreSQL store, else `$PERTURBLOOP_CHECKPOINTS` (default `runs/checkpoints.sqlite`)."""
-    db = sqlite_path(store.url)
+    same database for a PostgreSQL store, else `$PERTURBLOOP_CHECKPOINTS` (default `runs/checkpoints.sqlite`).
+    `store`: the store, or its URL."""
+    url = store if isinstance(store, str) else store.url
+    db = sqlite_path(url)
     if db is not None:
         return db.with_name(db.stem + ".checkpoints.sqlite")
-    if store.url.startswith(("postgresql", "postgres://")):
-        return store.url
+    if url.startswith(("postgresql", "postgres://")):
+        return url
     return Path(os.environ.get("PERTURBLOOP_CHECKPOINTS", "runs/checkpoints.sqlite"))
 
 
 def next_round(store: Store, campaign_id: str) -> int:
-    """Index of the first round not yet ingested (or rejected)."""
+    """Index of the first round not yet ingested. A rejected proposal does not use up its round (the round is
+    proposed again); `rejected` rounds are those an earlier version gave up on a rejection."""
     done = [r.index for r in store.rounds(campaign_id) if r.status in ("ingested", "rejected")]
     return max(done) + 1 if done else 0
 
@@ -98,6 +101,6 @@ def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_
         status = "awaiting_approval"
     elif snapshot.values.get("status") == "waiting_for_lab":
         status = "waiting_for_lab"
-    elif next_round(store, config.name) < ctx.rounds:
-        status = "running"
+    elif next_round(store, config.name) < ctx.rounds and store.get_campaign(config.name).status != "finished":
+        status = "running"  # (a campaign with nothing left to propose finishes before its last round)
     return CampaignResult(config.name, status, rounds, n_hits)

@@ -56,11 +56,12 @@ from agent.approval import (
     decide,
     pending_round,
     proposal_id,
+    record_decision,
 )
 from agent.report import campaign_overview
 from perturbloop.config import parse_config
 from perturbloop.errors import PerturbloopError
-from perturbloop.store import Decision, Store, display_url
+from perturbloop.store import Store, display_url
 
 COOKIE = "perturbloop_session"
 CSRF_HEADER = "x-csrf-token"
@@ -76,10 +77,11 @@ TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates"))
 
 
 class DecisionIn(BaseModel):
-    """A decision from an API client: approve (no edits), edit (drop/add) or reject."""
+    """A decision from an API client: approve (no edits), edit (drop/add/veto) or reject (with vetoes)."""
 
     drop: list[str] = Field(default_factory=list)
     add: list[str] = Field(default_factory=list)
+    veto: list[str] = Field(default_factory=list, description="never propose these again (dropped from this batch)")
     reject: bool = False
     note: str = ""
     by: str = Field(min_length=1, max_length=100)
@@ -337,11 +339,10 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
                                         "reload in a moment")
         r, _ = check_proposal(store, campaign_id, d.proposal)
         ctx = advancer.context(campaign_id)
-        decision = decide(store, campaign_id, ctx.candidate_labels(), drop=d.drop, add=d.add, reject=d.reject, note=d.note,
-                          by=d.by, data_dir=data_dir, proposal=d.proposal)
-        mine = Decision(round_id=r.id, **decision)
-        stored = store.save_decision(mine)
-        if stored is not mine:
+        decision = decide(store, campaign_id, ctx.candidate_labels(), drop=d.drop, add=d.add, veto=d.veto,
+                          reject=d.reject, note=d.note, by=d.by, data_dir=data_dir, proposal=d.proposal)
+        stored, won = record_decision(store, r.id, decision)
+        if not won:
             raise DecisionConflictError(f"another decision on this proposal was recorded first: {stored.action} "
                                         f"by {stored.by}; reload to see it")
         advancer.start(campaign_id, decision)
@@ -416,7 +417,8 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
 
     @app.post("/campaigns/{campaign_id}/decision")
     def decision_form(campaign_id: str, action: str = Form(...), by: str = Form(...), note: str = Form(""),
-                      add: str = Form(""), drop: list[str] = Form(default_factory=list), proposal: str = Form(""),
+                      add: str = Form(""), drop: list[str] = Form(default_factory=list),
+                      veto: list[str] = Form(default_factory=list), proposal: str = Form(""),
                       csrf: str = Form(""), caller: Caller = Depends(authorised)):  # noqa: ANN202
         caller.check_csrf(csrf)
         campaign_or_404(campaign_id)
@@ -426,7 +428,7 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
             raise HTTPException(409, "the form names no proposal: reload the campaign page and decide there")
         try:
             d = DecisionIn(drop=[] if action == "reject" else drop, add=[] if action == "reject" else _split_genes(add),
-                           reject=action == "reject", note=note, by=by.strip(), proposal=proposal)
+                           veto=veto, reject=action == "reject", note=note, by=by.strip(), proposal=proposal)
             record(campaign_id, d)
         except DecisionConflictError as e:
             raise HTTPException(409, str(e)) from None

@@ -95,6 +95,7 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
     from perturbloop.store import Store, display_url
 
     console = _console()
+    _preflight(store, screen=False)
     st = Store(store)
     w = config.world
     synthetic = " [magenta](SYNTHETIC world)[/]" if w.kind == "synthetic_grn" else ""
@@ -148,6 +149,7 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
     config = load_config(config_path)
     if config.is_response:
         return _run_response(config, store, data_dir, baseline)
+    _preflight(store, screen=True)
     st = Store(store)
     _check_before_flow(config, st, data_dir)
     console.print(
@@ -190,11 +192,35 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
 
 
 def _guard(fn, *args, **kwargs):
+    """Run a command; a user-facing error (bad input, a file or store that cannot be used) is one `error:`
+    line and exit status 2, never a traceback."""
     try:
         return fn(*args, **kwargs)
     except PerturbloopError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    except OSError as e:  # a file the command needed (missing, unreadable, unwritable), named by the OS
+        where = f": {e.filename!r}" if e.filename else ""
+        typer.echo(f"error: {e.strerror or e}{where}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _preflight(store: str | None, screen: bool) -> None:
+    """What `run` needs besides its config, checked before the store is opened and before any Prefect flow
+    starts (a problem is one `error:` line and nothing is written): existing campaign checkpoints can be
+    read, and (screens) the feature cache can be written."""
+    from agent.graph import open_checkpointer
+    from agent.runner import checkpoint_path
+    from perturbloop.store import store_url
+
+    where = checkpoint_path(store_url(store))
+    if isinstance(where, Path) and where.exists():
+        with open_checkpointer(where):
+            pass
+    if screen:
+        from perturbloop.data.registry import writable_cache
+
+        writable_cache("features")
 
 
 @app.command()
@@ -216,7 +242,7 @@ def _status(store: str | None, as_json: bool) -> None:
     from agent.report import campaign_overview
     from perturbloop.store import Store, display_url
 
-    st = Store(store)
+    st = Store.for_reading(store)  # a store this process cannot write is still read
     out = campaign_overview(st)
     if as_json:
         typer.echo(json.dumps({"store": display_url(st.url), "campaigns": out}, indent=2))
@@ -382,7 +408,7 @@ def review(campaign: str, store: StoreOpt = None) -> None:
     _guard(_review, campaign, store)
 
 
-def _approve(campaign, drop, add, reject, note, by, store, data_dir) -> None:
+def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=()) -> None:
     _quiet_prefect()
 
     from agent.approval import decide
@@ -396,10 +422,14 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir) -> None:
         raise PerturbloopError(f"no campaign {campaign!r} in {display_url(st.url)}")
     config = parse_config(c.config, f"stored config of {campaign}")
     ctx = make_context(config, st, data_dir)
-    decision = decide(st, campaign, ctx.candidate_labels(), drop=drop, add=add, reject=reject, note=note, by=by, data_dir=data_dir)
-    typer.echo(f"{decision['action']} by {by}: {len(decision['final'])} perturbations"
+    decision = decide(st, campaign, ctx.candidate_labels(), drop=drop, add=add, veto=veto, reject=reject, note=note,
+                      by=by, data_dir=data_dir)
+    typer.echo(f"{decision['action']} by {by}: "
+               + ("the round will be proposed again without these perturbations" if reject
+                  else f"{len(decision['final'])} perturbations")
                + (f" (dropped {', '.join(decision['dropped'])})" if decision["dropped"] else "")
-               + (f" (added {', '.join(decision['added'])})" if decision["added"] else ""))
+               + (f" (added {', '.join(decision['added'])})" if decision["added"] else "")
+               + (f" (vetoed for the rest of the campaign: {', '.join(decision['vetoed'])})" if decision["vetoed"] else ""))
     res = run_campaign(config, st, data_dir, resume=decision, context=ctx)
     table = _response_table if config.is_response else _round_table
     _console().print(table(f"{campaign}: {config.acquisition.kind}", res.rounds))
@@ -409,16 +439,17 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir) -> None:
 @app.command()
 def approve(
     campaign: str,
-    drop: Annotated[Optional[list[str]], typer.Option("--drop", help="remove a gene from the batch (repeatable)")] = None,
+    drop: Annotated[Optional[list[str]], typer.Option("--drop", help="remove a gene from this batch, not now (repeatable; it may be proposed again later)")] = None,
     add: Annotated[Optional[list[str]], typer.Option("--add", help="add a gene to the batch (repeatable)")] = None,
-    reject: Annotated[bool, typer.Option("--reject", help="reject the whole batch")] = False,
+    veto: Annotated[Optional[list[str]], typer.Option("--veto", help="never propose this gene again in the campaign (drops it from this batch; repeatable; --note says why)")] = None,
+    reject: Annotated[bool, typer.Option("--reject", help="reject the whole batch: the round is proposed again without it")] = False,
     note: Annotated[str, typer.Option(help="why")] = "",
     by: Annotated[str, typer.Option(help="who decides")] = os.environ.get("USER", "scientist"),
     store: StoreOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Record a decision on the pending proposal (approve, edit or reject) and continue the campaign."""
-    _guard(_approve, campaign, drop or [], add or [], reject, note, by, store, data_dir)
+    _guard(_approve, campaign, drop or [], add or [], reject, note, by, store, data_dir, veto=veto or [])
 
 
 def _web(store: str | None, host: str, port: int, token_file: Path | None, data_dir: str | None) -> None:

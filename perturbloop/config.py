@@ -44,8 +44,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from perturbloop.errors import ConfigError
 
 
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding and most simulators take a 32-bit unsigned seed
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown fields are refused; numbers and flags are taken as written: `rounds = true` or
+    `batch_size = 2.5` is an error, not 1 or 2, and a float must be finite (`beta = inf` is refused).
+    An int is accepted where a float is expected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -155,7 +162,7 @@ class WorldConfig(_Strict):
     cells_per_run: int = Field(50, ge=1, le=100_000, description="cells a run of one perturbation returns")
     failure_rate: float = Field(0.0, ge=0, lt=1, description="probability that one run fails")
     min_cells: int = Field(20, ge=1, description="perturbations with fewer cells in the data are not offered")
-    seed: int = Field(0, description="seed of the world's draws (cells, failures, synthetic network)")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the world's draws (cells, failures, synthetic network)")
     params: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the simulator")
     readout: Literal["fitness", "gi"] = Field("fitness", description="pair_fitness: the pair phenotype modelled")
 
@@ -250,7 +257,7 @@ class CampaignConfig(_Strict):
                                 description="responses: perturbations run (random) before the first model fit")
     rounds: int = Field(5, ge=1, le=1000)
     batch_size: int = Field(128, ge=1, le=100_000)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds the policy, the simulated lab and the initial design")
     approval: Literal["auto", "required"] = "auto"
     schedule: str | None = Field(None, description="cron schedule for `perturbloop serve` (default: the --cron option)")
     data: DataConfig | None = Field(None, description="the pooled screen (one readout per gene)")
@@ -339,6 +346,21 @@ def _only(field: str, values: list[str], allowed: tuple[str, ...]) -> None:
                          f"choose from {', '.join(allowed)}")
 
 
+_SHOW_INPUT = {"int_type", "bool_type", "float_type", "finite_number", "greater_than_equal", "less_than_equal",
+               "greater_than", "less_than", "string_type"}
+
+
+def _toml_repr(value: object) -> str:
+    """A value as it was written in the TOML file (`true`, `inf`, 2.5, "text")."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    return repr(value)
+
+
 def format_validation_error(e: ValidationError, source: str = "config") -> str:
     lines = []
     for err in e.errors():
@@ -348,6 +370,8 @@ def format_validation_error(e: ValidationError, source: str = "config") -> str:
             msg = "unknown field"
         elif err["type"] == "missing":
             msg = "required field is missing"
+        elif err["type"] in _SHOW_INPUT:
+            msg = f"{msg} (got {_toml_repr(err['input'])})"
         lines.append(f"  {loc}: {msg}")
     return f"invalid {source}:\n" + "\n".join(lines)
 
@@ -365,13 +389,38 @@ def read_toml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.object[e.start:e.start + 1]!r} at offset {e.start}); "
+                          "a config is TOML text saved as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({e.strerror})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
 
 
+def named_files(config: CampaignConfig) -> dict[str, str]:
+    """The files a config names (field -> path as written): design.genes (a file), design.gaf,
+    design.embeddings, acquisition.policy_path."""
+    d = config.design
+    named = {"design.genes": d.genes if isinstance(d.genes, str) else None, "design.gaf": d.gaf,
+             "design.embeddings": d.embeddings, "acquisition.policy_path": config.acquisition.policy_path}
+    return {k: v for k, v in named.items() if v}
+
+
+def check_named_files(config: CampaignConfig, source: str = "config") -> None:
+    """A ConfigError naming each field whose file does not exist (paths relative to the working directory)."""
+    missing = [f"  {field}: file {path!r} does not exist" for field, path in named_files(config).items()
+               if not Path(path).expanduser().is_file()]
+    if missing:
+        raise ConfigError(f"invalid {source}:\n" + "\n".join(missing))
+
+
 def load_config(path: str | Path) -> CampaignConfig:
-    return parse_config(read_toml(path), str(path))
+    """The config in a TOML file, validated, every file it names checked to exist."""
+    config = parse_config(read_toml(path), str(path))
+    check_named_files(config, str(path))
+    return config
 
 
 def stored_config_as_today(stored: dict) -> dict:

@@ -116,11 +116,16 @@ def incidence_embedding(A: sp.csr_matrix, *, dims: int, min_genes: int, max_gene
 
 
 def save_array(path: Path, arr: np.ndarray) -> None:
-    """Write an NPY atomically (a reader never sees a half-written cache file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, arr)
-    tmp.replace(path)
+    """Write an NPY atomically (a reader never sees a half-written cache file); an unwritable cache folder is
+    an error naming it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, arr)
+        tmp.replace(path)
+    except OSError as e:
+        raise PerturbloopError(f"cache folder {str(path.parent)!r} is not writable ({e.strerror}): set "
+                               "PERTURBLOOP_CACHE_DIR to a folder you can write") from None
 
 
 def screen_features(genes: Sequence[str], screens: Sequence[Screen]) -> tuple[np.ndarray, list[str]]:

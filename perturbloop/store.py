@@ -4,22 +4,25 @@ The store, not memory, is the source of truth. Every write that belongs to one s
 round happens in one transaction, so a killed process leaves either the whole step or none
 of it; every step checks the store first and is a no-op when its work is already there.
 
-Tables: Campaign, Round, Proposal, Decision, LabJob, Observation, ResponseVector, ModelFit.
+Tables: Campaign, Round, Proposal, Decision, Rejection, Veto, LabJob, Observation, ResponseVector, ModelFit.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
+import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint, event
+from sqlalchemy import JSON, Column, UniqueConstraint, delete, event, update
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from perturbloop.errors import StoreError
@@ -44,7 +47,9 @@ class Round(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     campaign_id: str = Field(foreign_key="campaign.id", index=True)
     index: int
-    status: str = "fitting"  # fitting | proposed | approved | rejected | dispatched | collected | ingested
+    # fitting | proposed | approved | dispatched | collected | ingested; `rejected`: a round given up on a
+    # rejection by an earlier version (today a rejected proposal sends the round back to `fitting`)
+    status: str = "fitting"
     created_at: datetime = Field(default_factory=_now)
     finished_at: datetime | None = None
 
@@ -65,13 +70,44 @@ class Proposal(SQLModel, table=True):
 class Decision(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     round_id: int = Field(foreign_key="round.id", index=True, unique=True)
-    action: str  # auto | approved | edited | rejected
+    action: str  # auto | approved | edited (rejections: the Rejection table; `rejected` in older stores)
     by: str = "auto"
     at: datetime = Field(default_factory=_now)
     note: str = ""
     added: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     dropped: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     final: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+class Rejection(SQLModel, table=True):
+    """A rejected proposal: who rejected it, when and why, and the batch as it was proposed. A rejected
+    proposal is not a measured round: the round is proposed again, without these perturbations."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    round_id: int = Field(foreign_key="round.id", index=True)
+    by: str
+    at: datetime = Field(default_factory=_now)
+    note: str = ""
+    policy: str = ""
+    # the rejected batch in rank order: {perturbation, mean, sd, acq_value, rationale}
+    items: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+    @property
+    def perturbations(self) -> list[str]:
+        return [it["perturbation"] for it in self.items]
+
+
+class Veto(SQLModel, table=True):
+    """A perturbation the scientist ruled out for the rest of the campaign: never proposed again."""
+
+    __table_args__ = (UniqueConstraint("campaign_id", "perturbation"),)
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: str = Field(foreign_key="campaign.id", index=True)
+    perturbation: str
+    round_id: int = Field(foreign_key="round.id")
+    by: str
+    at: datetime = Field(default_factory=_now)
+    note: str = ""
 
 
 class LabJob(SQLModel, table=True):
@@ -123,12 +159,20 @@ class ModelFit(SQLModel, table=True):
 
 
 def store_url(store: str | None) -> str:
-    """A SQLAlchemy URL from a path or URL (default `runs/perturbloop.db` under the current directory)."""
+    """A SQLAlchemy URL from a path or URL (default `runs/perturbloop.db` under the current directory).
+    A PostgreSQL URL without a driver (`postgresql://`, `postgres://`) uses psycopg (3) unless psycopg2 is
+    installed. Raises a StoreError when a SQLite file's folder cannot be made."""
     store = store or DEFAULT_STORE
     if "://" in store:
+        scheme, rest = store.split("://", 1)
+        if scheme in ("postgres", "postgresql") and importlib.util.find_spec("psycopg2") is None:
+            return f"postgresql+psycopg://{rest}"
         return store
     p = Path(store).expanduser().resolve()
-    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"store {str(p)!r}: cannot create its folder {str(p.parent)!r} ({e.strerror})") from None
     return f"sqlite:///{p}"
 
 
@@ -144,23 +188,111 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
 
 
-class Store:
-    """Repository API over the SQL store."""
+POSTGRES_CONNECT_TIMEOUT_S = 10  # a server that does not answer is reported in seconds, not after the OS's minutes
 
-    def __init__(self, url: str | None = None):
+
+def _sqlite_writable(db: Path) -> bool:
+    """Whether this process may write `db` (the file, and the folder for its -wal/-shm files)."""
+    return (not db.exists() or os.access(db, os.W_OK)) and os.access(db.parent, os.W_OK)
+
+
+def _readonly_error(e: BaseException) -> bool:
+    return "readonly database" in str(e)
+
+
+def _read_only_sqlite(db: Path) -> sqlite3.Connection:
+    """A connection that never writes (URI `mode=ro`). A WAL database in a folder this process cannot write has
+    no -shm file to share: it is then read as it is on disk (`immutable=1`: what a writer has not yet
+    checkpointed is not seen)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30, check_same_thread=False)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        return sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True, timeout=30, check_same_thread=False)
+
+
+class StoreReadOnlyError(StoreError):
+    """The store can be read but not written by this process."""
+
+
+class _Lost(Exception):
+    """A decision arrived after the proposal had been decided on (internal to `Store.save_decision`)."""
+
+
+class Store:
+    """Repository API over the SQL store.
+
+    `read_only`: open the store for reading only (`perturbloop status`): a SQLite store this process
+    cannot write is still read. Otherwise a store that cannot be written is a StoreError up front, so a
+    command that writes fails before it starts. A store that cannot be opened (a folder, an unknown URL
+    scheme, a server that does not answer, a file that is no database) is a StoreError naming it.
+    """
+
+    def __init__(self, url: str | None = None, *, read_only: bool = False):
         self.url = store_url(url)
+        self.read_only = read_only
+        shown = display_url(self.url)
         db = sqlite_path(self.url)
         if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(self.url, connect_args={"timeout": 30} if self.url.startswith("sqlite") else {})
-        if self.url.startswith("sqlite"):
-            @event.listens_for(self.engine, "connect")
-            def _pragma(dbapi_conn, _):  # noqa: ANN001
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA foreign_keys=ON")
+            if db.is_dir():
+                raise StoreError(f"store {str(db)!r} is a folder, not a SQLite file: name a file in it "
+                                 f"(e.g. {str(db / 'perturbloop.db')!r})")
+            if read_only and not db.is_file():
+                raise StoreError(f"store {str(db)!r} does not exist")
+            if not read_only and not _sqlite_writable(db):
+                raise StoreReadOnlyError(f"store {str(db)!r} is read-only (no write permission on it or its folder): "
+                                 "`perturbloop status` can still read it")
+        try:
+            self.engine: Engine = self._engine(db)
+            if read_only:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("SELECT 1")
+            else:
+                SQLModel.metadata.create_all(self.engine)
+                if db is not None:  # can it be written? (a read-only file system, an immutable file, even for root)
+                    with self.engine.connect() as conn:
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")
+                        conn.exec_driver_sql("ROLLBACK")
+        except (ArgumentError, NoSuchModuleError, ImportError) as e:
+            raise StoreError(f"store {shown}: not a store URL this machine can open ({e}); use a SQLite path, "
+                             "or a sqlite:/// or postgresql:// URL") from None
+        except OperationalError as e:
+            if _readonly_error(e):
+                raise StoreReadOnlyError(f"store {shown} is read-only: `perturbloop status` can still read it") from None
+            what = "cannot open" if db is not None else "cannot connect to"
+            reason = str(e.orig).strip().splitlines()[0] if e.orig is not None and str(e.orig).strip() else str(e)
+            raise StoreError(f"{what} store {shown}: {reason}") from None
+        except DatabaseError as e:
+            raise StoreError(f"store {shown} is not a readable database ({e.orig})") from None
+
+    @classmethod
+    def for_reading(cls, url: str | None = None) -> Store:
+        """The store opened as usual, or read-only where this process cannot write it (`perturbloop status`)."""
+        try:
+            return cls(url)
+        except StoreReadOnlyError:
+            return cls(url, read_only=True)
+
+    def _engine(self, db: Path | None) -> Engine:
+        if db is None:
+            args = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S} if self.url.startswith("postgres") else {}
+            return create_engine(self.url, connect_args=args)
+        if self.read_only:
+            engine = create_engine("sqlite://", creator=lambda: _read_only_sqlite(db))
+        else:
+            engine = create_engine(self.url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragma(dbapi_conn, _):  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            if not self.read_only:
                 cur.execute("PRAGMA journal_mode=WAL")
-                cur.close()
-        SQLModel.metadata.create_all(self.engine)
+            cur.close()
+
+        return engine
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -168,6 +300,11 @@ class Store:
             try:
                 yield s
                 s.commit()
+            except OperationalError as e:
+                s.rollback()
+                if _readonly_error(e):
+                    raise StoreReadOnlyError(f"store {display_url(self.url)} is read-only: nothing was written") from None
+                raise
             except BaseException:
                 s.rollback()
                 raise
@@ -280,25 +417,73 @@ class Store:
         with self.session() as s:
             return s.exec(select(Decision).where(Decision.round_id == round_id)).first()
 
-    def save_decision(self, decision: Decision) -> Decision:
-        """Store the round's decision unless it has one; returns the stored decision (`decision`
-        itself only if it won). Atomic: of concurrent calls on one round exactly one inserts (the
-        unique round_id decides) and the others get the winner back."""
+    def save_decision(self, decision: Decision, *, vetoed: Sequence[str] = ()) -> Decision:
+        """Store the decision on the round's pending proposal, and the perturbations it `vetoed`; returns the
+        decision that was stored (`decision` itself only if it won).
+
+        A rejection is kept as a Rejection record (with the rejected batch) and the round goes back to
+        `fitting` without proposals, to be proposed again; any other decision is the round's Decision and
+        the round is `approved`. Atomic: the round's move out of `proposed` is one conditional UPDATE, so of
+        concurrent decisions on one proposal exactly one is stored; the others get the winner back (a
+        rejection as an unsaved Decision with action `rejected`).
+        """
         existing = self.decision(decision.round_id)
         if existing is not None:
             return existing
+        rejected = decision.action == "rejected"
         try:
             with self.session() as s:
-                s.add(decision)
-                s.flush()  # the INSERT first: a concurrent winner makes it fail here, before any other write
-                self.set_round_status(decision.round_id, "rejected" if decision.action == "rejected" else "approved",
-                                      session=s)
-        except IntegrityError:
+                # the first statement writes: it takes the write lock (SQLite) / the row lock (PostgreSQL)
+                moved = s.exec(update(Round).where(Round.id == decision.round_id, Round.status == "proposed")
+                               .values(status="fitting" if rejected else "approved")).rowcount
+                if not moved:
+                    raise _Lost()
+                r = s.get(Round, decision.round_id)
+                if rejected:
+                    props = list(s.exec(select(Proposal).where(Proposal.round_id == r.id).order_by(Proposal.rank)))
+                    s.add(Rejection(round_id=r.id, by=decision.by, at=decision.at, note=decision.note,
+                                    policy=props[0].policy if props else "",
+                                    items=[{"perturbation": p.perturbation, "mean": p.mean, "sd": p.sd,
+                                            "acq_value": p.acq_value, "rationale": p.rationale} for p in props]))
+                    s.exec(delete(Proposal).where(Proposal.round_id == r.id))
+                    s.exec(delete(ModelFit).where(ModelFit.round_id == r.id))
+                else:
+                    proposed = set(s.exec(select(Proposal.perturbation).where(Proposal.round_id == r.id)))
+                    if set(decision.final) - set(decision.added) - proposed:
+                        raise _Lost()  # made on an earlier proposal of this round (since rejected)
+                    s.add(decision)
+                    s.flush()
+                have = set(s.exec(select(Veto.perturbation).where(Veto.campaign_id == r.campaign_id)))
+                for label in dict.fromkeys(vetoed):
+                    if label not in have:
+                        s.add(Veto(campaign_id=r.campaign_id, perturbation=label, round_id=r.id, by=decision.by,
+                                   at=decision.at, note=decision.note))
+        except (_Lost, IntegrityError):
             existing = self.decision(decision.round_id)
-            if existing is None:  # some other constraint failed (e.g. no such round)
-                raise
-            return existing
+            if existing is not None:
+                return existing
+            last = (self.rejections(decision.round_id) or [None])[-1]
+            if last is None:
+                raise StoreError(f"round {decision.round_id} has no proposal awaiting a decision") from None
+            return Decision(round_id=decision.round_id, action="rejected", by=last.by, at=last.at, note=last.note)
         return decision
+
+    def rejections(self, round_id: int) -> list[Rejection]:
+        """The round's rejected proposals, oldest first."""
+        with self.session() as s:
+            return list(s.exec(select(Rejection).where(Rejection.round_id == round_id).order_by(Rejection.id)))
+
+    def vetoes(self, campaign_id: str) -> list[Veto]:
+        """Perturbations vetoed in the campaign (never proposed again), oldest first."""
+        with self.session() as s:
+            return list(s.exec(select(Veto).where(Veto.campaign_id == campaign_id).order_by(Veto.id)))
+
+    def decisions(self, campaign_id: str) -> list[tuple[Round, Decision]]:
+        """Every round of the campaign that has a decision, with it, in round order."""
+        with self.session() as s:
+            q = (select(Round, Decision).join(Decision, Decision.round_id == Round.id)
+                 .where(Round.campaign_id == campaign_id).order_by(Round.index))
+            return [(r, d) for r, d in s.exec(q)]
 
     # lab jobs ------------------------------------------------------------------------------
     def lab_job(self, idempotency_key: str) -> LabJob | None:

@@ -62,10 +62,14 @@ def test_pause_edit_and_resume(backend, slice_csv, data_dir, tmp_path, request):
 
     with pytest.raises(PerturbloopError, match="already measured"):
         decide(store, "appr", ctx.candidate_labels(), add=[proposed[1]], data_dir=data_dir)
-    final = run_campaign(cfg, store, data_dir, resume=decide(store, "appr", ctx.candidate_labels(), reject=True, data_dir=data_dir),
+    again = run_campaign(cfg, store, data_dir, resume=decide(store, "appr", ctx.candidate_labels(), reject=True,
+                                                             data_dir=data_dir), context=ctx)
+    assert again.status == "awaiting_approval"  # a rejection does not use up round 2: it is proposed again
+    r2 = store.rounds("appr")[1]
+    assert r2.status == "proposed" and store.decision(r2.id) is None and len(store.rejections(r2.id)) == 1
+    final = run_campaign(cfg, store, data_dir, resume=decide(store, "appr", ctx.candidate_labels(), data_dir=data_dir),
                          context=ctx)
-    assert final.status == "finished"
-    assert store.rounds("appr")[1].status == "rejected" and store.decision(store.rounds("appr")[1].id).action == "rejected"
+    assert final.status == "finished" and store.rounds("appr")[1].status == "ingested"
 
 
 def test_cli_review_and_approve(slice_csv, data_dir, tmp_path):
@@ -91,8 +95,12 @@ def test_cli_review_and_approve(slice_csv, data_dir, tmp_path):
     assert shown.returncode == 0 and "awaiting approval (6 perturbations)" in shown.stdout
     bad = cli("approve", "cli-appr", "--add", "NOTAGENE9", "--data-dir", str(data_dir))
     assert bad.returncode == 2 and "NOTAGENE9" in bad.stderr
-    ok = cli("approve", "cli-appr", "--by", "ada", "--data-dir", str(data_dir))
-    assert ok.returncode == 0 and "approved by ada: 6 perturbations" in ok.stdout and "finished" in ok.stdout
+    r, props = pending_proposal(Store(str(store)), "cli-appr")
+    vetoed = props[0].perturbation
+    ok = cli("approve", "cli-appr", "--by", "ada", "--veto", vetoed, "--note", "toxic", "--data-dir", str(data_dir))
+    assert ok.returncode == 0 and "edited by ada: 5 perturbations" in ok.stdout and "finished" in ok.stdout, ok.stderr
+    assert f"vetoed for the rest of the campaign: {vetoed}" in ok.stdout
+    assert [(v.perturbation, v.by, v.note) for v in Store(str(store)).vetoes("cli-appr")] == [(vetoed, "ada", "toxic")]
 
 
 def test_approval_example_config_requires_approval():
@@ -100,3 +108,104 @@ def test_approval_example_config_requires_approval():
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "il2_approval.toml")
     assert cfg.approval == "required" and cfg.data.screen == "schmidt2021_il2"
+
+
+def test_reject_does_not_use_up_the_round_and_the_next_proposal_differs(slice_csv, data_dir, tmp_path):
+    """Issue 13 (8): a rejected proposal is no measured round; the round is proposed again without the
+    rejected perturbations, and the rejection (who, why, the batch) is kept in the store."""
+    store = Store(str(tmp_path / "pl.db"))
+    cfg = _cfg(slice_csv)
+    ctx = build_context(cfg, store, data_dir)
+    run_campaign(cfg, store, data_dir, context=ctx)
+    r, props = pending_proposal(store, "appr")
+    first = [p.perturbation for p in props]
+
+    res = run_campaign(cfg, store, data_dir, context=ctx, resume=decide(
+        store, "appr", ctx.candidate_labels(), reject=True, note="off-target guides", by="ada", data_dir=data_dir))
+    assert res.status == "awaiting_approval"
+    again, props2 = pending_proposal(store, "appr")
+    assert again.index == 0 and again.id == r.id  # the same round, proposed again
+    second = [p.perturbation for p in props2]
+    assert len(second) == 8 and not set(second) & set(first)
+    (rej,) = store.rejections(r.id)
+    assert (rej.by, rej.note, rej.perturbations) == ("ada", "off-target guides", first)
+    assert not store.lab_jobs(r.id) and not store.observations("appr", include_failed=True)
+
+    # both rounds are still to be measured: approving twice finishes the campaign, 16 perturbations measured
+    res = run_campaign(cfg, store, data_dir, context=ctx, resume=decide(store, "appr", ctx.candidate_labels(),
+                                                                        data_dir=data_dir))
+    assert res.status == "awaiting_approval" and pending_proposal(store, "appr")[0].index == 1
+    res = run_campaign(cfg, store, data_dir, context=ctx, resume=decide(store, "appr", ctx.candidate_labels(),
+                                                                        data_dir=data_dir))
+    assert res.status == "finished"
+    assert [x.status for x in store.rounds("appr")] == ["ingested", "ingested"]
+    assert len(store.observations("appr", include_failed=True)) == 16
+
+
+def test_veto_rules_a_gene_out_and_a_dropped_gene_comes_back_marked(slice_csv, data_dir, tmp_path):
+    """Issue 13 (9): dropping is "not now" (a dropped gene may come back, marked as dropped in its rationale);
+    a veto is "never": recorded with who and why, excluded from every later proposal, refused in --add."""
+    import pandas as pd
+
+    genes = list(pd.read_csv(slice_csv)["Gene"][:12])
+    store = Store(str(tmp_path / "pl.db"))
+    cfg = parse_config({"name": "appr", "rounds": 2, "batch_size": 8, "approval": "required",
+                        "data": {"screen": str(slice_csv)}, "design": {"genes": genes}})
+    ctx = build_context(cfg, store, data_dir)
+    run_campaign(cfg, store, data_dir, context=ctx)
+    r, props = pending_proposal(store, "appr")
+    first = [p.perturbation for p in props]
+    spare = next(g for g in ctx.candidate_labels() if g not in first)
+    with pytest.raises(UnknownGeneError, match="NOTAGENE9"):
+        decide(store, "appr", ctx.candidate_labels(), veto=["NOTAGENE9"], data_dir=data_dir)
+    with pytest.raises(PerturbloopError, match="--add and --veto"):
+        decide(store, "appr", ctx.candidate_labels(), add=[spare], veto=[spare], data_dir=data_dir)
+    assert not store.vetoes("appr") and store.decision(r.id) is None  # refused: nothing written
+
+    d = decide(store, "appr", ctx.candidate_labels(), drop=first[1:5], veto=[first[0].lower()], note="toxic", by="ada",
+               data_dir=data_dir)
+    assert d["vetoed"] == [first[0]] and d["dropped"] == first[:5] and d["final"] == first[5:]
+    res = run_campaign(cfg, store, data_dir, context=ctx, resume=d)
+    assert res.status == "awaiting_approval"
+    (v,) = store.vetoes("appr")
+    assert (v.perturbation, v.by, v.note) == (first[0], "ada", "toxic")
+    with pytest.raises(PerturbloopError, match=f"vetoed in this campaign: {first[0]}"):
+        decide(store, "appr", ctx.candidate_labels(), add=[first[0]], data_dir=data_dir)
+
+    # 12 genes - 3 measured - 1 vetoed: round 2 proposes all 8 left, the 4 dropped ones marked as such
+    _, props = pending_proposal(store, "appr")
+    by_label = {p.perturbation: p for p in props}
+    assert first[0] not in by_label and set(first[1:5]) <= set(by_label)
+    assert all(by_label[g].rationale.startswith("dropped by ada in round 1 (toxic)") for g in first[1:5])
+    assert not any(p.rationale.startswith("dropped") for p in props if p.perturbation not in first)
+
+
+def _grn_approval() -> dict:
+    """The response-campaign tests' synthetic pair world, with approval required."""
+    from test_response_campaign import GRN
+
+    return {**GRN, "name": "grn-appr", "initial": 6, "rounds": 1, "batch_size": 4, "approval": "required"}
+
+
+def test_reject_and_veto_in_a_pair_campaign_initial_design(data_dir, tmp_path):
+    """Issues 13 (8, 9) for a response campaign: a rejected initial design is drawn again without its pairs
+    (and never from the held-out ones); a vetoed pair is left out of the new draw."""
+    from agent.runner import make_context
+
+    store = Store(str(tmp_path / "pl.db"))
+    cfg = parse_config(_grn_approval())
+    ctx = make_context(cfg, store, data_dir)
+    assert run_campaign(cfg, store, data_dir, context=ctx).status == "awaiting_approval"
+    r, props = pending_proposal(store, "grn-appr")
+    first = [p.perturbation for p in props]
+    other = next(lab for lab in ctx.candidate_labels() if lab not in first and lab not in ctx.split.test)
+    a, b = other.split("+")
+    d = decide(store, "grn-appr", ctx.candidate_labels(), reject=True, veto=[f"{b}+{a}"], note="bad guides", by="ada",
+               data_dir=data_dir)
+    assert d["vetoed"] == [other]
+    assert run_campaign(cfg, store, data_dir, context=ctx, resume=d).status == "awaiting_approval"
+    again, props2 = pending_proposal(store, "grn-appr")
+    second = [p.perturbation for p in props2]
+    assert again.index == 0 and len(second) == len(first) == 6
+    assert not set(second) & (set(first) | {other} | set(ctx.split.test))
+    assert [rej.perturbations for rej in store.rejections(r.id)] == [first]

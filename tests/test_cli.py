@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -152,3 +155,125 @@ def test_store_password_is_never_printed(fresh_postgres_url, data_dir, tmp_path)
         web.terminate()
         web.wait(30)
     assert line.startswith("perturbloop review on") and ":***@" in line and secret not in line, line
+
+
+@pytest.fixture
+def read_only():
+    """`read_only(path)` makes a file or folder read-only even for root (chmod, and `chattr +i` as root);
+    undone after the test."""
+    done: list[tuple[Path, int]] = []
+
+    def make(path: Path) -> Path:
+        done.append((path, path.stat().st_mode))
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        if os.geteuid() == 0:
+            if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path)]).returncode != 0:
+                pytest.skip("running as root where `chattr +i` is not available: nothing can be made read-only")
+        return path
+
+    yield make
+    for path, mode in reversed(done):
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+        path.chmod(mode)
+
+
+def _one_error_line(proc: subprocess.CompletedProcess, *names: str) -> str:
+    """The command failed with exit status 2 and one `error:` line (no traceback) naming each of `names`."""
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and err.startswith("error: ") and "Traceback" not in err, proc.stdout + proc.stderr
+    assert len([line for line in err.splitlines() if not line.startswith("  ")]) == 1, err
+    assert all(n in err for n in names), err
+    return err
+
+
+def _write_cfg(tmp_path: Path, slice_csv: Path, extra: str = "", name: str = "c.toml") -> Path:
+    cfg = tmp_path / name
+    cfg.write_text(f'name = "e"\nrounds = 1\nbatch_size = 4\n[data]\nscreen = "{slice_csv}"\n[design]\n{extra}')
+    return cfg
+
+
+@pytest.mark.parametrize("case", ["binary", "latin1", "gaf", "embeddings"])
+def test_unusable_config_files_are_one_error_line(case, slice_csv, data_dir, tmp_path):
+    """Issue 13 (10): a config that is not UTF-8 text, or names a file that is not there, is one `error:` line
+    naming the file (exit 2), and nothing is written."""
+    if case == "binary":
+        cfg = tmp_path / "c.toml"
+        cfg.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+        names = ("c.toml", "UTF-8")
+    elif case == "latin1":
+        cfg = tmp_path / "c.toml"
+        cfg.write_bytes('name = "caf\xe9"\n[data]\nscreen = "schmidt2021_il2"\n'.encode("latin-1"))
+        names = ("c.toml", "UTF-8")
+    elif case == "gaf":
+        cfg = _write_cfg(tmp_path, slice_csv, f'gaf = "{tmp_path / "nope.gaf"}"\n')
+        names = ("design.gaf", "nope.gaf", "does not exist")
+    else:
+        cfg = _write_cfg(tmp_path, slice_csv, f'features = ["go", "embedding"]\nembeddings = "{tmp_path / "nope.csv"}"\n')
+        names = ("design.embeddings", "nope.csv", "does not exist")
+    store = tmp_path / "pl.db"
+    _one_error_line(_cli("run", str(cfg), "--no-baseline", "--store", str(store), "--data-dir", str(data_dir),
+                         cwd=tmp_path), *names)
+    assert not store.exists()
+
+
+def test_unusable_stores_are_one_error_line(tmp_path):
+    """Issue 13 (10): a store that is a folder, a URL of an unknown scheme, a server that does not answer."""
+    (tmp_path / "folder.db").mkdir()
+    _one_error_line(_cli("status", "--store", str(tmp_path / "folder.db"), cwd=tmp_path), "folder.db", "folder")
+    _one_error_line(_cli("status", "--store", "nosuchdb://host/x", cwd=tmp_path), "nosuchdb://host/x")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    _one_error_line(_cli("status", "--store", f"postgresql://ada@127.0.0.1:{port}/pl", cwd=tmp_path),
+                    f"127.0.0.1:{port}", "cannot connect")
+
+
+def test_a_read_only_store_is_read_by_status_and_refused_by_run(slice_csv, data_dir, tmp_path, read_only):
+    """Issue 13 (10): `status` reads a store it cannot write; `run` says the store is read-only, up front."""
+    store = tmp_path / "ro" / "pl.db"
+    st = Store(str(store))
+    st.create_or_check_campaign("kept", {"name": "kept", "rounds": 2})
+    st.engine.dispose()
+    read_only(store)
+    read_only(store.parent)
+    shown = _cli("status", "--json", "--store", str(store), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert [c["campaign"] for c in json.loads(shown.stdout)["campaigns"]] == ["kept"]
+    cfg = _write_cfg(tmp_path, slice_csv)
+    _one_error_line(_cli("run", str(cfg), "--no-baseline", "--store", str(store), "--data-dir", str(data_dir),
+                         cwd=tmp_path), str(store), "read-only")
+
+
+def test_a_corrupt_checkpoint_file_and_an_unwritable_cache_are_one_error_line(slice_csv, data_dir, tmp_path,
+                                                                              read_only):
+    """Issue 13 (10): `run` names the checkpoint file that is not a database, and the cache it cannot write,
+    before it opens the store."""
+    cfg = _write_cfg(tmp_path, slice_csv)
+    store = tmp_path / "pl.db"
+    (tmp_path / "pl.checkpoints.sqlite").write_bytes(b"this is not a SQLite database" * 40)
+    _one_error_line(_cli("run", str(cfg), "--no-baseline", "--store", str(store), "--data-dir", str(data_dir),
+                         cwd=tmp_path), "pl.checkpoints.sqlite", "not a readable SQLite database")
+    assert not store.exists()
+
+    cache = read_only(Path(tempfile.mkdtemp(dir=tmp_path)))
+    env = {**os.environ, "PERTURBLOOP_CACHE_DIR": str(cache)}
+    proc = subprocess.run([sys.executable, "-m", "perturbloop.cli", "run", str(cfg), "--no-baseline", "--store",
+                           str(tmp_path / "other.db"), "--data-dir", str(data_dir)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    _one_error_line(proc, str(cache), "not writable", "PERTURBLOOP_CACHE_DIR")
+    assert not (tmp_path / "other.db").exists()
+
+
+def test_data_fetch_without_network_is_one_error_line(tmp_path):
+    """Issue 13 (10): no network (every connection refused: a proxy on a closed port) during `data fetch`."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proxy = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PERTURBLOOP_CACHE_DIR": str(tmp_path / "cache"), "https_proxy": proxy, "HTTPS_PROXY": proxy,
+           "http_proxy": proxy, "HTTP_PROXY": proxy, "no_proxy": "", "NO_PROXY": ""}
+    proc = subprocess.run([sys.executable, "-m", "perturbloop.cli", "data", "fetch", "cegv2"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    _one_error_line(proc, "cegv2", "could not download", "CEGv2.txt")
+    assert not list((tmp_path / "cache").rglob("*.part"))

@@ -152,3 +152,43 @@ def test_a_campaign_stored_under_an_older_config_format_resumes(tmp_path):
         store.create_or_check_campaign(raw["name"], today, normalise=stored_config_as_today)
         with pytest.raises(StoreError, match="different config"):
             store.create_or_check_campaign(raw["name"], {**today, "rounds": 9}, normalise=stored_config_as_today)
+
+
+@pytest.mark.parametrize(("path", "value", "shown"), [
+    ("rounds", True, "got true"), ("batch_size", 2.5, "got 2.5"), ("seed", -1, "got -1"),
+    ("seed", 10**19, "got 10000000000000000000"), ("acquisition.beta", float("inf"), "got inf"),
+    ("acquisition.beta", float("nan"), "got nan"), ("data.nonessential", 1, "got 1"), ("surrogate.max_iter", "10", "got '10'"),
+])
+def test_values_that_crash_every_run_are_refused_up_front(path, value, shown):
+    """Issue 13 (7): numbers and flags are taken as written (no `true` -> 1), seeds are 32-bit unsigned,
+    floats are finite; the message names the field and what was written."""
+    msg = _error(_with(path, value))
+    assert f"  {path}:" in msg and shown in msg, msg
+
+
+def test_response_world_seed_is_checked_and_ints_still_pass_as_floats():
+    with pytest.raises(ConfigError, match=r"world\.seed.*got -3"):
+        parse_config({"name": "r", "world": {"kind": "synthetic_grn", "seed": -3}})
+    c = parse_config(_with("acquisition.beta", 2))  # TOML `beta = 2` is a float field written as an int
+    assert c.acquisition.beta == 2.0 and parse_config(c.model_dump(mode="json")) == c
+    assert parse_config(_with("seed", 2**32 - 1)).seed == 2**32 - 1
+
+
+def test_a_batch_larger_than_what_is_left_measures_it_and_the_campaign_finishes(slice_csv, data_dir, tmp_path):
+    """Issue 13 (7): 6 genes, batches of 4, 3 rounds: round 1 measures 4, round 2 the 2 left, and the campaign
+    finishes (round 3 has nothing to propose) instead of failing in `fit` on every run."""
+    import pandas as pd
+
+    from agent.runner import run_campaign
+    from perturbloop.store import Store
+
+    genes = list(pd.read_csv(slice_csv)["Gene"][:6])
+    cfg = parse_config({"name": "small", "rounds": 3, "batch_size": 4, "data": {"screen": str(slice_csv)},
+                        "design": {"genes": genes}})
+    store = Store(str(tmp_path / "pl.db"))
+    res = run_campaign(cfg, store, data_dir)
+    assert res.status == "finished" and store.get_campaign("small").status == "finished"
+    assert [(r.index, r.status) for r in store.rounds("small")] == [(0, "ingested"), (1, "ingested")]
+    assert sorted(o.perturbation for o in store.observations("small")) == sorted(genes)
+    assert run_campaign(cfg, store, data_dir).status == "finished"  # a second run changes nothing
+    assert len(store.rounds("small")) == 2

