@@ -388,7 +388,7 @@ def _review(campaign: str, store: str | None) -> None:
     from perturbloop.config import parse_config
     from perturbloop.store import Store
 
-    st = Store(store)
+    st = Store.for_reading(store)
     r, props = pending_proposal(st, campaign)
     label = parse_config(st.get_campaign(campaign).config, f"stored config of {campaign}").prediction_label
     t = Table(title=f"{campaign}: round {r.index + 1} proposal awaiting approval ({len(props)} perturbations)",
@@ -399,7 +399,8 @@ def _review(campaign: str, store: str | None) -> None:
         pred = "-" if p.mean is None else f"{p.mean:.3f} +- {p.sd:.3f}"
         t.add_row(str(p.rank + 1), p.perturbation, pred, _fmt(p.acq_value), p.policy, p.rationale)
     _console().print(t)
-    typer.echo(f"approve: perturbloop approve {campaign} [--drop GENE ...] [--add GENE ...] [--reject] [--note TEXT] [--by NAME]")
+    typer.echo(f"approve: perturbloop approve {campaign} [--drop GENE ...] [--veto GENE ...] [--add GENE ...] [--reject] "
+               "[--note TEXT] [--by NAME]")
 
 
 @app.command()
