@@ -116,8 +116,9 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
             on_baseline_round=lambda r: progress.update(base_task, completed=r["round"]),
         )
     main = results["campaign"]
-    console.print(_response_table(f"{config.name}: {config.acquisition.kind}, scores on the held-out perturbations "
-                                  "(never run) after each round", main.rounds))
+    scored = ("scores on the held-out perturbations (never run) after each round" if config.lab.kind == "simulator"
+              else f"{config.lab.kind} lab: nothing held out, no scores")
+    console.print(_response_table(f"{config.name}: {config.acquisition.kind}, {scored}", main.rounds))
     if main.status != "finished":
         console.print(f"campaign status: [yellow]{main.status}[/]")
     base = results.get("baseline")
