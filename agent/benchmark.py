@@ -152,4 +152,4 @@ def simulated_campaign_row(world_spec: WorldSpec, policy: PolicySpec, seed: int,
                                                                 rounds=rounds), make,
                             rounds=rounds, batch_size=batch, seed=seed, objective=abs, hit_calls=hit_calls)
     return {"policy": policy.label, "seed": seed, "hit_ratio": run.hit_ratio, "per_round": run.per_round,
-            "round_seconds": run.round_seconds, "n_hits": len(world.replay.hits & set(pool.labels))}
+            "round_seconds": run.round_seconds, "n_hits": len(world.replay.hits & set(pool.labels)), "picks": run.picks}
