@@ -31,12 +31,17 @@ def cluster_address():
         yield cluster.scheduler_address
 
 
-def _benchmark(args: list[str], out: Path, cwd: Path) -> dict:
-    env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "perturbloop.cli", "benchmark", *args, "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text())
+def _benchmarks(args: list[str], address: str, tmp: Path) -> tuple[dict, dict]:
+    """The same benchmark with the local runner and on the cluster, run side by side; both results files."""
+    procs = {runner: subprocess.Popen([sys.executable, "-m", "perturbloop.cli", "benchmark", *args, *extra,
+                                       "--out", str(tmp / f"{runner}.json")],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp,
+                                      env={**os.environ, "COLUMNS": "200", "PREFECT_HOME": str(tmp / f"prefect-{runner}")})
+             for runner, extra in (("local", ["--runner", "local"]), ("dask", ["--runner", "dask", "--address", address]))}
+    for runner, proc in procs.items():
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"{runner} runner:\n{out[-4000:]}"
+    return tuple(json.loads((tmp / f"{runner}.json").read_text()) for runner in procs)
 
 
 def _same_campaigns(local: dict, dask: dict, keys: tuple[str, ...]) -> None:
@@ -49,8 +54,7 @@ def _same_campaigns(local: dict, dask: dict, keys: tuple[str, ...]) -> None:
 def test_screen_benchmark_on_a_dask_cluster_matches_the_local_runner(slice_csv, data_dir, tmp_path, cluster_address):
     args = ["--screen", str(slice_csv), "--rounds", "3", "--batch", "12", "--seeds", "2", "--policy", "ucb,random",
             "--features", "go", "--fit-iter", "5", "--data-dir", str(data_dir)]
-    local = _benchmark([*args, "--runner", "local"], tmp_path / "local.json", tmp_path)
-    dask = _benchmark([*args, "--runner", "dask", "--address", cluster_address], tmp_path / "dask.json", tmp_path)
+    local, dask = _benchmarks(args, cluster_address, tmp_path)
     _same_campaigns(local, dask, ("picks", "per_round", "hit_ratio"))
     for r in local["results"]:
         assert len(r["picks"]) == 3 and all(len(b) == 12 for b in r["picks"])
@@ -62,8 +66,7 @@ def test_response_benchmark_on_a_dask_cluster_matches_the_local_runner(data_dir,
     cfg = tmp_path / "grn.toml"
     cfg.write_text(_toml(GRN_SWEEP))
     args = ["--config", str(cfg), "--data-dir", str(data_dir)]
-    local = _benchmark([*args, "--runner", "local"], tmp_path / "local.json", tmp_path)
-    dask = _benchmark([*args, "--runner", "dask", "--address", cluster_address], tmp_path / "dask.json", tmp_path)
+    local, dask = _benchmarks(args, cluster_address, tmp_path)
     _same_campaigns(local, dask, ("picks", "metrics", "n_observed", "failed"))
     assert len(local["results"][0]["picks"]) == 2  # the initial design and one round
     assert local["results"][0]["picks"][1] != local["results"][1]["picks"][1]  # the policies differ
