@@ -300,6 +300,7 @@ def browser(tmp_path):
     driver.quit()
 
 
+@pytest.mark.slow
 def test_browser_login_edit_and_approve(live_server, browser, paused):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
@@ -357,6 +358,7 @@ def test_browser_login_edit_and_approve(live_server, browser, paused):
     assert paused.rounds("web")[1].status == "rejected"
 
 
+@pytest.mark.slow
 def test_browser_refuses_a_stale_form_and_a_cross_site_form(live_server, browser, paused, attacker_site):
     """A form showing round 1, submitted after another reviewer decided it, gets 409 and decides
     nothing; a form on another port of the same host, posted with the reviewer's cookie, gets 403."""
