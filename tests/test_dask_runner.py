@@ -21,14 +21,19 @@ GRN_SWEEP = {**GRN, "name": "grn-dask", "rounds": 1, "surrogate": {**GRN["surrog
 
 
 @pytest.fixture(scope="module")
-def cluster_address():
+def cluster():
     """A real multi-process Dask cluster in this process; the CLI subprocesses submit to its scheduler.
     Worker processes inherit this process's environment (cache dir, PYTHONPATH) when they start."""
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster:
-        yield cluster.scheduler_address
+        yield cluster
+
+
+def _tasks_done(cluster) -> int:
+    """Tasks the cluster's scheduler has seen finish (cumulative over its life)."""
+    return sum(tp.state_counts.get("memory", 0) for tp in cluster.scheduler.task_prefixes.values())
 
 
 def _benchmarks(args: list[str], address: str, tmp: Path) -> tuple[dict, dict]:
@@ -51,10 +56,12 @@ def _same_campaigns(local: dict, dask: dict, keys: tuple[str, ...]) -> None:
             assert b[k] == a[k], f"{a['policy']} seed {a['seed']}: {k} differs between the local and dask runners"
 
 
-def test_screen_benchmark_on_a_dask_cluster_matches_the_local_runner(slice_csv, data_dir, tmp_path, cluster_address):
+def test_screen_benchmark_on_a_dask_cluster_matches_the_local_runner(slice_csv, data_dir, tmp_path, cluster):
     args = ["--screen", str(slice_csv), "--rounds", "3", "--batch", "12", "--seeds", "2", "--policy", "ucb,random",
             "--features", "go", "--fit-iter", "5", "--data-dir", str(data_dir)]
-    local, dask = _benchmarks(args, cluster_address, tmp_path)
+    before = _tasks_done(cluster)
+    local, dask = _benchmarks(args, cluster.scheduler_address, tmp_path)
+    assert _tasks_done(cluster) - before == len(local["results"])  # every campaign ran on the cluster
     _same_campaigns(local, dask, ("picks", "per_round", "hit_ratio"))
     for r in local["results"]:
         assert len(r["picks"]) == 3 and all(len(b) == 12 for b in r["picks"])
@@ -62,11 +69,13 @@ def test_screen_benchmark_on_a_dask_cluster_matches_the_local_runner(slice_csv, 
     assert local["results"][0]["picks"] != local["results"][1]["picks"] != local["results"][2]["picks"]
 
 
-def test_response_benchmark_on_a_dask_cluster_matches_the_local_runner(data_dir, tmp_path, cluster_address):
+def test_response_benchmark_on_a_dask_cluster_matches_the_local_runner(data_dir, tmp_path, cluster):
     cfg = tmp_path / "grn.toml"
     cfg.write_text(_toml(GRN_SWEEP))
     args = ["--config", str(cfg), "--data-dir", str(data_dir)]
-    local, dask = _benchmarks(args, cluster_address, tmp_path)
+    before = _tasks_done(cluster)
+    local, dask = _benchmarks(args, cluster.scheduler_address, tmp_path)
+    assert _tasks_done(cluster) - before == len(local["results"])  # every campaign ran on the cluster
     _same_campaigns(local, dask, ("picks", "metrics", "n_observed", "failed"))
     assert len(local["results"][0]["picks"]) == 2  # the initial design and one round
     assert local["results"][0]["picks"][1] != local["results"][1]["picks"][1]  # the policies differ
