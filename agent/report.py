@@ -51,7 +51,7 @@ def campaign_overview(store: Store) -> list[dict]:
                               "idempotency_key": j.idempotency_key, "n": len(j.perturbations)} for j in store.lab_jobs(r.id)],
             })
         world = c.config.get("world") or {}
-        target = c.config.get("data", {}).get("screen") or " ".join(str(v) for v in (world.get("kind"), world.get("dataset")) if v)
+        target = (c.config.get("data") or {}).get("screen") or " ".join(str(v) for v in (world.get("kind"), world.get("dataset")) if v)
         planned = c.config.get("rounds")
         if world and planned is not None:
             planned += 1  # a response campaign's round 0 is its initial design

@@ -42,12 +42,12 @@ def test_pause_edit_and_resume(backend, slice_csv, data_dir, tmp_path, request):
     proposed = [p.perturbation for p in props]
     spare = next(g for g in ctx.pool.labels if g not in proposed)
     with pytest.raises(UnknownGeneError, match="NOTAGENE9"):
-        decide(store, "appr", ctx.pool, add=["NOTAGENE9"], data_dir=data_dir)
+        decide(store, "appr", ctx.candidate_labels(), add=["NOTAGENE9"], data_dir=data_dir)
     with pytest.raises(PerturbloopError, match="not in the pending proposal"):
-        decide(store, "appr", ctx.pool, drop=[spare], data_dir=data_dir)
+        decide(store, "appr", ctx.candidate_labels(), drop=[spare], data_dir=data_dir)
     assert store.decision(r.id) is None  # refused edits leave the store untouched
 
-    decision = decide(store, "appr", ctx.pool, drop=[proposed[0]], add=[spare.lower()], note="swap", by="ada",
+    decision = decide(store, "appr", ctx.candidate_labels(), drop=[proposed[0]], add=[spare.lower()], note="swap", by="ada",
                       data_dir=data_dir)
     assert decision["action"] == "edited" and decision["final"] == proposed[1:] + [spare]
     res = run_campaign(cfg, store, data_dir, resume=decision, context=ctx)
@@ -61,8 +61,8 @@ def test_pause_edit_and_resume(backend, slice_csv, data_dir, tmp_path, request):
     assert observed == set(decision["final"])
 
     with pytest.raises(PerturbloopError, match="already measured"):
-        decide(store, "appr", ctx.pool, add=[proposed[1]], data_dir=data_dir)
-    final = run_campaign(cfg, store, data_dir, resume=decide(store, "appr", ctx.pool, reject=True, data_dir=data_dir),
+        decide(store, "appr", ctx.candidate_labels(), add=[proposed[1]], data_dir=data_dir)
+    final = run_campaign(cfg, store, data_dir, resume=decide(store, "appr", ctx.candidate_labels(), reject=True, data_dir=data_dir),
                          context=ctx)
     assert final.status == "finished"
     assert store.rounds("appr")[1].status == "rejected" and store.decision(store.rounds("appr")[1].id).action == "rejected"
