@@ -7,7 +7,7 @@ STAMP := $(VENV)/.perturbloop-installed
 DATA_DIR ?= $(or $(PERTURBLOOP_DATA_DIR),$(wildcard $(abspath ../shared/data)))
 export PERTURBLOOP_DATA_DIR := $(DATA_DIR)
 
-.PHONY: demo test install clean test-system-deps
+.PHONY: demo test test-fast install clean test-system-deps
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# everything but the tests marked slow (subprocess campaigns, crash injection, servers, browser, Dask)
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 # Debian packages for the browser and PostgreSQL tests (needs root and apt; skipped otherwise,
 # and those tests then skip with the reason).

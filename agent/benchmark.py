@@ -202,11 +202,11 @@ def simulated_campaign_row(world_spec: WorldSpec, policy: PolicySpec, seed: int,
                               max_iter=s.max_iter)
 
     acq = make_policy(policy.kind, seed=seed, beta=policy.beta, policy_path=policy.path, rounds=rounds)
-    rows, _ = simulate(config, pool, world.replay, acq, make)
+    rows, picks = simulate(config, pool, world.replay, acq, make)
     return {"policy": policy.label, "seed": seed, "hit_ratio": rows[-1]["hit_ratio"],
             "per_round": [r["hit_ratio"] for r in rows],
             "round_seconds": [(r["fit_seconds"] or 0.0) + (r["select_seconds"] or 0.0) for r in rows],
-            "n_hits": len(world.replay.hits & set(pool.labels))}
+            "n_hits": len(world.replay.hits & set(pool.labels)), "picks": picks}
 
 
 def campaign_for(config: CampaignConfig, policy_kind: str, seed: int, data_dir=None,

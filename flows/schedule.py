@@ -46,7 +46,7 @@ def advance_flow(config_path: str, store: str | None = None, data_dir: str | Non
             for r in result.rounds]
     create_table_artifact(rows, key=artifact_key(config.name),
                           description=f"**{config.name}**: {result.status}, {len(result.rounds)}/"
-                                      f"{config.rounds + (1 if hasattr(config, 'world') else 0)} rounds")
+                                      f"{config.rounds + (1 if config.is_response else 0)} rounds")
     get_run_logger().info("campaign %s: %s after %d rounds", config.name, result.status, len(result.rounds))
     return {"campaign": config.name, "status": result.status, "rounds": len(result.rounds), "hit_ratio": result.hit_ratio}
 

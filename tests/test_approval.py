@@ -72,6 +72,7 @@ def test_pause_edit_and_resume(backend, slice_csv, data_dir, tmp_path, request):
     assert final.status == "finished" and store.rounds("appr")[1].status == "ingested"
 
 
+@pytest.mark.slow
 def test_cli_review_and_approve(slice_csv, data_dir, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(textwrap.dedent(f"""

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from prefect.states import Failed
 
 from flows.campaign import retryable
@@ -20,6 +21,7 @@ def test_bad_input_is_not_retried():
     assert retryable(None, None, Failed(data=RuntimeError("killed")))
 
 
+@pytest.mark.slow
 def test_run_with_an_unknown_screen_fails_before_the_flow(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('name = "bad"\nrounds = 2\nbatch_size = 4\n[data]\nscreen = "no_such_screen_2026"\n')

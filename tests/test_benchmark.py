@@ -77,6 +77,7 @@ def test_given_hit_list_replaces_top_fraction(slice_path, data_dir, tmp_path):
         read_hits_file(str(bad), s.genes, data_dir)
 
 
+@pytest.mark.slow
 def test_nonessential_drops_core_essential_genes_from_hits_and_picks(data_dir):
     world = build_screen_world(WorldSpec("schmidt2021_il2", nonessential=True, features=("go",), data_dir=str(data_dir)))
     ess = essential_genes(data_dir)
@@ -85,6 +86,7 @@ def test_nonessential_drops_core_essential_genes_from_hits_and_picks(data_dir):
     assert len(world.pool) == len(full.genes) - len(ess & set(full.genes))
 
 
+@pytest.mark.slow
 def test_unseen_scores_never_reach_the_policy(slice_path, data_dir):
     """Shuffle the scores of every gene a campaign never picked: it must pick exactly the same.
     Shuffle all scores: round 1 (priors only) is unchanged, later rounds follow the new values."""
@@ -124,6 +126,7 @@ def test_summary_statistics():
     assert s["per_round_mean"] == pytest.approx([0.1, 0.2]) and s["round_seconds_max"] == pytest.approx(0.3)
 
 
+@pytest.mark.slow
 def test_benchmark_command_writes_results_and_curves(slice_path, data_dir, tmp_path):
     out = tmp_path / "res" / "slice.json"
     proc = subprocess.run(

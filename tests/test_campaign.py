@@ -90,6 +90,7 @@ def test_campaign_runs_every_layer_and_records_each_round(slice_csv, data_dir, t
     assert again.status == "finished" and _snapshot(store, "slice") == before
 
 
+@pytest.mark.slow
 def test_different_config_under_same_name_is_refused(slice_csv, data_dir, tmp_path):
     store = Store(str(tmp_path / "pl.db"))
     run_campaign(_config(slice_csv, name="c1"), store, data_dir)
@@ -139,6 +140,7 @@ def reference_run(slice_csv, data_dir, tmp_path_factory) -> dict:
     return _snapshot(Store(str(d / "pl.db")), "crash")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", ["fit:1", "propose:1", "review:1", "submit:1", "dispatch:1", "collect:1", "ingest:1"])
 def test_killed_run_resumes_without_lost_or_duplicate_work(kill_at, slice_csv, data_dir, tmp_path, reference_run):
     """SIGKILL right after a node's side effects (before its checkpoint), then run again."""

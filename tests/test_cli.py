@@ -48,6 +48,7 @@ def small_config(tmp_path_factory, data_dir) -> Path:
     return cfg
 
 
+@pytest.mark.slow
 def test_run_then_status(small_config, data_dir, tmp_path):
     store = tmp_path / "runs" / "pl.db"
     proc = _cli("run", str(small_config), "--store", str(store), "--data-dir", str(data_dir), cwd=tmp_path)
@@ -86,6 +87,7 @@ def test_bad_config_field_is_named_and_nothing_is_written(small_config, data_dir
     assert not store.exists()
 
 
+@pytest.mark.slow
 def test_unknown_dataset_on_the_command_line(tmp_path, data_dir):
     cfg = tmp_path / "c.toml"
     cfg.write_text('name = "x"\n[data]\nscreen = "schmidt2099_il2"\n')
@@ -118,6 +120,7 @@ def test_fetch_reads_the_screen_out_of_the_genedisco_wheel(tmp_path):
     assert all(p.is_file() and str(p).startswith(str(tmp_path / "cache")) for p in got)
 
 
+@pytest.mark.slow
 def test_store_password_is_never_printed(fresh_postgres_url, data_dir, tmp_path):
     """`status`, `status --json`, `run` and `web`'s start line show the store URL with its password masked."""
     import socket

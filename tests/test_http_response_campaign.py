@@ -41,6 +41,7 @@ def pair_world(data_dir):
     return build_world(parse_config(_pair_config("http://127.0.0.1:9")), data_dir)
 
 
+@pytest.mark.slow
 def test_pair_campaign_through_the_http_lab_with_approval(tmp_path, data_dir, pair_world):
     with LabServer(pair_world, auto_release=False) as server:
         config = parse_config(_pair_config(server.url))

@@ -66,6 +66,7 @@ def _drop(cells: ad.AnnData, inbox: Path, campaign: str, index: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_perturbseq_campaign_with_approval_and_a_file_drop_lab(tmp_path, data_dir, papalexi_slice):
     config = parse_config(_config(papalexi_slice, tmp_path))
     store = Store(str(tmp_path / "store.db"))

@@ -32,6 +32,7 @@ def _picks(policy: str, slice_csv: Path, data_dir: Path, tmp_path: Path) -> list
     return [[p.perturbation for p in store.proposals(r.id)] for r in store.rounds(config.name)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", POLICIES)
 def test_il2_slice_picks_do_not_change(policy, slice_csv, data_dir, tmp_path):
     got = _picks(policy, slice_csv, data_dir, tmp_path)

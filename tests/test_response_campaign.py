@@ -116,6 +116,7 @@ def test_killed_response_campaign_resumes_without_loss_or_duplicates(tmp_path, s
     assert all("mse_top20_de" in store.model_fit(r.id).metrics for r in store.rounds(cfg.name))
 
 
+@pytest.mark.slow
 def test_cli_runs_a_response_config_and_refuses_a_bad_one(tmp_path):
     cfg_path = tmp_path / "grn.toml"
     cfg_path.write_text(_toml(GRN))

@@ -204,6 +204,7 @@ def test_example_configs_validate():
     assert kinds == {"perturbseq", "synthetic_grn", "pair_fitness"}
 
 
+@pytest.mark.slow
 def test_benchmark_command_with_a_response_config(tmp_path, data_dir):
     cfg = tmp_path / "grn.toml"
     cfg.write_text("""

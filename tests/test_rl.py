@@ -233,6 +233,7 @@ def trained_checkpoint(slice_csv, data_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_policy_train_cli_writes_a_loadable_checkpoint(trained_checkpoint, slice_csv):
     net, cfg = load_policy(trained_checkpoint)
     t = cfg.training
@@ -241,6 +242,7 @@ def test_policy_train_cli_writes_a_loadable_checkpoint(trained_checkpoint, slice
     assert t["total_minutes"] >= 0 and t["device"] == "cpu"
 
 
+@pytest.mark.slow
 def test_campaign_with_rl_policy_runs_end_to_end(trained_checkpoint, slice_csv, data_dir, tmp_path):
     from agent.runner import run_campaign
     from perturbloop.config import parse_config

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from test_perturbseq_lab import _config as _perturbseq_config
+from test_response_campaign import _toml
+
 from flows.schedule import artifact_key, campaign_configs, campaign_deployments
 from perturbloop.errors import ConfigError
 from perturbloop.store import Store
@@ -32,6 +35,29 @@ def _write(folder: Path, name: str, slice_csv: Path, extra: str = "") -> Path:
         screen = "{slice_csv}"
     """))
     return p
+
+
+def _write_perturbseq(folder: Path, name: str, reference: Path, lab_dir: Path, schedule: str) -> Path:
+    """A Perturb-seq campaign (the Papalexi slice as reference) with a file-drop lab and approval `auto`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lab_dir.mkdir(parents=True, exist_ok=True)  # the lab's share; outbox and inbox are made inside it
+    cfg = {**_perturbseq_config(reference, lab_dir), "name": name, "approval": "auto", "schedule": schedule}
+    p = folder / f"{name}.toml"
+    p.write_text(_toml(cfg))
+    return p
+
+
+def test_a_perturbseq_config_gets_a_deployment_beside_a_screen(slice_csv, papalexi_slice, tmp_path):
+    folder = tmp_path / "campaigns"
+    _write(folder, "screen", slice_csv)
+    _write_perturbseq(folder, "perturbseq", papalexi_slice, tmp_path / "lab", "15 3 * * *")
+    (path, perturbseq), (_, screen) = campaign_configs(folder)
+    assert perturbseq.is_response and perturbseq.lab.kind == "filedrop" and not screen.is_response
+    deps = campaign_deployments(folder, store="sqlite:////tmp/x.db", cron="*/15 * * * *")
+    assert [d.name for d in deps] == ["perturbseq", "screen"]
+    dep = deps[0]
+    assert dep.schedules[0].schedule.cron == "15 3 * * *" and dep.concurrency_limit == 1
+    assert dep.parameters["config_path"] == str(path)
 
 
 def test_deployments_one_per_config_with_cron(slice_csv, tmp_path):
@@ -96,9 +122,11 @@ def _healthy(api: str) -> bool:
 
 
 @pytest.mark.slow
-def test_serve_registers_cron_deployments_and_scheduled_runs_advance(slice_csv, data_dir, tmp_path):
-    """A real `prefect server`, `perturbloop serve` in a subprocess; a run of the deployment advances
-    the campaign to its approval pause and publishes the round table as an artifact."""
+def test_serve_registers_cron_deployments_and_scheduled_runs_advance(slice_csv, papalexi_slice, data_dir, tmp_path):
+    """A real `prefect server`, `perturbloop serve` in a subprocess, a folder with a screen config and a
+    Perturb-seq config (file-drop lab): a run of each deployment advances its campaign (the screen to its
+    approval pause, the Perturb-seq one to its order sheet and the wait for the lab) and publishes the
+    round table as an artifact."""
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
@@ -106,6 +134,7 @@ def test_serve_registers_cron_deployments_and_scheduled_runs_advance(slice_csv, 
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_UI_ENABLED": "false"}
     folder = tmp_path / "campaigns"
     _write(folder, "nightly", slice_csv, 'approval = "required"\nschedule = "0 2 * * *"')
+    _write_perturbseq(folder, "perturbseq-nightly", papalexi_slice, tmp_path / "lab", "30 3 * * *")
     store = tmp_path / "pl.db"
     bin_dir = Path(sys.executable).parent
     server = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -122,16 +151,18 @@ def test_serve_registers_cron_deployments_and_scheduled_runs_advance(slice_csv, 
             from prefect.client.orchestration import get_client
             from prefect.deployments import run_deployment
 
-            async def deployment():
+            async def deployment(name: str = "nightly"):
                 async with get_client() as client:
                     try:
-                        return await client.read_deployment_by_name("perturbloop-advance/nightly")
+                        return await client.read_deployment_by_name(f"perturbloop-advance/{name}")
                     except Exception:
                         return None
 
             _wait(lambda: asyncio.run(deployment()) is not None, 90, "the deployment", [server, serve])
             dep = asyncio.run(deployment())
             assert dep.schedules[0].schedule.cron == "0 2 * * *" and dep.schedules[0].active
+            ps_dep = asyncio.run(deployment("perturbseq-nightly"))
+            assert ps_dep is not None and ps_dep.schedules[0].schedule.cron == "30 3 * * *" and ps_dep.schedules[0].active
 
             async def scheduled():
                 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -152,8 +183,16 @@ def test_serve_registers_cron_deployments_and_scheduled_runs_advance(slice_csv, 
                 async with get_client() as client:
                     return await client.read_latest_artifacts()
 
-            keys = [a.key for a in asyncio.run(artifact())]
-            assert artifact_key("nightly") in keys
+            ps_run = run_deployment("perturbloop-advance/perturbseq-nightly", timeout=240)
+            assert ps_run.state.is_completed(), ps_run.state
+            assert st.get_campaign("perturbseq-nightly").status == "waiting_for_lab"
+            sheets = list((tmp_path / "lab" / "outbox").glob("*.order.csv"))
+            assert len(sheets) == 1 and len(sheets[0].read_text().splitlines()) == 1 + 3  # the initial design
+
+            described = {a.key: a.description for a in asyncio.run(artifact())}
+            assert described[artifact_key("nightly")].endswith("awaiting_approval, 1/2 rounds")
+            # a Perturb-seq campaign's initial design is a round of its own: 1 + rounds
+            assert described[artifact_key("perturbseq-nightly")].endswith("waiting_for_lab, 1/2 rounds")
     finally:
         for p in (serve, server):
             if p is not None and p.poll() is None:

@@ -269,6 +269,7 @@ def attacker_site():
     t.join(10)
 
 
+@pytest.mark.slow
 def test_browser_login_edit_and_approve(live_server, browser, paused):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
@@ -345,6 +346,7 @@ def test_browser_login_edit_and_approve(live_server, browser, paused):
     assert [(v.perturbation, v.by, v.note) for v in paused.vetoes("web")] == [(again[0], "grace", "toxic")]
 
 
+@pytest.mark.slow
 def test_browser_refuses_a_stale_form_and_a_cross_site_form(live_server, browser, paused, attacker_site):
     """A form showing round 1, submitted after another reviewer decided it, gets 409 and decides
     nothing; a form on another port of the same host, posted with the reviewer's cookie, gets 403."""
