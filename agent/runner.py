@@ -7,6 +7,7 @@ checkpointer says where inside a round the graph stopped.
 from __future__ import annotations
 
 import os
+from datetime import UTC
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,17 @@ def checkpoint_path(store: Store | str) -> Path | str:
     return Path(os.environ.get("PERTURBLOOP_CHECKPOINTS", "runs/checkpoints.sqlite"))
 
 
+def stale_checkpoint(values: dict, paused: bool, store_id: str, start: int) -> bool:
+    """Whether a campaign's checkpointed state disagrees with the store: it names another store's campaign
+    (`store_id`, the campaign's creation time; checkpoints written before it was recorded name none), or it is
+    paused inside a round other than the first one the store has not ingested (`start`)."""
+    if not values:
+        return False
+    if values.get("store_id") not in (None, store_id):
+        return True
+    return paused and values.get("round", -1) != start
+
+
 def next_round(store: Store, campaign_id: str) -> int:
     """Index of the first round not yet ingested. A rejected proposal does not use up its round (the round is
     proposed again); `rejected` rounds are those an earlier version gave up on a rejection."""
@@ -76,21 +88,35 @@ def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_
     """
     store = store if isinstance(store, Store) else Store(store)
     ctx = context or make_context(config, store, data_dir, on_round)
-    store.create_or_check_campaign(config.name, config.model_dump(mode="json"), normalise=stored_config_as_today)
+    campaign = store.create_or_check_campaign(config.name, config.model_dump(mode="json"),
+                                              normalise=stored_config_as_today)
+    created = campaign.created_at
+    if created.tzinfo is not None:  # as read back from any store: UTC without a zone
+        created = created.astimezone(UTC).replace(tzinfo=None)
+    store_id = created.isoformat(timespec="microseconds")
     cfg = {"configurable": {"thread_id": config.name},
            "recursion_limit": RECURSION_LIMIT_PER_ROUND * (ctx.rounds + 1)}
     with open_checkpointer(checkpoint_path(store)) as saver:
         graph = build_graph(saver)
         snapshot = graph.get_state(cfg)
         start = next_round(store, config.name)
+        fresh = {"campaign_id": config.name, "round": start, "collected": [], "status": "running", "store_id": store_id}
+        if stale_checkpoint(snapshot.values, bool(snapshot.next), store_id, start):
+            # the store is the source of truth: checkpoints of another store's campaign (a store deleted or
+            # restored from a backup) or of a round the store has not reached are dropped, never followed
+            saver.delete_thread(config.name)
+            snapshot = graph.get_state(cfg)
+        if resume is not None and not snapshot.interrupts and start < ctx.rounds:
+            graph.invoke(fresh, cfg, context=ctx)  # walk back to the store's pause, then decide there
+            snapshot = graph.get_state(cfg)
         if resume is not None:
-            inp = Command(resume=resume)
-        elif snapshot.next and snapshot.values.get("round", -1) >= start:
+            inp = Command(resume=resume) if snapshot.interrupts else False
+        elif snapshot.next and snapshot.values.get("round", -1) == start:
             inp = None  # continue the interrupted step
         elif start >= ctx.rounds:
             inp = False
         else:
-            inp = {"campaign_id": config.name, "round": start, "collected": [], "status": "running"}
+            inp = fresh
         if inp is not False:
             graph.invoke(inp, cfg, context=ctx)
         snapshot = graph.get_state(cfg)

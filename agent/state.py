@@ -10,3 +10,4 @@ class LoopState(TypedDict, total=False):
     round: int  # index of the round in progress (0-based)
     collected: list[dict]  # lab results awaiting ingestion: {perturbation, value, replicates, error}
     status: str  # running | partial (collect -> ingest: more results to come) | waiting_for_lab | finished
+    store_id: str  # the store's campaign these checkpoints belong to (its creation time): stale checkpoints are dropped

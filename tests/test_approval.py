@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from agent.approval import decide, pending_proposal
+from agent.approval import decide, pending_proposal, pending_round
 from agent.context import build_context
 from agent.runner import run_campaign
 from perturbloop.config import load_config, parse_config
@@ -210,3 +210,45 @@ def test_reject_and_veto_in_a_pair_campaign_initial_design(data_dir, tmp_path):
     assert again.index == 0 and len(second) == len(first) == 6
     assert not set(second) & (set(first) | {other} | set(ctx.split.test))
     assert [rej.perturbations for rej in store.rejections(r.id)] == [first]
+
+
+def test_checkpoints_of_a_deleted_store_are_not_followed(slice_csv, data_dir, tmp_path):
+    """Issue 13, defect 1: the store deleted while its checkpoints stay, the campaign paused in round 2. The
+    next run must follow the store (nothing measured: round 1 again), not the checkpoint (round 2, with round 1
+    missing from the store); the stale checkpoints are dropped."""
+    cfg = parse_config({"name": "stale", "rounds": 3, "batch_size": 6, "approval": "required",
+                        "data": {"screen": str(slice_csv)}})
+    db = tmp_path / "pl.db"
+    store = Store(str(db))
+    assert run_campaign(cfg, store, data_dir).status == "awaiting_approval"
+    ctx = build_context(cfg, store, data_dir)
+    res = run_campaign(cfg, store, data_dir, resume=decide(store, "stale", ctx.candidate_labels(), data_dir=data_dir),
+                       context=ctx)
+    assert res.status == "awaiting_approval" and pending_round(store, "stale").index == 1
+    db.unlink()
+    store = Store(str(db))
+    res = run_campaign(cfg, store, data_dir)
+    assert res.status == "awaiting_approval"
+    r, props = pending_proposal(store, "stale")  # the pause is the store's: round 1, proposed again
+    assert r.index == 0 and len(props) == 6 and [x.index for x in store.rounds("stale")] == [0]
+    ctx = build_context(cfg, store, data_dir)
+    done = run_campaign(cfg, store, data_dir, resume=decide(store, "stale", ctx.candidate_labels(), data_dir=data_dir),
+                        context=ctx)
+    assert done.status == "awaiting_approval" and pending_round(store, "stale").index == 1
+    assert [len(store.lab_jobs(x.id)) for x in store.rounds("stale")] == [1, 0]
+
+
+def test_a_decision_after_lost_checkpoints_is_applied(slice_csv, data_dir, tmp_path):
+    """The checkpoints lost (deleted) while the store waits for a decision: approving walks the loop back to
+    the store's pause and records the decision there, once."""
+    cfg = parse_config({"name": "lost", "rounds": 2, "batch_size": 6, "approval": "required",
+                        "data": {"screen": str(slice_csv)}})
+    store = Store(str(tmp_path / "pl.db"))
+    assert run_campaign(cfg, store, data_dir).status == "awaiting_approval"
+    (tmp_path / "pl.checkpoints.sqlite").unlink()
+    ctx = build_context(cfg, store, data_dir)
+    res = run_campaign(cfg, store, data_dir, resume=decide(store, "lost", ctx.candidate_labels(), data_dir=data_dir),
+                       context=ctx)
+    assert res.status == "awaiting_approval" and pending_round(store, "lost").index == 1
+    r0 = store.rounds("lost")[0]
+    assert store.decision(r0.id).action == "approved" and len(store.lab_jobs(r0.id)) == 1
