@@ -90,6 +90,7 @@ def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_
     ctx = context or make_context(config, store, data_dir, on_round)
     campaign = store.create_or_check_campaign(config.name, config.model_dump(mode="json"),
                                               normalise=stored_config_as_today)
+    store.check_files(config.name, config.named_files())
     created = campaign.created_at
     if created.tzinfo is not None:  # as read back from any store: UTC without a zone
         created = created.astimezone(UTC).replace(tzinfo=None)

@@ -136,6 +136,7 @@ def _check_before_flow(config, store, data_dir: str | None) -> None:
         from perturbloop.config import stored_config_as_today
 
         store.create_or_check_campaign(config.name, config.model_dump(mode="json"), normalise=stored_config_as_today)
+        store.check_files(config.name, config.named_files())
     make_context(config, store, data_dir)
 
 

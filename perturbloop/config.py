@@ -280,6 +280,27 @@ class CampaignConfig(_Strict):
         """A response campaign (a `[world]`: Perturb-seq, pairs), not a pooled screen."""
         return self.world is not None
 
+    def named_files(self) -> dict[str, tuple[str, str]]:
+        """Every existing file the config names, `field -> (path, sha256 of its content)` (registry names and
+        other values that are not files are left out)."""
+        import hashlib
+
+        fields = {"data.screen": self.data.screen if self.data else None,
+                  "design.genes": self.design.genes if isinstance(self.design.genes, str) else None,
+                  "design.gaf": self.design.gaf, "design.embeddings": self.design.embeddings,
+                  "world.dataset": self.world.dataset if self.world else None,
+                  "acquisition.policy_path": self.acquisition.policy_path}
+        out: dict[str, tuple[str, str]] = {}
+        for field, value in fields.items():
+            path = Path(value).expanduser() if value else None
+            if path is not None and path.is_file():
+                h = hashlib.sha256()
+                with path.open("rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+                out[field] = (str(path.resolve()), h.hexdigest())
+        return out
+
     @property
     def prediction_label(self) -> str:
         """What a proposal's `predicted` column holds, in the units a scientist reads."""

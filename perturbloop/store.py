@@ -110,6 +110,18 @@ class Veto(SQLModel, table=True):
     note: str = ""
 
 
+class CampaignFile(SQLModel, table=True):
+    """A file the campaign's config names (a gene list, a screen, embeddings, ...) and its content hash when the
+    campaign first ran: a file changed behind the campaign is refused like a changed config."""
+
+    __table_args__ = (UniqueConstraint("campaign_id", "field"),)
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: str = Field(foreign_key="campaign.id", index=True)
+    field: str  # the config field naming it, e.g. design.genes
+    path: str
+    sha256: str
+
+
 class LabJob(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     round_id: int = Field(foreign_key="round.id", index=True)
@@ -472,6 +484,22 @@ class Store:
         """The round's rejected proposals, oldest first."""
         with self.session() as s:
             return list(s.exec(select(Rejection).where(Rejection.round_id == round_id).order_by(Rejection.id)))
+
+    def check_files(self, campaign_id: str, files: dict[str, tuple[str, str]]) -> None:
+        """Record the content hash of every file the campaign's config names (`field -> (path, sha256)`), or, for a
+        campaign that has them, refuse (StoreError naming the file) any that changed since; a file recorded for
+        a field is checked, a field seen for the first time is recorded."""
+        with self.session() as s:
+            known = {f.field: f for f in s.exec(select(CampaignFile).where(CampaignFile.campaign_id == campaign_id))}
+            changed = [f"{field} ({path})" for field, (path, digest) in files.items()
+                       if field in known and known[field].sha256 != digest]
+            if changed:
+                raise StoreError(f"campaign {campaign_id!r}: {', '.join(changed)} changed since the campaign started "
+                                 "(the store holds measurements and proposals made with the old content); restore the "
+                                 "file or start a campaign under another name")
+            for field, (path, digest) in files.items():
+                if field not in known:
+                    s.add(CampaignFile(campaign_id=campaign_id, field=field, path=path, sha256=digest))
 
     def vetoes(self, campaign_id: str) -> list[Veto]:
         """Perturbations vetoed in the campaign (never proposed again), oldest first."""

@@ -252,3 +252,33 @@ def test_a_decision_after_lost_checkpoints_is_applied(slice_csv, data_dir, tmp_p
     assert res.status == "awaiting_approval" and pending_round(store, "lost").index == 1
     r0 = store.rounds("lost")[0]
     assert store.decision(r0.id).action == "approved" and len(store.lab_jobs(r0.id)) == 1
+
+
+def test_a_file_changed_behind_the_campaign_is_refused(slice_csv, data_dir, tmp_path):
+    """Issue 13, defect 2: the gene list a config names is edited between proposal and approval. Approving must
+    refuse, naming the file, and store nothing (before: the approved genes were stored as failed)."""
+    import pandas as pd
+
+    from perturbloop.errors import StoreError
+
+    genes = pd.read_csv(slice_csv)["Gene"].tolist()[:120]
+    gene_file = tmp_path / "genes.txt"
+    gene_file.write_text("\n".join(genes) + "\n")
+    cfg = parse_config({"name": "files", "rounds": 2, "batch_size": 6, "approval": "required",
+                        "data": {"screen": str(slice_csv)}, "design": {"genes": str(gene_file)}})
+    store = Store(str(tmp_path / "pl.db"))
+    assert run_campaign(cfg, store, data_dir).status == "awaiting_approval"
+    r0, props = pending_proposal(store, "files")
+    proposed = [p.perturbation for p in props]
+    ctx = build_context(cfg, store, data_dir)
+    decision = decide(store, "files", ctx.candidate_labels(), data_dir=data_dir)
+    gene_file.write_text("\n".join(g for g in genes if g not in proposed) + "\n")  # the proposed genes edited out
+    with pytest.raises(StoreError, match=r"design.genes .*genes.txt.* changed since the campaign started"):
+        run_campaign(cfg, store, data_dir, resume=decision, context=ctx)
+    assert store.decision(r0.id) is None and store.observations("files", include_failed=True) == []
+    with pytest.raises(StoreError, match="design.genes"):
+        run_campaign(cfg, store, data_dir)
+    gene_file.write_text("\n".join(genes) + "\n")  # restored: the campaign goes on
+    res = run_campaign(cfg, store, data_dir, resume=decision, context=ctx)
+    assert res.status == "awaiting_approval" and store.decision(r0.id).action == "approved"
+    assert not any(o.failed for o in store.observations("files", include_failed=True))
