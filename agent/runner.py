@@ -18,7 +18,7 @@ from langgraph.types import Command
 from agent.context import CampaignContext, build_context
 from agent.graph import build_graph, open_checkpointer
 from perturbloop.config import CampaignConfig, stored_config_as_today
-from perturbloop.store import Store, sqlite_path
+from perturbloop.store import Campaign, Store, sqlite_path
 
 if TYPE_CHECKING:
     from agent.response_context import ResponseCampaignContext
@@ -49,6 +49,15 @@ def checkpoint_path(store: Store | str) -> Path | str:
     if url.startswith(("postgresql", "postgres://")):
         return url
     return Path(os.environ.get("PERTURBLOOP_CHECKPOINTS", "runs/checkpoints.sqlite"))
+
+
+def check_stored_campaign(config: CampaignConfig, store: Store) -> Campaign:
+    """The campaign in the store (created if new): a different config, or a file the config names changed since
+    the campaign started, is a StoreError naming it."""
+    campaign = store.create_or_check_campaign(config.name, config.model_dump(mode="json"),
+                                              normalise=stored_config_as_today)
+    store.check_files(config.name, config.named_files())
+    return campaign
 
 
 def stale_checkpoint(values: dict, paused: bool, store_id: str, start: int) -> bool:
@@ -88,9 +97,7 @@ def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_
     """
     store = store if isinstance(store, Store) else Store(store)
     ctx = context or make_context(config, store, data_dir, on_round)
-    campaign = store.create_or_check_campaign(config.name, config.model_dump(mode="json"),
-                                              normalise=stored_config_as_today)
-    store.check_files(config.name, config.named_files())
+    campaign = check_stored_campaign(config, store)
     created = campaign.created_at
     if created.tzinfo is not None:  # as read back from any store: UTC without a zone
         created = created.astimezone(UTC).replace(tzinfo=None)

@@ -11,15 +11,25 @@ from lab_adapters.base import JobRef, JobStatus, LabError, LabResult, response_v
 from simulators.world import World
 
 
-class SimulatedJobs:
-    """In-memory jobs of a simulated lab, idempotent on `round_key`: the job id is a hash of the key,
-    and a key resubmitted with a different batch is refused."""
+class SimulatorLab:
+    """Runs batches in any simulated world (simulators.world.World: a screen replay, a Perturb-seq replay, the
+    synthetic GRN, a pair screen); a job is complete after `turnaround_polls` polls (default: at once).
+
+    Idempotent on `round_key`: the job id is a hash of the key, and a key resubmitted with a different batch is
+    refused. A job is measured once: collecting it again returns the same results, never new cells. A result carries
+    the world's readout as `value` (a vector's L2 norm, or the one readout) with its replicates, and a
+    response of several readouts in `response`.
+    """
 
     name = "simulator"
 
-    def __init__(self) -> None:
-        self._jobs: dict[str, tuple[str, ...]] = {}
+    def __init__(self, world: World, turnaround_polls: int = 0):
+        self._jobs: dict[str, tuple[str, ...]] = {}  # job id (a hash of the round key) -> batch
         self.submissions = 0  # how many distinct batches were actually run (for tests)
+        self.world = world
+        self.turnaround_polls = turnaround_polls
+        self._polls: dict[str, int] = {}
+        self._results: dict[str, dict[str, LabResult | LabError]] = {}
 
     def submit(self, round_key: str, perturbations: Sequence[str]) -> JobRef:
         batch = tuple(perturbations)
@@ -36,23 +46,6 @@ class SimulatedJobs:
         if job.external_id not in self._jobs:
             raise KeyError(f"unknown job {job.external_id} (was it submitted to this lab?)")
         return self._jobs[job.external_id]
-
-
-class SimulatorLab(SimulatedJobs):
-    """Runs batches in any simulated world (simulators.world.World: a screen replay, a Perturb-seq replay, the
-    synthetic GRN, a pair screen); a job is complete after `turnaround_polls` polls (default: at once).
-
-    A job is measured once: collecting it again returns the same results, never new cells. A result carries
-    the world's readout as `value` (a vector's L2 norm, or the one readout) with its replicates, and a
-    response of several readouts in `response`.
-    """
-
-    def __init__(self, world: World, turnaround_polls: int = 0):
-        super().__init__()
-        self.world = world
-        self.turnaround_polls = turnaround_polls
-        self._polls: dict[str, int] = {}
-        self._results: dict[str, dict[str, LabResult | LabError]] = {}
 
     def poll(self, job: JobRef) -> JobStatus:
         self._batch(job)

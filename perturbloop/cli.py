@@ -129,14 +129,10 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
 def _check_before_flow(config, store, data_dir: str | None) -> None:
     """Bad input (an unknown dataset or gene, a malformed file, a config that differs from the stored one)
     fails here, in seconds, before any Prefect machinery starts."""
-    from agent.runner import make_context
+    from agent.runner import check_stored_campaign, make_context
 
-    c = store.get_campaign(config.name)
-    if c is not None:
-        from perturbloop.config import stored_config_as_today
-
-        store.create_or_check_campaign(config.name, config.model_dump(mode="json"), normalise=stored_config_as_today)
-        store.check_files(config.name, config.named_files())
+    if store.get_campaign(config.name) is not None:  # a new campaign is written only once its input is valid
+        check_stored_campaign(config, store)
     make_context(config, store, data_dir)
 
 
