@@ -11,8 +11,8 @@ archive by URL (the same file); either way it is checked against the registry's 
 read. A `.deb` is an `ar` archive holding `data.tar.xz`; the SQLite file is streamed out of it with the
 standard library (`tarfile`, `lzma`), so no Debian tools are needed to read it.
 
-Every table is one SQL query over the package's own tables, rows ordered as the shipped files are
-(a stable sort on the first column over the package's `_id` order), written as gzip-compressed TSV.
+Every table is one SQL query over the package's own tables, its rows in the shipped file's order (each
+function says which: a stable sort over the package's `_id` order), written as gzip-compressed TSV.
 """
 
 from __future__ import annotations
@@ -32,20 +32,13 @@ from typing import BinaryIO
 
 import pandas as pd
 
+from perturbloop.data.registry import sha256_of
 from perturbloop.errors import DataIntegrityError, PerturbloopError
 
 GO_ONTOLOGIES = ("bp", "mf", "cc")
 
 
 # --------------------------------------------------------------------------------------------- download
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def deb_filename(ref: str) -> str:
@@ -63,7 +56,7 @@ def download_deb(ref: str, sha256: str, dest: Path, urls: Sequence[str] = (), *,
     each route said.
     """
     target = dest / deb_filename(ref)
-    if target.is_file() and _sha256(target) == sha256:
+    if target.is_file() and sha256_of(target) == sha256:
         return target
     tried: list[str] = []
     apt = shutil.which(apt_get) if apt_get else None
@@ -82,7 +75,7 @@ def download_deb(ref: str, sha256: str, dest: Path, urls: Sequence[str] = (), *,
         part = target.with_suffix(".deb.part")
         try:
             req = urllib.request.Request(url, headers={"User-Agent": "perturbloop"})
-            with urllib.request.urlopen(req, timeout=60) as src, open(part, "wb") as dst:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=60) as src, open(part, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
         except (OSError, http.client.HTTPException) as e:
             part.unlink(missing_ok=True)
@@ -95,7 +88,7 @@ def download_deb(ref: str, sha256: str, dest: Path, urls: Sequence[str] = (), *,
 
 
 def _checked(path: Path, sha256: str, route: str) -> Path:
-    digest = _sha256(path)
+    digest = sha256_of(path)
     if digest != sha256:
         path.unlink()
         raise DataIntegrityError(f"{path.name} (from {route}): sha256 {digest} does not match the registry's {sha256}")

@@ -541,9 +541,15 @@ def _build_from_origin(origin: Origin, tmp: Path, out: Path) -> None:
         members = tmp / "members" / origin.ref
         paths = [members / Path(m).name for m in origin.members]
         if not all(p.is_file() for p in paths):
+            print(f"perturbloop: building the {origin.ref.split('=')[0].removeprefix('r-bioc-')} tables from Debian's "
+                  f"{origin.ref} (once, into {cache_dir()})", file=sys.stderr)
             members.mkdir(parents=True, exist_ok=True)
             deb = bioconductor.download_deb(origin.ref, origin.sha256, tmp, origin.urls)
-            paths = bioconductor.extract_from_deb(deb, origin.members, members)
+            try:
+                paths = bioconductor.extract_from_deb(deb, origin.members, members)
+            except OSError as e:  # the SQLite files take 90-350 MB unpacked
+                raise PerturbloopError(f"could not unpack {deb.name} into {members} ({e.strerror or e}): it needs "
+                                       "about 450 MB free there; set TMPDIR to a folder with room") from None
         converter(origin)(paths, out)
         return
     if origin.kind == "url":
