@@ -268,6 +268,7 @@ def _status(store: str | None, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps({"store": display_url(st.url), "campaigns": out}, indent=2))
         return
+    from rich.markup import escape
     from rich.table import Table
 
     console = _console()
@@ -275,8 +276,8 @@ def _status(store: str | None, as_json: bool) -> None:
         console.print(f"no campaigns in {display_url(st.url)}")
         return
     for c in out:
-        t = Table(title=f"{c['campaign']} [{c['status']}] {c['screen']}, policy {c['policy']}: "
-                        f"{len(c['rounds'])}/{c['rounds_planned']} rounds, {c['picks']} picks, {c['hits']} hits",
+        t = Table(title=escape(f"{c['campaign']} [{c['status']}] {c['screen']}, policy {c['policy']}: ")
+                  + f"{len(c['rounds'])}/{c['rounds_planned']} rounds, {c['picks']} picks, {c['hits']} hits",
                   title_justify="left")
         for col in ("round", "status", "picks", "observed", "failed", "hits", "hits so far", "decision", "round time",
                     "approval wait", "lab job"):
@@ -410,6 +411,8 @@ def benchmark(
 def _review(campaign: str, store: str | None) -> None:
     from rich.table import Table
 
+    from rich.markup import escape
+
     from agent.approval import pending_proposal
     from agent.report import pending_view
     from perturbloop.store import Store
@@ -423,11 +426,11 @@ def _review(campaign: str, store: str | None) -> None:
     cols = ["#", "perturbation", *([view["label"]] if view["has_value"] else []), *(["P(hit)"] if view["has_p_hit"] else []),
             "acq value", "policy", "rationale"]
     for col in cols:
-        t.add_column(col)
-    for p in view["items"]:
-        t.add_row(str(p["rank"]), p["perturbation"], *([p["shown"]] if view["has_value"] else []),
+        t.add_column(escape(col))
+    for p in view["items"]:  # names and notes are shown as written (no rich markup)
+        t.add_row(str(p["rank"]), escape(p["perturbation"]), *([p["shown"]] if view["has_value"] else []),
                   *([_fmt(p["p_hit"], ".2f")] if view["has_p_hit"] else []), _fmt(p["acq_value"]), p["policy"],
-                  p["rationale"])
+                  escape(p["rationale"]))
     _console().print(t)
     typer.echo(f"approve: perturbloop approve {campaign} [--drop GENE ...] [--veto GENE ...] [--add GENE ...] [--reject] "
                "[--note TEXT] [--by NAME]")
