@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -284,3 +285,48 @@ def test_browser_plot_fits_a_narrow_page_and_the_page_shows_the_hit_curve(paused
         assert browser.execute_script(fits, "hit-curve")
         row = browser.find_element(By.CSS_SELECTOR, '#decisions tr.decision[data-round="1"]')
         assert "grace" in row.text and "approved" in row.text
+
+
+def _copy_sqlite(src: Path, dst: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+
+
+def test_a_store_from_before_proposal_records_reads_and_resumes(log_campaign, data_dir, tmp_path):
+    """A copy of the paused log campaign without the `proposalrecord` table, as a store written before it existed:
+    opened read-only it reports its rounds and rebuilds the pending proposal's scale from the config and round 1's
+    measurements (the same |score| predictions as recorded); opened for writing it gets the table back and the
+    campaign resumes to its end, round times estimated where no record exists."""
+    from agent.runner import checkpoint_path
+
+    src = Path(log_campaign.url.removeprefix("sqlite:///"))
+    db = tmp_path / "old.db"
+    _copy_sqlite(src, db)
+    _copy_sqlite(checkpoint_path(log_campaign), checkpoint_path(f"sqlite:///{db}"))
+    before = pending_view(log_campaign, LOG_CAMPAIGN)
+    with Store(str(db)).engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE proposalrecord")
+
+    old = Store(str(db), read_only=True)
+    assert not old.has_table(ProposalRecord)
+    (c,) = campaign_overview(old)
+    assert c["status"] == "awaiting_approval" and [r["status"] for r in c["rounds"]] == ["ingested", "proposed"]
+    assert c["rounds"][0]["decisions"][0]["by"] == "ada" and c["rounds"][0]["approval_wait_seconds"] is not None
+    view = pending_view(old, LOG_CAMPAIGN)
+    assert view["scale"]["kind"] == "log" and view["scale"]["offset"] == pytest.approx(before["scale"]["offset"])
+    assert [i["predicted"] for i in view["items"]] == pytest.approx([i["predicted"] for i in before["items"]])
+    assert view["scale"]["hit_threshold"] is None and all(i["p_hit"] is None for i in view["items"])  # no record of it
+    out = CliRunner().invoke(_cli_app(), ["status", "--store", str(db)], env={"COLUMNS": "250"})
+    assert out.exit_code == 0 and "awaiting_approval" in out.output, out.output
+
+    store = Store(str(db))  # opened for writing: the table is added
+    assert store.has_table(ProposalRecord) and Store(str(db), read_only=True).has_table(ProposalRecord)
+    cfg = parse_config(store.get_campaign(LOG_CAMPAIGN).config)
+    ctx = make_context(cfg, store, data_dir)
+    res = run_campaign(cfg, store, data_dir, context=ctx,
+                       resume=decide(store, LOG_CAMPAIGN, ctx.candidate_labels(), by="bob", data_dir=data_dir))
+    assert res.status == "finished" and [r["status"] for r in res.rounds] == ["ingested", "ingested"]
+    assert all(r["seconds"] is not None and r["approval_wait_seconds"] is not None for r in res.rounds)
+    assert store.proposal_records(store.rounds(LOG_CAMPAIGN)[1].id) == []  # proposed before the table existed
