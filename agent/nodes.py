@@ -17,6 +17,7 @@ from langgraph.types import interrupt
 
 from agent.approval import record_decision
 from agent.context import CampaignContext
+from agent.screen_units import proposal_units
 from agent.state import LoopState
 from lab_adapters.base import JobRef, LabError
 from perturbloop.errors import LabResultError
@@ -121,7 +122,8 @@ def propose(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     record = ModelFit(round_id=r.id, surrogate=surrogate_name, policy=proposal.policy, n_train=len(observed),
                       fit_seconds=cached["fit_seconds"], select_seconds=select_seconds, metrics=cached["metrics"],
                       params=params)
-    ctx.store.save_proposal(r.id, _annotate(ctx, proposal.items), proposal.policy, record)
+    ctx.store.save_proposal(r.id, _annotate(ctx, proposal.items), proposal.policy, record,
+                            units=proposal_units(ctx, observed))  # the scale of its predictions, for the review
     return {"status": "running"}
 
 

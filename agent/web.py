@@ -23,9 +23,18 @@ proposal (a stale form) gets 409. It is validated exactly like `perturbloop appr
 exactly one is stored, the others get 409), so it survives a crash of this server; the campaign
 then advances in a background thread to its next pause: the next proposal, the lab, or the end.
 
-Routes: `GET /` campaigns, `GET /campaigns/{id}` rounds and the pending proposal,
-`GET /campaigns/{id}/proposal.png` predicted effect +- sd, `POST /campaigns/{id}/decision` (form);
-JSON: `GET /api/campaigns`, `GET /api/campaigns/{id}/proposal`, `POST /api/campaigns/{id}/decision`.
+A browser that is not logged in is sent to the login form (303 to `/login?next=PATH`) by every page; API
+clients (and a wrong bearer token) get 401.
+
+What the scientist reads: predictions in the screen's own units (predicted |score| with its interval and the
+probability of a hit, `agent.screen_units`), never the model's transformed scale; the campaign's hit curve so
+far; every decision on each round (who, when, why, what it changed); each round's work time without the hours
+its proposals waited for approval (`agent.report.round_times`).
+
+Routes: `GET /` campaigns, `GET /campaigns/{id}` rounds, hit curve, decisions and the pending proposal,
+`GET /campaigns/{id}/proposal.svg` (and `.png`) predicted value and interval of each proposed perturbation,
+`POST /campaigns/{id}/decision` (form); JSON: `GET /api/campaigns`, `GET /api/campaigns/{id}/proposal`,
+`POST /api/campaigns/{id}/decision`.
 """
 
 from __future__ import annotations
@@ -48,19 +57,19 @@ from typing import Any
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from pydantic import BaseModel, Field
 
 from agent.approval import (
     DecisionConflictError,
     check_proposal,
     decide,
-    pending_round,
-    proposal_id,
     record_decision,
 )
-from agent.report import campaign_overview
+from agent.report import campaign_overview, pending_view
 from perturbloop.config import parse_config
 from perturbloop.errors import PerturbloopError
+from perturbloop.plots import hit_curve_svg
 from perturbloop.store import Store, display_url
 
 COOKIE = "perturbloop_session"
@@ -316,18 +325,7 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
         return p
 
     def pending(campaign_id: str) -> dict | None:
-        r = pending_round(store, campaign_id)
-        if r is None:
-            return None
-        props = store.proposals(r.id)
-        c = store.get_campaign(campaign_id)
-        try:
-            label = parse_config(c.config, f"stored config of {campaign_id}").prediction_label
-        except PerturbloopError:
-            label = "predicted +- sd"
-        return {"round": r.index + 1, "proposal": proposal_id(r, props), "label": label, "items": [
-            {"rank": p.rank + 1, "perturbation": p.perturbation, "mean": p.mean, "sd": p.sd,
-             "acq_value": p.acq_value, "policy": p.policy, "rationale": p.rationale} for p in props]}
+        return pending_view(store, campaign_id)
 
     def record(campaign_id: str, d: DecisionIn) -> dict:
         """Check the proposal id, validate, store (atomically), then advance in the background.
@@ -360,6 +358,8 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
         path = request.url.path
+        if exc.status_code == 401 and request.method == "GET" and "authorization" not in request.headers:
+            return RedirectResponse(f"/login?{_query(next=path)}", status_code=303)  # a browser: log in first
         back = path.removesuffix("/decision") if exc.status_code == 409 and path.endswith("/decision") else None
         return TEMPLATES.TemplateResponse(request, "error.html",
                                           {"status": exc.status_code, "detail": exc.detail, "back": back},
@@ -370,18 +370,19 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
         return {"ok": True}
 
     @app.get("/login", response_class=HTMLResponse)
-    def login_page(request: Request):  # noqa: ANN202
-        return TEMPLATES.TemplateResponse(request, "login.html", {})
+    def login_page(request: Request, next: str = "/"):  # noqa: ANN202, A002
+        return TEMPLATES.TemplateResponse(request, "login.html", {"next": _local_path(next)})
 
     @app.post("/login")
-    def login(request: Request, token_in: str = Form(..., alias="token")):  # noqa: ANN202
+    def login(request: Request, token_in: str = Form(..., alias="token"),
+              next_path: str = Form("/", alias="next")):  # noqa: ANN202
         _not_blocked(request)
         if not _ok(token_in):
             limiter.failed(_address(request))
             raise HTTPException(401, "wrong access token")
         limiter.succeeded(_address(request))
         sessions.end(request.cookies.get(COOKIE))  # a new id at every log-in
-        resp = RedirectResponse("/", status_code=303)
+        resp = RedirectResponse(_local_path(next_path), status_code=303)
         resp.set_cookie(COOKIE, sessions.start(), max_age=int(sessions.ttl_s), httponly=True, samesite="strict",
                         secure=request.url.scheme == "https")
         return resp
@@ -407,13 +408,19 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
                       caller: Caller = Depends(authorised)):  # noqa: ANN202
         campaign_or_404(campaign_id)
         overview = next(c for c in campaign_overview(store) if c["campaign"] == campaign_id)
+        curve = overview["hit_curve"]
+        svg = Markup(hit_curve_svg(curve, caption=f"{campaign_id}: hits found so far, per round")) if curve else None
         return page(request, "campaign.html", caller, {
             "c": overview, "pending": pending(campaign_id), "busy": advancer.busy(campaign_id),
-            "error": error, "advance_error": advancer.errors.get(campaign_id)})
+            "error": error, "advance_error": advancer.errors.get(campaign_id), "hit_curve": svg})
+
+    @app.get("/campaigns/{campaign_id}/proposal.svg", dependencies=[Depends(authorised)])
+    def proposal_svg(campaign_id: str) -> Response:
+        return Response(_proposal_plot(campaign_id, pending_or_404(campaign_id), "svg"), media_type="image/svg+xml")
 
     @app.get("/campaigns/{campaign_id}/proposal.png", dependencies=[Depends(authorised)])
     def proposal_png(campaign_id: str) -> Response:
-        return Response(_proposal_plot(campaign_id, pending_or_404(campaign_id)), media_type="image/png")
+        return Response(_proposal_plot(campaign_id, pending_or_404(campaign_id), "png"), media_type="image/png")
 
     @app.post("/campaigns/{campaign_id}/decision")
     def decision_form(campaign_id: str, action: str = Form(...), by: str = Form(...), note: str = Form(""),
@@ -465,28 +472,50 @@ def _query(**kw: str) -> str:
     return urlencode(kw)
 
 
-def _proposal_plot(campaign_id: str, p: dict) -> bytes:
-    """Predicted effect +- sd of each proposed perturbation (error bars), in proposal order."""
+def _local_path(path: str) -> str:
+    """`path` if it is a path on this app (where to go after logging in), else `/`: never another site."""
+    return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/"
+
+
+PLOT_WIDTH_IN = 9.0  # the figure's width; the page scales it to its own width (SVG, `width: 100%`)
+PLOT_MAX_TICK_LABELS = 48  # more picks than this: the x axis shows ranks, the table below names them
+
+
+def _proposal_plot(campaign_id: str, p: dict, fmt: str = "svg") -> bytes:
+    """Each proposed perturbation's prediction in the screen's units (`p["items"]`' `predicted` with its
+    `predicted_low`..`predicted_high` interval), or its probability of being a hit where the model predicts
+    no value (hit calls), in proposal order; a fixed-width figure the page scales to fit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    items = [i for i in p["items"] if i["mean"] is not None]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(p["items"])), 3.2), dpi=100)
+    value = p.get("has_value", True)
+    key = "predicted" if value else "p_hit"
+    items = [i for i in p["items"] if i.get(key) is not None]
+    fig, ax = plt.subplots(figsize=(PLOT_WIDTH_IN, 3.4), dpi=100)
     if items:
-        x = list(range(len(items)))
-        ax.errorbar(x, [i["mean"] for i in items], yerr=[i["sd"] or 0.0 for i in items], fmt="o", ms=3, capsize=2)
-        ax.set_xticks(x, [i["perturbation"] for i in items], rotation=90, fontsize=6)
-        ax.set_ylabel(p.get("label", "predicted +- sd"), fontsize=7)
+        x = list(range(1, len(items) + 1))
+        y = [i[key] for i in items]
+        if value:
+            err = [[v - i["predicted_low"] for v, i in zip(y, items)], [i["predicted_high"] - v for v, i in zip(y, items)]]
+            ax.errorbar(x, y, yerr=err, fmt="o", ms=3, capsize=2)
+        else:
+            ax.bar(x, y, width=0.8)
+            ax.set_ylim(0, 1)
+        if len(items) <= PLOT_MAX_TICK_LABELS:
+            ax.set_xticks(x, [i["perturbation"] for i in items], rotation=90, fontsize=7)
+        else:
+            ax.set_xlabel("rank in the proposal (the table names each)", fontsize=8)
+        ax.set_ylabel(p.get("label", "predicted") if value else "probability of a hit", fontsize=8)
     else:
-        ax.text(0.5, 0.5, "round 1: chosen from priors, no model predictions yet", ha="center", va="center",
+        ax.text(0.5, 0.5, "chosen from priors: no model predictions yet", ha="center", va="center",
                 transform=ax.transAxes)
         ax.set_axis_off()
     ax.set_title(f"{campaign_id}: round {p['round']} proposal", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format=fmt)
     plt.close(fig)
     return buf.getvalue()
 

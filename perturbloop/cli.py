@@ -51,16 +51,27 @@ def _fmt(v, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.2f} s"
+
+
 def _round_table(title: str, rows: list[dict]):
+    """Per round: hits are shown once the round is measured; `round time` is work time (fit and propose, the lab,
+    ingest), the hours its proposals waited for approval apart."""
     from rich.table import Table
 
     t = Table(title=title, title_justify="left")
-    for col in ("round", "picks", "new hits", "hit ratio", "Spearman (unmeasured)", "fit s", "select s", "round s"):
-        t.add_column(col, justify="right")
+    for col in ("round", "status", "picks", "new hits", "hit ratio", "Spearman (unmeasured)", "fit s", "select s",
+                "round time", "approval wait"):
+        t.add_column(col, justify="left" if col == "status" else "right")
     for r in rows:
-        t.add_row(str(r["round"]), str(r["picks"]), str(r["new_hits"]), _fmt(r["hit_ratio"]),
-                  _fmt(r["spearman_unmeasured"]), _fmt(r["fit_seconds"], ".2f"), _fmt(r["select_seconds"], ".2f"),
-                  _fmt(r["seconds"], ".2f"))
+        measured = r.get("status") in ("ingested", "rejected")
+        t.add_row(str(r["round"]), r.get("status", "-"), str(r["picks"]), str(r["new_hits"]) if measured else "-",
+                  _fmt(r["hit_ratio"]) if measured else "-", _fmt(r["spearman_unmeasured"]),
+                  _fmt(r["fit_seconds"], ".2f"), _fmt(r["select_seconds"], ".2f"), _duration(r["seconds"]),
+                  _duration(r.get("approval_wait_seconds")))
     return t
 
 
@@ -141,7 +152,7 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from perturbloop.config import load_config
-    from perturbloop.store import Store, display_url, sqlite_path
+    from perturbloop.store import Store, display_url
 
     console = _console()
     config = load_config(config_path)
@@ -166,10 +177,22 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
             on_round=lambda r: progress.update(main_task, completed=r["round"]),
             on_baseline_round=lambda r: progress.update(base_task, completed=r["round"]),
         )
+    _print_screen_results(console, config, results, st)
+
+
+def _print_screen_results(console, config, results: dict, st) -> None:
+    """The run's summary: the campaign's round table, its random baseline's, and, once the campaign has finished,
+    the comparison and the hit-curve PNG; a paused campaign says what it waits for (no comparison of a campaign
+    that has not measured its rounds yet with a baseline that has)."""
+    from perturbloop.store import sqlite_path
+
     main = results["campaign"]
     console.print(_round_table(f"{config.name}: {config.acquisition.kind} ({main.n_hits} hits in the screen)", main.rounds))
     if main.status != "finished":
         console.print(f"campaign status: [yellow]{main.status}[/]")
+    if main.status == "awaiting_approval":
+        console.print(f"a proposal awaits approval: [bold]perturbloop review {config.name}[/], then "
+                      f"[bold]perturbloop approve {config.name}[/] (the comparison with random follows the last round)")
     curves = {config.acquisition.kind: [r["hit_ratio"] or 0.0 for r in main.rounds]}
     base = results.get("baseline")
     if base is not None:
@@ -245,6 +268,7 @@ def _status(store: str | None, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps({"store": display_url(st.url), "campaigns": out}, indent=2))
         return
+    from rich.markup import escape
     from rich.table import Table
 
     console = _console()
@@ -252,14 +276,19 @@ def _status(store: str | None, as_json: bool) -> None:
         console.print(f"no campaigns in {display_url(st.url)}")
         return
     for c in out:
-        t = Table(title=f"{c['campaign']} [{c['status']}] {c['screen']}, policy {c['policy']}: "
-                        f"{len(c['rounds'])}/{c['rounds_planned']} rounds, {c['picks']} picks, {c['hits']} hits",
+        t = Table(title=escape(f"{c['campaign']} [{c['status']}] {c['screen']}, policy {c['policy']}: ")
+                  + f"{len(c['rounds'])}/{c['rounds_planned']} rounds, {c['picks']} picks, {c['hits']} hits",
                   title_justify="left")
-        for col in ("round", "status", "picks", "observed", "failed", "hits", "lab job"):
+        for col in ("round", "status", "picks", "observed", "failed", "hits", "hits so far", "decision", "round time",
+                    "approval wait", "lab job"):
             t.add_column(col)
         for r in c["rounds"]:
             jobs = ", ".join(f"{j['adapter']}:{j['external_id']} ({j['status']})" for j in r["lab_jobs"]) or "-"
-            t.add_row(str(r["round"]), r["status"], str(r["picks"]), str(r["observed"]), str(r["failed"]), str(r["hits"]), jobs)
+            said = "; ".join(f"{d['action']} by {d['by']} {d['when']}" + (f" ({d['note']})" if d["note"] else "")
+                             for d in r["decisions"]) or "-"
+            t.add_row(str(r["round"]), r["status"], str(r["picks"]), str(r["observed"]), str(r["failed"]), str(r["hits"]),
+                      "-" if r["hits_so_far"] is None else str(r["hits_so_far"]), said, _duration(r["seconds"]),
+                      _duration(r["approval_wait_seconds"]), jobs)
         console.print(t)
 
 
@@ -382,20 +411,26 @@ def benchmark(
 def _review(campaign: str, store: str | None) -> None:
     from rich.table import Table
 
+    from rich.markup import escape
+
     from agent.approval import pending_proposal
-    from perturbloop.config import parse_config
+    from agent.report import pending_view
     from perturbloop.store import Store
 
     st = Store.for_reading(store)
-    r, props = pending_proposal(st, campaign)
-    label = parse_config(st.get_campaign(campaign).config, f"stored config of {campaign}").prediction_label
-    t = Table(title=f"{campaign}: round {r.index + 1} proposal awaiting approval ({len(props)} perturbations)",
+    view = pending_view(st, campaign)
+    if view is None:
+        pending_proposal(st, campaign)  # raises: no proposal awaits approval
+    t = Table(title=f"{campaign}: round {view['round']} proposal awaiting approval ({len(view['items'])} perturbations)",
               title_justify="left")
-    for col in ("#", "perturbation", label, "acq value", "policy", "rationale"):
-        t.add_column(col)
-    for p in props:
-        pred = "-" if p.mean is None else f"{p.mean:.3f} +- {p.sd:.3f}"
-        t.add_row(str(p.rank + 1), p.perturbation, pred, _fmt(p.acq_value), p.policy, p.rationale)
+    cols = ["#", "perturbation", *([view["label"]] if view["has_value"] else []), *(["P(hit)"] if view["has_p_hit"] else []),
+            "acq value", "policy", "rationale"]
+    for col in cols:
+        t.add_column(escape(col))
+    for p in view["items"]:  # names and notes are shown as written (no rich markup)
+        t.add_row(str(p["rank"]), escape(p["perturbation"]), *([p["shown"]] if view["has_value"] else []),
+                  *([_fmt(p["p_hit"], ".2f")] if view["has_p_hit"] else []), _fmt(p["acq_value"]), p["policy"],
+                  escape(p["rationale"]))
     _console().print(t)
     typer.echo(f"approve: perturbloop approve {campaign} [--drop GENE ...] [--veto GENE ...] [--add GENE ...] [--reject] "
                "[--note TEXT] [--by NAME]")

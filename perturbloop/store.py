@@ -4,7 +4,12 @@ The store, not memory, is the source of truth. Every write that belongs to one s
 round happens in one transaction, so a killed process leaves either the whole step or none
 of it; every step checks the store first and is a no-op when its work is already there.
 
-Tables: Campaign, Round, Proposal, Decision, Rejection, Veto, LabJob, Observation, ResponseVector, ModelFit.
+Tables: Campaign, Round, Proposal, ProposalRecord, Decision, Rejection, Veto, LabJob, Observation, ResponseVector,
+ModelFit.
+
+Schema changes add tables, never columns: `create_all` adds a new table to an existing store when it is opened
+for writing (the migration), and a store opened read-only that predates a table reads it as empty
+(`Store.has_table`), so a store written by an earlier version still loads, resumes and reports.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint, delete, event, update
+from sqlalchemy import JSON, Column, UniqueConstraint, delete, event, inspect, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
@@ -65,6 +70,22 @@ class Proposal(SQLModel, table=True):
     sd: float | None = None
     acq_value: float | None = None
     rationale: str = ""
+
+
+class ProposalRecord(SQLModel, table=True):
+    """One batch proposed for a round (a round has several when proposals are rejected): when it was made and
+    when it was decided (approval wait = `decided_at - proposed_at`), how, and the scale of its predictions.
+
+    `units`: how the proposal's stored `mean`/`sd` map to the screen's own units (`agent.screen_units`), e.g.
+    `{"kind": "log", "offset": m, "hit_threshold": t}`; empty when they are in the campaign's units already.
+    Added after the first stores were written: rounds proposed before it have no record."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    round_id: int = Field(foreign_key="round.id", index=True)
+    proposed_at: datetime = Field(default_factory=_now)
+    decided_at: datetime | None = None
+    outcome: str | None = None  # auto | approved | edited | rejected, once decided
+    units: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
 class Decision(SQLModel, table=True):
@@ -245,6 +266,7 @@ class Store:
     def __init__(self, url: str | None = None, *, read_only: bool = False):
         self.url = store_url(url)
         self.read_only = read_only
+        self._tables: dict[str, bool] = {}  # table name -> present (read-only stores, see `has_table`)
         shown = display_url(self.url)
         db = sqlite_path(self.url)
         if db is not None:
@@ -278,6 +300,16 @@ class Store:
             raise StoreError(f"{what} store {shown}: {reason}") from None
         except DatabaseError as e:
             raise StoreError(f"store {shown} is not a readable database ({e.orig})") from None
+
+    def has_table(self, table: type[SQLModel]) -> bool:
+        """Whether the store has `table`: always once opened for writing (`create_all` adds tables that are new
+        since the store was written); a store opened read-only may predate it (then it reads as empty)."""
+        if not self.read_only:
+            return True
+        name = table.__tablename__
+        if name not in self._tables:
+            self._tables[name] = inspect(self.engine).has_table(name)
+        return self._tables[name]
 
     @classmethod
     def for_reading(cls, url: str | None = None) -> Store:
@@ -397,8 +429,10 @@ class Store:
                 _do(s)
 
     # model fits and proposals ----------------------------------------------------------------
-    def save_proposal(self, round_id: int, items: Sequence[Any], policy: str, fit: ModelFit) -> None:
-        """Proposals and the round's model-fit record, in one transaction."""
+    def save_proposal(self, round_id: int, items: Sequence[Any], policy: str, fit: ModelFit, *,
+                      units: dict | None = None) -> None:
+        """Proposals, the round's model-fit record and the proposal's record (made now; `units`: the scale of
+        the predictions, see `ProposalRecord`), in one transaction."""
         with self.session() as s:
             if s.exec(select(Proposal).where(Proposal.round_id == round_id)).first() is not None:
                 return
@@ -406,6 +440,7 @@ class Store:
                 s.add(Proposal(round_id=round_id, rank=rank, perturbation=it.perturbation, policy=policy,
                                mean=it.mean, sd=it.sd, acq_value=it.acq_value, rationale=it.rationale))
             s.add(fit)
+            s.add(ProposalRecord(round_id=round_id, units=dict(units or {})))
             self.set_round_status(round_id, "proposed", session=s)
 
     def proposals(self, round_id: int) -> list[Proposal]:
@@ -451,6 +486,12 @@ class Store:
                 if not moved:
                     raise _Lost()
                 r = s.get(Round, decision.round_id)
+                record = s.exec(select(ProposalRecord).where(ProposalRecord.round_id == r.id,
+                                                             ProposalRecord.decided_at.is_(None))
+                                .order_by(ProposalRecord.id.desc())).first()
+                if record is not None:  # (none for a proposal made before records were kept)
+                    record.decided_at, record.outcome = decision.at, decision.action
+                    s.add(record)
                 if rejected:
                     props = list(s.exec(select(Proposal).where(Proposal.round_id == r.id).order_by(Proposal.rank)))
                     s.add(Rejection(round_id=r.id, by=decision.by, at=decision.at, note=decision.note,
@@ -480,8 +521,19 @@ class Store:
             return Decision(round_id=decision.round_id, action="rejected", by=last.by, at=last.at, note=last.note)
         return decision
 
+    def proposal_records(self, round_id: int) -> list[ProposalRecord]:
+        """The round's proposals as made and decided (timestamps, outcome, units), oldest first; none for rounds
+        proposed before records were kept."""
+        if not self.has_table(ProposalRecord):
+            return []
+        with self.session() as s:
+            return list(s.exec(select(ProposalRecord).where(ProposalRecord.round_id == round_id)
+                               .order_by(ProposalRecord.id)))
+
     def rejections(self, round_id: int) -> list[Rejection]:
         """The round's rejected proposals, oldest first."""
+        if not self.has_table(Rejection):
+            return []
         with self.session() as s:
             return list(s.exec(select(Rejection).where(Rejection.round_id == round_id).order_by(Rejection.id)))
 
@@ -503,6 +555,8 @@ class Store:
 
     def vetoes(self, campaign_id: str) -> list[Veto]:
         """Perturbations vetoed in the campaign (never proposed again), oldest first."""
+        if not self.has_table(Veto):
+            return []
         with self.session() as s:
             return list(s.exec(select(Veto).where(Veto.campaign_id == campaign_id).order_by(Veto.id)))
 

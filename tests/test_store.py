@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlmodel import Session, SQLModel, create_engine, func, select
@@ -16,6 +17,7 @@ from perturbloop.store import (
     ModelFit,
     Observation,
     Proposal,
+    ProposalRecord,
     Rejection,
     Round,
     Store,
@@ -242,3 +244,58 @@ def test_ingest_skips_perturbations_observed_in_earlier_rounds(store, round_id):
     assert store.ingest("c1", r1, "k1", new) == 1
     values = {o.perturbation: o.value for o in store.observations("c1")}
     assert values == {"VAV1": 1.0, "LAT": 2.0}
+
+
+def _set_times(store: Store, round_id: int, created: datetime, finished: datetime, proposed: list[datetime]) -> None:
+    """Move a round's stored timestamps (its creation, its end and when each of its proposals was made)."""
+    with Session(store.engine) as s:
+        r = s.get(Round, round_id)
+        r.created_at, r.finished_at = created, finished
+        s.add(r)
+        records = list(s.exec(select(ProposalRecord).where(ProposalRecord.round_id == round_id).order_by(ProposalRecord.id)))
+        assert len(records) == len(proposed)
+        for rec, t in zip(records, proposed):
+            rec.proposed_at = t
+            s.add(rec)
+        s.commit()
+
+
+def test_round_time_is_work_time_without_the_approval_wait(store, proposed):
+    """Issue 13 (daily use): a proposal made 10 s into the round, rejected an hour later, proposed again 10 s after
+    that and approved two hours later; the lab and ingest take 30 s. The round took 3 h 50 s; its work time is
+    50 s and its proposals waited 3 h. Every proposal records when it was made and when and how it was decided."""
+    from agent.report import round_decisions, round_times, summarise_round
+
+    t0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
+    s = timedelta(seconds=1)
+    store.save_decision(Decision(round_id=proposed, action="rejected", by="bob", note="wrong pathway", at=t0 + 3610 * s))
+    store.save_proposal(proposed, [Item("ZAP70", 1.0, 0.5), Item("ITK")], "ucb", _fit(proposed), units={"kind": "identity"})
+    store.save_decision(Decision(round_id=proposed, action="approved", by="ada", final=["ZAP70", "ITK"],
+                                 at=t0 + 3620 * s + timedelta(hours=2)))
+    store.begin_lab_job(proposed, "simulator", "c1/round-0", ["ZAP70", "ITK"])
+    store.mark_submitted("c1/round-0", "sim-1")
+    store.ingest("c1", proposed, "c1/round-0", [Observation(campaign_id="c1", round_id=proposed, perturbation="ZAP70", value=1.5),
+                                                Observation(campaign_id="c1", round_id=proposed, perturbation="ITK", value=0.1)])
+    records = store.proposal_records(proposed)
+    assert [(r.outcome, r.decided_at) for r in records] == [
+        ("rejected", t0 + 3610 * s), ("approved", t0 + 3620 * s + timedelta(hours=2))]
+    assert [r.units for r in records] == [{}, {"kind": "identity"}]
+
+    _set_times(store, proposed, t0, t0 + 3650 * s + timedelta(hours=2), [t0 + 10 * s, t0 + 3620 * s])
+    r = store.get_round("c1", 0)
+    assert round_times(store, r) == {"seconds": pytest.approx(50.0), "approval_wait_seconds": pytest.approx(3 * 3600.0)}
+    row = summarise_round(store, "c1", 0)
+    assert row["seconds"] == pytest.approx(50.0) and row["approval_wait_seconds"] == pytest.approx(10800.0)
+    said = round_decisions(store, r)
+    assert [(d["action"], d["by"], d["note"], d["waited_seconds"]) for d in said] == [
+        ("rejected", "bob", "wrong pathway", pytest.approx(3600.0)), ("approved", "ada", "", pytest.approx(7200.0))]
+    assert said[0]["dropped"] == ["VAV1", "CD3G", "LAT"] and said[1]["when"] == "2026-03-02 12:00 UTC"
+
+    # a round proposed before proposal records were kept: the wait is estimated from its decision and fit times
+    with Session(store.engine) as ses:
+        for rec in ses.exec(select(ProposalRecord)):
+            ses.delete(rec)
+        ses.commit()
+    est = round_times(store, r)  # fit 0.5 s + select 0 s after the round started; decided at 3620 s + 2 h
+    assert est["approval_wait_seconds"] == pytest.approx(3620 - 0.5 + 7200.0)
+    assert est["seconds"] == pytest.approx(3650 + 7200.0 - est["approval_wait_seconds"])

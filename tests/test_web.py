@@ -49,6 +49,12 @@ def _decisions(store: Store) -> list:
     return [store.decision(r.id) for r in store.rounds("web") if store.decision(r.id) is not None]
 
 
+def _logged_out(client: TestClient) -> bool:
+    """Whether `client` (a browser without a live session) is sent from `/` to the login form."""
+    r = client.get("/", follow_redirects=False)
+    return r.status_code == 303 and r.headers["location"].startswith("/login")
+
+
 def _login(client: TestClient, campaign: str = "web") -> str:
     """Log `client` in through the form; returns the CSRF token of the campaign page's forms."""
     r = client.post("/login", data={"token": TOKEN}, follow_redirects=False)
@@ -65,7 +71,8 @@ def test_token_is_required(paused, data_dir):
     assert client.get("/healthz").json() == {"ok": True}
     for headers in ({}, {"Authorization": "Bearer wrong-token-123"}):
         assert client.get("/api/campaigns", headers=headers).status_code == 401
-        assert client.get("/", headers=headers).status_code == 401
+        page = client.get("/", headers=headers, follow_redirects=False)
+        assert page.status_code == (401 if headers else 303)  # a browser (no header) is sent to the login form
         r = client.post("/api/campaigns/web/decision", json={"by": "eve"}, headers=headers)
         assert r.status_code == 401
         r = client.post("/campaigns/web/decision", data={"action": "reject", "by": "eve"}, headers=headers)
@@ -154,11 +161,11 @@ def test_session_cookie_csrf_and_logout(paused, data_dir):
 
     outsider = TestClient(app)
     outsider.cookies.set("perturbloop_session", TOKEN)  # the token itself is no session id
-    assert outsider.get("/").status_code == 401
+    assert _logged_out(outsider)
     assert client.post("/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
     replay = TestClient(app)
     replay.cookies.set("perturbloop_session", sid)
-    assert replay.get("/").status_code == 401  # the session ended on the server, not only in the browser
+    assert _logged_out(replay)  # the session ended on the server, not only in the browser
 
 
 def test_secure_cookie_over_https_and_session_expiry(paused, data_dir):
@@ -169,7 +176,7 @@ def test_secure_cookie_over_https_and_session_expiry(paused, data_dir):
     assert client.get("/").status_code == 200
     sessions = app.state.sessions
     sessions.clock = lambda: time.monotonic() + sessions.ttl_s + 1
-    assert client.get("/").status_code == 401
+    assert _logged_out(client)
 
 
 def test_failed_logins_are_rate_limited(paused, data_dir):
@@ -183,7 +190,7 @@ def test_failed_logins_are_rate_limited(paused, data_dir):
     blocked = client.post("/login", data={"token": TOKEN}, follow_redirects=False)
     assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) > 0  # even the right token waits
     assert client.get("/api/campaigns", headers=AUTH).status_code == 429  # the API's bearer check too
-    assert client.get("/").status_code == 401
+    assert _logged_out(client)
     now[0] += limiter.window_s + 1
     assert client.post("/login", data={"token": TOKEN}, follow_redirects=False).status_code == 303
     assert client.get("/api/campaigns", headers=AUTH).status_code == 200
@@ -279,8 +286,8 @@ def test_browser_login_edit_and_approve(live_server, browser, paused):
     wait = WebDriverWait(browser, 120)
 
     browser.get(base + "/")
-    assert "401" in browser.title  # not logged in
-    browser.get(base + "/login")
+    wait.until(EC.presence_of_element_located((By.ID, "token")))  # not logged in: sent to the login form
+    assert browser.current_url.startswith(base + "/login")
     browser.find_element(By.ID, "token").send_keys("not-the-token")
     browser.find_element(By.ID, "login").click()
     # the click returns before the form's navigation has finished: wait for the answer page
