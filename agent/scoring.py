@@ -29,6 +29,8 @@ class UnmeasuredSpearman:
         from scipy.stats import spearmanr
 
         unmeasured = [lab for lab in self.space.labels if lab not in observed]
+        if not unmeasured:
+            return {}
         mean = model.posterior(self.space.features(self.space.indices(unmeasured))).mean.reshape(-1).numpy()
         truth = self.truth.reindex(unmeasured).to_numpy()
         ok = ~np.isnan(truth)
