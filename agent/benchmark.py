@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from agent.context import CampaignContext, build_context
-from agent.parts import ModelFactory, campaign_policy, model_factory, screen_parts
+from agent.parts import ModelFactory, campaign_policy, genes_in_screen, model_factory, read_gene_list, screen_parts
 from agent.runner import run_campaign
 from lab_adapters import SimulatorLab
 from perturbloop.config import CampaignConfig, LabConfig, parse_config
@@ -103,23 +103,13 @@ class ScreenWorld:
 
 def read_hits_file(path: str, genes: list[str], data_dir) -> set[str]:
     """One hit gene per line (`#` comments allowed); symbols mapped to HGNC; all must be in the screen."""
-    from perturbloop.errors import UnknownGeneError
-    from perturbloop.genes import gene_index
-
     p = Path(path)
     if not p.is_file():
         raise PerturbloopError(f"--hits: file {path!r} does not exist")
-    raw = [line.split(",")[0].strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    if raw and raw[0].lower() in ("gene", "genes", "hit", "hits"):
-        raw = raw[1:]
+    raw = read_gene_list(p)
     if not raw:
         raise PerturbloopError(f"--hits: {path} lists no genes")
-    mapped = gene_index(data_dir).canonical(raw, context=f"in hits file {path}", allowed=genes)
-    in_screen = set(genes)
-    outside = [r for r, m in zip(raw, mapped) if m not in in_screen]
-    if outside:
-        raise UnknownGeneError(outside, f"in hits file {path} (not in the screen)")
-    return set(mapped)
+    return set(genes_in_screen(raw, genes, data_dir, f"hits file {path}"))
 
 
 @lru_cache(maxsize=8)

@@ -240,7 +240,7 @@ def ingest(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     nxt = state["round"] + 1
     ctx.after_ingest(state["round"])
     if ctx.on_round is not None:
-        ctx.on_round(round_summary(ctx, state["round"]))
+        ctx.on_round(ctx.summary(state["round"]))
     if nxt >= ctx.rounds:
         ctx.store.set_campaign_status(ctx.campaign_id, "finished")
         return {"round": nxt, "collected": [], "status": "finished"}
@@ -248,8 +248,3 @@ def ingest(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     if c is not None and c.status == "waiting_for_lab":
         ctx.store.set_campaign_status(ctx.campaign_id, "running")
     return {"round": nxt, "collected": [], "status": "running"}
-
-
-def round_summary(ctx: CampaignContext, index: int) -> dict:
-    """One row of the per-round table, read back from the store."""
-    return ctx.summary(index)

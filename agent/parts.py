@@ -91,7 +91,8 @@ def screen_parts(config: CampaignConfig, data_dir: str | None) -> CampaignParts:
 
 
 def design_genes(config: CampaignConfig, screen: Screen, data_dir) -> list[str]:
-    """The design space: every gene of the screen, or `design.genes` (mapped to HGNC, all must be in the screen)."""
+    """The design space: every gene of the screen, or `design.genes` (a list or a file, mapped to HGNC, all in the
+    screen)."""
     spec = config.design.genes
     if spec is None:
         return screen.genes
@@ -99,15 +100,28 @@ def design_genes(config: CampaignConfig, screen: Screen, data_dir) -> list[str]:
         path = Path(spec).expanduser()
         if not path.is_file():
             raise ConfigError(f"design.genes: file {spec!r} does not exist")
-        spec = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        spec = read_gene_list(path)
     if not spec:
         raise ConfigError("design.genes: the gene list is empty")
-    genes = gene_index(data_dir).canonical(spec, context="in design.genes", allowed=screen.genes)
-    in_screen = set(screen.genes)
-    outside = [g for g, m in zip(spec, genes) if m not in in_screen]
+    return list(dict.fromkeys(genes_in_screen(spec, screen.genes, data_dir, "design.genes")))
+
+
+def read_gene_list(path: Path) -> list[str]:
+    """The genes a file lists, one a line (the first column of a CSV), `#` comments and a `gene` header skipped."""
+    raw = [line.split(",")[0].strip() for line in path.read_text().splitlines()
+           if line.strip() and not line.startswith("#")]
+    return raw[1:] if raw and raw[0].lower() in ("gene", "genes", "hit", "hits") else raw
+
+
+def genes_in_screen(raw: list[str], genes: list[str], data_dir, where: str) -> list[str]:
+    """`raw` symbols mapped to HGNC; one that is not among the screen's `genes` is an UnknownGeneError naming it and
+    `where` it was named."""
+    mapped = gene_index(data_dir).canonical(raw, context=f"in {where}", allowed=genes)
+    inside = set(genes)
+    outside = [r for r, m in zip(raw, mapped) if m not in inside]
     if outside:
-        raise UnknownGeneError(outside, f"in design.genes (not measured in screen {screen.name})")
-    return list(dict.fromkeys(genes))
+        raise UnknownGeneError(outside, f"in {where} (not in the screen)")
+    return mapped
 
 
 def response_parts(config: CampaignConfig, data_dir: str | None, space: DesignSpace | None = None) -> CampaignParts:
