@@ -86,9 +86,9 @@ class _ScoredPolicy:
         if surrogate is None:
             raise ValueError(f"policy {self.name!r} needs a fitted surrogate (start the campaign with initial perturbations)")
         taken = taken_mask(space, observed, pending)
-        q = check_batch(batch_size, int((~taken).sum()))
-        cap = self._cap(space, q)
         n_avail = int((~taken).sum())
+        q = check_batch(batch_size, n_avail)
+        cap = self._cap(space, q)
         k = q if cap is None else min(n_avail, max(SHORTLIST_FACTOR * q, q + 4 * len(space.genes)))
         while True:
             idx, scores = top_k(len(space), lambda i: self.score(surrogate, space, i), k, chunk=self.chunk, exclude=taken)
@@ -145,19 +145,12 @@ class ProgramPolicy(_ScoredPolicy):
             off_s = fast(idx, self.w)
             off_s = None if off_s is None else off_s.to("cpu", torch.float64)
             s = surrogate.posterior(X).scalarise(self.w, off_s)
-            mean, var = s.mean, s.variance
         else:
-            off_s = None
             offset = space.offset(idx)
             s = surrogate.posterior(X, offset).scalarise(self.w)
-            mean, var = s.mean, s.variance
-            if offset is not None:
-                off_s = offset.to("cpu", torch.float64) @ self.w
-        if self.interaction and off_s is not None:
-            mean = mean - off_s
-        if self.absolute:
-            mean = mean.abs()
-        return mean + self.beta ** 0.5 * var.clamp_min(0).sqrt()
+            off_s = None if offset is None else offset.to("cpu", torch.float64) @ self.w
+        mean = s.mean - off_s if self.interaction and off_s is not None else s.mean
+        return (mean.abs() if self.absolute else mean) + self.beta ** 0.5 * s.sd
 
 
 __all__ = ["ProgramPolicy", "UncertaintyPolicy", "capped_batch"]

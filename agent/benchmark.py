@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from acquisition import make_policy
-from agent.context import CampaignContext
-from agent.response_context import ResponseCampaignContext, response_parts
+from agent.context import CampaignContext, build_context
+from agent.parts import ModelFactory, campaign_policy, genes_in_screen, model_factory, read_gene_list, screen_parts
 from agent.runner import run_campaign
 from lab_adapters import SimulatorLab
 from perturbloop.config import CampaignConfig, LabConfig, parse_config
@@ -35,7 +34,6 @@ from perturbloop.design_space import DesignSpace, SingleSpace
 from perturbloop.errors import ConfigError, PerturbloopError
 from perturbloop.store import Store
 from simulators import ScreenReplay
-from surrogates import make_surrogate
 
 
 RECOMMENDED = "greedy"  # most consistent across the six screens (benchmarks/RESULTS.md); chosen on those same screens
@@ -99,58 +97,39 @@ class PolicySpec:
 
 @dataclass
 class ScreenWorld:
-    pool: object
-    replay: object
-    prior_names: list[str] = field(default_factory=list)
+    pool: SingleSpace
+    replay: ScreenReplay
 
 
 def read_hits_file(path: str, genes: list[str], data_dir) -> set[str]:
     """One hit gene per line (`#` comments allowed); symbols mapped to HGNC; all must be in the screen."""
-    from perturbloop.errors import UnknownGeneError
-    from perturbloop.genes import gene_index
-
     p = Path(path)
     if not p.is_file():
         raise PerturbloopError(f"--hits: file {path!r} does not exist")
-    raw = [line.split(",")[0].strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    if raw and raw[0].lower() in ("gene", "genes", "hit", "hits"):
-        raw = raw[1:]
+    raw = read_gene_list(p)
     if not raw:
         raise PerturbloopError(f"--hits: {path} lists no genes")
-    mapped = gene_index(data_dir).canonical(raw, context=f"in hits file {path}", allowed=genes)
-    in_screen = set(genes)
-    outside = [r for r, m in zip(raw, mapped) if m not in in_screen]
-    if outside:
-        raise UnknownGeneError(outside, f"in hits file {path} (not in the screen)")
-    return set(mapped)
+    return set(genes_in_screen(raw, genes, data_dir, f"hits file {path}"))
 
 
 @lru_cache(maxsize=8)
 def build_screen_world(spec: WorldSpec) -> ScreenWorld:
-    from perturbloop.data import load_screen
+    """The candidate pool and the replayed screen of `spec`'s campaigns (those of the shipped loop,
+    agent.parts.screen_parts), the hits read from `spec.hits_file` when given; built once per process."""
     from perturbloop.data.priors import prior_screen_names
-    from perturbloop.features import build_gene_pool, essential_genes
-    from simulators import ScreenReplay
 
-    screen = load_screen(spec.screen, spec.data_dir, aggregate=spec.aggregate)
-    if spec.nonessential:
-        ess = essential_genes(spec.data_dir)
-        screen = screen.subset([g for g in screen.genes if g not in ess])
-    priors = []
-    names: list[str] = []
-    if "screens" in spec.features:
-        names = prior_screen_names(spec.screen, None if spec.prior_screens is None else list(spec.prior_screens),
-                                   "--prior-screens")
-        priors = [load_screen(n, spec.data_dir) for n in names]
     if "embedding" in spec.features and not spec.embeddings:
         raise ConfigError("--features embedding needs --embeddings FILE (CSV: gene, then one column per dimension; or NPY)")
     if spec.target not in ("abs", "hit"):
         raise ConfigError(f"--target: unknown target {spec.target!r}; choose abs or hit")
-    pool = build_gene_pool(screen.genes, features=list(spec.features), prior_screens=priors, data_dir=spec.data_dir,
-                           embeddings=spec.embeddings)
-    hits = read_hits_file(spec.hits_file, screen.genes, spec.data_dir) if spec.hits_file else None
-    replay = ScreenReplay(screen, hit_fraction=spec.hit_fraction, hits=hits)
-    return ScreenWorld(pool, replay, names)
+    if "screens" in spec.features and spec.prior_screens is not None:
+        prior_screen_names(spec.screen, list(spec.prior_screens), "--prior-screens")  # a leak names the option
+    parts = screen_parts(benchmark_config(spec, PolicySpec("random", "random"), 0, 1, 1), spec.data_dir)
+    replay = parts.world
+    if spec.hits_file:
+        hits = read_hits_file(spec.hits_file, replay.genes, spec.data_dir)
+        replay = ScreenReplay(replay.screen, hit_fraction=spec.hit_fraction, hits=hits)
+    return ScreenWorld(parts.space, replay)
 
 
 def benchmark_config(world_spec: WorldSpec, policy: PolicySpec, seed: int, rounds: int, batch: int) -> CampaignConfig:
@@ -166,19 +145,20 @@ def benchmark_config(world_spec: WorldSpec, policy: PolicySpec, seed: int, round
     return parse_config({
         "name": f"benchmark-{policy.kind}-{seed}", "rounds": rounds, "batch_size": batch, "seed": seed,
         "data": {"screen": world_spec.screen, "hit_fraction": world_spec.hit_fraction,
-                 "nonessential": world_spec.nonessential},
+                 "nonessential": world_spec.nonessential, "aggregate": world_spec.aggregate},
         "design": {"features": list(world_spec.features), "embeddings": world_spec.embeddings,
                    "prior_screens": None if world_spec.prior_screens is None else list(world_spec.prior_screens)},
         "surrogate": surrogate, "acquisition": acquisition}, "benchmark campaign")
 
 
 def simulate(config: CampaignConfig, pool: SingleSpace, replay: ScreenReplay, policy,
-             make_surrogate: Callable[[dict | None], object]) -> tuple[list[dict], list[list[str]]]:
+             make_model: ModelFactory | None) -> tuple[list[dict], list[list[str]]]:
     """Run `config` through the shipped loop against a temporary store, `replay` answering in the simulator
-    lab; returns the round rows (agent.report) and the batch measured in each round."""
+    lab (its hits count, its model is not scored); returns the round rows (agent.report) and the batch
+    measured in each round."""
     with tempfile.TemporaryDirectory(prefix="perturbloop-benchmark-") as tmp:
         store = Store(str(Path(tmp) / "benchmark.db"))
-        ctx = CampaignContext(config, store, pool, SimulatorLab(replay), policy, make_surrogate, replay, score=False)
+        ctx = CampaignContext(config, store, replay, pool, SimulatorLab(replay), policy, make_model, hits=replay.hits)
         rows = run_campaign(config, store, context=ctx).rounds
         picks = [list(store.decision(r.id).final) for r in store.rounds(config.name)]
     return rows, picks
@@ -193,20 +173,12 @@ def simulated_campaign_row(world_spec: WorldSpec, policy: PolicySpec, seed: int,
     torch.set_num_threads(max(1, int(os.environ.get("PERTURBLOOP_TASK_THREADS", "0")) or torch.get_num_threads()))
     world = build_screen_world(world_spec)
     config = benchmark_config(world_spec, policy, seed, rounds, batch)
-    pool = world.pool
-    bounds = torch.stack([pool.X.min(0).values, pool.X.max(0).values])
-    s = config.surrogate
-
-    def make(params: dict | None):
-        return make_surrogate("gp", bounds=bounds, init_params=params, target_transform=s.target_transform,
-                              max_iter=s.max_iter)
-
-    acq = make_policy(policy.kind, seed=seed, beta=policy.beta, policy_path=policy.path, rounds=rounds)
-    rows, picks = simulate(config, pool, world.replay, acq, make)
+    rows, picks = simulate(config, world.pool, world.replay, campaign_policy(config, world.replay),
+                           model_factory(config, world.pool))
     return {"policy": policy.label, "seed": seed, "hit_ratio": rows[-1]["hit_ratio"],
             "per_round": [r["hit_ratio"] for r in rows],
             "round_seconds": [(r["fit_seconds"] or 0.0) + (r["select_seconds"] or 0.0) for r in rows],
-            "n_hits": len(world.replay.hits & set(pool.labels)), "picks": picks}
+            "n_hits": len(world.replay.hits & set(world.pool.labels)), "picks": picks}
 
 
 def campaign_for(config: CampaignConfig, policy_kind: str, seed: int, data_dir=None,
@@ -221,12 +193,9 @@ def campaign_for(config: CampaignConfig, policy_kind: str, seed: int, data_dir=N
         "name": f"benchmark-{policy_kind}-{seed}", "seed": seed, "approval": "auto",
         "acquisition": config.acquisition.model_copy(update={"kind": policy_kind}),
         "lab": LabConfig(kind="simulator")})
-    p = response_parts(run_config, seed, data_dir, policy_kind=policy_kind, space=space)
     with tempfile.TemporaryDirectory(prefix="perturbloop-benchmark-") as tmp:
         store = Store(str(Path(tmp) / "benchmark.db"))
-        ctx = ResponseCampaignContext(run_config, store, p.world, p.space, p.split, p.evaluation,
-                                      SimulatorLab(p.world), p.policy, p.make_model, p.baselines,
-                                      p.make_baseline)
+        ctx = build_context(run_config, store, data_dir, space=space)
         run_campaign(run_config, store, context=ctx)
         rounds = store.rounds(run_config.name)
         fits = [store.model_fit(r.id) for r in rounds]
@@ -240,7 +209,7 @@ def campaign_for(config: CampaignConfig, policy_kind: str, seed: int, data_dir=N
     return {"policy": policy_kind, "seed": seed, "metrics": metrics,
             "round_seconds": [f.fit_seconds + f.select_seconds for f in fits[1:]],
             "n_observed": [int((f.metrics or {}).get("n_measured", 0)) for f in fits], "picks": picks,
-            "failed": failed, "n_test": len(p.split.test), "n_candidates": len(p.space)}
+            "failed": failed, "n_test": len(ctx.split.test), "n_candidates": len(ctx.space)}
 
 
 def response_sweep(config: CampaignConfig, data_dir=None, *, policies: Sequence[str] | None = None,

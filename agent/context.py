@@ -1,66 +1,69 @@
-"""Everything a campaign needs that never changes while it runs: store, pool, lab, model, policy.
+"""Everything a campaign needs that never changes while it runs: store, world, design space, lab, policy, model.
 
-Built once per process from the config (`build_context`) and handed to the LangGraph loop as its
-runtime context; only plain values live in the checkpointed state.
+One context for every kind of campaign: a pooled screen is the one-readout case of a response campaign.
+Its world reads out one value per gene (`readouts = ["score"]`), its design space is the gene pool and its
+model the exact GP of that one readout (`G = 1`); a Perturb-seq campaign reads out a response vector over
+`G` genes, a pair screen one phenotype per pair. The loop's nodes (agent.nodes) ask every campaign the same
+questions: what was measured (`training_data`), the model fitted on it (`fit_model`), the next batch
+(`select`), a lab's results as responses (`summarise_results`), the scores after a round (`after_ingest`).
+What differs is data the parts carry (agent.parts): the held-out perturbations and the initial design
+(`split`), the hits and how the model is scored (`scorer`).
+
+Built once per process (`build_context`) and handed to the LangGraph loop as its runtime context; only
+plain values live in the checkpointed state.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import torch
+import numpy as np
 
-from acquisition import AcquisitionPolicy, make_policy
-from lab_adapters import LabAdapter, make_lab
+from acquisition import AcquisitionPolicy
+from acquisition.base import Proposal, ProposedItem
+from agent.parts import ModelFactory, campaign_parts, campaign_policy, model_factory
+from agent.scoring import HeldOutScores, UnmeasuredSpearman
+from lab_adapters import LabAdapter, LabError, LabResult, make_lab
+from lab_adapters.base import response_value
 from perturbloop.config import CampaignConfig
-from perturbloop.data import load_screen
-from perturbloop.data.priors import prior_screen_names
-from perturbloop.data.screens import Screen
-from perturbloop.errors import ConfigError, UnknownGeneError
-from perturbloop.genes import gene_index
-from perturbloop.features import build_gene_pool, essential_genes
-from perturbloop.design_space import SingleSpace
+from perturbloop.design import Split
+from perturbloop.design_space import DesignSpace
+from perturbloop.errors import ConfigError, LabResultError, PerturbloopError, StoreError
+from perturbloop.perturbation import CONTROL
+from perturbloop.responses import summarise_delivery
 from perturbloop.store import Store
-from simulators import ScreenReplay
-from surrogates import Surrogate, make_surrogate
+from simulators.world import World
+from surrogates.response import fit_on_space
 
 
 @dataclass
 class CampaignContext:
     config: CampaignConfig
     store: Store
-    pool: SingleSpace
+    world: World  # its `readouts` name a response's entries; a simulated world's truth never reaches the policy
+    space: DesignSpace
     lab: LabAdapter
     policy: AcquisitionPolicy
-    make_surrogate: Callable[[dict], Surrogate]  # init_params (warm start) -> unfitted surrogate
-    world: ScreenReplay | None = None  # simulated campaigns only: scoring, never seen by the policy
+    make_model: ModelFactory  # (seed, warm-start params) -> unfitted surrogate
+    split: Split = field(default_factory=lambda: Split([], []))  # held out (never proposed), initial design
+    hits: frozenset[str] = frozenset()  # what counts as a hit (empty: no hit calls)
+    scorer: UnmeasuredSpearman | HeldOutScores | None = None  # scores the refit model after each round
     on_round: Callable[[dict], None] | None = None
-    score: bool = True  # score the model on the unmeasured genes each round (evaluation only; benchmarks skip it)
-    cache: dict[str, Any] = field(default_factory=dict)  # fitted surrogate of the current round
+    cache: dict[str, Any] = field(default_factory=dict)  # the latest fitted surrogate
 
     @property
     def campaign_id(self) -> str:
         return self.config.name
 
-    def objective(self, value: float) -> float:
-        """The scalar the surrogate models: |readout| for hit discovery, the readout for `maximize`."""
-        return abs(value) if self.config.objective == "hits" else value
-
-    def is_hit(self, perturbation: str, value: float | None) -> bool | None:
-        if self.world is not None:
-            return perturbation in self.world.hits
-        return None
-
-    # what the loop's nodes ask of a campaign (agent.nodes); a response campaign answers the same
-    # questions for response vectors (agent.response_context)
     @property
     def rounds(self) -> int:
-        """Rounds of the loop (each: fit, propose, review, dispatch, collect, ingest)."""
-        return self.config.rounds
+        """Rounds of the loop (each: fit, propose, review, dispatch, collect, ingest): round 0 runs the initial
+        design when there is one, then `config.rounds` rounds of the policy."""
+        return self.config.rounds + (1 if self.split.initial else 0)
 
     @property
     def approval(self) -> str:
@@ -68,65 +71,130 @@ class CampaignContext:
 
     @property
     def n_hits(self) -> int | None:
-        return len(self.world.hits) if self.world is not None else None
+        return len(self.hits) or None
+
+    def is_hit(self, perturbation: str, value: float | None) -> bool | None:
+        return perturbation in self.hits if self.hits else None
 
     @property
     def hit_threshold(self) -> float:
         """|value| at or above which a measured gene is a hit: `data.hit_threshold`, else the screen's cut-off."""
-        t = self.config.data.hit_threshold
-        if t is None and self.world is not None:
-            t = self.world.hit_threshold
+        t = self.config.data.hit_threshold if self.config.data is not None else None
+        if t is None:
+            t = getattr(self.world, "hit_threshold", None)
         if t is None or t != t:
             raise ConfigError("surrogate.target = 'hit_call' needs data.hit_threshold (no screen defines the hits)")
         return float(t)
 
-    def training_data(self) -> dict[str, float]:
-        """Measured perturbations of the design space -> the modelled scalar: `objective(value)`, or the hit
-        call `1[|value| >= hit_threshold]` with `surrogate.target = 'hit_call'`."""
-        obs = [o for o in self.store.observations(self.campaign_id)
-               if o.value is not None and o.perturbation in self.pool.index]
+    def target(self, value: float) -> float:
+        """What the model learns of a one-readout response: the readout (`maximize`), |readout| (`hits`), or with
+        `surrogate.target = 'hit_call'` the hit call `1[|value| >= hit_threshold]`."""
         if self.config.surrogate.target == "hit_call":
-            t = self.hit_threshold
-            return {o.perturbation: float(abs(o.value) >= t) for o in obs}
-        return {o.perturbation: self.objective(o.value) for o in obs}
-
-    def fit_model(self, observed: dict[str, float], index: int) -> Surrogate | None:
-        """The surrogate refit on `observed` (warm-started from the last stored fit); None under 2 points or
-        when every target is the same (e.g. no hit called yet): then the policy ranks by priors."""
-        if len(observed) < 2 or len(set(observed.values())) < 2 or not getattr(self.policy, "uses_model", True):
-            return None  # a model-free policy (random, coreset) needs no fit
-        surrogate = self.make_surrogate(self.store.latest_params(self.campaign_id, self.config.surrogate.kind))
-        idx = self.pool.indices(list(observed))
-        surrogate.fit(self.pool.X[idx], torch.tensor(list(observed.values()), dtype=torch.float64))
-        return surrogate
-
-    def score_model(self, surrogate: Surrogate | None, observed: dict[str, float]) -> dict[str, float]:
-        """Evaluation only (a simulated world): Spearman of the posterior mean on the genes not yet measured."""
-        if surrogate is None or self.world is None or not self.score:
-            return {}
-        import numpy as np
-        from scipy.stats import spearmanr
-
-        unmeasured = [lab for lab in self.pool.labels if lab not in observed]
-        post = surrogate.posterior(self.pool.X[self.pool.indices(unmeasured)])
-        truth = self.world.truth(unmeasured).map(self.objective).to_numpy()
-        ok = ~np.isnan(truth)
-        return {"spearman_unmeasured": float(spearmanr(post.mean.numpy()[ok], truth[ok]).statistic)}
-
-    def select(self, surrogate: Surrogate | None, observed: dict[str, float], pending: list[str], index: int):
-        """The policy's proposal for round `index` (a `acquisition.base.Proposal`)."""
-        return self.policy.select(surrogate, self.pool, observed, self.config.batch_size, pending)
+            return float(abs(value) >= self.hit_threshold)
+        return abs(value) if self.config.objective == "hits" else value
 
     def candidate_labels(self) -> list[str]:
         """Every perturbation the design space offers (approval edits are checked against these)."""
-        return self.pool.labels
+        return self.space.labels
 
-    def summarise_results(self, results: dict, source: str) -> dict:
-        """A screen's results are its readouts as they came (cells are refused by `collect`)."""
+    # what the loop's nodes ask (agent.nodes) ---------------------------------------------------------
+    def training_data(self) -> dict[str, float | np.ndarray]:
+        """The measured responses, in measurement order, as the model learns them: a response of `G` readouts as
+        its vector, a one-readout response as one number (`target(value)`)."""
+        width = len(self.world.readouts)
+        vectors = self.store.responses(self.campaign_id)  # a stored screen value has none: the value is its response
+        out: dict[str, float | np.ndarray] = {}
+        for o in self.store.observations(self.campaign_id):
+            y = vectors.get(o.perturbation, [o.value])
+            if len(y) != width:
+                raise StoreError(f"campaign {self.campaign_id!r}: stored response of {o.perturbation} has {len(y)} "
+                                 f"values, the world reads out {width}")
+            out[o.perturbation] = self.target(y[0]) if width == 1 else np.asarray(y, dtype=np.float64)
+        return out
+
+    def fit_model(self, observed: Mapping[str, object], index: int) -> tuple[Any, float]:
+        """The surrogate round `index` proposes with, fitted on `observed`, and the seconds its fit took: None for
+        a model-free policy (random, coreset)."""
+        if not getattr(self.policy, "uses_model", True):
+            return None, 0.0
+        return self._fitted(observed, index)
+
+    def _fitted(self, observed: Mapping[str, object], index: int) -> tuple[Any, float]:
+        """The model fitted on `observed` for round `index` (warm-started from the campaign's last stored fit,
+        seeded by the round), kept until the next fit: the refit after a round is the next round's model. None
+        before two different responses are measured (the policy then ranks by priors)."""
+        c = self.cache.get("model")
+        if c is not None and c["round"] == index and c["labels"] == list(observed):
+            return c["model"], c["seconds"]
+        t0 = time.perf_counter()
+        model = None
+        Y = [np.atleast_1d(v) for v in observed.values()]
+        if len(Y) >= 2 and any((y != Y[0]).any() for y in Y[1:]):
+            # model seeds as in the evaluation harness: the fit after `index` measured batches
+            model = self.make_model(self.config.seed * 1000 + index - 1,
+                                    self.store.latest_params(self.campaign_id, self.config.surrogate.kind))
+            fit_on_space(model, self.space, observed)
+        seconds = time.perf_counter() - t0
+        self.cache["model"] = {"round": index, "labels": list(observed), "model": model, "seconds": seconds}
+        return model, seconds
+
+    def select(self, surrogate, observed: Mapping[str, object], pending: list[str], index: int) -> Proposal:
+        """The proposal for round `index`: the initial design in round 0 when there is one, else the policy's
+        batch; held-out perturbations are never proposed (they score the model)."""
+        if index == 0 and self.split.initial:
+            note = f"initial design (random, seed {self.config.seed})"
+            return Proposal("initial", [ProposedItem(lab, None, None, None, note) for lab in self._initial(pending)])
+        return self.policy.select(surrogate, self.space, observed, self.config.batch_size, [*pending, *self.split.test])
+
+    def _initial(self, pending: list[str]) -> list[str]:
+        """The initial design less `pending` (rejected or vetoed picks), each replaced by the next of a seeded
+        random order of the other candidates (never held-out ones)."""
+        out = set(pending)
+        keep = [lab for lab in self.split.initial if lab not in out]
+        if len(keep) == len(self.split.initial):
+            return keep
+        taken = out | set(self.split.initial) | set(self.split.test)
+        spare = [lab for lab in self.candidate_labels() if lab not in taken]
+        order = np.random.default_rng([self.config.seed, 13]).permutation(len(spare))
+        return keep + [spare[i] for i in order[: len(self.split.initial) - len(keep)]]
+
+    def summarise_results(self, results: dict[str, LabResult | LabError], source: str) -> dict[str, LabResult | LabError]:
+        """A lab's results as responses over the world's readouts: cells (a Perturb-seq delivery) are summarised
+        against the delivery's control cells (`perturbloop.responses.summarise_delivery`), a one-readout value is
+        its own response, a response of the wrong length is refused. Raises a LabResultError naming `source`."""
+        readout = list(self.world.readouts)
+        control = results.pop(CONTROL, None)
+        cells = {k: r.cells for k, r in results.items()
+                 if isinstance(r, LabResult) and r.cells is not None and r.response is None}
+        if cells and self.config.world is None:
+            raise LabResultError(f"{source}: {', '.join(list(cells)[:5])} came back as cells (Perturb-seq); a pooled "
+                                 "screen needs a value per perturbation (a results CSV)")
+        if cells:
+            try:
+                lfc = summarise_delivery(cells, control.cells if isinstance(control, LabResult) else None, readout,
+                                         min_cells=self.config.world.min_cells, source=source)
+            except PerturbloopError as e:
+                raise LabResultError(str(e)) from None
+            results.update({k: LabResult(k, response_value(y.tolist()), [], response=y.tolist()) for k, y in lfc.items()})
+        for k, r in results.items():
+            if isinstance(r, LabResult) and r.response is None and len(readout) == 1 and r.value is not None:
+                results[k] = replace(r, response=[float(r.value)])
+            elif isinstance(r, LabResult) and (r.response is None or len(r.response) != len(readout)):
+                got = "no response vector" if r.response is None else f"a response of {len(r.response)} values"
+                raise LabResultError(f"{source}: {k} came back with {got}; this campaign reads out "
+                                     f"{len(readout)} genes ({', '.join(readout[:5])}{', ...' if len(readout) > 5 else ''})")
         return results
 
     def after_ingest(self, index: int) -> None:
-        """Called once a round is ingested (a response campaign scores its model here)."""
+        """Once round `index` is ingested: the number measured and, with a scorer, the scores of the model refit on
+        everything measured so far, merged into the round's ModelFit record (recomputed the same after a crash)."""
+        observed = self.training_data()
+        metrics: dict[str, float] = {"n_measured": float(len(observed))}
+        if self.scorer is not None:
+            model, _ = self._fitted(observed, index + 1)
+            if model is not None:
+                metrics.update(self.scorer.score(model, observed))
+        self.store.update_fit_metrics(self.store.get_round(self.campaign_id, index).id, metrics)
 
     def summary(self, index: int) -> dict:
         """One row of the per-round table, read back from the store."""
@@ -135,65 +203,14 @@ class CampaignContext:
         return summarise_round(self.store, self.campaign_id, index, n_hits=self.n_hits)
 
 
-def load_world(config: CampaignConfig, data_dir: str | os.PathLike | None) -> tuple[Screen, set[str]]:
-    screen = load_screen(config.data.screen, data_dir, aggregate=config.data.aggregate)
-    excluded: set[str] = set()
-    if config.data.nonessential:
-        excluded = essential_genes(data_dir) & set(screen.genes)
-        screen = screen.subset([g for g in screen.genes if g not in excluded])
-    return screen, excluded
-
-
-def design_genes(config: CampaignConfig, screen: Screen, data_dir) -> list[str]:
-    """The design space: every gene of the screen, or `design.genes` (mapped to HGNC, all must be in the screen)."""
-    spec = config.design.genes
-    if spec is None:
-        return screen.genes
-    if isinstance(spec, str):
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"design.genes: file {spec!r} does not exist")
-        spec = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    if not spec:
-        raise ConfigError("design.genes: the gene list is empty")
-    genes = gene_index(data_dir).canonical(spec, context="in design.genes", allowed=screen.genes)
-    in_screen = set(screen.genes)
-    outside = [g for g, m in zip(spec, genes) if m not in in_screen]
-    if outside:
-        raise UnknownGeneError(outside, f"in design.genes (not measured in screen {screen.name})")
-    return list(dict.fromkeys(genes))
-
-
 def build_context(config: CampaignConfig, store: Store, data_dir: str | os.PathLike | None = None,
-                  on_round: Callable[[dict], None] | None = None) -> CampaignContext:
-    screen, _ = load_world(config, data_dir)
-    genes = design_genes(config, screen, data_dir)
-    if len(genes) < len(screen.genes):
-        screen = screen.subset(genes)
-    d = config.design
-    prior: list[Screen] = []
-    if "screens" in d.features:
-        names = prior_screen_names(config.data.screen, d.prior_screens)
-        prior = [load_screen(n, data_dir) for n in names]
-    if "embedding" in d.features and not d.embeddings:
-        raise ConfigError("design.embeddings: feature 'embedding' needs a file")
-    pool = build_gene_pool(screen.genes, features=d.features, prior_screens=prior, data_dir=data_dir,
-                           go_dims=d.go_dims, gaf=d.gaf, embeddings=d.embeddings)
-    if pool.X.shape[1] == 0:
-        raise ConfigError("design.features: no features selected")
-    # the world scores every campaign whose screen is known (hits, Spearman); only a simulator lab runs it
-    world = ScreenReplay(screen, noise=config.lab.noise, hit_fraction=config.data.hit_fraction, seed=config.seed)
-    lab = make_lab(config.lab, world)
-    bounds = torch.stack([pool.X.min(0).values, pool.X.max(0).values])
-    s = config.surrogate
-
-    def _surrogate(init_params: dict | None = None) -> Surrogate:
-        return make_surrogate(s.kind, bounds=bounds, max_iter=s.max_iter, init_params=init_params,
-                              target_transform=s.target_transform)
-
-    policy = make_policy(config.acquisition.kind, seed=config.seed, beta=config.acquisition.beta,
-                         policy_path=config.acquisition.policy_path, rounds=config.rounds)
-    ctx = CampaignContext(config, store, pool, lab, policy, _surrogate, world, on_round)
-    if s.target == "hit_call":
+                  on_round: Callable[[dict], None] | None = None, *, space: DesignSpace | None = None) -> CampaignContext:
+    """The context of `config`'s campaign, any kind (agent.parts); `space`: a response campaign's design space
+    built earlier. Bad input raises before anything is stored."""
+    p = campaign_parts(config, data_dir, space=space)
+    ctx = CampaignContext(config, store, p.world, p.space, make_lab(config.lab, p.world),
+                          campaign_policy(config, p.world), model_factory(config, p.space), p.split,
+                          p.hits, p.scorer, on_round)
+    if config.surrogate.target == "hit_call":
         ctx.hit_threshold  # noqa: B018 - raises a ConfigError now, before anything is stored
     return ctx

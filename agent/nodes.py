@@ -41,11 +41,8 @@ def round_key(campaign_id: str, index: int) -> str:
 def fit_surrogate(ctx: CampaignContext, index: int) -> dict[str, Any]:
     """Fit the surrogate on everything measured so far; cache it for `propose`."""
     observed = ctx.training_data()
-    t0 = time.perf_counter()
-    surrogate = ctx.fit_model(observed, index)
-    fit_seconds = time.perf_counter() - t0
-    metrics = ctx.score_model(surrogate, observed)  # evaluation only: how well the model predicts
-    fit = {"round": index, "surrogate": surrogate, "observed": observed, "fit_seconds": fit_seconds, "metrics": metrics}
+    surrogate, fit_seconds = ctx.fit_model(observed, index)
+    fit = {"round": index, "surrogate": surrogate, "observed": observed, "fit_seconds": fit_seconds}
     ctx.cache["fit"] = fit
     return fit
 
@@ -64,8 +61,7 @@ def excluded(ctx: CampaignContext, index: int) -> list[str]:
 def left_to_propose(ctx: CampaignContext, index: int) -> int:
     """How many perturbations round `index` could still propose: the design space less what is measured,
     excluded (`excluded`) or held out for scoring (a response campaign's test set)."""
-    held_out = getattr(getattr(ctx, "split", None), "test", ())
-    taken = ctx.store.observed(ctx.campaign_id) | set(excluded(ctx, index)) | set(held_out)
+    taken = ctx.store.observed(ctx.campaign_id) | set(excluded(ctx, index)) | set(ctx.split.test)
     return sum(1 for lab in ctx.candidate_labels() if lab not in taken)
 
 
@@ -120,8 +116,7 @@ def propose(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     surrogate_name = cached["surrogate"].name if cached["surrogate"] is not None else "none"
     params = getattr(cached["surrogate"], "params", {}) if cached["surrogate"] is not None else {}
     record = ModelFit(round_id=r.id, surrogate=surrogate_name, policy=proposal.policy, n_train=len(observed),
-                      fit_seconds=cached["fit_seconds"], select_seconds=select_seconds, metrics=cached["metrics"],
-                      params=params)
+                      fit_seconds=cached["fit_seconds"], select_seconds=select_seconds, params=params)
     ctx.store.save_proposal(r.id, _annotate(ctx, proposal.items), proposal.policy, record,
                             units=proposal_units(ctx, observed))  # the scale of its predictions, for the review
     return {"status": "running"}
@@ -247,7 +242,7 @@ def ingest(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     nxt = state["round"] + 1
     ctx.after_ingest(state["round"])
     if ctx.on_round is not None:
-        ctx.on_round(round_summary(ctx, state["round"]))
+        ctx.on_round(ctx.summary(state["round"]))
     if nxt >= ctx.rounds:
         ctx.store.set_campaign_status(ctx.campaign_id, "finished")
         return {"round": nxt, "collected": [], "status": "finished"}
@@ -255,8 +250,3 @@ def ingest(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     if c is not None and c.status == "waiting_for_lab":
         ctx.store.set_campaign_status(ctx.campaign_id, "running")
     return {"round": nxt, "collected": [], "status": "running"}
-
-
-def round_summary(ctx: CampaignContext, index: int) -> dict:
-    """One row of the per-round table, read back from the store."""
-    return ctx.summary(index)

@@ -71,6 +71,7 @@ def summarise_round(store: Store, campaign_id: str, index: int, n_hits: int | No
         "hits_total": hits_total,
         "hit_ratio": (hits_total / n_hits) if n_hits else None,
         "spearman_unmeasured": (fit.metrics or {}).get("spearman_unmeasured") if fit else None,
+        "metrics": dict(fit.metrics or {}) if fit else {},  # the model's scores after this round
         "fit_seconds": fit.fit_seconds if fit else None,
         "select_seconds": fit.select_seconds if fit else None,
         **round_times(store, r),
@@ -124,8 +125,8 @@ def campaign_overview(store: Store) -> list[dict]:
         world = c.config.get("world") or {}
         target = (c.config.get("data") or {}).get("screen") or " ".join(str(v) for v in (world.get("kind"), world.get("dataset")) if v)
         planned = c.config.get("rounds")
-        if world and planned is not None:
-            planned += 1  # a response campaign's round 0 is its initial design
+        if planned is not None and (world or c.config.get("initial")):
+            planned += 1  # round 0 runs the initial design
         called = any(o.hit is not None for o in obs)
         out.append({"campaign": c.id, "status": c.status, "screen": target,
                     "policy": c.config.get("acquisition", {}).get("kind"), "rounds_planned": planned,

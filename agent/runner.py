@@ -11,7 +11,6 @@ from datetime import UTC
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from langgraph.types import Command
 
@@ -19,9 +18,6 @@ from agent.context import CampaignContext, build_context
 from agent.graph import build_graph, open_checkpointer
 from perturbloop.config import CampaignConfig, stored_config_as_today
 from perturbloop.store import Campaign, Store, sqlite_path
-
-if TYPE_CHECKING:
-    from agent.response_context import ResponseCampaignContext
 
 RECURSION_LIMIT_PER_ROUND = 8
 
@@ -78,16 +74,6 @@ def next_round(store: Store, campaign_id: str) -> int:
     return max(done) + 1 if done else 0
 
 
-def make_context(config: CampaignConfig, store: Store, data_dir=None,
-                 on_round: Callable[[dict], None] | None = None) -> CampaignContext | ResponseCampaignContext:
-    """The loop's context for a screen campaign or a response campaign (Perturb-seq, pairs)."""
-    if config.is_response:
-        from agent.response_context import build_response_context
-
-        return build_response_context(config, store, data_dir, on_round)
-    return build_context(config, store, data_dir, on_round)
-
-
 def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_dir: str | os.PathLike | None = None,
                  on_round: Callable[[dict], None] | None = None, resume: dict | None = None,
                  context: CampaignContext | None = None) -> CampaignResult:
@@ -96,7 +82,7 @@ def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_
     `resume` is a decision to hand to a paused approval step.
     """
     store = store if isinstance(store, Store) else Store(store)
-    ctx = context or make_context(config, store, data_dir, on_round)
+    ctx = context or build_context(config, store, data_dir, on_round)
     campaign = check_stored_campaign(config, store)
     created = campaign.created_at
     if created.tzinfo is not None:  # as read back from any store: UTC without a zone

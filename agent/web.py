@@ -229,13 +229,13 @@ class Advancer:
 
     def context(self, campaign_id: str):
         """The campaign's runtime context (candidate pool, lab, policy), built once from its stored config."""
-        from agent.runner import make_context
+        from agent.context import build_context
 
         with self._lock:
             if campaign_id not in self._contexts:
                 c = self.store.get_campaign(campaign_id)
                 config = parse_config(c.config, f"stored config of {campaign_id}")
-                self._contexts[campaign_id] = make_context(config, self.store, self.data_dir)
+                self._contexts[campaign_id] = build_context(config, self.store, self.data_dir)
             return self._contexts[campaign_id]
 
     def busy(self, campaign_id: str) -> bool:

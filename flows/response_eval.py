@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from agent.response_context import build_world
+from agent.parts import build_world
 from agent.benchmark import campaign_for, response_sweep
 from flows.evaluation import task_runner
 from perturbloop.config import CampaignConfig

@@ -140,11 +140,12 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
 def _check_before_flow(config, store, data_dir: str | None) -> None:
     """Bad input (an unknown dataset or gene, a malformed file, a config that differs from the stored one)
     fails here, in seconds, before any Prefect machinery starts."""
-    from agent.runner import check_stored_campaign, make_context
+    from agent.context import build_context
+    from agent.runner import check_stored_campaign
 
     if store.get_campaign(config.name) is not None:  # a new campaign is written only once its input is valid
         check_stored_campaign(config, store)
-    make_context(config, store, data_dir)
+    build_context(config, store, data_dir)
 
 
 def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: bool) -> None:
@@ -446,7 +447,8 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=())
     _quiet_prefect()
 
     from agent.approval import decide
-    from agent.runner import make_context, run_campaign
+    from agent.context import build_context
+    from agent.runner import run_campaign
     from perturbloop.config import parse_config
     from perturbloop.store import Store, display_url
 
@@ -455,7 +457,7 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=())
     if c is None:
         raise PerturbloopError(f"no campaign {campaign!r} in {display_url(st.url)}")
     config = parse_config(c.config, f"stored config of {campaign}")
-    ctx = make_context(config, st, data_dir)
+    ctx = build_context(config, st, data_dir)
     decision = decide(st, campaign, ctx.candidate_labels(), drop=drop, add=add, veto=veto, reject=reject, note=note,
                       by=by, data_dir=data_dir)
     typer.echo(f"{decision['action']} by {by}: "

@@ -1,8 +1,10 @@
-"""Surrogates by config name: one registry for every kind of campaign.
+"""Surrogates by config name: one registry for every kind of campaign, one protocol.
 
-Each entry names the campaign kinds it serves: `screen` (one readout per gene, `Y`: `n`) and
-`response` (a response vector, `Y`: `n x G`). `gp` and `mean` exist for both: an exact GP and a
-mean model of the one readout, and a low-rank GP and a mean model of the response.
+Each entry names the campaign kind it serves: `screen` (one readout per gene, the `G = 1` case) and
+`response` (a response vector over `G` readouts). Every entry is fitted as `fit(X, Y, offset)` with `Y`
+`n x G` and answers `posterior(X, offset)` with a posterior that has `scalarise(w)`
+(`surrogates.response.ResponseSurrogate`). `gp` and `mean` exist for both: an exact GP and a mean model of
+the one readout (`OneReadout`), and a low-rank GP and a mean model of the response.
 """
 
 from __future__ import annotations
@@ -10,14 +12,25 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from perturbloop.errors import ConfigError
+from surrogates.base import OneReadout
 from surrogates.baselines import MeanSurrogate
 from surrogates.gp import GPSurrogate
 from surrogates.response import EnsembleResponse, LowRankGPResponse
 from surrogates.response_baselines import AdditiveResponse, LinearResponse, MeanResponse
 
+
+
+class ScreenGP(OneReadout, GPSurrogate):
+    """The exact GP of one readout (surrogates.gp) as the `G = 1` response surrogate."""
+
+
+class ScreenMean(OneReadout, MeanSurrogate):
+    """The mean model of one readout (surrogates.baselines) as the `G = 1` response surrogate."""
+
+
 REGISTRY: dict[tuple[str, str], Callable[..., object]] = {
-    ("gp", "screen"): GPSurrogate,
-    ("mean", "screen"): MeanSurrogate,
+    ("gp", "screen"): ScreenGP,
+    ("mean", "screen"): ScreenMean,
     ("ensemble", "response"): EnsembleResponse,
     ("gp", "response"): LowRankGPResponse,
     ("linear", "response"): LinearResponse,

@@ -127,7 +127,8 @@ class ResponsePosterior:
 
 @runtime_checkable
 class ResponseSurrogate(Protocol):
-    """`fit(X, Y, offset)` then `posterior(X, offset) -> ResponsePosterior`.
+    """`fit(X, Y, offset)` then `posterior(X, offset)`: a `ResponsePosterior`, or for a model of one readout
+    (`surrogates.base.OneReadout`, the `G = 1` case) a `SurrogatePosterior`; both have `scalarise(w)`.
 
     `X`: `n x d` perturbation features; `Y`: `n x G` responses; `offset`: `n x G` known prior
     (pairs: additive prediction) or None. All float64 on CPU in and out.
@@ -431,13 +432,13 @@ class LowRankGPResponse:
                                  None if offset is None else offset.to(torch.float64), needs_offset=missing)
 
 
-def fit_on_space(model, space: DesignSpace, observed: Mapping[str, np.ndarray]):
-    """`model` fitted on the measured responses `observed` (label -> vector) of `space`'s candidates, with the
-    space's offsets (pairs: the additive prior) where it has them."""
+def fit_on_space(model, space: DesignSpace, observed: Mapping[str, np.ndarray | float]):
+    """`model` fitted on the measured responses `observed` (label -> vector, or a number for one readout: `Y` is
+    `n x G`) of `space`'s candidates, with the space's offsets (pairs: the additive prior) where it has them."""
     idx = space.indices(list(observed))
     X = space.features(idx).cpu()
     off = space.offset(idx)
-    Y = torch.from_numpy(np.stack(list(observed.values()))).to(torch.float64)
+    Y = torch.from_numpy(np.stack([np.atleast_1d(v) for v in observed.values()])).to(torch.float64)
     model.fit(X, Y, None if off is None else off.cpu())
     return model
 

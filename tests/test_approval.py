@@ -40,7 +40,7 @@ def test_pause_edit_and_resume(backend, slice_csv, data_dir, tmp_path, request):
 
     ctx = build_context(cfg, store, data_dir)
     proposed = [p.perturbation for p in props]
-    spare = next(g for g in ctx.pool.labels if g not in proposed)
+    spare = next(g for g in ctx.space.labels if g not in proposed)
     with pytest.raises(UnknownGeneError, match="NOTAGENE9"):
         decide(store, "appr", ctx.candidate_labels(), add=["NOTAGENE9"], data_dir=data_dir)
     with pytest.raises(PerturbloopError, match="not in the pending proposal"):
@@ -191,11 +191,11 @@ def _grn_approval() -> dict:
 def test_reject_and_veto_in_a_pair_campaign_initial_design(data_dir, tmp_path):
     """Issues 13 (8, 9) for a response campaign: a rejected initial design is drawn again without its pairs
     (and never from the held-out ones); a vetoed pair is left out of the new draw."""
-    from agent.runner import make_context
+    from agent.context import build_context
 
     store = Store(str(tmp_path / "pl.db"))
     cfg = parse_config(_grn_approval())
-    ctx = make_context(cfg, store, data_dir)
+    ctx = build_context(cfg, store, data_dir)
     assert run_campaign(cfg, store, data_dir, context=ctx).status == "awaiting_approval"
     r, props = pending_proposal(store, "grn-appr")
     first = [p.perturbation for p in props]

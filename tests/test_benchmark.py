@@ -38,7 +38,7 @@ def _gp(pool, **kw):
 
     bounds = torch.stack([pool.X.min(0).values, pool.X.max(0).values])
     kw = {"max_iter": 30, "target_transform": "log", **kw}
-    return lambda params: make_surrogate("gp", bounds=bounds, init_params=params, **kw)
+    return lambda seed, params: make_surrogate("gp", bounds=bounds, init_params=params, **kw)
 
 
 def _run(spec: WorldSpec, policy, make, rounds: int, batch: int, replay=None,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from agent.approval import decide, pending_proposal
-from agent.runner import make_context, run_campaign
+from agent.context import build_context
+from agent.runner import run_campaign
 from lab_adapters.http_server import LabServer
 from perturbloop.config import parse_config
 from perturbloop.errors import LabResultError, PerturbloopError, UnknownGeneError
@@ -46,7 +47,7 @@ def test_pair_campaign_through_the_http_lab_with_approval(tmp_path, data_dir, pa
     with LabServer(pair_world, auto_release=False) as server:
         config = parse_config(_pair_config(server.url))
         store = Store(str(tmp_path / "store.db"))
-        ctx = make_context(config, store, data_dir)  # one context for every call, as `perturbloop serve` keeps it
+        ctx = build_context(config, store, data_dir)  # one context for every call, as `perturbloop serve` keeps it
         candidates = ctx.candidate_labels()
         assert len(candidates) == 300 and all(c.count("+") == 1 for c in candidates)
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from agent.approval import decide, pending_proposal
-from agent.runner import make_context, run_campaign
+from agent.context import build_context
+from agent.runner import run_campaign
 from lab_adapters.filedrop import job_id
 from perturbloop.config import parse_config
 from perturbloop.errors import LabResultError, PerturbloopError, UnknownGeneError
@@ -76,7 +77,7 @@ def test_perturbseq_campaign_with_approval_and_a_file_drop_lab(tmp_path, data_di
     assert res.status == "awaiting_approval"
     r, props = pending_proposal(store, config.name)
     assert r.index == 0 and len(props) == 3
-    ctx = make_context(config, store, data_dir)
+    ctx = build_context(config, store, data_dir)
     proposed = [p.perturbation for p in props]
     other = next(c for c in ctx.candidate_labels() if c not in proposed)
 
