@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from agent.approval import decide, pending_round
 from agent.report import campaign_overview, pending_view
-from agent.runner import make_context, run_campaign
+from agent.context import build_context
+from agent.runner import run_campaign
 from agent.screen_units import PredictionScale, ScreenPrediction, in_screen_units, median_offset, normal_cdf
 from agent.web import create_app
 from perturbloop.config import parse_config
@@ -37,7 +38,7 @@ def log_campaign(tmp_path_factory, slice_csv, data_dir) -> Store:
     cfg = parse_config({"name": LOG_CAMPAIGN, "rounds": 2, "batch_size": 8, "approval": "required",
                         "data": {"screen": str(slice_csv)}, "surrogate": {"target_transform": "log"},
                         "acquisition": {"kind": "ucb"}})
-    ctx = make_context(cfg, store, data_dir)
+    ctx = build_context(cfg, store, data_dir)
     assert run_campaign(cfg, store, data_dir, context=ctx).status == "awaiting_approval"
     res = run_campaign(cfg, store, data_dir, context=ctx,
                        resume=decide(store, LOG_CAMPAIGN, ctx.candidate_labels(), by="ada", data_dir=data_dir))
@@ -210,7 +211,7 @@ def test_round_time_leaves_out_the_approval_wait(paused, data_dir):  # noqa: F81
         s.add(rec)
         s.commit()
     cfg = parse_config(paused.get_campaign("web").config)
-    ctx = make_context(cfg, paused, data_dir)
+    ctx = build_context(cfg, paused, data_dir)
     run_campaign(cfg, paused, data_dir, context=ctx, resume=decide(paused, "web", ctx.candidate_labels(), by="ada"))
     out = CliRunner().invoke(_cli_app(), ["status", "--json", "--store", paused.url])
     assert out.exit_code == 0, out.output
@@ -235,7 +236,7 @@ def test_run_summary_while_awaiting_approval_compares_nothing(paused, data_dir, 
     from perturbloop.cli import _print_screen_results
 
     cfg = parse_config(paused.get_campaign("web").config)
-    ctx = make_context(cfg, paused, data_dir)
+    ctx = build_context(cfg, paused, data_dir)
     results = {"campaign": run_campaign(cfg, paused, data_dir, context=ctx),
                "baseline": run_campaign(baseline_config(cfg), paused, data_dir)}
     assert results["campaign"].status == "awaiting_approval" and results["baseline"].status == "finished"
@@ -324,7 +325,7 @@ def test_a_store_from_before_proposal_records_reads_and_resumes(log_campaign, da
     store = Store(str(db))  # opened for writing: the table is added
     assert store.has_table(ProposalRecord) and Store(str(db), read_only=True).has_table(ProposalRecord)
     cfg = parse_config(store.get_campaign(LOG_CAMPAIGN).config)
-    ctx = make_context(cfg, store, data_dir)
+    ctx = build_context(cfg, store, data_dir)
     res = run_campaign(cfg, store, data_dir, context=ctx,
                        resume=decide(store, LOG_CAMPAIGN, ctx.candidate_labels(), by="bob", data_dir=data_dir))
     assert res.status == "finished" and [r["status"] for r in res.rounds] == ["ingested", "ingested"]
