@@ -35,7 +35,7 @@ from perturbloop.design_space import DesignSpace, SingleSpace
 from perturbloop.errors import ConfigError, PerturbloopError
 from perturbloop.store import Store
 from simulators import ScreenReplay
-from surrogates import make_surrogate
+from surrogates import screen_surrogate_factory
 
 
 RECOMMENDED = "greedy"  # most consistent across the six screens (benchmarks/RESULTS.md); chosen on those same screens
@@ -60,6 +60,7 @@ class WorldSpec:
     target: str = "abs"  # what the surrogate models: abs = |score| (log-transformed), hit = the lab's hit call (0/1)
     fit_iter: int | None = None  # GP hyperparameter iterations per round (None: surrogates.gp.MAX_FIT_ITER)
     aggregate: str | None = None  # rows of the screen file naming one gene: error | mean | first (load_screen)
+    network: bool = False  # the GP adds the STRING network kernel (surrogate.network; needs feature string/knowledge)
 
 
 @dataclass
@@ -160,6 +161,8 @@ def benchmark_config(world_spec: WorldSpec, policy: PolicySpec, seed: int, round
                  "target_transform": "none" if hit_calls else world_spec.target_transform}
     if world_spec.fit_iter:
         surrogate["max_iter"] = world_spec.fit_iter
+    if world_spec.network:
+        surrogate["network"] = True
     acquisition: dict = {"kind": policy.kind, "beta": policy.beta}
     if policy.path:
         acquisition["policy_path"] = policy.path
@@ -194,13 +197,7 @@ def simulated_campaign_row(world_spec: WorldSpec, policy: PolicySpec, seed: int,
     world = build_screen_world(world_spec)
     config = benchmark_config(world_spec, policy, seed, rounds, batch)
     pool = world.pool
-    bounds = torch.stack([pool.X.min(0).values, pool.X.max(0).values])
-    s = config.surrogate
-
-    def make(params: dict | None):
-        return make_surrogate("gp", bounds=bounds, init_params=params, target_transform=s.target_transform,
-                              max_iter=s.max_iter)
-
+    make = screen_surrogate_factory(config.surrogate, pool, world_spec.data_dir)
     acq = make_policy(policy.kind, seed=seed, beta=policy.beta, policy_path=policy.path, rounds=rounds)
     rows, picks = simulate(config, pool, world.replay, acq, make)
     return {"policy": policy.label, "seed": seed, "hit_ratio": rows[-1]["hit_ratio"],

@@ -85,7 +85,43 @@ def make_context(config: CampaignConfig, store: Store, data_dir=None,
         from agent.response_context import build_response_context
 
         return build_response_context(config, store, data_dir, on_round)
-    return build_context(config, store, data_dir, on_round)
+    ctx = build_context(config, store, data_dir, on_round)
+    if config.surrogate.network:  # the GP with the STRING network kernel, built for the context's design space
+        from dataclasses import replace
+
+        from surrogates import screen_surrogate_factory
+
+        ctx = replace(ctx, make_surrogate=screen_surrogate_factory(config.surrogate, ctx.pool, data_dir))
+    ctx.cache["explain"] = evidence_tables(config, ctx, data_dir)
+    return ctx
+
+
+def evidence_tables(config: CampaignConfig, ctx: CampaignContext, data_dir=None) -> dict | None:
+    """What `agent.nodes` needs to name each proposed gene's evidence (`perturbloop.explain`): the knowledge tables,
+    read on first use (prior screens among them when the `screens` features are on), and the hit cut-off; None
+    without a cut-off."""
+    from functools import cache
+
+    from perturbloop.errors import ConfigError
+    from perturbloop.explain import GeneKnowledge
+
+    try:
+        threshold = ctx.hit_threshold
+    except ConfigError:
+        return None
+
+    @cache
+    def knowledge() -> GeneKnowledge:
+        prior = []
+        if "screens" in config.design.features:
+            from perturbloop.data import load_screen
+            from perturbloop.data.priors import prior_screen_names
+
+            names = prior_screen_names(config.data.screen, config.design.prior_screens)
+            prior = [load_screen(n, data_dir) for n in names]
+        return GeneKnowledge.load(data_dir, prior_screens=prior)
+
+    return {"knowledge": knowledge, "hit_threshold": threshold, "matched_terms": None}
 
 
 def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_dir: str | os.PathLike | None = None,
