@@ -131,3 +131,15 @@ def test_network_switch_needs_string_features_and_a_gp(il2_slice_1500):
     with pytest.raises(ConfigError, match="network_kernel"):
         parse_config({"name": "n", "data": {"screen": str(il2_slice_1500)}, "design": {"features": ["string"]},
                       "surrogate": {"network": True, "network_kernel": "heat"}})
+
+
+def test_benchmark_network_flag_reaches_the_campaign_config(il2_slice_1500):
+    """`perturbloop benchmark --network` (WorldSpec.network) is the campaign's `surrogate.network`."""
+    from agent.benchmark import PolicySpec, WorldSpec, benchmark_config
+
+    spec = WorldSpec(str(il2_slice_1500), features=("go", "string"), network=True)
+    assert benchmark_config(spec, PolicySpec.parse("best"), 0, 2, 8).surrogate.network
+    assert not benchmark_config(WorldSpec(str(il2_slice_1500), features=("go", "string")), PolicySpec.parse("best"),
+                                0, 2, 8).surrogate.network
+    with pytest.raises(ConfigError, match="design.features"):
+        benchmark_config(WorldSpec(str(il2_slice_1500), features=("go",), network=True), PolicySpec.parse("best"), 0, 2, 8)
