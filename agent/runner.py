@@ -100,26 +100,18 @@ def evidence_tables(config: CampaignConfig, ctx: CampaignContext, data_dir=None)
     """What `agent.nodes` needs to name each proposed gene's evidence (`perturbloop.explain`): the knowledge tables,
     read on first use (prior screens among them when the `screens` features are on), and the hit cut-off; None
     without a cut-off."""
-    from functools import cache
-
+    from perturbloop.data.priors import prior_screen_names
     from perturbloop.errors import ConfigError
-    from perturbloop.explain import GeneKnowledge
+    from perturbloop.explain import GeneKnowledge, knowledge_for
 
     try:
         threshold = ctx.hit_threshold
     except ConfigError:
         return None
+    names = prior_screen_names(config.data.screen, config.design.prior_screens) if "screens" in config.design.features else []
 
-    @cache
     def knowledge() -> GeneKnowledge:
-        prior = []
-        if "screens" in config.design.features:
-            from perturbloop.data import load_screen
-            from perturbloop.data.priors import prior_screen_names
-
-            names = prior_screen_names(config.data.screen, config.design.prior_screens)
-            prior = [load_screen(n, data_dir) for n in names]
-        return GeneKnowledge.load(data_dir, prior_screens=prior)
+        return knowledge_for(str(data_dir) if data_dir else None, tuple(names))
 
     return {"knowledge": knowledge, "hit_threshold": threshold, "matched_terms": None}
 

@@ -14,7 +14,8 @@ For a proposed gene `g`, given what was measured (`observed`: gene -> readout) a
 - **phenotype terms**: terms of the scientist's phenotype that `g` matches (`matched_terms`, from a
   phenotype scorer; none here is also fine).
 
-`GeneKnowledge.load` reads the tables once per process (a missing knowledge file leaves its part out);
+`GeneKnowledge.load` reads the tables (a missing knowledge file leaves its part out; `knowledge_for` once per
+process);
 `explain` is a pure function of those tables and the campaign's values, fast over a batch.
 
 Example:
@@ -25,12 +26,13 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from perturbloop.data.knowledge import KnowledgeMissingError
@@ -89,9 +91,17 @@ class GeneKnowledge:
         return [self.network_genes[j] for j in row.indices], row.data
 
 
+@lru_cache(maxsize=4)
+def knowledge_for(data_dir: str | None = None, prior_screens: tuple[str, ...] = ()) -> GeneKnowledge:
+    """`GeneKnowledge.load` for a data directory and prior screens (registry names), read once per process."""
+    from perturbloop.data import load_screen
+
+    return GeneKnowledge.load(data_dir, prior_screens=[load_screen(n, data_dir) for n in prior_screens])
+
+
 def hits_of(observed: Mapping[str, float | None], hit_threshold: float) -> set[str]:
     """Measured genes with `|value| >= hit_threshold`."""
-    return {g for g, v in observed.items() if v is not None and v == v and abs(v) >= hit_threshold}
+    return {g for g, v in observed.items() if v is not None and not math.isnan(v) and abs(v) >= hit_threshold}
 
 
 def _hit_neighbours(gene: str, kb: GeneKnowledge, observed: Mapping[str, float | None], hits: set[str]) -> str:
@@ -140,14 +150,14 @@ def explain(genes: Sequence[str], kb: GeneKnowledge, observed: Mapping[str, floa
     """
     if not hit_threshold > 0:
         raise ValueError(f"hit_threshold must be positive, got {hit_threshold}")
-    measured = {g for g, v in observed.items() if v is not None and v == v}
+    measured = {g for g, v in observed.items() if v is not None and not math.isnan(v)}
     hits = hits_of(observed, hit_threshold)
     out = []
     for g in genes:
         parts = [_hit_neighbours(g, kb, observed, hits), _pathway(g, kb, measured, hits)]
         if g in kb.pubmed:
             parts.append(f"PubMed {kb.pubmed[g]:,}")
-        z = [(v, s) for s, absz in kb.prior_absz.items() if (v := absz.get(g)) is not None and v == v]
+        z = [(v, s) for s, absz in kb.prior_absz.items() if (v := absz.get(g)) is not None and not math.isnan(v)]
         if z:
             v, s = max(z)
             parts.append(f"prior screens: |z| {v:.1f} in {s}")
