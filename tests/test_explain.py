@@ -53,8 +53,9 @@ def test_explain_is_fast_over_a_batch(data_dir):
     import time
 
     from perturbloop.data import load_screen
+    from perturbloop.explain import knowledge_for
 
-    kb = GeneKnowledge.load(data_dir)
+    kb = knowledge_for(str(data_dir))
     s = load_screen("schmidt2021_il2", data_dir)
     genes = list(s.genes)
     observed = {g: float(s.scores[g]) for g in genes[:2000]}
