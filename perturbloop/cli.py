@@ -280,7 +280,7 @@ def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, feature
     _quiet_prefect()
     from rich.table import Table
 
-    from agent.benchmark import PolicySpec, WorldSpec
+    from agent.benchmark import PolicySpec, WorldSpec, benchmark_config
     from flows.evaluation import run_sweep
     from perturbloop.benchmark_report import summarise, write_results
 
@@ -292,6 +292,7 @@ def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, feature
     spec = WorldSpec(screen=screen, hits_file=hits, nonessential=nonessential, features=feats, prior_screens=priors,
                      data_dir=data_dir, embeddings=str(Path(embeddings).expanduser().resolve()) if embeddings else None,
                      target=target, fit_iter=fit_iter, aggregate=aggregate, network=network)
+    benchmark_config(spec, policies[0], 0, rounds, batch)  # a setting the campaign config refuses: one error, now
     console = _console()
     with console.status(f"{len(policies)} policies x {seeds} seeds on {screen} ({runner} runner)"):
         rows = run_sweep(spec, policies, seeds, rounds, batch, runner=runner, address=address)
