@@ -58,6 +58,7 @@ class WorldSpec:
     target: str = "abs"  # what the surrogate models: abs = |score| (log-transformed), hit = the lab's hit call (0/1)
     fit_iter: int | None = None  # GP hyperparameter iterations per round (None: surrogates.gp.MAX_FIT_ITER)
     aggregate: str | None = None  # rows of the screen file naming one gene: error | mean | first (load_screen)
+    network: bool = False  # the GP adds the STRING network kernel (surrogate.network; needs feature string/knowledge)
 
 
 @dataclass
@@ -139,6 +140,8 @@ def benchmark_config(world_spec: WorldSpec, policy: PolicySpec, seed: int, round
                  "target_transform": "none" if hit_calls else world_spec.target_transform}
     if world_spec.fit_iter:
         surrogate["max_iter"] = world_spec.fit_iter
+    if world_spec.network:
+        surrogate["network"] = True
     acquisition: dict = {"kind": policy.kind, "beta": policy.beta}
     if policy.path:
         acquisition["policy_path"] = policy.path
@@ -174,7 +177,7 @@ def simulated_campaign_row(world_spec: WorldSpec, policy: PolicySpec, seed: int,
     world = build_screen_world(world_spec)
     config = benchmark_config(world_spec, policy, seed, rounds, batch)
     rows, picks = simulate(config, world.pool, world.replay, campaign_policy(config, world.replay),
-                           model_factory(config, world.pool))
+                           model_factory(config, world.pool, data_dir=world_spec.data_dir))
     return {"policy": policy.label, "seed": seed, "hit_ratio": rows[-1]["hit_ratio"],
             "per_round": [r["hit_ratio"] for r in rows],
             "round_seconds": [(r["fit_seconds"] or 0.0) + (r["select_seconds"] or 0.0) for r in rows],

@@ -209,8 +209,30 @@ def build_context(config: CampaignConfig, store: Store, data_dir: str | os.PathL
     built earlier. Bad input raises before anything is stored."""
     p = campaign_parts(config, data_dir, space=space)
     ctx = CampaignContext(config, store, p.world, p.space, make_lab(config.lab, p.world),
-                          campaign_policy(config, p.world), model_factory(config, p.space), p.split,
+                          campaign_policy(config, p.world), model_factory(config, p.space, data_dir=data_dir), p.split,
                           p.hits, p.scorer, on_round)
     if config.surrogate.target == "hit_call":
         ctx.hit_threshold  # noqa: B018 - raises a ConfigError now, before anything is stored
+    if not config.is_response:
+        ctx.cache["explain"] = evidence_tables(config, ctx, data_dir)
     return ctx
+
+
+def evidence_tables(config: CampaignConfig, ctx: CampaignContext, data_dir: str | os.PathLike | None = None) -> dict | None:
+    """What `agent.nodes` needs to name each proposed gene's evidence (`perturbloop.explain`): the knowledge tables,
+    read on first use (prior screens among them when the `screens` features are on), and the hit cut-off; None
+    without a cut-off."""
+    from perturbloop.data.priors import prior_screen_names
+    from perturbloop.explain import GeneKnowledge, knowledge_for
+
+    try:
+        threshold = ctx.hit_threshold
+    except ConfigError:
+        return None
+    names = prior_screen_names(config.data.screen, config.design.prior_screens) if "screens" in config.design.features else []
+
+    def knowledge() -> GeneKnowledge:
+        return knowledge_for(str(data_dir) if data_dir else None, tuple(names))
+
+    return {"knowledge": knowledge, "hit_threshold": threshold, "matched_terms": None}
+

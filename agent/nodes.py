@@ -98,6 +98,22 @@ def _annotate(ctx: CampaignContext, items: list) -> list:
             if it.perturbation in said else it for it in items]
 
 
+def _with_evidence(ctx: CampaignContext, items: list) -> list:
+    """`items` with each gene's prior evidence appended to its rationale (`perturbloop.explain`: STRING neighbours
+    measured as hits, pathway, literature, prior screens, phenotype terms), where the context carries the
+    knowledge tables (`ctx.cache["explain"]`, set by `agent.context.build_context` for screen campaigns; its
+    `matched_terms`, gene -> phenotype terms, is where a phenotype scorer's matches go)."""
+    ev = ctx.cache.get("explain")
+    if ev is None or not items:
+        return items
+    from perturbloop.explain import explain, with_evidence
+
+    values = {o.perturbation: o.value for o in ctx.store.observations(ctx.campaign_id)}
+    notes = explain([it.perturbation for it in items], ev["knowledge"](), values, ev["hit_threshold"],
+                    matched_terms=ev.get("matched_terms"))
+    return [replace(it, rationale=r) for it, r in zip(items, with_evidence([it.rationale for it in items], notes))]
+
+
 def propose(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     ctx = runtime.context
     r = ctx.store.get_or_create_round(ctx.campaign_id, state["round"])
@@ -117,7 +133,7 @@ def propose(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     params = getattr(cached["surrogate"], "params", {}) if cached["surrogate"] is not None else {}
     record = ModelFit(round_id=r.id, surrogate=surrogate_name, policy=proposal.policy, n_train=len(observed),
                       fit_seconds=cached["fit_seconds"], select_seconds=select_seconds, params=params)
-    ctx.store.save_proposal(r.id, _annotate(ctx, proposal.items), proposal.policy, record,
+    ctx.store.save_proposal(r.id, _annotate(ctx, _with_evidence(ctx, proposal.items)), proposal.policy, record,
                             units=proposal_units(ctx, observed))  # the scale of its predictions, for the review
     return {"status": "running"}
 

@@ -38,6 +38,7 @@ from simulators import ScreenReplay
 from simulators.response_worlds import build_world
 from simulators.world import World
 from surrogates import make_surrogate
+from surrogates.registry import network_spec
 
 ModelFactory = Callable[[int, dict], object]  # (seed, warm-start params) -> unfitted surrogate
 
@@ -155,7 +156,8 @@ def campaign_policy(config: CampaignConfig, world: World) -> AcquisitionPolicy:
                        rounds=config.rounds, max_per_gene=a.max_per_gene, **program)
 
 
-def model_factory(config: CampaignConfig, space: DesignSpace, kind: str | None = None) -> ModelFactory:
+def model_factory(config: CampaignConfig, space: DesignSpace, kind: str | None = None,
+                  data_dir: str | os.PathLike | None = None) -> ModelFactory:
     """`(seed, warm-start params) -> surrogate`: the config's model, or (`kind` given) a baseline with its own
     defaults, so a baseline is the same whatever model it is shown beside. A model takes what it uses of the
     config's settings (a screen GP: the pool's feature bounds, `max_iter`, `target_transform`, warm starts;
@@ -165,6 +167,8 @@ def model_factory(config: CampaignConfig, space: DesignSpace, kind: str | None =
         kind, s = config.surrogate.kind, config.surrogate
         bounds = torch.stack([space.X.min(0).values, space.X.max(0).values]) if isinstance(space, SingleSpace) else None
         kw = {"bounds": bounds, "max_iter": s.max_iter, "target_transform": s.target_transform, **s.kwargs()}
+        if s.network and isinstance(space, SingleSpace):  # the STRING network kernel, its spec built once here
+            kw["network"] = network_spec(s, space, data_dir)
     campaign = campaign_kind(config)
     return lambda seed, params: make_surrogate(kind, campaign, seed=seed, init_params=params, **kw)
 

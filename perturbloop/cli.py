@@ -306,11 +306,11 @@ def _gp_fit_iter() -> int:
 
 
 def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir, out,
-               runner, address, embeddings=None, target="abs", fit_iter=None, aggregate=None) -> None:
+               runner, address, embeddings=None, target="abs", fit_iter=None, aggregate=None, *, network=False) -> None:
     _quiet_prefect()
     from rich.table import Table
 
-    from agent.benchmark import PolicySpec, WorldSpec
+    from agent.benchmark import PolicySpec, WorldSpec, benchmark_config
     from flows.evaluation import run_sweep
     from perturbloop.benchmark_report import summarise, write_results
 
@@ -321,7 +321,8 @@ def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, feature
     priors = tuple(p.strip() for p in prior_screens.split(",") if p.strip()) if prior_screens else None
     spec = WorldSpec(screen=screen, hits_file=hits, nonessential=nonessential, features=feats, prior_screens=priors,
                      data_dir=data_dir, embeddings=str(Path(embeddings).expanduser().resolve()) if embeddings else None,
-                     target=target, fit_iter=fit_iter, aggregate=aggregate)
+                     target=target, fit_iter=fit_iter, aggregate=aggregate, network=network)
+    benchmark_config(spec, policies[0], 0, rounds, batch)  # a setting the campaign config refuses: one error, now
     console = _console()
     with console.status(f"{len(policies)} policies x {seeds} seeds on {screen} ({runner} runner)"):
         rows = run_sweep(spec, policies, seeds, rounds, batch, runner=runner, address=address)
@@ -330,6 +331,7 @@ def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, feature
                 "prior_screens": list(priors) if priors is not None else "all registry screens but the target",
                 "embeddings": spec.embeddings, "target": "hit call (0/1)" if target == "hit" else "log |score|",
                 "gp_fit_iter": fit_iter or _gp_fit_iter(),
+                "network_kernel": network,
                 "n_hits": rows[0]["n_hits"] if rows else None}
     path, png = write_results(out, protocol, screen, rows)
     t = Table(title=f"{screen}: {rounds} x {batch}, {seeds} seeds, {protocol['n_hits']} hits", title_justify="left")
@@ -390,6 +392,8 @@ def benchmark(
     runner: Annotated[str, typer.Option(help="local (threads) or dask (prefect-dask); with --config also inline "
                                               "(this process, no Prefect)")] = "local",
     address: Annotated[Optional[str], typer.Option(help="address of an existing Dask scheduler")] = None,
+    network: Annotated[bool, typer.Option("--network", help="the GP adds the STRING network kernel (needs features "
+                                          "string or knowledge)")] = False,
 ) -> None:
     """Simulated campaigns on the BioDiscoveryAgent protocol: policies beside random, results to JSON + PNG.
 
@@ -406,7 +410,7 @@ def benchmark(
         typer.echo("error: name a --screen (pooled screen) or a --config (response campaign)", err=True)
         raise typer.Exit(2)
     _guard(_benchmark, screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir,
-           out, runner, address, embeddings, target, fit_iter, aggregate)
+           out, runner, address, embeddings, target, fit_iter, aggregate, network=network)
 
 
 def _review(campaign: str, store: str | None) -> None:

@@ -108,6 +108,10 @@ class SurrogateConfig(_Strict):
     target_transform: Literal["none", "log"] = Field("none", description="log: model log(y + median y) (objective hits only)")
     target: Literal["value", "hit_call"] = Field("value", description="value: the objective's scalar (|score| for hits); "
                                                  "hit_call: 1 for a measured hit, else 0 (objective hits only)")
+    network: bool = Field(False, description="screens, gp: add a STRING network kernel (low-rank diffusion over the "
+                                             "network's genes) to the feature kernel; needs the 'string' features")
+    network_kernel: Literal["diffusion", "regularized_laplacian"] = Field(
+        "diffusion", description="network: exp(-t L) or (I + t L)^-1 on the Laplacian's smallest eigenpairs")
 
     def kwargs(self) -> dict:
         """Keyword arguments of a response surrogate of this kind (`surrogates.make_surrogate(kind, "response")`)."""
@@ -338,6 +342,11 @@ class CampaignConfig(_Strict):
         _only("acquisition.kind", [self.acquisition.kind], SCREEN_POLICIES)
         if self.surrogate.target_transform == "log" and self.objective != "hits":
             raise ValueError("surrogate.target_transform = 'log' needs objective = 'hits' (non-negative targets)")
+        if self.surrogate.network and self.surrogate.kind != "gp":
+            raise ValueError("surrogate.network: the network kernel is a GP kernel; set surrogate.kind = 'gp'")
+        if self.surrogate.network and not {"string", "knowledge"} & set(self.design.features):
+            raise ValueError("surrogate.network reads each gene's place in STRING from its 'string' features: "
+                             "add 'string' (or 'knowledge') to design.features")
 
     def _check_response(self) -> None:
         if self.data is not None:
@@ -347,8 +356,8 @@ class CampaignConfig(_Strict):
                              "or drives (maximize) the response")
         _only("design.features", self.design.features, RESPONSE_FEATURES)
         _only("acquisition.kind", [self.acquisition.kind], RESPONSE_POLICIES)
-        if self.surrogate.target != "value" or self.surrogate.target_transform != "none":
-            raise ValueError("surrogate.target / target_transform apply to pooled screens only")
+        if self.surrogate.target != "value" or self.surrogate.target_transform != "none" or self.surrogate.network:
+            raise ValueError("surrogate.target / target_transform / network apply to pooled screens only")
         if self.objective == "maximize" and self.acquisition.kind != "program" and "program" not in self.evaluation.policies:
             raise ValueError("objective 'maximize' needs acquisition.kind = 'program' (or 'program' among evaluation.policies)")
         uses_program = self.acquisition.kind == "program" or "program" in self.evaluation.policies

@@ -9,12 +9,17 @@ the one readout (`OneReadout`), and a low-rank GP and a mean model of the respon
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
+import torch
+
+from perturbloop.config import SurrogateConfig
+from perturbloop.design_space import SingleSpace
 from perturbloop.errors import ConfigError
 from surrogates.base import OneReadout
 from surrogates.baselines import MeanSurrogate
-from surrogates.gp import GPSurrogate
+from surrogates.gp import GPSurrogate, NetworkSpec
 from surrogates.response import EnsembleResponse, LowRankGPResponse
 from surrogates.response_baselines import AdditiveResponse, LinearResponse, MeanResponse
 
@@ -51,3 +56,29 @@ def make_surrogate(kind: str, campaign: str = "screen", **kwargs: object):
         raise ConfigError(f"surrogate.kind: unknown {campaign} surrogate {kind!r}; "
                           f"available: {', '.join(surrogate_names(campaign))}") from None
     return factory(**kwargs)
+
+
+def network_spec(config: SurrogateConfig, space: SingleSpace,
+                 data_dir: str | os.PathLike | None = None) -> NetworkSpec | None:
+    """The STRING network kernel's spec for the genes of `space` (`config.network`), or None when it is off."""
+    if not config.network:
+        return None
+    if config.kind != "gp":
+        raise ConfigError(f"surrogate.network: the network kernel is a GP kernel; surrogate.kind is {config.kind!r}")
+    bounds = torch.stack([space.X.min(0).values, space.X.max(0).values])
+    return NetworkSpec.for_space(space.labels, space.X, space.feature_names, bounds, data_dir=data_dir,
+                                 kind=config.network_kernel)
+
+
+def screen_surrogate_factory(config: SurrogateConfig, space: SingleSpace,
+                             data_dir: str | os.PathLike | None = None) -> Callable[[dict | None], object]:
+    """`init_params -> unfitted surrogate` for a pooled screen over `space`: the configured kind with the space's
+    feature bounds, and with `config.network` the STRING network kernel (its spec built once, here)."""
+    bounds = torch.stack([space.X.min(0).values, space.X.max(0).values])
+    network = network_spec(config, space, data_dir)
+
+    def make(init_params: dict | None = None):
+        return make_surrogate(config.kind, "screen", bounds=bounds, max_iter=config.max_iter, init_params=init_params,
+                              target_transform=config.target_transform, network=network)
+
+    return make
