@@ -60,6 +60,9 @@ class WorldSpec:
     target: str = "abs"  # what the surrogate models: abs = |score| (log-transformed), hit = the lab's hit call (0/1)
     fit_iter: int | None = None  # GP hyperparameter iterations per round (None: surrogates.gp.MAX_FIT_ITER)
     aggregate: str | None = None  # rows of the screen file naming one gene: error | mean | first (load_screen)
+    phenotype: str | None = None  # the scientist's prior (perturbloop.phenotype_prior): picks round 1, one feature
+    prior_terms: tuple[str, ...] = ()
+    known_positives: tuple[str, ...] = ()
 
 
 @dataclass
@@ -147,7 +150,8 @@ def build_screen_world(spec: WorldSpec) -> ScreenWorld:
     if spec.target not in ("abs", "hit"):
         raise ConfigError(f"--target: unknown target {spec.target!r}; choose abs or hit")
     pool = build_gene_pool(screen.genes, features=list(spec.features), prior_screens=priors, data_dir=spec.data_dir,
-                           embeddings=spec.embeddings)
+                           embeddings=spec.embeddings, phenotype=spec.phenotype, prior_terms=spec.prior_terms,
+                           known_positives=spec.known_positives)
     hits = read_hits_file(spec.hits_file, screen.genes, spec.data_dir) if spec.hits_file else None
     replay = ScreenReplay(screen, hit_fraction=spec.hit_fraction, hits=hits)
     return ScreenWorld(pool, replay, names)
@@ -168,7 +172,9 @@ def benchmark_config(world_spec: WorldSpec, policy: PolicySpec, seed: int, round
         "data": {"screen": world_spec.screen, "hit_fraction": world_spec.hit_fraction,
                  "nonessential": world_spec.nonessential},
         "design": {"features": list(world_spec.features), "embeddings": world_spec.embeddings,
-                   "prior_screens": None if world_spec.prior_screens is None else list(world_spec.prior_screens)},
+                   "prior_screens": None if world_spec.prior_screens is None else list(world_spec.prior_screens),
+                   "phenotype": world_spec.phenotype, "prior_terms": list(world_spec.prior_terms),
+                   "known_positives": list(world_spec.known_positives) or None},
         "surrogate": surrogate, "acquisition": acquisition}, "benchmark campaign")
 
 

@@ -183,12 +183,28 @@ def build_gene_pool(
     go_dims: int = GO_DIMS,
     gaf: str | None = None,
     embeddings: str | None = None,
+    phenotype: str | None = None,
+    prior_terms: Sequence[str] = (),
+    known_positives: str | Sequence[str] | None = None,
 ) -> SingleSpace:
-    """A single-gene SingleSpace with standardised feature columns (float64)."""
+    """A single-gene SingleSpace with standardised feature columns (float64).
+
+    With a `phenotype`, `prior_terms` or `known_positives` the pool also gets the column `phenotype_prior`
+    (`perturbloop.phenotype_prior`), built first so bad input fails before the slower blocks, and the prior
+    itself as `pool.phenotype_prior` (round 1 ranks by it; rationales name its terms)."""
     from perturbloop.knowledge_features import KNOWLEDGE_BLOCKS, knowledge_features
 
     genes = list(genes)
     blocks, names = [], []
+    prior = None
+    if phenotype or prior_terms or known_positives:
+        from perturbloop.phenotype_prior import phenotype_prior, phenotype_prior_block
+
+        prior = phenotype_prior(genes, phenotype=phenotype, prior_terms=prior_terms,
+                                known_positives=known_positives, data_dir=data_dir)
+        m, n = phenotype_prior_block(prior)
+        blocks.append(m)
+        names += n
     for f in features:
         if f == "go":
             m, n = go_embedding(genes, data_dir=data_dir, dims=go_dims, gaf=gaf)
@@ -211,4 +227,6 @@ def build_gene_pool(
     X = np.hstack(blocks) if blocks else np.zeros((len(genes), 0))
     sd = X.std(axis=0)
     X = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    return SingleSpace([Perturbation((g,)) for g in genes], torch.from_numpy(X).to(torch.float64), names)
+    pool = SingleSpace([Perturbation((g,)) for g in genes], torch.from_numpy(X).to(torch.float64), names)
+    pool.phenotype_prior = prior  # read by acquisition.prior (round 1) and rationales
+    return pool
