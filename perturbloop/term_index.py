@@ -41,14 +41,14 @@ DataDir = str | os.PathLike | None
 
 # (pattern, replacement) applied in order to lower-cased text with `_` turned into spaces
 _REWRITES: tuple[tuple[str, str], ...] = (
-    ("γ", " gamma "), ("α", " alpha "), ("β", " beta "), ("κ", " kappa "),
+    ("γ", "gamma"), ("α", "alpha"), ("β", "beta"), ("κ", "kappa"),
     (r"signalling", "signaling"), (r"tumour", "tumor"), (r"leukaemia", "leukemia"),
     (r"\bsars[- ]?cov[- ]?2\b", " sarscov2 "), (r"\bsars[- ]?cov[- ]?1?\b", " sarscov "),
     (r"\b(?:il|interleukin)[- ]?(\d{1,2})\b", r" interleukin\1 "),
     (r"\btype (?:ii|2) interferon\b", " interferongamma "),
-    (r"\b(?:ifn|interferon)[- ]?(?:gamma|g)\b", " interferongamma "),
-    (r"\b(?:ifn|interferon)[- ]?(?:alpha|a)\b", " interferonalpha "),
-    (r"\b(?:ifn|interferon)[- ]?(?:beta|b)\b", " interferonbeta "),
+    (r"\b(?:ifn|interferon)[- ]*(?:gamma|g)\b", " interferongamma "),
+    (r"\b(?:ifn|interferon)[- ]*(?:alpha|a)\b", " interferonalpha "),
+    (r"\b(?:ifn|interferon)[- ]*(?:beta|b)\b", " interferonbeta "),
     (r"\btype (?:i|1) interferons?\b", " interferonalpha interferonbeta "),
     (r"\bifns?\b", " interferon "),
     (r"\btnf[- ]?(?:alpha|a)?\b", " tumor necrosis factor "),
