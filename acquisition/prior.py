@@ -3,7 +3,8 @@
 In order:
 1. The scientist's prior (`design.phenotype`, `prior_terms`, `known_positives`;
    `perturbloop.phenotype_prior`), carried by the pool as `pool.phenotype_prior`: the batch is the top `q`
-   by `p(g)`, each pick's rationale naming its matching terms.
+   by `p(g)`, each pick's rationale naming its matching terms; with `design.prior_share = s < 1`, the top
+   `round(s q)` and the rest drawn at random (seeded), so the model's first fit also sees ordinary genes.
 2. Prior-screen features in the pool: a gene's prior score is its mean |z| over the other screens,
    `s(g) = mean_k |z_k(g)|`: genes that scored strongly elsewhere (pleiotropic regulators) are likelier
    hits. The batch is the top `q`.
@@ -51,11 +52,15 @@ class PriorScorePolicy:
             return _with_notes(self.fallback.select(surrogate, pool, observed, batch_size, pending), notes)
         mask = available_mask(pool, observed, pending)
         q = check_batch(batch_size, int(mask.sum()))
-        picks = score.masked_fill(~mask, float("-inf")).topk(q).indices.tolist()
+        from_prior = prior is not None and prior.informative
+        k = max(1, round(prior.round1_share * q)) if from_prior else q
+        picks = score.masked_fill(~mask, float("-inf")).topk(k).indices.tolist()
         items = make_items(pool, picks, None, None, score[picks], observed, "strong in prior screens")
-        if prior is not None and prior.informative:
+        if from_prior:
             for item in items:
                 item.rationale = prior.rationale(item.perturbation)
+        if k < q:  # design.prior_share < 1: the rest of the batch at random
+            items += self.fallback.select(None, pool, observed, q - k, [*pending, *pool.labels_at(picks)]).items
         return _with_notes(Proposal(self.name, items), notes)
 
 

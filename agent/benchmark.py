@@ -63,6 +63,7 @@ class WorldSpec:
     phenotype: str | None = None  # the scientist's prior (perturbloop.phenotype_prior): picks round 1, one feature
     prior_terms: tuple[str, ...] = ()
     known_positives: tuple[str, ...] = ()
+    prior_share: float = 1.0  # share of round 1 from the top of the prior (the rest random)
 
 
 @dataclass
@@ -151,7 +152,7 @@ def build_screen_world(spec: WorldSpec) -> ScreenWorld:
         raise ConfigError(f"--target: unknown target {spec.target!r}; choose abs or hit")
     pool = build_gene_pool(screen.genes, features=list(spec.features), prior_screens=priors, data_dir=spec.data_dir,
                            embeddings=spec.embeddings, phenotype=spec.phenotype, prior_terms=spec.prior_terms,
-                           known_positives=spec.known_positives)
+                           known_positives=spec.known_positives, prior_share=spec.prior_share)
     hits = read_hits_file(spec.hits_file, screen.genes, spec.data_dir) if spec.hits_file else None
     replay = ScreenReplay(screen, hit_fraction=spec.hit_fraction, hits=hits)
     return ScreenWorld(pool, replay, names)
@@ -174,7 +175,8 @@ def benchmark_config(world_spec: WorldSpec, policy: PolicySpec, seed: int, round
         "design": {"features": list(world_spec.features), "embeddings": world_spec.embeddings,
                    "prior_screens": None if world_spec.prior_screens is None else list(world_spec.prior_screens),
                    "phenotype": world_spec.phenotype, "prior_terms": list(world_spec.prior_terms),
-                   "known_positives": list(world_spec.known_positives) or None},
+                   "known_positives": list(world_spec.known_positives) or None,
+                   "prior_share": world_spec.prior_share},
         "surrogate": surrogate, "acquisition": acquisition}, "benchmark campaign")
 
 

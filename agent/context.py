@@ -179,7 +179,7 @@ def build_context(config: CampaignConfig, store: Store, data_dir: str | os.PathL
         raise ConfigError("design.embeddings: feature 'embedding' needs a file")
     pool = build_gene_pool(screen.genes, features=d.features, prior_screens=prior, data_dir=data_dir,
                            go_dims=d.go_dims, gaf=d.gaf, embeddings=d.embeddings, phenotype=d.phenotype,
-                           prior_terms=d.prior_terms, known_positives=d.known_positives)
+                           prior_terms=d.prior_terms, known_positives=d.known_positives, prior_share=d.prior_share)
     if pool.X.shape[1] == 0:
         raise ConfigError("design.features: no features selected")
     # the world scores every campaign whose screen is known (hits, Spearman); only a simulator lab runs it

@@ -36,14 +36,19 @@ def arms(screen: str, seeds: int) -> dict[str, list[str]]:
     return {"knowledge": [*base, "--policy", "best,random", "--seeds", str(seeds)],
             # deterministic (round 1 from the prior, then the greedy GP): one seed is every seed
             "knowledge+phenotype": [*base, "--policy", "best", "--seeds", "1",
-                                    "--phenotype", phenotypes()[screen]]}
+                                    "--phenotype", phenotypes()[screen]],
+            # half of round 1 from the prior, half random (seeded): a representative first fit for the model
+            "knowledge+phenotype_half": [*base, "--policy", "best", "--seeds", str(seeds),
+                                         "--phenotype", phenotypes()[screen], "--prior-share", "0.5"]}
 
 
-def run(screens: list[str], seeds: int, data_dir: str | None) -> None:
+def run(screens: list[str], seeds: int, data_dir: str | None, only: list[str] | None = None) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for screen in screens:
         for arm, args in arms(screen, seeds).items():
             out = OUT / f"{screen}.{arm}.json"
+            if only and arm not in only:
+                continue
             cmd = [sys.executable, "-m", "perturbloop.cli", "benchmark", *args, "--out", str(out)]
             cmd += ["--data-dir", data_dir] if data_dir else []
             print("$ perturbloop", " ".join(repr(a) if " " in a else a for a in cmd[3:]), flush=True)
@@ -51,13 +56,15 @@ def run(screens: list[str], seeds: int, data_dir: str | None) -> None:
 
 
 def table() -> str:
-    lines = ["| screen | hits | random | best, go+knowledge | best, go+knowledge+phenotype | round 1 (no / with phenotype) "
-             "| seeds |", "|---|---|---|---|---|---|---|"]
+    lines = ["| screen | hits | random | best, go+knowledge | best, + phenotype | best, + phenotype, half of round 1 "
+             "random | round 1 (no / with / half) | seeds |", "|---|---|---|---|---|---|---|---|"]
     for path in sorted(OUT.glob("*.knowledge.json")):
         screen = path.name.split(".")[0]
         without = json.loads(path.read_text())
         with_path = OUT / f"{screen}.knowledge+phenotype.json"
         withp = json.loads(with_path.read_text()) if with_path.is_file() else None
+        half_path = OUT / f"{screen}.knowledge+phenotype_half.json"
+        half = json.loads(half_path.read_text()) if half_path.is_file() else None
 
         def stat(res: dict | None, policy: str, key: str = "hit_ratio") -> str:
             rs = [r for r in (res or {"results": []})["results"] if r["policy"] == policy]
@@ -68,7 +75,8 @@ def table() -> str:
             return f"{m:.3f} +- {(sum((x - m) ** 2 for x in v) / len(v)) ** 0.5:.3f}"
 
         lines.append(f"| {screen} | {without['protocol']['n_hits']} | {stat(without, 'random')} | {stat(without, 'best')} "
-                     f"| {stat(withp, 'best')} | {stat(without, 'best', 'r1')} / {stat(withp, 'best', 'r1')} "
+                     f"| {stat(withp, 'best')} | {stat(half, 'best')} | {stat(without, 'best', 'r1')} / "
+                     f"{stat(withp, 'best', 'r1')} / {stat(half, 'best', 'r1')} "
                      f"| {len([r for r in without['results'] if r['policy'] == 'best'])} |")
     return "\n".join(lines) + "\n"
 
@@ -78,10 +86,11 @@ def main() -> None:
     ap.add_argument("--screens", default="schmidt2021_il2,schmidt2021_ifng")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--data-dir", default=os.environ.get("PERTURBLOOP_DATA_DIR"))
+    ap.add_argument("--arms", default=None, help="comma-separated arms to run (default: all)")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     if not args.table_only:
-        run(args.screens.split(","), args.seeds, args.data_dir)
+        run(args.screens.split(","), args.seeds, args.data_dir, args.arms.split(",") if args.arms else None)
     print(table())
 
 

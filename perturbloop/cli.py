@@ -277,7 +277,7 @@ def _gp_fit_iter() -> int:
 
 def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir, out,
                runner, address, embeddings=None, target="abs", fit_iter=None, aggregate=None, phenotype=None,
-               prior_terms=None, known_positives=None) -> None:
+               prior_terms=None, known_positives=None, prior_share=1.0) -> None:
     _quiet_prefect()
     from rich.table import Table
 
@@ -296,7 +296,7 @@ def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, feature
                      target=target, fit_iter=fit_iter, aggregate=aggregate, phenotype=phenotype,
                      prior_terms=tuple(t.strip() for t in (prior_terms or "").split(";" if ";" in (prior_terms or "")
                                                                                    else ",") if t.strip()),
-                     known_positives=tuple(read_gene_list(known_positives)))
+                     known_positives=tuple(read_gene_list(known_positives)), prior_share=prior_share)
     console = _console()
     if spec.phenotype or spec.prior_terms or spec.known_positives:  # bad prior input fails here, before any run
         import warnings
@@ -317,6 +317,7 @@ def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, feature
                 "embeddings": spec.embeddings, "target": "hit call (0/1)" if target == "hit" else "log |score|",
                 "gp_fit_iter": fit_iter or _gp_fit_iter(), "phenotype": spec.phenotype,
                 "prior_terms": list(spec.prior_terms), "known_positives": list(spec.known_positives),
+                "prior_share": prior_share,
                 "n_hits": rows[0]["n_hits"] if rows else None}
     path, png = write_results(out, protocol, screen, rows)
     t = Table(title=f"{screen}: {rounds} x {batch}, {seeds} seeds, {protocol['n_hits']} hits", title_justify="left")
@@ -380,6 +381,8 @@ def benchmark(
                                                        "favours")] = None,
     known_positives: Annotated[Optional[str], typer.Option(help="genes known to matter: comma-separated, or a file "
                                                            "with one gene a line")] = None,
+    prior_share: Annotated[float, typer.Option(min=0.01, max=1.0, help="share of round 1 from the top of the prior "
+                                               "(the rest random)")] = 1.0,
     data_dir: DataDirOpt = None,
     runner: Annotated[str, typer.Option(help="local (threads) or dask (prefect-dask); with --config also inline "
                                               "(this process, no Prefect)")] = "local",
@@ -400,7 +403,8 @@ def benchmark(
         typer.echo("error: name a --screen (pooled screen) or a --config (response campaign)", err=True)
         raise typer.Exit(2)
     _guard(_benchmark, screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir,
-           out, runner, address, embeddings, target, fit_iter, aggregate, phenotype, prior_terms, known_positives)
+           out, runner, address, embeddings, target, fit_iter, aggregate, phenotype, prior_terms, known_positives,
+           prior_share)
 
 
 def _review(campaign: str, store: str | None) -> None:

@@ -97,6 +97,8 @@ class DesignConfig(_Strict):
                                    "whose genes the prior favours")
     known_positives: list[str] | str | None = Field(None, description="genes known to matter (a list, or a file with one "
                                                     "gene per line): the prior favours them and their STRING neighbours")
+    prior_share: float = Field(1.0, gt=0, le=1, description="share of round 1 taken from the top of the phenotype prior; "
+                               "the rest is drawn at random (a representative start for the model)")
 
     @property
     def has_prior(self) -> bool:

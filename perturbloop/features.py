@@ -186,6 +186,7 @@ def build_gene_pool(
     phenotype: str | None = None,
     prior_terms: Sequence[str] = (),
     known_positives: str | Sequence[str] | None = None,
+    prior_share: float = 1.0,
 ) -> SingleSpace:
     """A single-gene SingleSpace with standardised feature columns (float64).
 
@@ -201,7 +202,7 @@ def build_gene_pool(
         from perturbloop.phenotype_prior import phenotype_prior, phenotype_prior_block
 
         prior = phenotype_prior(genes, phenotype=phenotype, prior_terms=prior_terms,
-                                known_positives=known_positives, data_dir=data_dir)
+                                known_positives=known_positives, data_dir=data_dir, round1_share=prior_share)
         m, n = phenotype_prior_block(prior)
         blocks.append(m)
         names += n

@@ -81,6 +81,7 @@ class PhenotypePrior:
         membership: `len(genes) x len(matched)` binary: gene under term (DAG-propagated).
         positives: the known positives (current HGNC symbols).
         warnings: messages for the scientist (e.g. a sentence that matched no term).
+        round1_share: `design.prior_share` (acquisition.prior).
     """
 
     genes: list[str]
@@ -90,6 +91,7 @@ class PhenotypePrior:
     membership: sp.csr_matrix
     positives: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    round1_share: float = 1.0  # share of round 1 taken from the top of `score` (the rest drawn at random)
 
     @property
     def informative(self) -> bool:
@@ -178,7 +180,8 @@ def check_positives(positives: Sequence[str], genes: Sequence[str], data_dir: Da
 
 
 def phenotype_prior(genes: Sequence[str], *, phenotype: str | None = None, prior_terms: Sequence[str] = (),
-                    known_positives: str | Sequence[str] | None = None, data_dir: DataDir = None) -> PhenotypePrior:
+                    known_positives: str | Sequence[str] | None = None, data_dir: DataDir = None,
+                    round1_share: float = 1.0) -> PhenotypePrior:
     """The prior `p` over `genes` from the given inputs (module docstring). Bad input raises before any
     work is stored: an unknown term (ConfigError listing the closest names), a positive that is not a gene
     (UnknownGeneError), a missing knowledge file (KnowledgeMissingError naming it and how to fetch it)."""
@@ -212,7 +215,7 @@ def phenotype_prior(genes: Sequence[str], *, phenotype: str | None = None, prior
                for t, w in zip(cols, c)]
     for msg in notes:
         warnings.warn(msg, PhenotypePriorWarning, stacklevel=2)
-    return PhenotypePrior(genes, p, y, matched, member, positives, notes)
+    return PhenotypePrior(genes, p, y, matched, member, positives, notes, round1_share)
 
 
 def _one_per_wording(index: TermIndex, cols: np.ndarray) -> np.ndarray:
