@@ -204,3 +204,19 @@ def test_cli_benchmark_with_phenotype(slice_csv, data_dir, tmp_path):
     res = json.loads(out.read_text())
     assert res["protocol"]["known_positives"] == ["IL2", "CD28"]
     assert {"IL2", "CD28"} <= set(res["results"][0]["picks"][0])
+
+
+def test_prior_share_mixes_random_picks_into_round_one(small_pool_genes, data_dir):
+    from acquisition.prior import PriorScorePolicy
+    from perturbloop.features import build_gene_pool
+
+    pool = build_gene_pool(small_pool_genes, features=["go"], data_dir=data_dir, phenotype=IL2_PHENOTYPE,
+                           prior_share=0.5)
+    prior = pool.phenotype_prior
+    items = PriorScorePolicy(seed=3).select(None, pool, {}, 10).items
+    labels = [i.perturbation for i in items]
+    assert len(set(labels)) == 10
+    assert labels[:5] == [pool.labels[i] for i in np.argsort(-prior.score)[:5]]
+    assert all(i.rationale.startswith("random pick") for i in items[5:])
+    assert labels == [i.perturbation for i in PriorScorePolicy(seed=3).select(None, pool, {}, 10).items]  # seeded
+    assert labels[5:] != [i.perturbation for i in PriorScorePolicy(seed=4).select(None, pool, {}, 10).items][5:]
