@@ -200,7 +200,7 @@ def phenotype_prior(genes: Sequence[str], *, phenotype: str | None = None, prior
     named = index.find(list(prior_terms)) if prior_terms else []
     for c in named:
         s[c], why[c] = 1.0, "named"
-    cols = _one_per_wording(index, np.flatnonzero(s > 0))
+    cols = _one_per_wording(index, np.flatnonzero(s > 0), s, why)
     n_all = index.A.shape[0]
     c = s[cols] * np.log(n_all / np.maximum(index.n_genes[cols], 1)) / np.log(n_all)  # s_t spec_t
     order = np.argsort(-c, kind="stable")
@@ -218,16 +218,20 @@ def phenotype_prior(genes: Sequence[str], *, phenotype: str | None = None, prior
     return PhenotypePrior(genes, p, y, matched, member, positives, notes, round1_share)
 
 
-def _one_per_wording(index: TermIndex, cols: np.ndarray) -> np.ndarray:
+def _one_per_wording(index: TermIndex, cols: np.ndarray, s: np.ndarray, why: np.ndarray) -> np.ndarray:
     """`cols` with only the broadest term of each wording: GO's "X", "regulation of X", "positive / negative
-    regulation of X" have the same words and nested genes, so they are one piece of evidence, not four."""
-    best: dict[tuple[str, ...], int] = {}
-    n = index.n_genes
+    regulation of X" have the same words and nested genes, so they are one piece of evidence, not four. The
+    kept term takes its group's largest `s` and reason (a named term stays named), in place."""
+    groups: dict[tuple[str, ...], list[int]] = {}
     for col in cols:
-        key = tuple(sorted(tokens(index.names[col])))
-        if key not in best or n[col] > n[best[key]]:
-            best[key] = col
-    return np.array(sorted(best.values()), dtype=int)
+        groups.setdefault(tuple(sorted(tokens(index.names[col]))), []).append(int(col))
+    n = index.n_genes
+    kept = []
+    for members in groups.values():
+        best, top = max(members, key=lambda c: n[c]), max(members, key=lambda c: (s[c], why[c] == "named"))
+        s[best], why[best] = s[top], why[top]
+        kept.append(best)
+    return np.array(sorted(kept), dtype=int)
 
 
 def _take_rows(M: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:

@@ -72,6 +72,11 @@ def test_named_terms_by_id_set_name_or_name(small_pool_genes, data_dir):
     by_name = phenotype_prior(small_pool_genes, prior_terms=["Interleukin-2  Production"], data_dir=data_dir)
     assert np.allclose(by_id.score, by_name.score)
     assert [m.name for m in by_id.matched] == ["interleukin-2 production"] and by_id.matched[0].why == "named"
+    both = phenotype_prior(small_pool_genes, phenotype="IL-2 production", prior_terms=["GO:0032663"],
+                           data_dir=data_dir)  # the named "regulation of interleukin-2 production"
+    kept = [m for m in both.matched if m.name == "interleukin-2 production"]  # one wording, the broadest term
+    assert len(kept) == 1 and kept[0].why == "named" and kept[0].score == 1.0
+    assert not any(m.name == "regulation of interleukin-2 production" for m in both.matched)
     hallmark = phenotype_prior(small_pool_genes, prior_terms=["HALLMARK_IL2_STAT5_SIGNALING"], data_dir=data_dir)
     assert hallmark.matched[0].source == "Hallmark" and hallmark.informative
 
