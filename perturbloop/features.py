@@ -34,7 +34,8 @@ GO_MIN_GENES = 3
 GO_MAX_GENES = 1000  # very broad terms ("protein binding") carry little signal
 
 
-def _go_tables(data_dir) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+def go_tables(data_dir) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """The GO annotations (`gene_symbol`, `go_id`), the DAG edges (`go_id`, `parent_go_id`) and the annotation file."""
     go_path, = resolve("gene_go", data_dir)
     ann = pd.read_csv(go_path, sep="\t", usecols=["gene_symbol", "go_id"], dtype=str)
     parents_path = Path(go_path).with_name("go_parents.tsv.gz")
@@ -81,7 +82,7 @@ def go_embedding(genes: Sequence[str], *, data_dir=None, dims: int = GO_DIMS, ga
     if gaf:
         ann, parents, src = read_gaf(gaf), pd.DataFrame(columns=["go_id", "parent_go_id"]), Path(gaf)
     else:
-        ann, parents, src = _go_tables(data_dir)
+        ann, parents, src = go_tables(data_dir)
     key = hashlib.sha256(
         ("\n".join(genes) + f"|{sha256_of(src)}|{dims}|{min_genes}|{max_genes}|{len(parents)}").encode()
     ).hexdigest()[:20]

@@ -40,7 +40,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from perturbloop.errors import ConfigError, UnknownGeneError
 from perturbloop.term_index import TermIndex, term_index, tokens
 
 MIN_TERM_COVERAGE = 0.5  # most of a term's name (by IDF weight) must be in the sentence

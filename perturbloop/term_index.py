@@ -163,9 +163,9 @@ def _source_paths(data_dir: DataDir) -> list:
 
 
 def _build(data_dir: DataDir) -> tuple[sp.csr_matrix, list[str], list[str], list[str], list[str]]:
-    from perturbloop.features import _go_tables
+    from perturbloop.features import go_tables
 
-    ann, parents, go_path = _go_tables(data_dir)
+    ann, parents, _ = go_tables(data_dir)
     go_names = pd.read_csv(resolve("go_terms", data_dir)[0], sep="\t", dtype=str).set_index("go_id")["term"]
     sets = kn.gene_sets(("hallmark", "reactome"), data_dir)
     hpo_ann = kn.hpo_annotations(data_dir)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,13 @@ import pytest
 import scipy.sparse as sp
 
 from perturbloop.errors import ConfigError, UnknownGeneError
-from perturbloop.phenotype_prior import (PhenotypePriorWarning, matching_terms, phenotype_prior, propagate,
-                                         read_gene_list)
+from perturbloop.phenotype_prior import (
+    PhenotypePriorWarning,
+    matching_terms,
+    phenotype_prior,
+    propagate,
+    read_gene_list,
+)
 from perturbloop.term_index import stem, tokens
 
 IL2_PHENOTYPE = "IL-2 secretion by primary human CD4 T cells after TCR stimulation"
@@ -181,7 +185,7 @@ def test_config_fields(tmp_path):
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "perturbloop.cli", *args], cwd=cwd, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_cli_benchmark_refuses_bad_prior_input_before_running(slice_csv, data_dir, tmp_path):
