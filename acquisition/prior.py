@@ -1,13 +1,23 @@
 """Round-1 picks from prior knowledge alone (no observation of the target screen yet).
 
-With prior-screen features in the pool, a gene's prior score is its mean |z| over the other
-screens, `s(g) = mean_k |z_k(g)|`: genes that scored strongly elsewhere (pleiotropic
-regulators) are likelier hits. The batch is the top `q`. Without such features, random picks.
+In order:
+1. The scientist's prior (`design.phenotype`, `prior_terms`, `known_positives`;
+   `perturbloop.phenotype_prior`), carried by the pool as `pool.phenotype_prior`: the batch is the top `q`
+   by `p(g)`, each pick's rationale naming its matching terms; with `design.prior_share = s < 1`, the top
+   `round(s q)` and the rest drawn at random (seeded), so the model's first fit also sees ordinary genes.
+2. Prior-screen features in the pool: a gene's prior score is its mean |z| over the other screens,
+   `s(g) = mean_k |z_k(g)|`: genes that scored strongly elsewhere (pleiotropic regulators) are likelier
+   hits. The batch is the top `q`.
+3. Otherwise random picks.
+
+A warning of the scientist's prior (a phenotype that matches no term) is carried into every pick's rationale.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+
+import torch
 
 from acquisition.base import Proposal, available_mask, check_batch, make_items
 from acquisition.random import RandomPolicy
@@ -16,7 +26,7 @@ from surrogates.base import Surrogate
 
 
 class PriorScorePolicy:
-    """Top-q by mean |z| over prior screens (see module docstring); random without them."""
+    """Top-q by the scientist's prior, else by mean |z| over prior screens, else random (module docstring)."""
 
     name = "prior"
 
@@ -29,11 +39,33 @@ class PriorScorePolicy:
 
     def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
+        prior = getattr(pool, "phenotype_prior", None)
+        if prior is not None and prior.genes != pool.labels:
+            prior = None  # a pool rebuilt without its prior's genes: the prior does not describe it
+        notes = [f"warning: {w}" for w in (prior.warnings if prior is not None else [])]
         cols = self.columns(pool)
-        if not cols:
-            return self.fallback.select(surrogate, pool, observed, batch_size, pending)
+        if prior is not None and prior.informative:
+            score = torch.from_numpy(prior.score)
+        elif cols:
+            score = pool.X[:, cols].mean(dim=1)
+        else:
+            return _with_notes(self.fallback.select(surrogate, pool, observed, batch_size, pending), notes)
         mask = available_mask(pool, observed, pending)
         q = check_batch(batch_size, int(mask.sum()))
-        score = pool.X[:, cols].mean(dim=1)
-        picks = score.masked_fill(~mask, float("-inf")).topk(q).indices.tolist()
-        return Proposal(self.name, make_items(pool, picks, None, None, score[picks], observed, "strong in prior screens"))
+        from_prior = prior is not None and prior.informative
+        k = max(1, round(prior.round1_share * q)) if from_prior else q
+        picks = score.masked_fill(~mask, float("-inf")).topk(k).indices.tolist()
+        items = make_items(pool, picks, None, None, score[picks], observed, "strong in prior screens")
+        if from_prior:
+            for item in items:
+                item.rationale = prior.rationale(item.perturbation)
+        if k < q:  # design.prior_share < 1: the rest of the batch at random
+            items += self.fallback.select(None, pool, observed, q - k, [*pending, *pool.labels_at(picks)]).items
+        return _with_notes(Proposal(self.name, items), notes)
+
+
+def _with_notes(proposal: Proposal, notes: list[str]) -> Proposal:
+    if notes:
+        for item in proposal.items:
+            item.rationale = "; ".join([*notes, item.rationale] if item.rationale else notes)
+    return proposal

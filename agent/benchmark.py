@@ -26,12 +26,13 @@ from pathlib import Path
 import torch
 
 from agent.context import CampaignContext, build_context
-from agent.parts import ModelFactory, campaign_policy, genes_in_screen, model_factory, read_gene_list, screen_parts
+from agent.parts import ModelFactory, campaign_policy, genes_in_screen, model_factory, screen_parts
 from agent.runner import run_campaign
 from lab_adapters import SimulatorLab
 from perturbloop.config import CampaignConfig, LabConfig, parse_config
 from perturbloop.design_space import DesignSpace, SingleSpace
 from perturbloop.errors import ConfigError, PerturbloopError
+from perturbloop.genes import read_gene_file
 from perturbloop.store import Store
 from simulators import ScreenReplay
 
@@ -59,6 +60,10 @@ class WorldSpec:
     fit_iter: int | None = None  # GP hyperparameter iterations per round (None: surrogates.gp.MAX_FIT_ITER)
     aggregate: str | None = None  # rows of the screen file naming one gene: error | mean | first (load_screen)
     network: bool = False  # the GP adds the STRING network kernel (surrogate.network; needs feature string/knowledge)
+    phenotype: str | None = None  # the scientist's prior (perturbloop.phenotype_prior): picks round 1, one feature
+    prior_terms: tuple[str, ...] = ()
+    known_positives: tuple[str, ...] = ()
+    prior_share: float = 1.0  # share of round 1 from the top of the prior (the rest random)
 
 
 @dataclass
@@ -107,7 +112,7 @@ def read_hits_file(path: str, genes: list[str], data_dir) -> set[str]:
     p = Path(path)
     if not p.is_file():
         raise PerturbloopError(f"--hits: file {path!r} does not exist")
-    raw = read_gene_list(p)
+    raw = read_gene_file(p)
     if not raw:
         raise PerturbloopError(f"--hits: {path} lists no genes")
     return set(genes_in_screen(raw, genes, data_dir, f"hits file {path}"))
@@ -150,7 +155,10 @@ def benchmark_config(world_spec: WorldSpec, policy: PolicySpec, seed: int, round
         "data": {"screen": world_spec.screen, "hit_fraction": world_spec.hit_fraction,
                  "nonessential": world_spec.nonessential, "aggregate": world_spec.aggregate},
         "design": {"features": list(world_spec.features), "embeddings": world_spec.embeddings,
-                   "prior_screens": None if world_spec.prior_screens is None else list(world_spec.prior_screens)},
+                   "prior_screens": None if world_spec.prior_screens is None else list(world_spec.prior_screens),
+                   "phenotype": world_spec.phenotype, "prior_terms": list(world_spec.prior_terms),
+                   "known_positives": list(world_spec.known_positives) or None,
+                   "prior_share": world_spec.prior_share},
         "surrogate": surrogate, "acquisition": acquisition}, "benchmark campaign")
 
 

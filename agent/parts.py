@@ -32,7 +32,7 @@ from perturbloop.design import Split, build_space, prepare_singles, split_candid
 from perturbloop.design_space import DesignSpace, SingleSpace
 from perturbloop.errors import ConfigError, UnknownGeneError
 from perturbloop.features import build_gene_pool, essential_genes
-from perturbloop.genes import gene_index
+from perturbloop.genes import gene_index, read_gene_file
 from perturbloop.response_metrics import prepare_evaluation, program_flags, program_weights
 from simulators import ScreenReplay
 from simulators.response_worlds import build_world
@@ -81,7 +81,8 @@ def screen_parts(config: CampaignConfig, data_dir: str | None) -> CampaignParts:
     if "embedding" in d.features and not d.embeddings:
         raise ConfigError("design.embeddings: feature 'embedding' needs a file")
     pool = build_gene_pool(screen.genes, features=d.features, prior_screens=prior, data_dir=data_dir,
-                           go_dims=d.go_dims, gaf=d.gaf, embeddings=d.embeddings)
+                           go_dims=d.go_dims, gaf=d.gaf, embeddings=d.embeddings, phenotype=d.phenotype,
+                           prior_terms=d.prior_terms, known_positives=d.known_positives, prior_share=d.prior_share)
     if pool.X.shape[1] == 0:
         raise ConfigError("design.features: no features selected")
     world = ScreenReplay(screen, noise=config.lab.noise, hit_fraction=config.data.hit_fraction, seed=config.seed)
@@ -101,17 +102,10 @@ def design_genes(config: CampaignConfig, screen: Screen, data_dir) -> list[str]:
         path = Path(spec).expanduser()
         if not path.is_file():
             raise ConfigError(f"design.genes: file {spec!r} does not exist")
-        spec = read_gene_list(path)
+        spec = read_gene_file(path)
     if not spec:
         raise ConfigError("design.genes: the gene list is empty")
     return list(dict.fromkeys(genes_in_screen(spec, screen.genes, data_dir, "design.genes")))
-
-
-def read_gene_list(path: Path) -> list[str]:
-    """The genes a file lists, one a line (the first column of a CSV), `#` comments and a `gene` header skipped."""
-    raw = [line.split(",")[0].strip() for line in path.read_text().splitlines()
-           if line.strip() and not line.startswith("#")]
-    return raw[1:] if raw and raw[0].lower() in ("gene", "genes", "hit", "hits") else raw
 
 
 def genes_in_screen(raw: list[str], genes: list[str], data_dir, where: str) -> list[str]:

@@ -306,13 +306,15 @@ def _gp_fit_iter() -> int:
 
 
 def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir, out,
-               runner, address, embeddings=None, target="abs", fit_iter=None, aggregate=None, *, network=False) -> None:
+               runner, address, embeddings=None, target="abs", fit_iter=None, aggregate=None, phenotype=None,
+               prior_terms=None, known_positives=None, prior_share=1.0, *, network=False) -> None:
     _quiet_prefect()
     from rich.table import Table
 
     from agent.benchmark import PolicySpec, WorldSpec, benchmark_config
     from flows.evaluation import run_sweep
     from perturbloop.benchmark_report import summarise, write_results
+    from perturbloop.phenotype_prior import read_gene_list
 
     policies = [PolicySpec.parse(p) for p in policy.split(",") if p.strip()]
     if not policies:
@@ -321,17 +323,33 @@ def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, feature
     priors = tuple(p.strip() for p in prior_screens.split(",") if p.strip()) if prior_screens else None
     spec = WorldSpec(screen=screen, hits_file=hits, nonessential=nonessential, features=feats, prior_screens=priors,
                      data_dir=data_dir, embeddings=str(Path(embeddings).expanduser().resolve()) if embeddings else None,
-                     target=target, fit_iter=fit_iter, aggregate=aggregate, network=network)
+                     target=target, fit_iter=fit_iter, aggregate=aggregate, phenotype=phenotype,
+                     prior_terms=tuple(t.strip() for t in (prior_terms or "").split(";" if ";" in (prior_terms or "")
+                                                                                   else ",") if t.strip()),
+                     known_positives=tuple(read_gene_list(known_positives)), prior_share=prior_share,
+                     network=network)
     benchmark_config(spec, policies[0], 0, rounds, batch)  # a setting the campaign config refuses: one error, now
     console = _console()
+    if spec.phenotype or spec.prior_terms or spec.known_positives:  # bad prior input fails here, before any run
+        import warnings
+
+        from agent.benchmark import build_screen_world
+        from perturbloop.phenotype_prior import PhenotypePriorWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PhenotypePriorWarning)  # printed once, here
+            notes = build_screen_world(spec).pool.phenotype_prior.warnings
+        for w in notes:
+            console.print(f"[yellow]warning:[/] {w}")
     with console.status(f"{len(policies)} policies x {seeds} seeds on {screen} ({runner} runner)"):
         rows = run_sweep(spec, policies, seeds, rounds, batch, runner=runner, address=address)
     protocol = {"name": "BioDiscoveryAgent", "rounds": rounds, "batch": batch, "seeds": seeds,
                 "hits": hits or "top 5% by |score|", "nonessential": nonessential, "features": list(feats),
                 "prior_screens": list(priors) if priors is not None else "all registry screens but the target",
                 "embeddings": spec.embeddings, "target": "hit call (0/1)" if target == "hit" else "log |score|",
-                "gp_fit_iter": fit_iter or _gp_fit_iter(),
-                "network_kernel": network,
+                "gp_fit_iter": fit_iter or _gp_fit_iter(), "phenotype": spec.phenotype,
+                "prior_terms": list(spec.prior_terms), "known_positives": list(spec.known_positives),
+                "prior_share": prior_share, "network_kernel": network,
                 "n_hits": rows[0]["n_hits"] if rows else None}
     path, png = write_results(out, protocol, screen, rows)
     t = Table(title=f"{screen}: {rounds} x {batch}, {seeds} seeds, {protocol['n_hits']} hits", title_justify="left")
@@ -388,6 +406,15 @@ def benchmark(
     fit_iter: Annotated[Optional[int], typer.Option(min=1, help="GP hyperparameter (L-BFGS-B) iterations per round (default 10)")] = None,
     aggregate: Annotated[Optional[str], typer.Option(help="rows of a --screen file naming the same gene: error (default: "
                                                       "refuse rows that disagree), mean or first")] = None,
+    phenotype: Annotated[Optional[str], typer.Option(help="the screen's phenotype in words: the prior from matching "
+                                                     "GO / Reactome / Hallmark / HPO terms picks round 1")] = None,
+    prior_terms: Annotated[Optional[str], typer.Option(help="GO / Reactome / Hallmark / HPO terms (ids or names, "
+                                                       "comma-separated; ';' when a name holds a comma) the prior "
+                                                       "favours")] = None,
+    known_positives: Annotated[Optional[str], typer.Option(help="genes known to matter: comma-separated, or a file "
+                                                           "with one gene a line")] = None,
+    prior_share: Annotated[float, typer.Option(min=0.01, max=1.0, help="share of round 1 from the top of the prior "
+                                               "(the rest random)")] = 1.0,
     data_dir: DataDirOpt = None,
     runner: Annotated[str, typer.Option(help="local (threads) or dask (prefect-dask); with --config also inline "
                                               "(this process, no Prefect)")] = "local",
@@ -410,7 +437,8 @@ def benchmark(
         typer.echo("error: name a --screen (pooled screen) or a --config (response campaign)", err=True)
         raise typer.Exit(2)
     _guard(_benchmark, screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir,
-           out, runner, address, embeddings, target, fit_iter, aggregate, network=network)
+           out, runner, address, embeddings, target, fit_iter, aggregate, phenotype, prior_terms, known_positives,
+           prior_share, network=network)
 
 
 def _review(campaign: str, store: str | None) -> None:

@@ -89,6 +89,21 @@ class DesignConfig(_Strict):
                                                        description="symmetric pooling of the two genes' features (pairs)")
     prior_rank: int = Field(8, ge=1, le=64, description="PCs of the single-gene responses used as pair features")
     max_pairs: int | None = Field(None, ge=1, description="pairs: at most this many candidate pairs (seeded subsample)")
+    phenotype: str | None = Field(None, min_length=1, max_length=2000,
+                                  description="the screen's phenotype in words, e.g. 'IL-2 secretion by primary human CD4 "
+                                  "T cells after TCR stimulation': matched to GO / Reactome / Hallmark / HPO term names "
+                                  "(perturbloop.phenotype_prior); the prior picks round 1 and is the feature phenotype_prior")
+    prior_terms: list[str] = Field(default_factory=list, description="GO / Reactome / Hallmark / HPO terms (ids or names) "
+                                   "whose genes the prior favours")
+    known_positives: list[str] | str | None = Field(None, description="genes known to matter (a list, or a file with one "
+                                                    "gene per line): the prior favours them and their STRING neighbours")
+    prior_share: float = Field(1.0, gt=0, le=1, description="share of round 1 taken from the top of the phenotype prior; "
+                               "the rest is drawn at random (a representative start for the model)")
+
+    @property
+    def has_prior(self) -> bool:
+        """Whether a phenotype, prior terms or known positives are given (the phenotype prior is built)."""
+        return bool(self.phenotype or self.prior_terms or self.known_positives)
 
 
 SurrogateKind = Literal["gp", "mean", "ensemble", "linear", "additive"]
@@ -292,6 +307,7 @@ class CampaignConfig(_Strict):
         fields = {"data.screen": self.data.screen if self.data else None,
                   "design.genes": self.design.genes if isinstance(self.design.genes, str) else None,
                   "design.gaf": self.design.gaf, "design.embeddings": self.design.embeddings,
+                  "design.known_positives": self.design.known_positives if isinstance(self.design.known_positives, str) else None,
                   "world.dataset": self.world.dataset if self.world else None,
                   "acquisition.policy_path": self.acquisition.policy_path}
         out: dict[str, tuple[str, str]] = {}
@@ -356,6 +372,8 @@ class CampaignConfig(_Strict):
                              "or drives (maximize) the response")
         _only("design.features", self.design.features, RESPONSE_FEATURES)
         _only("acquisition.kind", [self.acquisition.kind], RESPONSE_POLICIES)
+        if self.design.has_prior:
+            raise ValueError("design.phenotype / prior_terms / known_positives apply to pooled screens only")
         if self.surrogate.target != "value" or self.surrogate.target_transform != "none" or self.surrogate.network:
             raise ValueError("surrogate.target / target_transform / network apply to pooled screens only")
         if self.objective == "maximize" and self.acquisition.kind != "program" and "program" not in self.evaluation.policies:
@@ -434,7 +452,8 @@ def named_files(config: CampaignConfig) -> dict[str, str]:
     design.embeddings, acquisition.policy_path."""
     d = config.design
     named = {"design.genes": d.genes if isinstance(d.genes, str) else None, "design.gaf": d.gaf,
-             "design.embeddings": d.embeddings, "acquisition.policy_path": config.acquisition.policy_path}
+             "design.embeddings": d.embeddings, "acquisition.policy_path": config.acquisition.policy_path,
+             "design.known_positives": d.known_positives if isinstance(d.known_positives, str) else None}
     return {k: v for k, v in named.items() if v}
 
 

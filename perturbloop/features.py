@@ -34,7 +34,8 @@ GO_MIN_GENES = 3
 GO_MAX_GENES = 1000  # very broad terms ("protein binding") carry little signal
 
 
-def _go_tables(data_dir) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+def go_tables(data_dir) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """The GO annotations (`gene_symbol`, `go_id`), the DAG edges (`go_id`, `parent_go_id`) and the annotation file."""
     go_path, = resolve("gene_go", data_dir)
     ann = pd.read_csv(go_path, sep="\t", usecols=["gene_symbol", "go_id"], dtype=str)
     parents_path, = resolve("go_parents", data_dir)  # the GO DAG: annotations propagate to ancestor terms
@@ -81,7 +82,7 @@ def go_embedding(genes: Sequence[str], *, data_dir=None, dims: int = GO_DIMS, ga
     if gaf:
         ann, parents, src = read_gaf(gaf), pd.DataFrame(columns=["go_id", "parent_go_id"]), Path(gaf)
     else:
-        ann, parents, src = _go_tables(data_dir)
+        ann, parents, src = go_tables(data_dir)
     key = hashlib.sha256(
         ("\n".join(genes) + f"|{sha256_of(src)}|{dims}|{min_genes}|{max_genes}|{len(parents)}").encode()
     ).hexdigest()[:20]
@@ -183,12 +184,29 @@ def build_gene_pool(
     go_dims: int = GO_DIMS,
     gaf: str | None = None,
     embeddings: str | None = None,
+    phenotype: str | None = None,
+    prior_terms: Sequence[str] = (),
+    known_positives: str | Sequence[str] | None = None,
+    prior_share: float = 1.0,
 ) -> SingleSpace:
-    """A single-gene SingleSpace with standardised feature columns (float64)."""
+    """A single-gene SingleSpace with standardised feature columns (float64).
+
+    With a `phenotype`, `prior_terms` or `known_positives` the pool also gets the column `phenotype_prior`
+    (`perturbloop.phenotype_prior`), built first so bad input fails before the slower blocks, and the prior
+    itself as `pool.phenotype_prior` (round 1 ranks by it; rationales name its terms)."""
     from perturbloop.knowledge_features import KNOWLEDGE_BLOCKS, knowledge_features
 
     genes = list(genes)
     blocks, names = [], []
+    prior = None
+    if phenotype or prior_terms or known_positives:
+        from perturbloop.phenotype_prior import phenotype_prior, phenotype_prior_block
+
+        prior = phenotype_prior(genes, phenotype=phenotype, prior_terms=prior_terms,
+                                known_positives=known_positives, data_dir=data_dir, round1_share=prior_share)
+        m, n = phenotype_prior_block(prior)
+        blocks.append(m)
+        names += n
     for f in features:
         if f == "go":
             m, n = go_embedding(genes, data_dir=data_dir, dims=go_dims, gaf=gaf)
@@ -211,4 +229,6 @@ def build_gene_pool(
     X = np.hstack(blocks) if blocks else np.zeros((len(genes), 0))
     sd = X.std(axis=0)
     X = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    return SingleSpace([Perturbation((g,)) for g in genes], torch.from_numpy(X).to(torch.float64), names)
+    pool = SingleSpace([Perturbation((g,)) for g in genes], torch.from_numpy(X).to(torch.float64), names)
+    pool.phenotype_prior = prior  # read by acquisition.prior (round 1) and rationales
+    return pool

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from functools import lru_cache
+from pathlib import Path
 
 import pandas as pd
 
@@ -67,3 +68,11 @@ def _gene_index(data_dir: str | None) -> GeneIndex:
 def gene_index(data_dir: str | os.PathLike | None = None) -> GeneIndex:
     """The GeneIndex built from the registry's `gene_info` and `gene_alias` tables (cached)."""
     return _gene_index(str(data_dir) if data_dir else os.environ.get("PERTURBLOOP_DATA_DIR"))
+
+
+def read_gene_file(path: str | os.PathLike) -> list[str]:
+    """The genes a file lists, one a line (the first column of a CSV); `#` comments and a header line
+    (`gene`, `genes`, `hit`, `hits`, `symbol`) skipped."""
+    raw = [line.split(",")[0].strip() for line in Path(path).read_text().splitlines()
+           if line.strip() and not line.startswith("#")]
+    return raw[1:] if raw and raw[0].lower() in ("gene", "genes", "hit", "hits", "symbol") else raw
