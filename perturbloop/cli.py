@@ -92,6 +92,7 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.campaign import campaign_flow
+    from flows.prefect_server import shared_api
     from perturbloop.store import Store, display_url
 
     console = _console()
@@ -106,8 +107,8 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
     )
     _check_before_flow(config, st, data_dir)
     total = config.rounds + 1
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+    with shared_api(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=console, transient=False) as progress:
         main_task = progress.add_task(f"{config.name} ({config.acquisition.kind})", total=total)
         base_task = progress.add_task("random baseline", total=total, visible=baseline)
         results = campaign_flow(
@@ -156,9 +157,10 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
         f"store {display_url(st.url)}"
     )
     from flows.campaign import campaign_flow
+    from flows.prefect_server import shared_api
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+    with shared_api(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=console, transient=False) as progress:
         main_task = progress.add_task(f"{config.name} ({config.acquisition.kind})", total=config.rounds)
         base_task = progress.add_task("random baseline", total=config.rounds, visible=baseline)
         results = campaign_flow(

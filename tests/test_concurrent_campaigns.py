@@ -1,0 +1,110 @@
+"""Campaigns side by side (issue 13): `perturbloop run` started several times at once on one machine, without a
+configured Prefect server, shares one API server (flows/prefect_server.py) instead of starting one per process
+on the same database; and a run killed with SIGKILL leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _env(tmp_path: Path, idle_seconds: float) -> dict:
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PERTURBLOOP_PREFECT_IDLE_SECONDS": str(idle_seconds), "OMP_NUM_THREADS": "1"}
+    env.pop("PREFECT_API_URL", None)  # no configured server: the case that raced
+    return env
+
+
+def _config(tmp_path: Path, slice_csv: Path, name: str, rounds: int, batch: int) -> Path:
+    cfg = tmp_path / f"{name}.toml"
+    cfg.write_text(f'name = "{name}"\nrounds = {rounds}\nbatch_size = {batch}\n[data]\nscreen = "{slice_csv}"\n'
+                   f'[acquisition]\nkind = "ucb"\n')
+    return cfg
+
+
+def _run(cfg: Path, store: Path, data_dir: Path, env: dict, cwd: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "perturbloop.cli", "run", str(cfg), "--store", str(store),
+                             "--data-dir", str(data_dir), *extra], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _server(tmp_path: Path) -> dict | None:
+    try:
+        return json.loads((tmp_path / "prefect" / "perturbloop-server" / "server.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _wait(cond, timeout: float, what: str, procs=()):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (got := cond()):
+            return got
+        for p in procs:
+            if p.poll() is not None:
+                pytest.fail(f"exited with {p.returncode} while waiting for {what}:\n{p.stdout.read()}")
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_three_campaigns_started_together_all_finish_on_one_server(slice_csv, data_dir, tmp_path):
+    # a long idle time keeps the first server up for all three runs, however their start-ups interleave
+    env = _env(tmp_path, idle_seconds=600)
+    store = tmp_path / "runs" / "pl.db"  # one store, as three campaigns run from one folder would have
+    names = ["side-a", "side-b", "side-c"]
+    procs = [_run(_config(tmp_path, slice_csv, n, rounds=2, batch=4), store, data_dir, env, tmp_path, "--no-baseline")
+             for n in names]
+    try:
+        outs = [p.communicate(timeout=900)[0] for p in procs]
+        for n, p, out in zip(names, procs, outs):
+            assert p.returncode == 0, f"{n}:\n{out}"
+            assert "Timed out" not in out and f"{n}: ucb" in out, out
+        status = subprocess.run([sys.executable, "-m", "perturbloop.cli", "status", "--json", "--store", str(store)],
+                                env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        by_name = {c["campaign"]: c for c in json.loads(status.stdout)["campaigns"]}
+        assert {n: (by_name[n]["status"], by_name[n]["picks"]) for n in names} == {n: ("finished", 8) for n in names}
+        log = (tmp_path / "prefect" / "perturbloop-server" / "server.log").read_text()
+        assert log.count("perturbloop: Prefect API server") == 1, log  # started once, used by all three
+    finally:
+        for p in procs:
+            p.kill()
+        info = _server(tmp_path)
+        if info is not None:
+            server = psutil.Process(info["pid"])
+            server.terminate()
+            server.wait(60)
+
+
+def test_a_killed_run_leaves_no_process_behind(slice_csv, data_dir, tmp_path):
+    env = _env(tmp_path, idle_seconds=1)
+    cfg = _config(tmp_path, slice_csv, "killed", rounds=4, batch=8)
+    run = _run(cfg, tmp_path / "pl.db", data_dir, env, tmp_path)
+    try:
+        import httpx
+
+        def healthy():  # the run's flow can only start once its server answers
+            info = _server(tmp_path)
+            try:
+                return info if info and httpx.get(info["url"] + "/health", timeout=2).status_code == 200 else None
+            except httpx.HTTPError:
+                return None
+
+        info = _wait(healthy, 600, "the Prefect API server", [run])
+        family = psutil.Process(run.pid).children(recursive=True)
+        assert info["pid"] in [c.pid for c in family]  # the server this run started
+        assert run.poll() is None, "the run finished before it could be killed"
+    finally:
+        run.kill()
+        run.wait(60)
+    gone, alive = psutil.wait_procs(family, timeout=90)
+    assert not alive, [(p.pid, p.cmdline()) for p in alive]
+    assert _server(tmp_path) is None  # the server removed its address as it stopped
