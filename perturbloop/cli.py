@@ -127,6 +127,17 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
         console.print(_response_table(f"{base.campaign_id}: random picks, same campaign", base.rounds))
 
 
+def _check_datasets(config) -> None:
+    """The registry datasets a config names by name exist: an unknown name is refused in a second, before the
+    store, torch or Prefect are loaded (a path is read, and checked, with the data)."""
+    from perturbloop.data.registry import REGISTRY, get_spec
+
+    named = [config.data.screen if config.data else None, config.world.dataset if config.world else None]
+    for name in named:
+        if name and name not in REGISTRY and not (Path(name).suffix or os.sep in name or Path(name).exists()):
+            get_spec(name)  # UnknownDatasetError naming it and the known datasets
+
+
 def _check_before_flow(config, store, data_dir: str | None) -> None:
     """Bad input (an unknown dataset or gene, a malformed file, a config that differs from the stored one)
     fails here, in seconds, before any Prefect machinery starts."""
@@ -146,6 +157,7 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
 
     console = _console()
     config = load_config(config_path)
+    _check_datasets(config)
     if config.is_response:
         return _run_response(config, store, data_dir, baseline)
     _preflight(store, screen=True)
@@ -413,7 +425,6 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=())
     _quiet_prefect()
 
     from agent.approval import decide
-    from agent.runner import make_context, run_campaign
     from perturbloop.config import parse_config
     from perturbloop.store import Store, display_url
 
@@ -422,9 +433,15 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=())
     if c is None:
         raise PerturbloopError(f"no campaign {campaign!r} in {display_url(st.url)}")
     config = parse_config(c.config, f"stored config of {campaign}")
+    edits = {"drop": drop, "add": add, "veto": veto, "reject": reject, "note": note, "by": by, "data_dir": data_dir}
+    if not config.is_response:  # a bad edit is refused in a second: checked against the screen's genes (a superset
+        from perturbloop.data import load_screen  # of the design space) before the design space is built (torch)
+
+        decide(st, campaign, load_screen(config.data.screen, data_dir, aggregate=config.data.aggregate).genes, **edits)
+    from agent.runner import make_context, run_campaign
+
     ctx = make_context(config, st, data_dir)
-    decision = decide(st, campaign, ctx.candidate_labels(), drop=drop, add=add, veto=veto, reject=reject, note=note,
-                      by=by, data_dir=data_dir)
+    decision = decide(st, campaign, ctx.candidate_labels(), **edits)
     typer.echo(f"{decision['action']} by {by}: "
                + ("the round will be proposed again without these perturbations" if reject
                   else f"{len(decision['final'])} perturbations")
