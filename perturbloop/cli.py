@@ -153,13 +153,14 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from perturbloop.config import load_config
-    from perturbloop.store import Store, display_url, sqlite_path
 
     console = _console()
     config = load_config(config_path)
     _check_datasets(config)
     if config.is_response:
         return _run_response(config, store, data_dir, baseline)
+    from perturbloop.store import Store, display_url, sqlite_path
+
     _preflight(store, screen=True)
     st = Store(store)
     _check_before_flow(config, st, data_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-pytestmark = pytest.mark.slow
+from flows.prefect_server import _open, _watch, shared_api
 
 
 def _env(tmp_path: Path, idle_seconds: float) -> dict:
@@ -56,6 +56,7 @@ def _wait(cond, timeout: float, what: str, procs=()):
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
+@pytest.mark.slow
 def test_three_campaigns_started_together_all_finish_on_one_server(slice_csv, data_dir, tmp_path):
     # a long idle time keeps the first server up for all three runs, however their start-ups interleave
     env = _env(tmp_path, idle_seconds=600)
@@ -102,6 +103,7 @@ def _serving_child(pid: int):
     return None
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_no_process_behind(slice_csv, data_dir, tmp_path):
     env = _env(tmp_path, idle_seconds=1)
     cfg = _config(tmp_path, slice_csv, "killed", rounds=4, batch=8)
@@ -120,3 +122,40 @@ def test_a_killed_run_leaves_no_process_behind(slice_csv, data_dir, tmp_path):
 
     with socket.socket() as s:  # nothing holds the server's port any more
         s.bind(("127.0.0.1", port))
+
+
+def test_the_server_stops_only_once_nobody_holds_the_users_lock(tmp_path):
+    """The watchdog of `flows/prefect_server.py` on a stand-in server: it keeps running while a process holds
+    `users.lock` (shared), and stops, removing its address, once the lock is free for the idle time."""
+    import fcntl
+    import threading
+    from types import SimpleNamespace
+
+    (tmp_path / "server.json").write_text("{}")
+    server, held = SimpleNamespace(should_exit=False), []
+    user = _open(tmp_path / "users.lock")
+    fcntl.flock(user, fcntl.LOCK_SH)  # a run using the server
+    watcher = threading.Thread(target=_watch, args=(server, tmp_path, 0.3, held), daemon=True)
+    watcher.start()
+    watcher.join(2.0)
+    assert watcher.is_alive() and not server.should_exit and (tmp_path / "server.json").exists()
+    user.close()  # the run ends (a SIGKILL drops the lock the same way)
+    watcher.join(10)
+    assert not watcher.is_alive() and server.should_exit and not (tmp_path / "server.json").exists()
+    newcomer = _open(tmp_path / "users.lock")  # a run arriving while the server stops waits for it to be gone
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(newcomer, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    finally:
+        newcomer.close()
+        for f in held:
+            f.close()
+
+
+def test_a_configured_server_is_used_as_it_is(tmp_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        with shared_api(tmp_path / "server") as url:
+            assert url == "http://127.0.0.1:9/api"
+    assert not (tmp_path / "server").exists()  # nothing started, nothing written
