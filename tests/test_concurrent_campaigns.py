@@ -159,3 +159,34 @@ def test_a_configured_server_is_used_as_it_is(tmp_path):
         with shared_api(tmp_path / "server") as url:
             assert url == "http://127.0.0.1:9/api"
     assert not (tmp_path / "server").exists()  # nothing started, nothing written
+
+
+def _open_store(path: str, barrier, errors) -> None:
+    from perturbloop.store import Store
+
+    barrier.wait()
+    try:
+        Store(path)
+    except Exception as e:  # noqa: BLE001 - reported to the parent
+        errors.put(f"{type(e).__name__}: {e}")
+
+
+def test_processes_creating_one_new_store_at_once_all_open_it(tmp_path):
+    """Campaigns started together from one folder create its store at the same moment: every one opens it
+    (before: `table campaign already exists` for all but one)."""
+    import multiprocessing as mp
+
+    import perturbloop.store  # noqa: F401 - imported once, before the fork
+
+    ctx = mp.get_context("fork")
+    for attempt in range(3):  # a race: a few fresh stores, 6 processes each
+        barrier, errors = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_open_store, args=(str(tmp_path / f"s{attempt}.db"), barrier, errors))
+                 for _ in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        found = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
+        assert not found, found
+        assert all(p.exitcode == 0 for p in procs)
