@@ -161,32 +161,50 @@ def test_a_configured_server_is_used_as_it_is(tmp_path):
     assert not (tmp_path / "server").exists()  # nothing started, nothing written
 
 
-def _open_store(path: str, barrier, errors) -> None:
-    from perturbloop.store import Store
-
+def _released(fn, barrier, errors) -> None:
     barrier.wait()
     try:
-        Store(path)
+        fn()
     except Exception as e:  # noqa: BLE001 - reported to the parent
         errors.put(f"{type(e).__name__}: {e}")
+
+
+def _at_once(fn, n: int = 6) -> list[str]:
+    """Call `fn()` in `n` forked processes released together; the errors they raised."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    barrier, errors = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_released, args=(fn, barrier, errors)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    return found + [f"exit status {p.exitcode}" for p in procs if p.exitcode != 0]
 
 
 def test_processes_creating_one_new_store_at_once_all_open_it(tmp_path):
     """Campaigns started together from one folder create its store at the same moment: every one opens it
     (before: `table campaign already exists` for all but one)."""
-    import multiprocessing as mp
+    from perturbloop.store import Store
 
-    import perturbloop.store  # noqa: F401 - imported once, before the fork
+    for attempt in range(3):  # a race: a few fresh stores
+        assert _at_once(lambda: Store(str(tmp_path / f"s{attempt}.db"))) == []
 
-    ctx = mp.get_context("fork")
-    for attempt in range(3):  # a race: a few fresh stores, 6 processes each
-        barrier, errors = ctx.Barrier(6), ctx.Queue()
-        procs = [ctx.Process(target=_open_store, args=(str(tmp_path / f"s{attempt}.db"), barrier, errors))
-                 for _ in range(6)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(120)
-        found = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
-        assert not found, found
-        assert all(p.exitcode == 0 for p in procs)
+
+def test_processes_writing_one_feature_cache_file_at_once_all_succeed(tmp_path):
+    """Campaigns started together with a cold cache build the same feature block at the same moment: every
+    writer succeeds and the file is whole (before: one writer's temporary file was moved away under another,
+    `cache folder ... is not writable (No such file or directory)`)."""
+    import numpy as np
+
+    from perturbloop.features import save_array
+
+    block = np.arange(400_000, dtype=float).reshape(-1, 50)
+    for attempt in range(4):
+        path = tmp_path / "features" / f"go_{attempt}.npy"
+        assert _at_once(lambda: save_array(path, block)) == []
+        assert np.array_equal(np.load(path), block) and not list(path.parent.glob("*.tmp*"))
