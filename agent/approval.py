@@ -15,7 +15,6 @@ import json
 from collections.abc import Sequence
 
 from perturbloop.errors import PerturbloopError, UnknownGeneError
-from perturbloop.genes import gene_index
 from perturbloop.store import Decision, Proposal, Round, Store, display_url
 
 
@@ -73,6 +72,8 @@ def canonical_labels(items: Sequence[str], candidates: Sequence[str], context: s
         return []
     genes = sorted({g for c in candidates for g in c.split("+")})
     parts = [[p for p in str(item).split("+") if p.strip()] or [str(item)] for item in items]
+    from perturbloop.genes import gene_index  # pandas: not imported by `review` and `status`
+
     mapped = gene_index(data_dir).canonical([g for ps in parts for g in ps], context=context, allowed=genes)
     out, i = [], 0
     for ps in parts:

@@ -1,6 +1,7 @@
 """Prefect flow that runs (or resumes) a campaign and, optionally, its random-picks baseline.
 
-Works without a Prefect server (ephemeral mode). The task is retried: every loop step is
+Works without a configured Prefect server: the CLI runs it inside `flows.prefect_server.shared_api()`, one API
+server that every campaign running at the same time shares. The task is retried: every loop step is
 idempotent against the store, so a retry resumes where the failure happened.
 """
 

@@ -18,6 +18,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from agent.benchmark import PolicySpec, WorldSpec, build_screen_world, simulated_campaign_row
+from flows.prefect_server import shared_api
 from perturbloop.errors import ConfigError
 
 
@@ -52,6 +53,7 @@ def run_sweep(world_spec: WorldSpec, policies: list[PolicySpec], seeds: int, rou
         futures = [simulated_campaign.submit(world_spec, p, s, rounds, batch) for p in policies for s in range(seeds)]
         return [f.result() for f in futures]
 
-    return sweep()
+    with shared_api():  # one Prefect server for every process (flows/prefect_server.py)
+        return sweep()
 
 

@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from agent.parts import build_world
 from agent.benchmark import campaign_for, response_sweep
 from flows.evaluation import task_runner
+from flows.prefect_server import shared_api
 from perturbloop.config import CampaignConfig
 
 
@@ -32,6 +33,7 @@ def run_response_sweep(config: CampaignConfig, data_dir=None, *, runner: str = "
                    for p in config.evaluation.policies for s in range(config.evaluation.seeds)]
         return [f.result() for f in futures]
 
-    return sweep()
+    with shared_api():  # one Prefect server for every process (flows/prefect_server.py)
+        return sweep()
 
 

@@ -103,6 +103,7 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.campaign import campaign_flow
+    from flows.prefect_server import shared_api
     from perturbloop.store import Store, display_url
 
     console = _console()
@@ -117,8 +118,8 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
     )
     _check_before_flow(config, st, data_dir)
     total = config.rounds + 1
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+    with shared_api(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=console, transient=False) as progress:
         main_task = progress.add_task(f"{config.name} ({config.acquisition.kind})", total=total)
         base_task = progress.add_task("random baseline", total=total, visible=baseline)
         results = campaign_flow(
@@ -137,6 +138,17 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
         console.print(_response_table(f"{base.campaign_id}: random picks, same campaign", base.rounds))
 
 
+def _check_datasets(config) -> None:
+    """The registry datasets a config names by name exist: an unknown name is refused in a second, before the
+    store, torch or Prefect are loaded (a path is read, and checked, with the data)."""
+    from perturbloop.data.registry import REGISTRY, get_spec
+
+    named = [config.data.screen if config.data else None, config.world.dataset if config.world else None]
+    for name in named:
+        if name and name not in REGISTRY and not (Path(name).suffix or os.sep in name or Path(name).exists()):
+            get_spec(name)  # UnknownDatasetError naming it and the known datasets
+
+
 def _check_before_flow(config, store, data_dir: str | None) -> None:
     """Bad input (an unknown dataset or gene, a malformed file, a config that differs from the stored one)
     fails here, in seconds, before any Prefect machinery starts."""
@@ -153,12 +165,14 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from perturbloop.config import load_config
-    from perturbloop.store import Store, display_url
 
     console = _console()
     config = load_config(config_path)
+    _check_datasets(config)
     if config.is_response:
         return _run_response(config, store, data_dir, baseline)
+    from perturbloop.store import Store, display_url
+
     _preflight(store, screen=True)
     st = Store(store)
     _check_before_flow(config, st, data_dir)
@@ -168,9 +182,10 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
         f"store {display_url(st.url)}"
     )
     from flows.campaign import campaign_flow
+    from flows.prefect_server import shared_api
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+    with shared_api(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=console, transient=False) as progress:
         main_task = progress.add_task(f"{config.name} ({config.acquisition.kind})", total=config.rounds)
         base_task = progress.add_task("random baseline", total=config.rounds, visible=baseline)
         results = campaign_flow(
@@ -479,8 +494,6 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=())
     _quiet_prefect()
 
     from agent.approval import decide
-    from agent.context import build_context
-    from agent.runner import run_campaign
     from perturbloop.config import parse_config
     from perturbloop.store import Store, display_url
 
@@ -489,9 +502,16 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=())
     if c is None:
         raise PerturbloopError(f"no campaign {campaign!r} in {display_url(st.url)}")
     config = parse_config(c.config, f"stored config of {campaign}")
+    edits = {"drop": drop, "add": add, "veto": veto, "reject": reject, "note": note, "by": by, "data_dir": data_dir}
+    if not config.is_response:  # a bad edit is refused in a second: checked against the screen's genes (a superset
+        from perturbloop.data import load_screen  # of the design space) before the design space is built (torch)
+
+        decide(st, campaign, load_screen(config.data.screen, data_dir, aggregate=config.data.aggregate).genes, **edits)
+    from agent.context import build_context
+    from agent.runner import run_campaign
+
     ctx = build_context(config, st, data_dir)
-    decision = decide(st, campaign, ctx.candidate_labels(), drop=drop, add=add, veto=veto, reject=reject, note=note,
-                      by=by, data_dir=data_dir)
+    decision = decide(st, campaign, ctx.candidate_labels(), **edits)
     typer.echo(f"{decision['action']} by {by}: "
                + ("the round will be proposed again without these perturbations" if reject
                   else f"{len(decision['final'])} perturbations")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -121,9 +122,11 @@ def save_array(path: Path, arr: np.ndarray) -> None:
     an error naming it."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, arr)
-        tmp.replace(path)
+        # a temporary file of its own: processes building the same block at once (campaigns started together)
+        # must not move one another's half-written file
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp", delete=False) as f:
+            np.save(f, arr)
+        Path(f.name).replace(path)
     except OSError as e:
         raise PerturbloopError(f"cache folder {str(path.parent)!r} is not writable ({e.strerror}): set "
                                "PERTURBLOOP_CACHE_DIR to a folder you can write") from None

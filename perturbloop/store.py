@@ -284,7 +284,11 @@ class Store:
                 with self.engine.connect() as conn:
                     conn.exec_driver_sql("SELECT 1")
             else:
-                SQLModel.metadata.create_all(self.engine)
+                with self.engine.connect() as conn:  # one process at a time creates the tables (runs started together)
+                    if db is not None:
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    SQLModel.metadata.create_all(conn)
+                    conn.commit()
                 if db is not None:  # can it be written? (a read-only file system, an immutable file, even for root)
                     with self.engine.connect() as conn:
                         conn.exec_driver_sql("BEGIN IMMEDIATE")
