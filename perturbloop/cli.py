@@ -305,14 +305,31 @@ def _gp_fit_iter() -> int:
     return MAX_FIT_ITER
 
 
+def _hit_ratio_table(title: str, rounds: int, rows: list[dict]):
+    """Per policy: final hit ratio (mean +- sd over seeds), the mean curve, seconds per round, x random."""
+    from rich.table import Table
+
+    from perturbloop.benchmark_report import summarise
+
+    t = Table(title=title, title_justify="left")
+    for col in ("policy", "hit ratio", *[f"r{i + 1}" for i in range(rounds)], "s/round (max)", "x random"):
+        t.add_column(col, justify="right")
+    summary = summarise(rows)
+    base = next((s["hit_ratio_mean"] for s in summary if s["policy"] == "random"), None)
+    for s in summary:
+        t.add_row(s["policy"], f"{s['hit_ratio_mean']:.3f} +- {s['hit_ratio_sd']:.3f}",
+                  *[f"{v:.3f}" for v in s["per_round_mean"]],
+                  f"{s['round_seconds_mean']:.2f} ({s['round_seconds_max']:.2f})",
+                  f"{s['hit_ratio_mean'] / base:.1f}" if base else "-")
+    return t
+
+
 def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir, out,
                runner, address, embeddings=None, target="abs", fit_iter=None, aggregate=None) -> None:
     _quiet_prefect()
-    from rich.table import Table
-
     from agent.benchmark import PolicySpec, WorldSpec
     from flows.evaluation import run_sweep
-    from perturbloop.benchmark_report import summarise, write_results
+    from perturbloop.benchmark_report import write_results
 
     policies = [PolicySpec.parse(p) for p in policy.split(",") if p.strip()]
     if not policies:
@@ -332,17 +349,8 @@ def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, feature
                 "gp_fit_iter": fit_iter or _gp_fit_iter(),
                 "n_hits": rows[0]["n_hits"] if rows else None}
     path, png = write_results(out, protocol, screen, rows)
-    t = Table(title=f"{screen}: {rounds} x {batch}, {seeds} seeds, {protocol['n_hits']} hits", title_justify="left")
-    for col in ("policy", "hit ratio", *[f"r{i + 1}" for i in range(rounds)], "s/round (max)", "x random"):
-        t.add_column(col, justify="right")
-    summary = summarise(rows)
-    base = next((s["hit_ratio_mean"] for s in summary if s["policy"] == "random"), None)
-    for s in summary:
-        t.add_row(s["policy"], f"{s['hit_ratio_mean']:.3f} +- {s['hit_ratio_sd']:.3f}",
-                  *[f"{v:.3f}" for v in s["per_round_mean"]],
-                  f"{s['round_seconds_mean']:.2f} ({s['round_seconds_max']:.2f})",
-                  f"{s['hit_ratio_mean'] / base:.1f}" if base else "-")
-    console.print(t)
+    console.print(_hit_ratio_table(f"{screen}: {rounds} x {batch}, {seeds} seeds, {protocol['n_hits']} hits",
+                                   rounds, rows))
     console.print(f"results: {path}\ncurves: {png}")
 
 
@@ -351,11 +359,9 @@ def _benchmark_pairs(screen, hits, rounds, batch, seeds, policy, features, data_
     """A pair screen file on the combinatorial protocol (agent.benchmark.pair_screen_config); results in the
     screen benchmark's schema (hit ratio per round, round 1 = the random design)."""
     _quiet_prefect()
-    from rich.table import Table
-
     from agent.benchmark import pair_screen_config
     from flows.response_eval import run_response_sweep
-    from perturbloop.benchmark_report import protocol_of, summarise, write_results
+    from perturbloop.benchmark_report import protocol_of, write_results
 
     policies = [p.strip() for p in policy.split(",") if p.strip()]
     feats = [f.strip() for f in features.split(",") if f.strip()]
@@ -372,18 +378,8 @@ def _benchmark_pairs(screen, hits, rounds, batch, seeds, policy, features, data_
                 "batch": batch, "hits": hits or "top 5% by |score|", "round_1": "random",
                 "n_hits": rows[0]["n_hits"] if rows else None}
     path, png = write_results(out, protocol, screen, rows)
-    t = Table(title=f"{Path(screen).name}: {rounds} x {batch} pairs, {seeds} seeds, {protocol['n_hits']} hits",
-              title_justify="left")
-    for col in ("policy", "hit ratio", *[f"r{i + 1}" for i in range(rounds)], "s/round (max)", "x random"):
-        t.add_column(col, justify="right")
-    summary = summarise(rows)
-    base = next((s["hit_ratio_mean"] for s in summary if s["policy"] == "random"), None)
-    for s in summary:
-        t.add_row(s["policy"], f"{s['hit_ratio_mean']:.3f} +- {s['hit_ratio_sd']:.3f}",
-                  *[f"{v:.3f}" for v in s["per_round_mean"]],
-                  f"{s['round_seconds_mean']:.2f} ({s['round_seconds_max']:.2f})",
-                  f"{s['hit_ratio_mean'] / base:.1f}" if base else "-")
-    console.print(t)
+    console.print(_hit_ratio_table(f"{Path(screen).name}: {rounds} x {batch} pairs, {seeds} seeds, "
+                                   f"{protocol['n_hits']} hits", rounds, rows))
     console.print(f"results: {path}\ncurves: {png}")
 
 
