@@ -129,3 +129,20 @@ def test_benchmark_refuses_hits_outside_the_file(tmp_path, norman_slice):
                                    "--batch", "8", "--seeds", "1", "--runner", "inline", "--out",
                                    str(tmp_path / "r.json")], env={"COLUMNS": "200"})
     assert res.exit_code != 0 and "KRAS+TP53" in res.output and "not in the screen file" in res.output
+
+
+def test_file_route_replays_the_registry_world(tmp_path, norman_slice, data_dir):
+    """The Norman slice as a file and the registry's pair_fitness world (GI readout) on the same 16 genes give the
+    same campaign: same picks, same hit ratios."""
+    from agent.benchmark import campaign_for, pair_screen_config
+    from perturbloop.config import parse_config
+
+    singles, pairs = norman_slice
+    config = pair_screen_config(str(_write_columns(tmp_path / "n.csv", singles, pairs)), hits=None, rounds=2, batch=8,
+                                seeds=1, policies=["best"], fit_iter=3)
+    registry = parse_config({**config.model_dump(), "world": {"kind": "pair_fitness", "dataset": "norman2019_pairs",
+                                                               "readout": "gi"},
+                             "design": {**config.design.model_dump(), "genes": list(singles.index)}}, "registry")
+    a, b = campaign_for(config, "program", 0, data_dir), campaign_for(registry, "program", 0, data_dir)
+    assert a["picks"] == b["picks"] and a["n_hits"] == b["n_hits"] == round(0.05 * (len(pairs) - 1))
+    assert a["metrics"]["hit_ratio"] == pytest.approx(b["metrics"]["hit_ratio"])
