@@ -320,15 +320,32 @@ def _gp_fit_iter() -> int:
     return MAX_FIT_ITER
 
 
+def _hit_ratio_table(title: str, rounds: int, rows: list[dict]):
+    """Per policy: final hit ratio (mean +- sd over seeds), the mean curve, seconds per round, x random."""
+    from rich.table import Table
+
+    from perturbloop.benchmark_report import summarise
+
+    t = Table(title=title, title_justify="left")
+    for col in ("policy", "hit ratio", *[f"r{i + 1}" for i in range(rounds)], "s/round (max)", "x random"):
+        t.add_column(col, justify="right")
+    summary = summarise(rows)
+    base = next((s["hit_ratio_mean"] for s in summary if s["policy"] == "random"), None)
+    for s in summary:
+        t.add_row(s["policy"], f"{s['hit_ratio_mean']:.3f} +- {s['hit_ratio_sd']:.3f}",
+                  *[f"{v:.3f}" for v in s["per_round_mean"]],
+                  f"{s['round_seconds_mean']:.2f} ({s['round_seconds_max']:.2f})",
+                  f"{s['hit_ratio_mean'] / base:.1f}" if base else "-")
+    return t
+
+
 def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir, out,
                runner, address, embeddings=None, target="abs", fit_iter=None, aggregate=None, phenotype=None,
                prior_terms=None, known_positives=None, prior_share=1.0, *, network=False) -> None:
     _quiet_prefect()
-    from rich.table import Table
-
     from agent.benchmark import PolicySpec, WorldSpec, benchmark_config
     from flows.evaluation import run_sweep
-    from perturbloop.benchmark_report import summarise, write_results
+    from perturbloop.benchmark_report import write_results
     from perturbloop.phenotype_prior import read_gene_list
 
     policies = [PolicySpec.parse(p) for p in policy.split(",") if p.strip()]
@@ -367,17 +384,37 @@ def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, feature
                 "prior_share": prior_share, "network_kernel": network,
                 "n_hits": rows[0]["n_hits"] if rows else None}
     path, png = write_results(out, protocol, screen, rows)
-    t = Table(title=f"{screen}: {rounds} x {batch}, {seeds} seeds, {protocol['n_hits']} hits", title_justify="left")
-    for col in ("policy", "hit ratio", *[f"r{i + 1}" for i in range(rounds)], "s/round (max)", "x random"):
-        t.add_column(col, justify="right")
-    summary = summarise(rows)
-    base = next((s["hit_ratio_mean"] for s in summary if s["policy"] == "random"), None)
-    for s in summary:
-        t.add_row(s["policy"], f"{s['hit_ratio_mean']:.3f} +- {s['hit_ratio_sd']:.3f}",
-                  *[f"{v:.3f}" for v in s["per_round_mean"]],
-                  f"{s['round_seconds_mean']:.2f} ({s['round_seconds_max']:.2f})",
-                  f"{s['hit_ratio_mean'] / base:.1f}" if base else "-")
-    console.print(t)
+    console.print(_hit_ratio_table(f"{screen}: {rounds} x {batch}, {seeds} seeds, {protocol['n_hits']} hits",
+                                   rounds, rows))
+    console.print(f"results: {path}\ncurves: {png}")
+
+
+def _benchmark_pairs(screen, hits, rounds, batch, seeds, policy, features, data_dir, out, runner, address,
+                     fit_iter) -> None:
+    """A pair screen file on the combinatorial protocol (agent.benchmark.pair_screen_config); results in the
+    screen benchmark's schema (hit ratio per round, round 1 = the random design)."""
+    _quiet_prefect()
+    from agent.benchmark import pair_screen_config
+    from flows.response_eval import run_response_sweep
+    from perturbloop.benchmark_report import protocol_of, write_results
+
+    policies = [p.strip() for p in policy.split(",") if p.strip()]
+    feats = [f.strip() for f in features.split(",") if f.strip()]
+    config = pair_screen_config(screen, hits=hits, rounds=rounds, batch=batch, seeds=seeds, policies=policies,
+                                features=feats, fit_iter=fit_iter)
+    console = _console()
+    with console.status(f"{len(config.evaluation.policies)} policies x {seeds} seeds on pair screen {screen}"):
+        raw = run_response_sweep(config, data_dir, runner=runner, address=address)
+    label = {"program": "best (program)"} if "best" in policies else {}
+    rows = [{"policy": label.get(r["policy"], r["policy"]), "seed": r["seed"], "hit_ratio": r["metrics"]["hit_ratio"][-1],
+             "per_round": r["metrics"]["hit_ratio"], "round_seconds": r["round_seconds"],
+             "n_hits": r["n_hits"], "picks": r["picks"]} for r in raw]
+    protocol = {**protocol_of(config, raw), "name": "BioDiscoveryAgent combinatorial (pairs)", "rounds": rounds,
+                "batch": batch, "hits": hits or "top 5% by |score|", "round_1": "random",
+                "n_hits": rows[0]["n_hits"] if rows else None}
+    path, png = write_results(out, protocol, screen, rows)
+    console.print(_hit_ratio_table(f"{Path(screen).name}: {rounds} x {batch} pairs, {seeds} seeds, "
+                                   f"{protocol['n_hits']} hits", rounds, rows))
     console.print(f"results: {path}\ncurves: {png}")
 
 
@@ -405,16 +442,19 @@ def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runn
 @app.command()
 def benchmark(
     out: Annotated[Path, typer.Option(help="results JSON (a PNG of the curves is written beside it)")],
-    screen: Annotated[Optional[str], typer.Option(help="registry screen name, or a MAGeCK gene summary / Gene,Score CSV")] = None,
+    screen: Annotated[Optional[str], typer.Option(help="registry screen name, a MAGeCK gene summary / Gene,Score CSV, "
+                                                  "or a pair screen (gene_a,gene_b,score or A+B,score)")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="a response-campaign TOML (Perturb-seq / pairs): "
                                                    "world, policies, seeds and baselines come from the file")] = None,
-    hits: Annotated[Optional[str], typer.Option(help="file with one hit gene per line (default: top 5% by |score|)")] = None,
+    hits: Annotated[Optional[str], typer.Option(help="file with one hit gene (pair screens: A+B) per line (default: top "
+                                                "5% by |score|)")] = None,
     rounds: Annotated[int, typer.Option(min=1)] = 5,
     batch: Annotated[int, typer.Option(min=1)] = 128,
     seeds: Annotated[int, typer.Option(min=1)] = 10,
     policy: Annotated[str, typer.Option(help="comma-separated policies; `best` is the recommended one")] = "best,random",
     nonessential: Annotated[bool, typer.Option("--nonessential", help="drop core-essential genes from hits and picks")] = False,
-    features: Annotated[str, typer.Option(help="go, screens, essential, embedding (comma-separated)")] = "go,screens",
+    features: Annotated[Optional[str], typer.Option(help="go, screens, essential, embedding (comma-separated; default "
+                                                    "go,screens; a pair screen file: go)")] = None,
     prior_screens: Annotated[Optional[str], typer.Option(help="screens used as prior features (default: all but the target)")] = None,
     embeddings: Annotated[Optional[str], typer.Option(help="gene embeddings for feature 'embedding' (CSV: gene + one column a dimension, or NPY)")] = None,
     target: Annotated[str, typer.Option(help="what the surrogate models: abs (log |score|) or hit (the lab's hit call, 0/1)")] = "abs",
@@ -451,9 +491,10 @@ def benchmark(
     if screen is None:
         typer.echo("error: name a --screen (pooled screen) or a --config (response campaign)", err=True)
         raise typer.Exit(2)
-    _guard(_benchmark, screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir,
-           out, runner, address, embeddings, target, fit_iter, aggregate, phenotype, prior_terms, known_positives,
-           prior_share, network=network)
+    from agent.benchmark import PolicySpec, WorldSpec, benchmark_config
+    from flows.evaluation import run_sweep
+    from perturbloop.benchmark_report import write_results
+    from perturbloop.phenotype_prior import read_gene_list
 
 
 def _review(campaign: str, store: str | None) -> None:

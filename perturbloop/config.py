@@ -172,10 +172,12 @@ class AcquisitionConfig(_Strict):
 class WorldConfig(_Strict):
     """What answers the experiments (simulated: replayed real data or a labelled synthetic world)."""
 
-    kind: Literal["perturbseq", "synthetic_grn", "pair_fitness"] = Field(
+    kind: Literal["perturbseq", "synthetic_grn", "pair_fitness", "pair_screen"] = Field(
         description="perturbseq: replay held-out cells of a Perturb-seq AnnData; synthetic_grn: a synthetic "
-                    "gene-regulatory world with known interactions; pair_fitness: replay a pair screen (Norman 2019)")
-    dataset: str | None = Field(None, description="perturbseq: registry name or .h5ad path; pair_fitness: registry name")
+                    "gene-regulatory world with known interactions; pair_fitness: replay a pair screen (Norman 2019); "
+                    "pair_screen: replay a pair screen file (gene_a,gene_b,score or A+B,score)")
+    dataset: str | None = Field(None, description="perturbseq: registry name or .h5ad path; pair_fitness: registry "
+                                "name; pair_screen: the pair screen file")
     key: str = Field("perturbation", description="obs column with perturbation labels")
     control: str = Field("ctrl", description="control label in obs[key]")
     cells_per_run: int = Field(50, ge=1, le=100_000, description="cells a run of one perturbation returns")
@@ -184,11 +186,17 @@ class WorldConfig(_Strict):
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the world's draws (cells, failures, synthetic network)")
     params: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the simulator")
     readout: Literal["fitness", "gi"] = Field("fitness", description="pair_fitness: the pair phenotype modelled")
+    hits: str | None = Field(None, description="pair_screen: file of hit pairs, one A+B a line (default: top "
+                             "evaluation.hit_fraction by |score|)")
 
     @model_validator(mode="after")
     def _dataset_needed(self) -> WorldConfig:
         if self.kind == "perturbseq" and not self.dataset:
             raise ValueError("world.dataset: a perturbseq world needs a dataset (registry name or .h5ad path)")
+        if self.kind == "pair_screen" and not self.dataset:
+            raise ValueError("world.dataset: a pair_screen world needs its pair screen file")
+        if self.hits and self.kind != "pair_screen":
+            raise ValueError("world.hits: a hits file applies to a pair_screen world")
         return self
 
 
@@ -334,6 +342,8 @@ class CampaignConfig(_Strict):
         if self.world.kind == "pair_fitness":
             gi = self.world.readout == "gi" or a.interaction or a.absolute
             return ("predicted |GI| +- sd" if a.absolute else "predicted GI +- sd") if gi else "predicted fitness +- sd"
+        if self.world.kind == "pair_screen":
+            return "predicted |score| +- sd" if a.absolute else "predicted score +- sd"
         sign = "mean LFC of the program genes" + (" (up)" if a.direction == "up" else " (down)")
         return f"predicted program score: {sign} +- sd"
 
@@ -379,10 +389,10 @@ class CampaignConfig(_Strict):
         if self.objective == "maximize" and self.acquisition.kind != "program" and "program" not in self.evaluation.policies:
             raise ValueError("objective 'maximize' needs acquisition.kind = 'program' (or 'program' among evaluation.policies)")
         uses_program = self.acquisition.kind == "program" or "program" in self.evaluation.policies
-        if uses_program and not self.acquisition.program and self.world.kind != "pair_fitness":
+        if uses_program and not self.acquisition.program and self.world.kind not in ("pair_fitness", "pair_screen"):
             raise ValueError("acquisition.program: list the program's genes (policy 'program')")
-        if self.world.kind == "pair_fitness" and self.design.space != "pairs":
-            raise ValueError("design.space: a pair_fitness world designs pairs (set design.space = 'pairs')")
+        if self.world.kind in ("pair_fitness", "pair_screen") and self.design.space != "pairs":
+            raise ValueError(f"design.space: a {self.world.kind} world designs pairs (set design.space = 'pairs')")
         if self.surrogate.kind == "additive" and self.design.space != "pairs":
             raise ValueError("surrogate.kind = 'additive' applies to pairs only")
 

@@ -225,4 +225,6 @@ def prepare_evaluation(world: ResponseWorld, space: DesignSpace, config: Campaig
         ev.scores = dict(zip(labels, s.tolist()))
         n_hits = max(1, int(round(config.evaluation.hit_fraction * len(labels))))
         ev.hits = set(np.array(labels)[np.argsort(-s, kind="stable")[:n_hits]].tolist())
+        if getattr(world, "hits", None) is not None:  # hits the world defines (a pair screen's --hits file)
+            ev.hits = set(world.hits) - set(split.test)
     return ev

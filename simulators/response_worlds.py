@@ -267,6 +267,10 @@ def build_world(config: CampaignConfig, data_dir=None) -> ResponseWorld:
         replay = PairReplay.from_norman2019(data_dir, with_perturbseq_fits=False, seed=w.seed,
                                             objective=w.readout, **w.params)
         return PairFitnessWorld(replay, w.readout)
+    if w.kind == "pair_screen":
+        from simulators.pair_screen import PairScreenWorld
+
+        return PairScreenWorld.from_file(w.dataset, hits=w.hits)
     raise ConfigError(f"world.kind: unknown world {w.kind!r}")
 
 

@@ -384,6 +384,8 @@ class LowRankGPResponse:
         m = self.model
         Xtr = m.train_inputs[0]  # k x n x d (BoTorch expands the inputs over the output batch)
         ytr = m.train_targets  # k x n, standardised
+        if Xtr.ndim == 2:  # one output (a pair screen's score): BoTorch keeps no output batch dimension
+            Xtr, ytr = Xtr.unsqueeze(0), ytr.unsqueeze(0)
         c = m.mean_module.constant.reshape(-1, 1)
         K = m.covar_module(Xtr, Xtr).to_dense()
         noise = m.likelihood.noise.reshape(-1, 1, 1)
