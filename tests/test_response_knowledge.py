@@ -47,7 +47,7 @@ def test_gwt_block_of_papalexi_targets_flags_absent_genes(data_dir):
 
 
 def test_missing_gwt_tables_name_the_dataset(tmp_path):
-    with pytest.raises(PerturbloopError, match="gwt_cd4_aging.*PERTURBLOOP_DATA_DIR"):
+    with pytest.raises(PerturbloopError, match="dataset .gwt_cd4_aging. .*is not in"):
         gwt_path("gwt_cd4_aging", tmp_path)
 
 
