@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FEATURE_SETS = {
     "default": ["go", "expression_pca"],
     "default+knowledge+gwt": ["go", "expression_pca", "knowledge", "gwt"],
+    "default+knowledge": ["go", "expression_pca", "knowledge"],
     "default+gwt": ["go", "expression_pca", "gwt"],
     "knowledge+gwt": ["knowledge", "gwt"],
     "gwt": ["gwt"],
@@ -37,7 +38,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     raw = tomllib.loads((ROOT / "examples" / "papalexi_learn.toml").read_text())
-    out = {}
+    out = json.loads(args.out.read_text()) if args.out.is_file() else {}  # other feature sets of earlier runs stay
     for name in args.sets.split(","):
         raw["design"]["features"] = FEATURE_SETS[name]
         config = parse_config(raw, "papalexi_learn.toml")
