@@ -68,17 +68,19 @@ class DataConfig(_Strict):
 
 SCREEN_FEATURES = ("go", "screens", "essential", "embedding", "string", "pathways", "hpo", "literature", "depmap",
                    "paralogs", "knowledge")
-RESPONSE_FEATURES = ("go", "expression_pca", "none")
+RESPONSE_KNOWLEDGE = ("string", "pathways", "hpo", "literature", "depmap", "paralogs", "knowledge", "gwt")
+RESPONSE_FEATURES = ("go", "expression_pca", "none", *RESPONSE_KNOWLEDGE)  # gwt: perturbloop.response_knowledge
 
 
 class DesignConfig(_Strict):
     space: Literal["genes", "pairs"] = "genes"
     features: list[Literal["go", "screens", "essential", "embedding", "string", "pathways", "hpo", "literature",
-                           "depmap", "paralogs", "knowledge", "expression_pca", "none"]] = Field(
+                           "depmap", "paralogs", "knowledge", "expression_pca", "gwt", "none"]] = Field(
         default_factory=lambda: ["go"],
         description="gene features: GO embedding, prior screens, core-essential flag, user embeddings, prior knowledge "
                     "(STRING network, pathways, HPO, literature, DepMap, paralogs; `knowledge` = all six) for screens; "
-                    "GO embedding, the gene's loadings on the PCs of control-cell expression (Perturb-seq, pairs)")
+                    "GO embedding, the gene's loadings on the PCs of control-cell expression, the knowledge blocks "
+                    "and gwt (CD4 T-cell / K562 perturbation effects, Zhu, Dann et al. 2025) (Perturb-seq, pairs)")
     prior_screens: list[str] | None = Field(None, description="screens used as features (default: all registry screens but the target)")
     genes: list[str] | str | None = Field(None, description="restrict the design space to these genes (a list, or a file with one gene per line)")
     go_dims: int = Field(64, ge=2, le=512)

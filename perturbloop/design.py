@@ -19,7 +19,7 @@ import torch
 from perturbloop.device import keep_torch_threads
 from perturbloop.errors import ConfigError
 from perturbloop.design_space import DesignSpace, PairSpace, SingleSpace
-from perturbloop.config import CampaignConfig
+from perturbloop.config import RESPONSE_KNOWLEDGE, CampaignConfig
 
 if TYPE_CHECKING:
     from simulators.response_worlds import ResponseWorld
@@ -71,6 +71,15 @@ def _gene_feature_matrix(genes: Sequence[str], world: ResponseWorld, config: Cam
             if ctrl is None:
                 raise ConfigError("design.features: 'expression_pca' needs control cells; this world has none")
             m, n = expression_pca_features(genes, world.genes, ctrl, config.design.expression_pcs)
+            blocks.append(m)
+            names += n
+        elif f in RESPONSE_KNOWLEDGE:
+            if world.synthetic:
+                raise ConfigError(f"design.features: {f!r} needs real gene symbols; a synthetic world has none "
+                                  "(use expression_pca)")
+            from perturbloop.response_knowledge import response_knowledge_features
+
+            m, n = response_knowledge_features(genes, f, data_dir=data_dir)
             blocks.append(m)
             names += n
     X = np.hstack(blocks) if blocks else np.zeros((len(genes), 0))
