@@ -491,10 +491,15 @@ def benchmark(
     if screen is None:
         typer.echo("error: name a --screen (pooled screen) or a --config (response campaign)", err=True)
         raise typer.Exit(2)
-    from agent.benchmark import PolicySpec, WorldSpec, benchmark_config
-    from flows.evaluation import run_sweep
-    from perturbloop.benchmark_report import write_results
-    from perturbloop.phenotype_prior import read_gene_list
+    from simulators.pair_screen import is_pair_screen_file
+
+    if is_pair_screen_file(screen):
+        _guard(_benchmark_pairs, screen, hits, rounds, batch, seeds, policy, features or "go", data_dir, out, runner,
+               address, fit_iter)
+        return
+    _guard(_benchmark, screen, hits, rounds, batch, seeds, policy, nonessential, features or "go,screens",
+           prior_screens, data_dir, out, runner, address, embeddings, target, fit_iter, aggregate, phenotype,
+           prior_terms, known_positives, prior_share, network=network)
 
 
 def _review(campaign: str, store: str | None) -> None:
