@@ -120,12 +120,21 @@ def incidence_embedding(A: sp.csr_matrix, *, dims: int, min_genes: int, max_gene
 def save_array(path: Path, arr: np.ndarray) -> None:
     """Write an NPY atomically (a reader never sees a half-written cache file); an unwritable cache folder is
     an error naming it."""
+    _save_atomic(path, lambda f: np.save(f, arr))
+
+
+def save_arrays(path: Path, **arrays: np.ndarray) -> None:
+    """Write an NPZ of `arrays` atomically, as `save_array` does."""
+    _save_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def _save_atomic(path: Path, write) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # a temporary file of its own: processes building the same block at once (campaigns started together)
         # must not move one another's half-written file
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp", delete=False) as f:
-            np.save(f, arr)
+            write(f)
         Path(f.name).replace(path)
     except OSError as e:
         raise PerturbloopError(f"cache folder {str(path.parent)!r} is not writable ({e.strerror}): set "

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import tempfile
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from perturbloop.data.registry import resolve
+from perturbloop.data.registry import cache_dir, resolve
 from perturbloop.errors import UnknownGeneError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+INDEX_CACHE_VERSION = 1  # bump when GeneIndex.from_tables changes what it builds
 
 
 class GeneIndex:
@@ -28,6 +35,13 @@ class GeneIndex:
         counts = alias.groupby("alias_symbol")["gene_symbol"].nunique()
         unique = alias[alias["alias_symbol"].isin(counts.index[counts == 1])].drop_duplicates("alias_symbol")
         return cls(info["gene_symbol"].astype(str), dict(zip(unique["alias_symbol"].astype(str), unique["gene_symbol"].astype(str))))
+
+    @classmethod
+    def _from_cache(cls, symbols: list[str], aliases: dict[str, str]) -> GeneIndex:
+        """An index from its own cached fields (already upper-case, aliases already without current symbols)."""
+        idx = cls.__new__(cls)
+        idx.symbols, idx.aliases = frozenset(symbols), aliases
+        return idx
 
     def map(self, symbol: str) -> str | None:
         """Current symbol for `symbol`, or None if it is unknown."""
@@ -56,17 +70,70 @@ class GeneIndex:
         return out  # type: ignore[return-value]
 
 
-@lru_cache(maxsize=4)
-def _gene_index(data_dir: str | None) -> GeneIndex:
-    info_path, = resolve("gene_info", data_dir)
-    alias_path, = resolve("gene_alias", data_dir)
+def _index_cache_path(info_path: Path, alias_path: Path) -> Path:
+    """The cache file of the index built from these two tables: keyed by their paths, sizes and mtimes (a
+    changed table gets a new key, so a stale index is never read)."""
+    parts = [f"v{INDEX_CACHE_VERSION}"]
+    for p in (info_path, alias_path):
+        st = p.stat()
+        parts.append(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+    return cache_dir() / "genes" / f"gene_index_{key}.json"
+
+
+def _read_index_cache(path: Path) -> GeneIndex | None:
+    """The cached index, or None when there is none or it is unreadable / malformed (it is then rebuilt)."""
+    try:
+        raw = json.loads(path.read_text())
+        symbols, aliases = raw["symbols"], raw["aliases"]
+        if not (isinstance(symbols, list) and isinstance(aliases, dict)
+                and all(isinstance(s, str) for s in symbols)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return GeneIndex._from_cache(symbols, aliases)
+
+
+def _write_index_cache(path: Path, idx: GeneIndex) -> None:
+    """Write the index atomically through a temporary file of its own (processes building it at once must
+    not move one another's half-written file). An unwritable cache only costs the rebuild next time."""
+    tmp: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp",
+                                         delete=False) as f:
+            tmp = Path(f.name)
+            json.dump({"symbols": sorted(idx.symbols), "aliases": idx.aliases}, f)
+        tmp.replace(path)
+    except OSError:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def _build_index(info_path: Path, alias_path: Path) -> GeneIndex:
+    import pandas as pd
+
     info = pd.read_csv(info_path, sep="\t", usecols=["gene_symbol"], dtype=str)
     alias = pd.read_csv(alias_path, sep="\t", dtype=str)
     return GeneIndex.from_tables(info, alias)
 
 
+@lru_cache(maxsize=4)
+def _gene_index(data_dir: str | None) -> GeneIndex:
+    info_path, = resolve("gene_info", data_dir)
+    alias_path, = resolve("gene_alias", data_dir)
+    path = _index_cache_path(info_path, alias_path)
+    idx = _read_index_cache(path)
+    if idx is None:
+        idx = _build_index(info_path, alias_path)
+        _write_index_cache(path, idx)
+    return idx
+
+
 def gene_index(data_dir: str | os.PathLike | None = None) -> GeneIndex:
-    """The GeneIndex built from the registry's `gene_info` and `gene_alias` tables (cached)."""
+    """The GeneIndex built from the registry's `gene_info` and `gene_alias` tables (cached in memory, and on
+    disk under the cache folder as JSON, so a later process loads it without pandas)."""
     return _gene_index(str(data_dir) if data_dir else os.environ.get("PERTURBLOOP_DATA_DIR"))
 
 

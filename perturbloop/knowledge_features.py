@@ -34,7 +34,7 @@ import scipy.sparse as sp
 from perturbloop.data import knowledge as kn
 from perturbloop.data.registry import cache_dir, sha256_of
 from perturbloop.errors import PerturbloopError
-from perturbloop.features import go_incidence, incidence_embedding, save_array
+from perturbloop.features import go_incidence, incidence_embedding, save_array, save_arrays
 
 KNOWLEDGE_BLOCKS = ("string", "pathways", "hpo", "literature", "depmap", "paralogs")
 # 32 eigenvectors: the Lanczos solve takes ~3 s on the 17k-gene network (64 take ~12 s), and a GP fit on a
@@ -88,10 +88,7 @@ def string_spectrum(data_dir: DataDir = None, *, dims: int = STRING_DIMS,
         return z["lam"], z["U"], list(z["genes"]), z["degree"]
     W, genes = kn.string_adjacency(data_dir)
     lam, U, degree = laplacian_eigenpairs(W, dims)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, lam=lam, U=U, genes=np.array(genes), degree=degree)
-    tmp.replace(path)
+    save_arrays(path, lam=lam, U=U, genes=np.array(genes), degree=degree)  # a temporary file of its own
     return lam, U, genes, degree
 
 

@@ -208,3 +208,29 @@ def test_processes_writing_one_feature_cache_file_at_once_all_succeed(tmp_path):
         path = tmp_path / "features" / f"go_{attempt}.npy"
         assert _at_once(lambda: save_array(path, block)) == []
         assert np.array_equal(np.load(path), block) and not list(path.parent.glob("*.tmp*"))
+
+
+def test_processes_writing_the_string_spectrum_cache_at_once_all_succeed(tmp_path, monkeypatch):
+    """The STRING spectrum is cached like the feature blocks: campaigns started together with a cold cache
+    write it at the same moment; every writer succeeds and the file is whole (before: a fixed
+    `string_spectrum_*.tmp.npz` moved away under another writer, FileNotFoundError)."""
+    import numpy as np
+
+    from perturbloop import knowledge_features as kf
+
+    n, dims = 40_000, 8
+    src = tmp_path / "string.tsv"
+    src.write_text("a\tb\t1\n")
+    lam, U, degree = np.linspace(0, 1, dims), np.arange(n * dims, dtype=float).reshape(n, dims), np.ones(n)
+    net_genes = [f"G{i}" for i in range(n)]
+    monkeypatch.setenv("PERTURBLOOP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(kf.kn, "knowledge_paths", lambda name, data_dir=None: [src])
+    monkeypatch.setattr(kf.kn, "string_adjacency", lambda data_dir=None: (None, net_genes))
+    monkeypatch.setattr(kf, "laplacian_eigenpairs", lambda W, d: (lam, U, degree))
+    for attempt in range(4):
+        src.write_text(f"a\tb\t{attempt}\n")  # a new source: a cold cache each attempt
+        assert _at_once(lambda: kf.string_spectrum(dims=dims)) == []
+        got = kf.string_spectrum(dims=dims)
+        assert np.array_equal(got[1], U) and got[2] == net_genes
+    assert not list((tmp_path / "cache" / "features").glob("*.tmp*"))
+    assert len(list((tmp_path / "cache" / "features").glob("string_spectrum_*.npz"))) == 4
