@@ -34,7 +34,12 @@ import scipy.sparse as sp
 from perturbloop.data import knowledge as kn
 from perturbloop.data.registry import cache_dir, sha256_of
 from perturbloop.errors import PerturbloopError
-from perturbloop.features import go_incidence, incidence_embedding, save_array, save_arrays
+from perturbloop.features import (
+    go_incidence,
+    incidence_embedding,
+    save_array,
+    save_arrays,
+)
 
 KNOWLEDGE_BLOCKS = ("string", "pathways", "hpo", "literature", "depmap", "paralogs")
 # 32 eigenvectors: the Lanczos solve takes ~3 s on the 17k-gene network (64 take ~12 s), and a GP fit on a
