@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from perturbloop.data import knowledge as kn
 from perturbloop.data.registry import cache_dir, resolve, sha256_of
 from perturbloop.errors import ConfigError
-from perturbloop.features import go_incidence
+from perturbloop.features import go_incidence, save_arrays
 
 CACHE_VERSION = 1  # bump when the index's definition changes
 CLOSE_MATCHES = 5  # closest term names listed for an unknown prior term
@@ -204,11 +204,8 @@ def _term_index(key: str, data_dir: str | None) -> TermIndex:
         genes, ids, names, sources = (list(map(str, z[k])) for k in ("genes", "ids", "names", "sources"))
     else:
         A, genes, ids, names, sources = _build(data_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, indices=A.indices.astype(np.int32), indptr=A.indptr.astype(np.int64), shape=np.array(A.shape),
-                 genes=np.array(genes), ids=np.array(ids), names=np.array(names), sources=np.array(sources))
-        tmp.replace(path)
+        save_arrays(path, indices=A.indices.astype(np.int32), indptr=A.indptr.astype(np.int64), shape=np.array(A.shape),
+                    genes=np.array(genes), ids=np.array(ids), names=np.array(names), sources=np.array(sources))
     term_words = [tokens(n) for n in names]
     vocab: dict[str, int] = {}
     rows, cols = [], []
