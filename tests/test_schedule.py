@@ -158,7 +158,9 @@ def test_serve_registers_cron_deployments_and_scheduled_runs_advance(slice_csv, 
                     except Exception:
                         return None
 
-            _wait(lambda: asyncio.run(deployment()) is not None, 90, "the deployment", [server, serve])
+            # serve registers the folder's deployments one after another: wait for both
+            _wait(lambda: all(asyncio.run(deployment(n)) is not None for n in ("nightly", "perturbseq-nightly")), 90,
+                  "both deployments", [server, serve])
             dep = asyncio.run(deployment())
             assert dep.schedules[0].schedule.cron == "0 2 * * *" and dep.schedules[0].active
             ps_dep = asyncio.run(deployment("perturbseq-nightly"))
