@@ -49,14 +49,16 @@ class ContextProtocol:
 
 def _model(policy: str, space: ContextSpace, protocol: ContextProtocol):
     C, t = len(space.contexts), space.context_index(protocol.target)
+    common = {"bounds": torch.stack([space.gene_X.min(0).values, space.gene_X.max(0).values]),
+              "max_iter": protocol.max_iter}
     if policy in ("multitask", "multitask_target"):
-        return MultiTaskContextGP(C, max_iter=protocol.max_iter)
+        return MultiTaskContextGP(C, **common)
     if policy == "independent":
-        return IndependentContextGP(C, max_iter=protocol.max_iter)
+        return IndependentContextGP(C, **common)
     if policy == "target_gp":
-        return IndependentContextGP(C, max_iter=protocol.max_iter, fit_contexts=[t])
+        return IndependentContextGP(C, fit_contexts=[t], **common)
     if policy == "pooled":
-        return PooledContextGP(C, max_iter=protocol.max_iter)
+        return PooledContextGP(C, **common)
     return None
 
 
@@ -175,15 +177,12 @@ def write_results(path, protocol: dict, screen: str, rows: list[dict]):
         rs = [r for r in rows if r["policy"] == p]
         cost = np.mean([[pt["cost"] for pt in r["curve"]] for r in rs], 0)
         found = np.array([[pt["hits_found"] for pt in r["curve"]] for r in rs], float)
-        ax.plot(cost, found.mean(0), marker="o", label=p)
-        ax.fill_between(cost, found.mean(0) - found.std(0), found.mean(0) + found.std(0), alpha=0.2)
-    ax.set_xlabel("cost spent")
-    ax.set_ylabel(f"hits found in {protocol['target']}")
-    ax.set_title(f"{screen}: budget {protocol['budget']:g}, {protocol['rounds']} rounds, {protocol['seeds']} seeds")
-    ax.grid(alpha=0.3)
+        ax.errorbar(cost, found.mean(0), yerr=found.std(0), marker="o", capsize=3, label=p)
+    ax.set(xlabel="cost spent", ylabel=f"hits found in {protocol['target']}",
+           title=f"{screen}: budget {protocol['budget']:g}, {protocol['rounds']} rounds, {protocol['seeds']} seeds")
     ax.legend()
+    ax.grid(alpha=0.3)
     fig.tight_layout()
-    png = path.with_suffix(".png")
-    fig.savefig(png)
+    fig.savefig(path.with_suffix(".png"))
     plt.close(fig)
-    return path, png
+    return path, path.with_suffix(".png")

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import MultiTaskGP
+from botorch.models.transforms import Normalize
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from perturbloop.device import default_device
@@ -72,9 +73,10 @@ class MultiTaskContextGP:
 
     name = "multitask"
 
-    def __init__(self, n_contexts: int, *, rank: int | None = None, max_iter: int = MAX_FIT_ITER,
-                 task_prior: bool = False, device: torch.device | None = None):
+    def __init__(self, n_contexts: int, *, bounds: torch.Tensor | None = None, rank: int | None = None,
+                 max_iter: int = MAX_FIT_ITER, task_prior: bool = False, device: torch.device | None = None):
         self.n_contexts = n_contexts
+        self.bounds = bounds  # 2 x d gene-feature bounds over the whole pool: inputs mapped to the unit cube
         self.rank = rank
         self.task_prior = task_prior
         self.max_iter = max_iter
@@ -87,7 +89,13 @@ class MultiTaskContextGP:
         _check(X, ctx, y, self.n_contexts)
         dev = self.device
         train_X = torch.cat([X.to(dev, torch.float64), ctx.to(dev, torch.float64).reshape(-1, 1)], -1)
+        d = X.shape[-1]
+        bounds = None
+        if self.bounds is not None:
+            lo, hi = self.bounds.to(dev, torch.float64)
+            bounds = torch.stack([lo, torch.where(hi - lo > 1e-8, hi, lo + 1.0)])  # constant columns: no 0/0
         model = MultiTaskGP(train_X, y.reshape(-1, 1).to(dev, torch.float64), task_feature=-1,
+                            input_transform=Normalize(d=d + 1, indices=list(range(d)), bounds=bounds),  # not the task column
                             all_tasks=list(range(self.n_contexts)), rank=self.rank,
                             **({} if self.task_prior else {"task_covar_prior": None}))
         if self._init:
@@ -125,7 +133,7 @@ class MultiTaskContextGP:
 
 def _icm_joint(model: MultiTaskGP, X: torch.Tensor, C: int) -> ContextPosterior:
     """Per-gene joint posterior over all contexts of a fitted ICM `MultiTaskGP` (formula: module docstring)."""
-    train_X = model.train_inputs[0]
+    train_X = model.train_inputs[0]  # already transformed (BoTorch sets them so in eval mode)
     t = train_X[:, -1].long()
     y = model.train_targets  # standardised
     kern = model.covar_module
@@ -139,7 +147,8 @@ def _icm_joint(model: MultiTaskGP, X: torch.Tensor, C: int) -> ContextPosterior:
     for s in range(0, X.shape[0], QUERY_CHUNK):
         xq = X[s:s + QUERY_CHUNK]
         m = xq.shape[0]
-        aug = [torch.cat([xq, torch.full((m, 1), float(c), dtype=xq.dtype, device=xq.device)], -1) for c in range(C)]
+        aug = [model.transform_inputs(torch.cat([xq, torch.full((m, 1), float(c), dtype=xq.dtype, device=xq.device)], -1))
+               for c in range(C)]
         V, mu = [], []
         for c in range(C):
             kc = kern(aug[c], train_X).to_dense()  # m x n
@@ -164,9 +173,10 @@ class IndependentContextGP:
 
     name = "independent"
 
-    def __init__(self, n_contexts: int, *, max_iter: int = MAX_FIT_ITER, device: torch.device | None = None,
-                 fit_contexts: list[int] | None = None):
+    def __init__(self, n_contexts: int, *, bounds: torch.Tensor | None = None, max_iter: int = MAX_FIT_ITER,
+                 device: torch.device | None = None, fit_contexts: list[int] | None = None):
         self.n_contexts = n_contexts
+        self.bounds = bounds
         self.max_iter = max_iter
         self.device = device
         self.fit_contexts = list(range(n_contexts)) if fit_contexts is None else list(fit_contexts)  # others: prior
@@ -184,7 +194,8 @@ class IndependentContextGP:
                 self.models.pop(c, None)
                 continue
             old = self.models.get(c)
-            gp = GPSurrogate(max_iter=self.max_iter, init_params=old.params if old else None, device=self.device)
+            gp = GPSurrogate(self.bounds, max_iter=self.max_iter, init_params=old.params if old else None,
+                             device=self.device)
             gp.fit(X[sel], y[sel])
             self.models[c] = gp
 
@@ -211,13 +222,15 @@ class PooledContextGP:
 
     name = "pooled"
 
-    def __init__(self, n_contexts: int, *, max_iter: int = MAX_FIT_ITER, device: torch.device | None = None):
+    def __init__(self, n_contexts: int, *, bounds: torch.Tensor | None = None, max_iter: int = MAX_FIT_ITER,
+                 device: torch.device | None = None):
         self.n_contexts = n_contexts
-        self.gp = GPSurrogate(max_iter=max_iter, device=device)
+        self.gp = GPSurrogate(bounds, max_iter=max_iter, device=device)
 
     def fit(self, X: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor) -> None:
         _check(X, ctx, y, self.n_contexts)
-        self.gp = GPSurrogate(max_iter=self.gp.max_iter, init_params=self.gp.params or None, device=self.gp.device)
+        self.gp = GPSurrogate(self.gp.bounds, max_iter=self.gp.max_iter, init_params=self.gp.params or None,
+                              device=self.gp.device)
         self.gp.fit(X, y.to(torch.float64))
 
     @torch.no_grad()

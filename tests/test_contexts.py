@@ -174,8 +174,9 @@ def _two_contexts(rho: float, n: int = 40, seed: int = 0):
 def test_multitask_gp_learns_how_contexts_correlate():
     corr = {}
     for rho in (0.95, 0.0):
-        model = MultiTaskContextGP(2, max_iter=30)
-        model.fit(*_two_contexts(rho))
+        X, ctx, y = _two_contexts(rho)
+        model = MultiTaskContextGP(2, max_iter=30, bounds=torch.stack([X.min(0).values, X.max(0).values]))
+        model.fit(X, ctx, y)
         corr[rho] = float(model.task_correlation()[0, 1])
     assert corr[0.95] > 0.8 and corr[0.0] < 0.3, corr
     # the joint posterior is BoTorch's: mean and the C x C block of one gene
