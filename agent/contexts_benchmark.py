@@ -116,8 +116,9 @@ def run_campaign(space: ContextSpace, screen: ContextScreen, protocol: ContextPr
             picks = random_target_picks(space, measured, round_budget, protocol.target, rng)
         else:
             gi = torch.as_tensor(obs_g)
-            model.fit(space.gene_X[gi], torch.as_tensor(obs_c), torch.as_tensor(obs_y, dtype=torch.float64))
-            picks = selector.select(model.joint(space.gene_X), space, measured, round_budget, allowed=allowed)
+            model.fit(space.gene_X[gi], torch.as_tensor(obs_c), torch.as_tensor(obs_y, dtype=torch.float64), gi)
+            post = model.joint(space.gene_X, torch.arange(len(space.genes)))
+            picks = selector.select(post, space, measured, round_budget, allowed=allowed)
         seconds.append(time.perf_counter() - t0)
         run(picks)
         curve.append({"round": r, "cost": sum(spend.values()), "hits_found": len(found), "spend": dict(spend),

@@ -1,17 +1,21 @@
 """Models of a screen measured in several contexts: the joint posterior of one gene across contexts.
 
-Every model here fits observations `y_i` of gene features `x_i` (`n x d`) in context `c_i` and answers
-`joint(X)`: per query gene its posterior mean over the `C` contexts (`m x C`) and their covariance
+Every model here fits observations `y_i` of gene `g_i` (features `x_i`, `n x d`) in context `c_i` and answers
+`joint(X, genes)`: per query gene its posterior mean over the `C` contexts (`m x C`) and their covariance
 (`m x C x C`), plus each context's observation-noise variance (`C`): what a cost-aware policy needs to
 know how much a measurement in context `c` tells about the same gene in the target.
 
 * `MultiTaskContextGP`: BoTorch `MultiTaskGP`, an intrinsic coregionalisation model (ICM):
-  `k((x, c), (x', c')) = k_x(x, x') B[c, c']`, `k_x` RBF-ARD, `B` a learned positive task covariance (BoTorch's
-  `PositiveIndexKernel`, full rank unless `rank` is given), a constant mean and a noise variance per context;
+  `k((g, c), (g', c')) = [s1 k_rbf(x_g, x_g') + s2 1(g = g')] B[c, c']`, `k_rbf` RBF-ARD over the gene features
+  (mapped to the unit cube with the pool's bounds), `1(g = g')` the gene's own effect (`SameGeneKernel`), `B` a
+  learned positive task covariance (BoTorch's `PositiveIndexKernel`, full rank unless `rank` is given), a
+  constant mean and a noise variance per context;
   hyperparameters by `fit_gpytorch_mll`, warm-started from the previous fit. `B` is how contexts relate,
   learned from the data (`task_correlation()`). No prior on `B` by default (`task_prior=False`): BoTorch's
   `BetaPrior(2.5, 1.5)` on the correlations pulls them towards ~0.6; on 40 genes in two uncorrelated contexts
-  (sample correlation -0.06) it gave 0.47, without it 0.13 (and 0.93 for contexts correlated 0.95 either way).
+  (sample correlation -0.06) it gave 0.47, without it 0.13 (and 0.93 for contexts correlated 0.95 either way;
+  both before the gene term, without which uncorrelated contexts on unit-cube features came out 0.99: it now
+  gives 0.01, 0.28 and 0.91 for contexts correlated 0, 0.3 and 0.95).
 * `IndependentContextGP`: one BoTorch `SingleTaskGP` per context; contexts never inform each other
   (zero cross-covariance). A context with fewer than `MIN_OBS` observations has the prior of all observations.
 * `PooledContextGP`: one `SingleTaskGP` over gene features on every observation, context ignored: the same
@@ -35,6 +39,8 @@ import torch
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import MultiTaskGP
 from botorch.models.transforms import Normalize
+from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
+from gpytorch.kernels import Kernel, ScaleKernel
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from perturbloop.device import default_device
@@ -84,18 +90,23 @@ class MultiTaskContextGP:
         self.model: MultiTaskGP | None = None
         self._init: dict[str, torch.Tensor] = {}
 
-    def fit(self, X: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor) -> None:
-        """`X`: `n x d` gene features, `ctx`: `n` context indices, `y`: `n` values."""
+    def fit(self, X: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor, genes: torch.Tensor | None = None) -> None:
+        """`X`: `n x d` gene features, `ctx`: `n` context indices, `y`: `n` values, `genes`: `n` gene ids (which
+        rows are the same gene; default: rows with equal features)."""
         _check(X, ctx, y, self.n_contexts)
         dev = self.device
-        train_X = torch.cat([X.to(dev, torch.float64), ctx.to(dev, torch.float64).reshape(-1, 1)], -1)
         d = X.shape[-1]
+        genes = _gene_ids(X) if genes is None else genes
+        train_X = torch.cat([X.to(dev, torch.float64), genes.to(dev, torch.float64).reshape(-1, 1),
+                             ctx.to(dev, torch.float64).reshape(-1, 1)], -1)
         bounds = None
         if self.bounds is not None:
             lo, hi = self.bounds.to(dev, torch.float64)
             bounds = torch.stack([lo, torch.where(hi - lo > 1e-8, hi, lo + 1.0)])  # constant columns: no 0/0
-        model = MultiTaskGP(train_X, y.reshape(-1, 1).to(dev, torch.float64), task_feature=-1,
-                            input_transform=Normalize(d=d + 1, indices=list(range(d)), bounds=bounds),  # not the task column
+        data_kernel = ScaleKernel(get_covar_module_with_dim_scaled_prior(ard_num_dims=d, active_dims=list(range(d)))) \
+            + ScaleKernel(SameGeneKernel(active_dims=[d]))
+        model = MultiTaskGP(train_X, y.reshape(-1, 1).to(dev, torch.float64), task_feature=-1, covar_module=data_kernel,
+                            input_transform=Normalize(d=d + 2, indices=list(range(d)), bounds=bounds),  # features only
                             all_tasks=list(range(self.n_contexts)), rank=self.rank,
                             **({} if self.task_prior else {"task_covar_prior": None}))
         if self._init:
@@ -125,10 +136,31 @@ class MultiTaskContextGP:
         return B / s[:, None] / s[None, :]
 
     @torch.no_grad()
-    def joint(self, X: torch.Tensor) -> ContextPosterior:
+    def joint(self, X: torch.Tensor, genes: torch.Tensor | None = None) -> ContextPosterior:
+        """`X`: `m x d` gene features, `genes`: their `m` gene ids (as in `fit`)."""
         if self.model is None:
             raise RuntimeError("MultiTaskContextGP.joint called before fit")
-        return _icm_joint(self.model, X.to(self.device, torch.float64), self.n_contexts)
+        genes = _gene_ids(X) if genes is None else genes
+        Xg = torch.cat([X.to(self.device, torch.float64), genes.to(self.device, torch.float64).reshape(-1, 1)], -1)
+        return _icm_joint(self.model, Xg, self.n_contexts)
+
+
+class SameGeneKernel(Kernel):
+    """`k(a, b) = 1` if `a` and `b` name the same gene (one input column: a gene id), else 0.
+
+    The gene-specific part of an effect, shared across contexts through `B`: gene features explain little of a
+    regulator's effect, so without it a context could tell nothing about the same gene elsewhere."""
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, **params) -> torch.Tensor:
+        if diag:
+            return (x1[..., 0] == x2[..., 0]).to(x1.dtype)
+        return (x1[..., :, None, 0] == x2[..., None, :, 0]).to(x1.dtype)
+
+
+def _gene_ids(X: torch.Tensor) -> torch.Tensor:
+    """`n` ids, equal for rows with equal features (a fixed random projection of the row)."""
+    w = torch.randn(X.shape[-1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return X.to(torch.float64).cpu() @ w
 
 
 def _icm_joint(model: MultiTaskGP, X: torch.Tensor, C: int) -> ContextPosterior:
@@ -183,7 +215,7 @@ class IndependentContextGP:
         self.models: dict[int, GPSurrogate] = {}
         self._prior = (0.0, 1.0, 1.0)  # mean, variance, noise for contexts without a model
 
-    def fit(self, X: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor) -> None:
+    def fit(self, X: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor, genes: torch.Tensor | None = None) -> None:
         _check(X, ctx, y, self.n_contexts)
         y = y.to(torch.float64)
         var = float(y.var()) if len(y) > 1 else 1.0
@@ -200,7 +232,7 @@ class IndependentContextGP:
             self.models[c] = gp
 
     @torch.no_grad()
-    def joint(self, X: torch.Tensor) -> ContextPosterior:
+    def joint(self, X: torch.Tensor, genes: torch.Tensor | None = None) -> ContextPosterior:
         m, C = X.shape[0], self.n_contexts
         mean = torch.full((m, C), self._prior[0], dtype=torch.float64)
         cov = torch.zeros(m, C, C, dtype=torch.float64)
@@ -227,14 +259,14 @@ class PooledContextGP:
         self.n_contexts = n_contexts
         self.gp = GPSurrogate(bounds, max_iter=max_iter, device=device)
 
-    def fit(self, X: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor) -> None:
+    def fit(self, X: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor, genes: torch.Tensor | None = None) -> None:
         _check(X, ctx, y, self.n_contexts)
         self.gp = GPSurrogate(self.gp.bounds, max_iter=self.gp.max_iter, init_params=self.gp.params or None,
                               device=self.gp.device)
         self.gp.fit(X, y.to(torch.float64))
 
     @torch.no_grad()
-    def joint(self, X: torch.Tensor) -> ContextPosterior:
+    def joint(self, X: torch.Tensor, genes: torch.Tensor | None = None) -> ContextPosterior:
         post = self.gp.posterior(X)
         C = self.n_contexts
         model = self.gp.model
