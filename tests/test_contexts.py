@@ -180,10 +180,10 @@ def test_multitask_gp_learns_how_contexts_correlate():
         corr[rho] = float(model.task_correlation()[0, 1])
     assert corr[0.95] > 0.8 and corr[0.0] < 0.3, corr
     # the joint posterior is BoTorch's: mean and the C x C block of one gene
-    X = torch.randn(3, 3, dtype=torch.float64)
-    joint = model.joint(X)
+    X, ids = torch.randn(3, 3, dtype=torch.float64), torch.tensor([1000.0, 1001.0, 1002.0], dtype=torch.float64)
+    joint = model.joint(X, ids)
     with torch.no_grad():
-        post = model.model.posterior(X[:1])
+        post = model.model.posterior(torch.cat([X, ids[:, None]], -1)[:1])
     torch.testing.assert_close(joint.mean[0], post.mean[0])
     torch.testing.assert_close(joint.cov[0], post.mvn.covariance_matrix)
 
