@@ -11,11 +11,13 @@ know how much a measurement in context `c` tells about the same gene in the targ
   learned positive task covariance (BoTorch's `PositiveIndexKernel`, full rank unless `rank` is given), a
   constant mean and a noise variance per context;
   hyperparameters by `fit_gpytorch_mll`, warm-started from the previous fit. `B` is how contexts relate,
-  learned from the data (`task_correlation()`). No prior on `B` by default (`task_prior=False`): BoTorch's
-  `BetaPrior(2.5, 1.5)` on the correlations pulls them towards ~0.6; on 40 genes in two uncorrelated contexts
-  (sample correlation -0.06) it gave 0.47, without it 0.13 (and 0.93 for contexts correlated 0.95 either way;
-  both before the gene term, without which uncorrelated contexts on unit-cube features came out 0.99: it now
-  gives 0.01, 0.28 and 0.91 for contexts correlated 0, 0.3 and 0.95).
+  learned from the data (`task_correlation()`). Prior on the correlations (`task_prior`): `"weak"` (default),
+  `Beta(1, 3)` (mode 0, mean 0.25: transfer must be shown by the data); `"botorch"`, BoTorch's default
+  `Beta(2.5, 1.5)` (mean 0.63); `"none"`. On 40 genes in two uncorrelated contexts (sample correlation -0.06)
+  BoTorch's prior gave 0.47, none 0.13 (0.93 for contexts correlated 0.95 either way). With the gene term and
+  no prior, 16 genes gave 0.41 and 0.67 for contexts correlated 0 and 0.3 (sample 0.35, 0.66), which sent the
+  cost-aware policy to the cheap contexts of the GWT table, correlated only 0.13-0.31 with 48 h; `"weak"` gave
+  0.34 and 0.62 there, and 0.04 / 0.29 / 0.92 on 40 genes correlated 0 / 0.3 / 0.95.
 * `IndependentContextGP`: one BoTorch `SingleTaskGP` per context; contexts never inform each other
   (zero cross-covariance). A context with fewer than `MIN_OBS` observations has the prior of all observations.
 * `PooledContextGP`: one `SingleTaskGP` over gene features on every observation, context ignored: the same
@@ -33,12 +35,15 @@ took ~8-13 s for 4,000 genes x 3 contexts on 2 loaded cores (measured).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import MultiTaskGP
 from botorch.models.transforms import Normalize
+from botorch.models.utils.priors import BetaPrior
 from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
 from gpytorch.kernels import Kernel, ScaleKernel
 from gpytorch.mlls import ExactMarginalLogLikelihood
@@ -46,6 +51,12 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 from perturbloop.device import default_device
 from surrogates.gp import GPSurrogate
 
+# keyword arguments of MultiTaskGP for each `task_prior` (module docstring)
+TASK_PRIORS: dict[str, Callable[[], dict]] = {
+    "weak": lambda: {"task_covar_prior": BetaPrior(concentration1=1.0, concentration0=3.0)},
+    "botorch": lambda: {},
+    "none": lambda: {"task_covar_prior": None},
+}
 MAX_FIT_ITER = 15  # L-BFGS-B iterations per fit, warm-started: a fit of ~300 points stays within seconds
 MIN_OBS = 3  # IndependentContextGP: fewer observations in a context -> that context keeps the pooled prior
 QUERY_CHUNK = 2048  # genes per block of the joint posterior (memory ~ n x chunk per context)
@@ -80,7 +91,10 @@ class MultiTaskContextGP:
     name = "multitask"
 
     def __init__(self, n_contexts: int, *, bounds: torch.Tensor | None = None, rank: int | None = None,
-                 max_iter: int = MAX_FIT_ITER, task_prior: bool = False, device: torch.device | None = None):
+                 max_iter: int = MAX_FIT_ITER, task_prior: Literal["weak", "botorch", "none"] = "weak",
+                 device: torch.device | None = None):
+        if task_prior not in TASK_PRIORS:
+            raise ValueError(f"task_prior must be one of {', '.join(TASK_PRIORS)}, got {task_prior!r}")
         self.n_contexts = n_contexts
         self.bounds = bounds  # 2 x d gene-feature bounds over the whole pool: inputs mapped to the unit cube
         self.rank = rank
@@ -108,7 +122,7 @@ class MultiTaskContextGP:
         model = MultiTaskGP(train_X, y.reshape(-1, 1).to(dev, torch.float64), task_feature=-1, covar_module=data_kernel,
                             input_transform=Normalize(d=d + 2, indices=list(range(d)), bounds=bounds),  # features only
                             all_tasks=list(range(self.n_contexts)), rank=self.rank,
-                            **({} if self.task_prior else {"task_covar_prior": None}))
+                            **TASK_PRIORS[self.task_prior]())
         if self._init:
             with torch.no_grad():
                 for k, p in model.named_parameters():
