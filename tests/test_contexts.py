@@ -22,7 +22,7 @@ from perturbloop.contexts import ContextScreen, ContextSpace, context_list, load
 from perturbloop.errors import ConfigError, ScreenFormatError
 from simulators.context_replay import ContextReplay
 from simulators.world import World
-from surrogates.multitask import ContextPosterior, MultiTaskContextGP
+from surrogates.multitask import ContextPosterior, IndependentContextGP, MultiTaskContextGP, PooledContextGP
 
 TIMES = ["Rest", "Stim8hr", "Stim48hr"]
 SLICE_TOP, SLICE_OTHERS = 8, 112
@@ -186,6 +186,19 @@ def test_multitask_gp_learns_how_contexts_correlate():
         post = model.model.posterior(torch.cat([X, ids[:, None]], -1)[:1])
     torch.testing.assert_close(joint.mean[0], post.mean[0])
     torch.testing.assert_close(joint.cov[0], post.mvn.covariance_matrix)
+
+
+def test_baselines_carry_no_transfer_or_full_transfer():
+    """Independent GPs: zero covariance between contexts; the pooled GP: one function, covariance = variance."""
+    X, ctx, y = _two_contexts(0.5, n=20)
+    Xq = torch.randn(4, 3, dtype=torch.float64)
+    ind, pooled = IndependentContextGP(2, max_iter=5), PooledContextGP(2, max_iter=5)
+    for model in (ind, pooled):
+        model.fit(X, ctx, y)
+    a, b = ind.joint(Xq), pooled.joint(Xq)
+    assert torch.all(a.cov[:, 0, 1] == 0) and torch.all(a.cov[:, 0, 0] > 0) and torch.all(a.noise > 0)
+    torch.testing.assert_close(b.cov[:, 0, 1], b.cov[:, 0, 0])
+    torch.testing.assert_close(b.mean[:, 0], b.mean[:, 1])
 
 
 def test_campaign_spends_within_budget_and_counts_target_hits(gwt_slice):
