@@ -2,8 +2,8 @@
 
 One simulated campaign per (policy, seed) against a `ContextReplay` world:
 
-1. initial design: `initial` random genes (measured in every context offered for them), the same for every policy
-   of a seed, its cost counted;
+1. initial design: `initial` random genes measured in every context (drawn among genes every context measured, when
+   there are enough), the same for every policy of a seed, its cost counted;
 2. `rounds` rounds, each allowed `(budget - spent) / rounds left` cost units: the policy picks (gene, context)
    pairs, the world measures them (a failure costs as much and is not retried);
 3. score: hits (the world's target hit list) found = hit genes measured in the target; recorded after every
@@ -97,8 +97,9 @@ def run_campaign(space: ContextSpace, screen: ContextScreen, protocol: ContextPr
                 found.add(p.gene)
 
     rng = np.random.default_rng(seed)
-    init = rng.choice(np.flatnonzero(space.offered[:, t]), size=min(protocol.initial, int(space.offered[:, t].sum())),
-                      replace=False)
+    everywhere = np.flatnonzero(space.offered.all(1))  # the initial genes are measured in every context if possible
+    pool = everywhere if len(everywhere) >= protocol.initial else np.flatnonzero(space.offered[:, t])
+    init = rng.choice(pool, size=min(protocol.initial, len(pool)), replace=False)
     run([ContextPick(space.genes[g], names[c], float(costs[c]), float("nan"), float("nan"), space.label(g, c))
          for g in init for c in range(len(names)) if space.offered[g, c]])
     curve = [{"round": 0, "cost": sum(spend.values()), "hits_found": len(found), "spend": dict(spend)}]
