@@ -439,6 +439,58 @@ def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runn
     console.print(f"results: {path}\ncurves: {png}")
 
 
+def _benchmark_contexts(screen, contexts, target_context, costs, budget, initial, allowed, hits, rounds, batch, seeds,
+                        policy, features, data_dir, out) -> None:
+    from rich.table import Table
+
+    from agent.contexts_benchmark import DEFAULT_POLICIES, ContextProtocol, run_benchmark, summarise, write_results
+    from perturbloop.config import parse_contexts_config
+    from perturbloop.contexts import context_space, load_context_screen
+
+    names = [c.strip() for c in contexts.split(",")]
+    try:
+        cost_list = [float(c) for c in costs.split(",")] if costs else None
+    except ValueError:
+        raise PerturbloopError(f"--costs: {costs!r} is not a comma-separated list of numbers") from None
+    allowed_list = [c.strip() for c in allowed.split(",")] if allowed else None
+    target_cost = cost_list[names.index(target_context)] if cost_list and target_context in names and \
+        len(cost_list) == len(names) else 1.0
+    cfg = parse_contexts_config({"contexts": names, "costs": cost_list, "target": target_context,
+                                 "budget": budget if budget is not None else rounds * batch * target_cost,
+                                 "rounds": rounds, "initial": initial, "allowed": allowed_list}, "benchmark options")
+    data = load_context_screen(screen, data_dir)
+    data.check_contexts(names)
+    hit_set = None
+    if hits:
+        if not Path(hits).is_file():
+            raise PerturbloopError(f"--hits: file {hits!r} does not exist")
+        hit_set = {ln.strip().upper() for ln in Path(hits).read_text().splitlines() if ln.strip()}
+    feats = ["go"] if features == "go,screens" else [f.strip() for f in features.split(",") if f.strip()]
+    space = context_space(data, cfg.context_list(), features=feats, data_dir=data_dir, go_dims=16)
+    protocol = ContextProtocol(cfg.target, cfg.budget, cfg.rounds, cfg.initial, cfg.hit_fraction,
+                               tuple(cfg.allowed) if cfg.allowed else None)
+    policies = list(DEFAULT_POLICIES) if policy == "best,random" else \
+        ["multitask" if p.strip() == "best" else p.strip() for p in policy.split(",") if p.strip()]
+    console = _console()
+    with console.status(f"{len(policies)} policies x {seeds} seeds on {data.name}, target {cfg.target}"):
+        rows = run_benchmark(space, data, protocol, policies, seeds, hit_set)
+    meta = {"name": "hit discovery across contexts", "contexts": names, "costs": [c.cost for c in cfg.context_list()],
+            "target": cfg.target, "budget": cfg.budget, "rounds": cfg.rounds, "initial": cfg.initial,
+            "allowed": cfg.allowed, "seeds": seeds, "hits": hits or "top 5% by |score| in the target",
+            "features": feats, "n_genes": len(space.genes)}
+    path, png = write_results(out, meta, data.name, rows)
+    t = Table(title=f"{data.name}: target {cfg.target}, budget {cfg.budget:g}, {seeds} seeds, "
+                    f"{rows[0]['n_hits'] if rows else 0} hits", title_justify="left")
+    for col in ("policy", "hits found", "hits / 100 cost", *[f"spent {c}" for c in names], "s/round (max)"):
+        t.add_column(col, justify="right")
+    for s in summarise(rows):
+        t.add_row(s["policy"], f"{s['hits_found_mean']:.1f} +- {s['hits_found_sd']:.1f}",
+                  f"{s['hits_per_100_cost_mean']:.2f} +- {s['hits_per_100_cost_sd']:.2f}",
+                  *[f"{s['spend_mean'][c]:.0f}" for c in names], f"{s['round_seconds_max']:.1f}")
+    console.print(t)
+    console.print(f"results: {path}\ncurves: {png}")
+
+
 @app.command()
 def benchmark(
     out: Annotated[Path, typer.Option(help="results JSON (a PNG of the curves is written beside it)")],
@@ -476,12 +528,28 @@ def benchmark(
     address: Annotated[Optional[str], typer.Option(help="address of an existing Dask scheduler")] = None,
     network: Annotated[bool, typer.Option("--network", help="the GP adds the STRING network kernel (needs features "
                                           "string or knowledge)")] = False,
+    contexts: Annotated[Optional[str], typer.Option(help="contexts of a multi-context --screen (comma-separated): "
+                                                    "hit discovery in --target-context, the others at their --costs")] = None,
+    target_context: Annotated[Optional[str], typer.Option(help="the context whose hits count")] = None,
+    costs: Annotated[Optional[str], typer.Option(help="cost per perturbation of each context (comma-separated, "
+                                                 "default 1 each)")] = None,
+    budget: Annotated[Optional[float], typer.Option(help="contexts: cost units per campaign (default rounds x batch x "
+                                                    "target cost)")] = None,
+    initial: Annotated[int, typer.Option(min=0, help="contexts: genes measured in every context first")] = 16,
+    allowed_contexts: Annotated[Optional[str], typer.Option(help="contexts: the contexts rounds may use (default all)")] = None,
 ) -> None:
     """Simulated campaigns on the BioDiscoveryAgent protocol: policies beside random, results to JSON + PNG.
 
     With --config FILE.toml: simulated response campaigns (Perturb-seq / gene pairs), learning curves
     of each policy in the file beside random, baselines beside the model (same results schema).
     """
+    if contexts is not None or target_context is not None or costs is not None:
+        if screen is None or contexts is None or target_context is None:
+            typer.echo("error: a benchmark across contexts needs --screen, --contexts and --target-context", err=True)
+            raise typer.Exit(2)
+        _guard(_benchmark_contexts, screen, contexts, target_context, costs, budget, initial, allowed_contexts, hits,
+               rounds, batch, seeds, policy, features, data_dir, out)
+        return
     if config is not None:
         if screen is not None:
             typer.echo("error: give --screen or --config, not both", err=True)

@@ -488,3 +488,58 @@ def stored_config_as_today(stored: dict) -> dict:
     """A config stored by an earlier version, in today's format: validated by today's model (fields added since
     take their defaults), dumped again. Raises a ConfigError when today's model cannot read it."""
     return parse_config(stored, "stored config").model_dump(mode="json")
+
+
+class ContextsConfig(_Strict):
+    """A campaign across contexts (issue 12): the contexts, their costs and hours, the target, the budget.
+
+    Used by `perturbloop benchmark --contexts` today; not yet a table of `CampaignConfig` (runs through the graph
+    are the next step)."""
+
+    contexts: list[str] = Field(min_length=1, description="context names (cell types, conditions, timepoints)")
+    costs: list[float] | None = Field(None, description="cost per perturbation in each context (default 1 each)")
+    hours: dict[str, float] = Field(default_factory=dict, description="hours since stimulation of the timepoints "
+                                    "(default: Rest 0, Stim8hr 8, Stim48hr 48)")
+    target: str = Field(description="the context whose hits count")
+    budget: float = Field(gt=0, description="cost units the whole campaign may spend (initial design included)")
+    rounds: int = Field(4, ge=1, le=1000)
+    initial: int = Field(16, ge=0, le=100_000, description="genes measured in every context before round 1")
+    allowed: list[str] | None = Field(None, description="contexts rounds may use (default all)")
+    hit_fraction: float = Field(0.05, gt=0, lt=1, description="hits = this top fraction by |score| in the target")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ContextsConfig:
+        from perturbloop.contexts import GWT_HOURS, context_list
+
+        names = [c.strip() for c in self.contexts]
+        if self.target not in names:
+            raise ValueError(f"target {self.target!r} is not among the contexts {', '.join(names)}")
+        unknown = [a for a in self.allowed or [] if a not in names]
+        if unknown:
+            raise ValueError(f"allowed: unknown context(s) {', '.join(unknown)}; contexts are {', '.join(names)}")
+        try:
+            ctx = context_list(names, self.costs, {**GWT_HOURS, **self.hours})
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        cheapest = min(c.cost for c in ctx if self.allowed is None or c.name in self.allowed)
+        if self.budget < cheapest:
+            raise ValueError(f"budget {self.budget:g} is smaller than one perturbation's cost ({cheapest:g})")
+        initial_cost = self.initial * sum(c.cost for c in ctx)
+        if initial_cost > self.budget:
+            raise ValueError(f"the initial design ({self.initial} genes in every context) costs {initial_cost:g}, "
+                             f"more than the budget {self.budget:g}")
+        return self
+
+    def context_list(self):
+        """The `perturbloop.contexts.Context` of each name, in order."""
+        from perturbloop.contexts import GWT_HOURS, context_list
+
+        return context_list(self.contexts, self.costs, {**GWT_HOURS, **self.hours})
+
+
+def parse_contexts_config(data: dict, source: str = "contexts") -> ContextsConfig:
+    """A ContextsConfig, or a ConfigError naming the field."""
+    try:
+        return ContextsConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None

@@ -111,7 +111,7 @@ class DataFile:
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    kind: Literal["screen", "annotation", "pairs", "perturbseq", "knowledge"]
+    kind: Literal["screen", "annotation", "pairs", "perturbseq", "knowledge", "contexts"]
     description: str
     files: tuple[DataFile, ...]
     citation: str = ""
@@ -572,3 +572,37 @@ def _build_from_origin(origin: Origin, tmp: Path, out: Path) -> None:
                     raise DataIntegrityError(f"{wheel.name} has no {m}")
                 paths.append(Path(zf.extract(m, tmp / "members")))
     converter(origin)(paths, out)
+
+
+# Multi-context screens (issue 12): summaries of the genome-scale CRISPRi Perturb-seq in primary human CD4+ T cells
+# (Zhu, Dann et al. 2025), MIT, pinned at a commit of github emdann/GWT_perturbseq_analysis_2025.
+GWT_RAW = "https://raw.githubusercontent.com/emdann/GWT_perturbseq_analysis_2025/95fe72378db16838952c56d70c8a4241b73f884b/"
+GWT_CITATION = "Zhu, Dann et al. 2025, genome-wide CRISPRi Perturb-seq in primary human CD4+ T cells (github emdann/GWT_perturbseq_analysis_2025)"
+
+
+def _gwt(fname: str, sha: str, folder: str = "metadata/suppl_tables/") -> DataFile:
+    return DataFile(f"contexts/gwt_cd4_2025/{fname}", sha, "url", GWT_RAW + folder + fname)
+
+
+_CONTEXTS = [
+    DatasetSpec("gwt_cd4_polarization", "contexts",  # kind "contexts": see perturbloop.contexts
+                "GWT CD4+ T cells: per regulator (~3,900) and timepoint (Rest, Stim8hr, Stim48hr), coefficient (sem, rank) "
+                "on the T-cell activation signature and the Th2-vs-Th1 signature (ota)",
+                (_gwt("polarization_prediction_condition_comparison_regulator_coefficients.csv",
+                      "57e57c9a825b4d49a3fff6c4e529bb3366c432d3639d026953addfcfe19ac25f"),), GWT_CITATION),
+    DatasetSpec("gwt_cd4_aging", "contexts",
+                "GWT CD4+ T cells: per regulator (~5,400), coefficient on a CD4 T-cell ageing signature in K562 and at "
+                "Rest, Stim8hr, Stim48hr",
+                (_gwt("aging_prediction_condition_comparison_regulator_coefficients.csv",
+                      "77fbb57951258365311dd039bbada90dc693ee270e0fc32cdf940b54d7df8d49"),), GWT_CITATION),
+    DatasetSpec("gwt_cd4_k562_comparison", "contexts",
+                "GWT CD4+ T cells: 1,880 perturbations, DE genes in K562 and at each T-cell timepoint, LFC agreement",
+                (_gwt("K562_comparison.suppl_table.csv",
+                      "b88941f5016da23f83e65475d5868597f63d964b05fd87f5a5eea5b6aeb880ec"),), GWT_CITATION),
+    DatasetSpec("gwt_cd4_de_robustness", "contexts",
+                "GWT CD4+ T cells: per perturbation and timepoint, cells, DE genes, on-target knockdown, donor agreement",
+                (_gwt("DE_donor_robustness_correlation_summary.csv",
+                      "aa5188d6b88faa9fc186188a8a1ca9ecfdbfa37252e4c5b08d3de73154fbef8c", "src/3_DE_analysis/results/"),),
+                GWT_CITATION),
+]
+REGISTRY.update({d.name: d for d in _CONTEXTS})
