@@ -465,7 +465,7 @@ def _benchmark_contexts(screen, contexts, target_context, costs, budget, initial
         if not Path(hits).is_file():
             raise PerturbloopError(f"--hits: file {hits!r} does not exist")
         hit_set = {ln.strip().upper() for ln in Path(hits).read_text().splitlines() if ln.strip()}
-    feats = ["go"] if features == "go,screens" else [f.strip() for f in features.split(",") if f.strip()]
+    feats = ["go"] if features in (None, "go,screens") else [f.strip() for f in features.split(",") if f.strip()]
     space = context_space(data, cfg.context_list(), features=feats, data_dir=data_dir, go_dims=16)
     protocol = ContextProtocol(cfg.target, cfg.budget, cfg.rounds, cfg.initial, cfg.hit_fraction,
                                tuple(cfg.allowed) if cfg.allowed else None)
