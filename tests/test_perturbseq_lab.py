@@ -147,6 +147,7 @@ def test_perturbseq_proposal_approved_on_the_web_page(tmp_path, data_dir, papale
     knockout dropped) sends the order sheet to the file drop."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     from agent.web import create_app
@@ -160,7 +161,7 @@ def test_perturbseq_proposal_approved_on_the_web_page(tmp_path, data_dir, papale
     proposed = [p.perturbation for p in props]
     app = create_app(store, token, str(data_dir))
     with serve_app(app) as base:
-        wait = WebDriverWait(browser, 120)
+        wait = WebDriverWait(browser, 120, ignored_exceptions=(WebDriverException,))
         browser.get(base + "/login")
         browser.find_element(By.ID, "token").send_keys(token)
         browser.find_element(By.ID, "login").click()

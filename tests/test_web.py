@@ -280,10 +280,12 @@ def attacker_site():
 def test_browser_login_edit_and_approve(live_server, browser, paused):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     app, base = live_server
-    wait = WebDriverWait(browser, 120)
+    # the campaign page refreshes itself while busy: a poll that lands mid-swap gets a driver error
+    wait = WebDriverWait(browser, 120, ignored_exceptions=(WebDriverException,))
 
     browser.get(base + "/")
     wait.until(EC.presence_of_element_located((By.ID, "token")))  # not logged in: sent to the login form
@@ -330,11 +332,13 @@ def test_browser_login_edit_and_approve(live_server, browser, paused):
     # rejecting round 2 does not use it up: it is proposed again, without the rejected batch
     r1 = pending_round(paused, "web")
     rejected = [p.perturbation for p in paused.proposals(r1.id)]
-    form = browser.find_element(By.ID, "decision")
+    browser.execute_script("document.body.dataset.before = 'reject'")  # gone once the answer page loads
     browser.find_element(By.ID, "by").send_keys("grace")
     browser.find_element(By.ID, "note").send_keys("wrong pathway")
     browser.find_element(By.ID, "reject").click()
-    wait.until(EC.staleness_of(form))
+    # Chrome may answer "node does not belong to the document" (not a stale-element error) while the
+    # page is swapped, so poll for the new document (wait ignores driver errors in the meantime)
+    wait.until(lambda b: b.execute_script("return document.readyState === 'complete' && !document.body.dataset.before"))
     wait.until(lambda b: b.find_elements(By.ID, "decision") and not b.find_elements(By.ID, "busy"))
     assert "Round 2 proposal" in browser.find_element(By.ID, "pending-title").text
     (rej,) = paused.rejections(r1.id)
@@ -359,10 +363,11 @@ def test_browser_refuses_a_stale_form_and_a_cross_site_form(live_server, browser
     nothing; a form on another port of the same host, posted with the reviewer's cookie, gets 403."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     app, base = live_server
-    wait = WebDriverWait(browser, 120)
+    wait = WebDriverWait(browser, 120, ignored_exceptions=(WebDriverException,))
     browser.get(base + "/login")
     browser.find_element(By.ID, "token").send_keys(TOKEN)
     browser.find_element(By.ID, "login").click()

@@ -263,12 +263,13 @@ def test_browser_plot_fits_a_narrow_page_and_the_page_shows_the_hit_curve(paused
     proposal plot and, after an approval, the hit curve fit the page's width."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     app = create_app(paused, TOKEN, str(data_dir))
     with serve_app(app) as base:
         browser.set_window_size(480, 900)
-        wait = WebDriverWait(browser, 120)
+        wait = WebDriverWait(browser, 120, ignored_exceptions=(WebDriverException,))
         browser.get(base + "/campaigns/web")
         wait.until(EC.presence_of_element_located((By.ID, "token"))).send_keys(TOKEN)
         browser.find_element(By.ID, "login").click()
