@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from agent.context_view import context_spend, gene_and_context
 from agent.screen_units import (
     PredictionScale,
     in_screen_units,
@@ -102,7 +103,8 @@ def round_decisions(store: Store, r: Round) -> list[dict]:
 def campaign_overview(store: Store) -> list[dict]:
     """Every campaign in the store with its rounds: status, picks, observed/failed counts, hits (per round and so
     far), decisions, work time and approval wait, lab jobs; `hit_curve`: hits found so far after each measured
-    round (None when the campaign calls no hits)."""
+    round (None when the campaign calls no hits); `contexts`: measurements and cost spent per context
+    (`agent.context_view.context_spend`; None unless the campaign measures (gene, context) pairs)."""
     out = []
     for c in store.list_campaigns():
         obs = store.observations(c.id, include_failed=True)
@@ -131,7 +133,8 @@ def campaign_overview(store: Store) -> list[dict]:
         out.append({"campaign": c.id, "status": c.status, "screen": target,
                     "policy": c.config.get("acquisition", {}).get("kind"), "rounds_planned": planned,
                     "rounds": rounds, "picks": sum(r["picks"] for r in rounds), "hits": sum(r["hits"] for r in rounds),
-                    "hit_curve": [r["hits_so_far"] for r in rounds if r["hits_so_far"] is not None] if called else None})
+                    "hit_curve": [r["hits_so_far"] for r in rounds if r["hits_so_far"] is not None] if called else None,
+                    "contexts": context_spend(c.config, obs)})
     return out
 
 
@@ -169,7 +172,8 @@ def shown_prediction(value: float | None, low: float | None, high: float | None,
 def pending_view(store: Store, campaign_id: str) -> dict | None:
     """The proposal awaiting approval as a scientist reads it, or None: round, proposal id, the column labels and
     each item's prediction in the screen's units (`predicted`, `predicted_low`, `predicted_high`, `p_hit`,
-    `shown`) beside the model-scale `mean`/`sd` as stored."""
+    `shown`) beside the model-scale `mean`/`sd` as stored; `gene` and `context` of a `GENE@@context` label (else
+    None; `has_context` when any item has one)."""
     from agent.approval import pending_round, proposal_id
 
     r = pending_round(store, campaign_id)
@@ -182,10 +186,13 @@ def pending_view(store: Store, campaign_id: str) -> dict | None:
     items = []
     for p in props:
         pred = in_screen_units(p.mean, p.sd, scale)
-        items.append({"rank": p.rank + 1, "perturbation": p.perturbation, "mean": p.mean, "sd": p.sd,
+        gene, context = gene_and_context(p.perturbation) or (None, None)
+        items.append({"rank": p.rank + 1, "perturbation": p.perturbation, "gene": gene, "context": context,
+                      "mean": p.mean, "sd": p.sd,
                       "predicted": pred.value, "predicted_low": pred.low, "predicted_high": pred.high,
                       "p_hit": pred.p_hit, "shown": shown_prediction(pred.value, pred.low, pred.high, scale),
                       "acq_value": p.acq_value, "policy": p.policy, "rationale": p.rationale})
     return {"round": r.index + 1, "proposal": proposal_id(r, props), "label": label or "predicted value",
             "has_value": label is not None, "has_p_hit": scale.kind != "campaign", "scale": scale.as_dict(),
+            "has_context": any(i["context"] is not None for i in items),
             "items": items}

@@ -26,6 +26,10 @@ then advances in a background thread to its next pause: the next proposal, the l
 A browser that is not logged in is sent to the login form (303 to `/login?next=PATH`) by every page; API
 clients (and a wrong bearer token) get 401.
 
+A campaign across contexts (labels `GENE@@context`) also gets a gene x context grid of what is measured and what
+the pending round proposes (`agent.context_view.context_grid`), the proposal table shows gene and context apart,
+and the add field takes `GENE@@context`.
+
 What the scientist reads: predictions in the screen's own units (predicted |score| with its interval and the
 probability of a hit, `agent.screen_units`), never the model's transformed scale; the campaign's hit curve so
 far; every decision on each round (who, when, why, what it changed); each round's work time without the hours
@@ -66,6 +70,7 @@ from agent.approval import (
     decide,
     record_decision,
 )
+from agent.context_view import context_grid
 from agent.report import campaign_overview, pending_view
 from perturbloop.config import parse_config
 from perturbloop.errors import PerturbloopError
@@ -410,9 +415,11 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
         overview = next(c for c in campaign_overview(store) if c["campaign"] == campaign_id)
         curve = overview["hit_curve"]
         svg = Markup(hit_curve_svg(curve, caption=f"{campaign_id}: hits found so far, per round")) if curve else None
+        waiting = pending(campaign_id)
         return page(request, "campaign.html", caller, {
-            "c": overview, "pending": pending(campaign_id), "busy": advancer.busy(campaign_id),
-            "error": error, "advance_error": advancer.errors.get(campaign_id), "hit_curve": svg})
+            "c": overview, "pending": waiting, "busy": advancer.busy(campaign_id),
+            "error": error, "advance_error": advancer.errors.get(campaign_id), "hit_curve": svg,
+            "grid": context_grid(store, campaign_id, waiting)})
 
     @app.get("/campaigns/{campaign_id}/proposal.svg", dependencies=[Depends(authorised)])
     def proposal_svg(campaign_id: str) -> Response:

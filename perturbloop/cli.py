@@ -306,6 +306,11 @@ def _status(store: str | None, as_json: bool) -> None:
                       "-" if r["hits_so_far"] is None else str(r["hits_so_far"]), said, _duration(r["seconds"]),
                       _duration(r["approval_wait_seconds"]), jobs)
         console.print(t)
+        if c.get("contexts"):  # a campaign across contexts: measurements (and cost spent) per context
+            console.print(escape("per context: " + "; ".join(
+                f"{x['context']} {x['measured']} measured, {x['failed']} failed"
+                + (f", spent {x['spent']:g} (cost {x['cost']:g} each)" if x.get("spent") is not None else "")
+                for x in c["contexts"])), soft_wrap=True)
 
 
 @app.command()
