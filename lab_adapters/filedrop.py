@@ -7,6 +7,12 @@ idempotency key with ``/`` replaced by ``_`` (``il2-demo/round-0`` -> ``il2-demo
     round-0,VAV1,VAV1,il2-demo/round-0
     round-0,CD3G+LAT,CD3G;LAT,il2-demo/round-0
 
+A campaign across contexts orders (gene, context) pairs, labelled ``GENE@@context``; its sheet has ``gene`` and
+``context`` columns in place of ``genes``::
+
+    round,perturbation,gene,context,idempotency_key
+    round-1,IL2RA@@Stim48hr,IL2RA,Stim48hr,tcell/round-1
+
 It is written atomically (a hidden temp file renamed into place) and a copy is kept in
 ``OUTBOX/.perturbloop/``, so the lab may move or delete the sheet once it has taken the order:
 submitting the same round again returns the same job and never writes a second sheet; a different
@@ -30,7 +36,10 @@ after ``partial`` (``<job>.partial.2.csv``) still belong to the job before the l
 CSV columns (comma-separated, UTF-8, one header row; an Excel BOM is fine):
 
 - ``perturbation``: the label from the order sheet (case and pair order do not matter; a leading
-  ``'`` that the order sheet put before ``= + - @``, see below, may be kept or dropped);
+  ``'`` that the order sheet put before ``= + - @``, see below, may be kept or dropped); for an order of
+  (gene, context) pairs, the label ``GENE@@context`` or the two columns ``gene`` and ``context`` (or all three,
+  then they must agree); the context is written as in the order (`lab_adapters.context_columns.result_key`),
+  and a row with no context or a context the order does not have is an error naming its line;
 - ``value``: the readout, a finite number;
 - ``replicate*`` (optional, e.g. ``replicate_1,replicate_2``): per-replicate readouts, may be empty;
 - ``error`` (optional): a non-empty reason marks the perturbation failed (its value may be empty);
@@ -80,12 +89,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lab_adapters.base import JobRef, JobStatus, LabError, LabResult
+from lab_adapters.context_columns import context_batch, contexts_of, lab_key, result_key
 from perturbloop.errors import ConfigError, LabAdapterError, LabResultError, LabSubmissionError
-from perturbloop.perturbation import CONTROL, lab_label
+from perturbloop.contexts import pair_label, split_label
+from perturbloop.perturbation import CONTROL
 
 log = logging.getLogger(__name__)
 
 ORDER_COLUMNS = ("round", "perturbation", "genes", "idempotency_key")
+CONTEXT_ORDER_COLUMNS = ("round", "perturbation", "gene", "context", "idempotency_key")  # a batch of (gene, context) pairs
 LEDGER_DIR = ".perturbloop"  # inside the outbox: perturbloop's own copy of every order sheet
 RESULT_SUFFIXES = (".csv", ".h5ad")
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~")  # files still being written
@@ -208,10 +220,12 @@ class FileDropLab:
     def _sheet(round_key: str, batch: Sequence[str]) -> str:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(ORDER_COLUMNS)
+        pairs = context_batch(batch)
+        w.writerow(CONTEXT_ORDER_COLUMNS if pairs else ORDER_COLUMNS)
         rnd = round_key.rsplit("/", 1)[-1]
         for label in batch:
-            w.writerow([escape_cell(c) for c in (rnd, label, ";".join(label.split("+")), round_key)])
+            middle = split_label(label) if pairs else (";".join(label.split("+")),)
+            w.writerow([escape_cell(c) for c in (rnd, label, *middle, round_key)])
         return buf.getvalue()
 
     @staticmethod
@@ -323,12 +337,13 @@ class FileDropLab:
     def _gather(self, job: JobRef) -> tuple[dict[str, LabResult | LabError], bool, list[str], dict[str, tuple[Path, str]]]:
         """Every result in the job's files (validated), whether the final file is in, the order, and where each came from."""
         order = self._order(job)
-        by_canon = {lab_label(label): label for label in order}
+        by_canon = {lab_key(label): label for label in order}
+        contexts = contexts_of(order)
         merged: dict[str, LabResult | LabError] = {}
         where: dict[str, tuple[Path, str]] = {}
         final = None
         for path in self.result_files(job):
-            rows = _read_h5ad(path, by_canon) if path.suffix == ".h5ad" else _read_csv(path, by_canon)
+            rows = _read_h5ad(path, by_canon) if path.suffix == ".h5ad" else _read_csv(path, by_canon, contexts)
             for label, (res, line) in rows.items():
                 if label == CONTROL and label in merged:  # control cells arrive with every delivery
                     merged[label] = _concat_cells(merged[label], res)
@@ -453,8 +468,10 @@ def _row_result(label: str, error: str, value_text: str, replicates: list[tuple[
     return LabResult(label, value, reps), None
 
 
-def _read_csv(path: Path, by_canon: dict[str, str]) -> dict[str, tuple[LabResult | LabError, str]]:
-    """Rows of a results CSV, validated against the order: label -> (result, 'line N')."""
+def _read_csv(path: Path, by_canon: dict[str, str], contexts: Sequence[str] = ()
+              ) -> dict[str, tuple[LabResult | LabError, str]]:
+    """Rows of a results CSV, validated against the order: label -> (result, 'line N'). `contexts`: the order's
+    contexts when it is of (gene, context) pairs (its rows may then name them by `gene` and `context` columns)."""
     with _open_results(path) as f:
         data = f.read()
     try:
@@ -463,14 +480,15 @@ def _read_csv(path: Path, by_canon: dict[str, str]) -> dict[str, tuple[LabResult
         raise LabResultError(f"{path}: not a UTF-8 text file (save it as CSV, UTF-8)") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
-        return _parse_csv(path, reader, by_canon)
+        return _parse_csv(path, reader, by_canon, contexts)
     except csv.Error as e:  # e.g. a field over the csv module's limit (131,072 characters)
         # the reader counts a line once it is parsed: the failing one is the next
         raise LabResultError(f"{path}: line {reader.line_num + 1}: not readable as CSV ({e}); "
                              "is it a results file?") from None
 
 
-def _parse_csv(path: Path, reader: csv.DictReader, by_canon: dict[str, str]) -> dict[str, tuple[LabResult | LabError, str]]:
+def _parse_csv(path: Path, reader: csv.DictReader, by_canon: dict[str, str], contexts: Sequence[str] = ()
+               ) -> dict[str, tuple[LabResult | LabError, str]]:
     """`_read_csv` past decoding: header checks, then every row (problems gathered, then raised)."""
     header = [h.strip() for h in (reader.fieldnames or [])]
     if not header:
@@ -480,15 +498,21 @@ def _parse_csv(path: Path, reader: csv.DictReader, by_canon: dict[str, str]) -> 
         raise LabResultError(f"{path}: columns are separated by {sep}; save it as comma-separated CSV")
     reader.fieldnames = header
     lower = [h.lower() for h in header]
+    named = ("perturbation", "gene", "context") if contexts else ("perturbation",)
     missing = [c for c in ("perturbation", "value") if c not in lower]
+    if contexts and {"gene", "context"} <= set(lower):
+        missing = [c for c in missing if c != "perturbation"]
+    elif contexts and "perturbation" in missing:
+        missing[missing.index("perturbation")] = "perturbation (or gene and context)"
     unknown = [h for h, lo in zip(header, lower)
-               if lo not in ("perturbation", "value", "error", "note") and not lo.startswith("replicate")]
+               if lo not in (*named, "value", "error", "note") and not lo.startswith("replicate")]
     dup = sorted({h for h in lower if lower.count(h) > 1})
     if missing or unknown or dup:
         parts = ([f"missing column(s) {', '.join(missing)}"] if missing else []) + \
                 ([f"unknown column(s) {', '.join(h or '(unnamed)' for h in unknown)}"] if unknown else []) + \
                 ([f"repeated column(s) {', '.join(dup)}"] if dup else [])
-        raise LabResultError(f"{path}: {'; '.join(parts)} (found: {', '.join(header)}; expected perturbation,value, "
+        expected = "perturbation (or gene,context),value" if contexts else "perturbation,value"
+        raise LabResultError(f"{path}: {'; '.join(parts)} (found: {', '.join(header)}; expected {expected}, "
                              "optional replicate_1,replicate_2,..., error, note)")
     col = dict(zip(lower, header))
     reps = [h for h, lo in zip(header, lower) if lo.startswith("replicate")]
@@ -499,13 +523,22 @@ def _parse_csv(path: Path, reader: csv.DictReader, by_canon: dict[str, str]) -> 
         if None in row:
             problems.append(f"{line}: more fields than the header has columns")
             continue
-        raw = unescape_cell((row.get(col["perturbation"]) or "").strip())
-        if not raw and not any((v or "").strip() for v in row.values()):
+        raw, gene, context = (unescape_cell((row.get(col[c]) or "").strip()) if c in col else ""
+                              for c in ("perturbation", "gene", "context"))
+        if not (raw or gene or context) and not any((v or "").strip() for v in row.values()):
             continue  # blank line
-        label = by_canon.get(lab_label(raw)) if raw else None
-        where = f"{line} ({raw or 'no perturbation'})"
+        if contexts:
+            key, problem = result_key(raw, gene, context, contexts)
+            shown = raw or (pair_label(gene, context) if gene and context else gene or context or "no gene")
+            if problem:
+                problems.append(f"{line} ({shown}): {problem}")
+                continue
+        else:
+            key, shown = lab_key(raw), raw or "no perturbation"
+        label = by_canon.get(key) if raw or gene else None
+        where = f"{line} ({shown})"
         if label is None:
-            problems.append(f"{where}: " + ("perturbation is empty" if not raw else "not in the order for this job"))
+            problems.append(f"{where}: " + ("perturbation is empty" if not (raw or gene) else "not in the order for this job"))
             continue
         error = (row.get(col["error"]) or "").strip() if "error" in col else ""
         res, problem = _row_result(label, error, (row.get(col["value"]) or "").strip(),
@@ -532,7 +565,7 @@ def _read_h5ad(path: Path, by_canon: dict[str, str]) -> dict[str, tuple[LabResul
         raise LabResultError(f"{path}: not a readable .h5ad file ({type(e).__name__}: {e})") from None
     if "perturbation" not in adata.obs.columns:
         raise LabResultError(f"{path}: obs has no 'perturbation' column (found: {', '.join(map(str, adata.obs.columns)) or 'none'})")
-    labels = adata.obs["perturbation"].astype(str).map(lambda s: lab_label(unescape_cell(s.strip())))
+    labels = adata.obs["perturbation"].astype(str).map(lambda s: lab_key(unescape_cell(s.strip())))
     unknown = sorted(set(labels) - set(by_canon) - {CONTROL})
     if unknown:
         hint = f" (label control cells exactly {CONTROL!r}, lower case: CTRL is a gene)" if CONTROL.upper() in unknown else ""

@@ -3,7 +3,9 @@
 Endpoints (JSON bodies; ``Authorization: Bearer TOKEN`` when the lab needs a token):
 
 - ``POST /jobs`` with ``{"idempotency_key": K, "perturbations": [...]}`` and the header
-  ``Idempotency-Key: K`` -> ``{"job_id": ID, "status": S}``. The same key with the same batch
+  ``Idempotency-Key: K`` -> ``{"job_id": ID, "status": S}``. A batch of (gene, context) pairs (labels
+  ``GENE@@context``, a campaign across contexts) also carries ``"items": [{"perturbation", "gene", "context"}, ...]``,
+  one per label in order. The same key with the same batch
   returns the same job; the same key with another batch is refused with 409.
 - ``GET /jobs/{ID}`` -> ``{"status": S}``, S one of submitted | running | partial | complete | failed.
 - ``GET /jobs/{ID}/results`` -> ``{"results": [{"perturbation", "value", "replicates", "response", "error"}, ...]}``:
@@ -12,6 +14,8 @@ Endpoints (JSON bodies; ``Authorization: Bearer TOKEN`` when the lab needs a tok
   pseudobulk LFC, a pair's GI score as ``[gi]``); with it ``value`` may be left out (it then defaults to the
   vector's one element, or its L2 norm). The campaign checks the vector's length against its readout genes.
   Optional keys ``status`` and ``perturbations`` (the batch) let the client check for unknown and missing ones.
+  A result of a (gene, context) pair names it by ``perturbation`` (``GENE@@context``), by ``gene`` and ``context``,
+  or both (they must agree); a context the batch does not have, or none, is an error naming the result.
 
 Connection errors, timeouts, 5xx and 429 are retried with exponential backoff (`retries` times);
 other 4xx are not (`LabRequestError`, or `LabSubmissionError` for 409). A lab still unreachable
@@ -32,8 +36,10 @@ from urllib.parse import quote
 import httpx
 
 from lab_adapters.base import JOB_STATUSES, JobRef, JobStatus, LabError, LabResult, response_value
+from lab_adapters.context_columns import context_batch, contexts_of, lab_key, result_key
+from perturbloop.contexts import PAIR_SEP, split_label
 from perturbloop.errors import LabRequestError, LabResultError, LabSubmissionError, LabUnavailableError
-from perturbloop.perturbation import CONTROL, lab_label
+from perturbloop.perturbation import CONTROL
 
 DEFAULT_TIMEOUT = 30.0  # seconds per request (connect, read, write)
 DEFAULT_RETRIES = 3
@@ -122,7 +128,10 @@ class HttpLab:
     # the LabAdapter protocol -------------------------------------------------------------------
     def submit(self, round_key: str, perturbations: Sequence[str]) -> JobRef:
         """POST the batch under its idempotency key; the same key returns the same job."""
-        body = {"idempotency_key": round_key, "perturbations": list(perturbations)}
+        body: dict[str, Any] = {"idempotency_key": round_key, "perturbations": list(perturbations)}
+        if context_batch(body["perturbations"]):
+            body["items"] = [dict(zip(("perturbation", "gene", "context"), (label, *split_label(label))))
+                             for label in body["perturbations"]]
         out = self._request("POST", "/jobs", json=body, headers={"Idempotency-Key": round_key})
         job_id = out.get("job_id") if isinstance(out, dict) else None
         if not isinstance(job_id, str | int) or isinstance(job_id, bool) or str(job_id) == "":
@@ -175,16 +184,30 @@ def parse_results(payload: Any, source: str) -> dict[str, LabResult | LabError]:
     if not isinstance(payload, dict) or not isinstance(payload.get("results"), list):
         raise LabResultError(f"{source}: expected an object with a 'results' list, got {str(payload)[:200]}")
     order = payload.get("perturbations")
-    by_canon = {lab_label(p): str(p) for p in order} if isinstance(order, list) else None
+    by_canon = {lab_key(p): str(p) for p in order} if isinstance(order, list) else None
+    contexts = contexts_of(map(str, order)) if isinstance(order, list) else None
     out: dict[str, LabResult | LabError] = {}
     problems: list[str] = []
     for i, item in enumerate(payload["results"]):
-        if not isinstance(item, dict) or not isinstance(item.get("perturbation"), str) or not item["perturbation"].strip():
+        if not isinstance(item, dict) or not isinstance(item.get("perturbation") or "", str):
             problems.append(f"result {i}: not an object with a 'perturbation' name")
             continue
-        raw = item["perturbation"]
-        label = lab_label(raw) if by_canon is None else by_canon.get(lab_label(raw))
-        where = f"result {i} ({raw})"
+        raw, gene, context = (v.strip() if isinstance(v := item.get(k), str) else ""
+                              for k in ("perturbation", "gene", "context"))
+        pair = bool(contexts) or (by_canon is None and (PAIR_SEP in raw or bool(context)))
+        if not (raw or (pair and gene)):
+            problems.append(f"result {i}: not an object with a 'perturbation' name"
+                            + (" (or a gene and a context)" if pair else ""))
+            continue
+        where = f"result {i} ({raw or gene + PAIR_SEP + context})"
+        if pair:
+            key, problem = result_key(raw, gene, context, contexts or None)
+            if problem:
+                problems.append(f"{where}: {problem}")
+                continue
+        else:
+            key = lab_key(raw)
+        label = key if by_canon is None else by_canon.get(key)
         if label is None or label == CONTROL:
             problems.append(f"{where}: not in the batch of this job")
             continue

@@ -33,14 +33,17 @@ from urllib.parse import unquote
 
 import numpy as np
 
+from lab_adapters.context_columns import lab_key
 from simulators.world import World
-from perturbloop.perturbation import lab_label
+from perturbloop.contexts import PAIR_SEP, pair_label, split_label
 
 
 def _item(label: str, *, value: float | None = None, replicates: Iterable[float] = (), error: str | None = None,
           response: list[float] | None = None) -> dict[str, Any]:
     """One result as the results JSON carries it; `response` only for a world of several readouts."""
     item = {"perturbation": label, "value": value, "replicates": list(replicates), "error": error}
+    if PAIR_SEP in label and lab_key(label):  # a (gene, context) pair: named by its gene and context too
+        item["gene"], item["context"] = split_label(label)
     if response is not None:
         item["response"] = response  # the client takes its magnitude as the value
     return item
@@ -50,10 +53,10 @@ def run_batch(world: World, batch: list[str]) -> dict[str, dict[str, Any]]:
     """The world's results for a batch (results-JSON items), per label as sent. The world measures the labels it
     offers (`candidates`, compared canonically); the others fail with the reason, as does a run without a usable
     response. A one-readout world's response is the item's `value`."""
-    offered = set(world.candidates)
+    offered = {lab_key(c): c for c in world.candidates}
     out = {lab: _item(lab, error=f"{lab} is not offered by this lab: not measured in world {getattr(world, 'name', '?')}")
-           for lab in batch if lab_label(lab) not in offered}
-    to_run = {lab_label(lab): lab for lab in batch if lab not in out}
+           for lab in batch if lab_key(lab) not in offered}
+    to_run = {offered[lab_key(lab)]: lab for lab in batch if lab not in out}
     measured = world.measure(list(to_run))
     for c, lab in to_run.items():
         m = measured.get(c)
@@ -67,6 +70,20 @@ def run_batch(world: World, batch: list[str]) -> dict[str, dict[str, Any]]:
         else:
             out[lab] = _item(lab, response=y.tolist())
     return out
+
+
+def _items_disagree(items: Any, batch: list[str]) -> str | None:
+    """Why a request's `items` (gene and context of each pair label, in order) do not match its batch, or None."""
+    if items is None:
+        return None
+    if not isinstance(items, list) or len(items) != len(batch):
+        return f"items must list the gene and context of each of the {len(batch)} perturbation(s), in order"
+    for i, (it, label) in enumerate(zip(items, batch)):
+        ok = (isinstance(it, dict) and it.get("perturbation") == label and isinstance(it.get("gene"), str)
+              and isinstance(it.get("context"), str) and pair_label(it["gene"], it["context"]) == label)
+        if not ok:
+            return f"items[{i}] {str(it)[:120]} does not name the gene and context of {label!r}"
+    return None
 
 
 @dataclass
@@ -201,6 +218,9 @@ class LabServer:
         header_key = headers.get("Idempotency-Key")
         if header_key is not None and header_key != key:
             return 400, {"error": "Idempotency-Key header and body idempotency_key differ"}
+        wrong = _items_disagree(data.get("items"), batch)
+        if wrong:
+            return 400, {"error": wrong}
         with self._lock:
             if key in self.keys:
                 job = self.jobs[self.keys[key]]

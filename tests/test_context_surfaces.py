@@ -163,3 +163,119 @@ def test_status_counts_per_context_without_costs(tmp_path):
     assert c["contexts"] == [{"context": "Stim48hr", "measured": 1, "failed": 1},
                              {"context": "Rest", "measured": 2, "failed": 0},
                              {"context": "Stim8hr", "measured": 1, "failed": 0}]
+
+
+# --- labs: the file drop ------------------------------------------------------------------------------------------
+
+PAIRS = ["IL2RA@@Stim48hr", "CD28@@Rest", "-ABC@@Rest"]
+KEY = "ctx/round-1"
+
+
+@pytest.fixture
+def lab(tmp_path):
+    from lab_adapters import FileDropLab
+
+    return FileDropLab(tmp_path / "outbox", tmp_path / "inbox", min_age=0)
+
+
+def test_order_sheet_has_gene_and_context_columns(lab):
+    from perturbloop.errors import LabSubmissionError
+
+    job = lab.submit(KEY, PAIRS)
+    rows = list(csv.DictReader(lab.order_path(job).open()))
+    assert list(rows[0]) == ["round", "perturbation", "gene", "context", "idempotency_key"]
+    assert [(r["perturbation"], r["gene"], r["context"]) for r in rows] == [
+        ("IL2RA@@Stim48hr", "IL2RA", "Stim48hr"), ("CD28@@Rest", "CD28", "Rest"), ("'-ABC@@Rest", "'-ABC", "Rest")]
+    assert lab.submit(KEY, PAIRS) == job  # the sheet reads back as the same batch
+    with pytest.raises(LabSubmissionError, match=r"holds other labels: 'VAV1'"):
+        lab.submit("ctx/round-2", ["IL2RA@@Rest", "VAV1"])
+    assert not lab.order_path("ctx_round-2").exists()
+
+
+def test_results_by_label_or_by_gene_and_context(lab):
+    from lab_adapters import LabError, LabResult
+
+    job = lab.submit(KEY, PAIRS)
+    (lab.inbox / "ctx_round-1.partial-1.csv").write_text("gene,context,value,replicate_1\nil2ra,Stim48hr,1.5,1.4\n")
+    assert lab.poll(job) == "partial"
+    assert lab.collect(job) == {"IL2RA@@Stim48hr": LabResult("IL2RA@@Stim48hr", 1.5, [1.4])}
+    # the final file: labels, a label with matching columns, and the escaped gene read back without its quote
+    (lab.inbox / "ctx_round-1.results.csv").write_text(
+        "perturbation,gene,context,value,error\nCD28@@Rest,CD28,Rest,-0.5,\n,'-ABC,Rest,,no cells\n")
+    assert lab.poll(job) == "complete"
+    res = lab.collect(job)
+    assert res["CD28@@Rest"] == LabResult("CD28@@Rest", -0.5, []) and res["-ABC@@Rest"] == LabError("-ABC@@Rest", "no cells")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("gene,context,value\nIL2RA,,1\n", r"line 2 \(IL2RA\): no context for IL2RA .*one of Stim48hr, Rest"),
+    ("gene,context,value\nIL2RA,Stim 48h,1\n", r"line 2 \(IL2RA@@Stim 48h\): unknown context 'Stim 48h' "
+                                              r"\(the contexts of this order: Stim48hr, Rest\)"),
+    ("perturbation,value\nCD28@@Rest,1\nIL2RA@@,2\n", r"line 3 \(IL2RA@@\): 'IL2RA@@' is not a \(gene, context\) label"),
+    ("perturbation,value\nIL2RA,2\n", r"line 2 \(IL2RA\): no context for IL2RA"),
+    ("perturbation,context,value\nIL2RA@@Rest,Stim48hr,2\n", r"line 2 \(IL2RA@@Rest\): context 'Stim48hr' differs"),
+    ("gene,context,value\nVAV1,Rest,2\n", r"line 2 \(VAV1@@Rest\): not in the order for this job"),
+    ("gene,value\nIL2RA,2\n", r"missing column\(s\) perturbation \(or gene and context\)"),
+])
+def test_malformed_context_rows_name_file_and_line(lab, text, message):
+    from perturbloop.errors import LabResultError
+
+    job = lab.submit(KEY, PAIRS)
+    path = lab.inbox / "ctx_round-1.partial-1.csv"
+    path.write_text(text)
+    with pytest.raises(LabResultError, match=message) as err:
+        lab.poll(job)
+    assert str(path) in str(err.value)
+
+
+# --- labs: HTTP against the reference server -----------------------------------------------------------------------
+
+@pytest.fixture
+def context_world():
+    from perturbloop.contexts import ContextScreen
+    from simulators.context_replay import ContextReplay
+
+    table = pd.DataFrame({"gene": ["IL2RA", "IL2RA", "CD28", "LAT"], "context": ["Rest", "Stim48hr", "Rest", "Stim48hr"],
+                          "score": [0.25, 2.5, -0.75, 1.0], "se": [0.1, 0.1, 0.1, 0.1]})
+    return ContextReplay(ContextScreen("toy", table), ["Rest", "Stim48hr"], "Stim48hr", noise=False)
+
+
+def test_http_lab_sends_gene_and_context_and_reads_results_either_way(context_world):
+    import httpx
+
+    from lab_adapters import LabError, LabResult
+    from lab_adapters.http import HttpLab, parse_results
+    from lab_adapters.http_server import LabServer
+    from perturbloop.errors import LabResultError
+
+    batch = ["IL2RA@@Stim48hr", "CD28@@Rest", "LAT@@Rest"]
+    with LabServer(context_world) as server:
+        lab = HttpLab(server.url, backoff=0.01)
+        sent = []
+        request = lab._client.request
+        lab._client.request = lambda method, path, **kw: (sent.append(kw.get("json")), request(method, path, **kw))[1]
+        job = lab.submit(KEY, batch)
+        assert sent[0]["items"] == [{"perturbation": "IL2RA@@Stim48hr", "gene": "IL2RA", "context": "Stim48hr"},
+                                    {"perturbation": "CD28@@Rest", "gene": "CD28", "context": "Rest"},
+                                    {"perturbation": "LAT@@Rest", "gene": "LAT", "context": "Rest"}]
+        res = lab.collect(job)
+        assert res["IL2RA@@Stim48hr"] == LabResult("IL2RA@@Stim48hr", 2.5, [])
+        assert res["CD28@@Rest"] == LabResult("CD28@@Rest", -0.75, [])
+        assert isinstance(res["LAT@@Rest"], LabError) and "not measured" in res["LAT@@Rest"].reason
+        raw = server.jobs[job.external_id].results()[0]
+        assert (raw["gene"], raw["context"]) == ("IL2RA", "Stim48hr")
+        # a request whose items do not name its pairs is refused
+        bad = httpx.post(server.url + "/jobs", json={"idempotency_key": "k2", "perturbations": ["CD28@@Rest"],
+                                                     "items": [{"perturbation": "CD28@@Rest", "gene": "CD28",
+                                                                "context": "Stim48hr"}]})
+        assert bad.status_code == 400 and "items[0]" in bad.json()["error"]
+    # results keyed by gene + context (no label) are the ordered pairs
+    out = parse_results({"perturbations": batch, "status": "complete", "results": [
+        {"gene": "il2ra", "context": "Stim48hr", "value": 2.0}, {"perturbation": "CD28@@Rest", "value": 1.0},
+        {"gene": "LAT", "context": "Rest", "error": "no cells"}]}, "src")
+    assert out == {"IL2RA@@Stim48hr": LabResult("IL2RA@@Stim48hr", 2.0, []), "CD28@@Rest": LabResult("CD28@@Rest", 1.0, []),
+                   "LAT@@Rest": LabError("LAT@@Rest", "no cells")}
+    with pytest.raises(LabResultError, match=r"(?s)result 0 \(IL2RA@@\): no context for IL2RA.*"
+                                             r"result 1 \(CD28@@Stim8hr\): unknown context 'Stim8hr'"):
+        parse_results({"perturbations": batch, "results": [{"gene": "IL2RA", "value": 1.0},
+                                                           {"perturbation": "CD28@@Stim8hr", "value": 1.0}]}, "src")
