@@ -131,6 +131,22 @@ def test_a_campaign_without_contexts_has_no_grid(tmp_path):
     assert "GENE@@context" not in html
 
 
+def test_reading_a_campaign_without_contexts_imports_no_pandas():
+    """`status` and the review app stay quick to start: the context view imports `perturbloop.contexts` (numpy,
+    pandas) only for a label that holds its separator, which it keeps equal to `PAIR_SEP`."""
+    import subprocess
+    import sys
+
+    from agent.context_view import PAIR_SEP as here
+    from perturbloop.contexts import PAIR_SEP
+
+    assert here == PAIR_SEP
+    code = ("import sys; from agent.context_view import gene_and_context as g; "
+            "print(g('VAV1'), 'pandas' in sys.modules, g('VAV1@@Rest'), 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["None", "False", "('VAV1',", "'Rest')", "True"]
+
+
 def test_add_field_keeps_gene_at_context_labels():
     assert _split_genes(" IL2RA@@Stim48hr, CD28@@Rest;HOXA@ ") == ["IL2RA@@Stim48hr", "CD28@@Rest", "HOXA@"]
 
