@@ -8,7 +8,8 @@ stored config dict are enough, so old stores and stores written by any version r
 - `context_order`: the contexts as columns: the order of the stored config's `contexts.contexts` list where it has
   one, then any other context in the order first seen.
 - `context_spend`: per context, measurements (a failed one included: the lab ran it) and, where the stored config
-  gives costs (`contexts.costs`, one per context), the cost spent `n_measured_or_failed * cost`.
+  gives costs (`contexts.costs`, one per context), the cost spent `n_measured_or_failed * cost`; `context_budget`:
+  the campaign's budget in cost units (`contexts.budget`).
 - `context_grid`: gene x context cells of what is measured (value, hit, or failed with its reason) and what the
   pending round proposes (predicted value in the screen's units and P(hit) where the proposal carries them).
 """
@@ -58,6 +59,14 @@ def _config_contexts(config: dict | None) -> tuple[list[str], dict[str, float]]:
     ok = (isinstance(costs, list) and len(costs) == len(names)
           and all(isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c) and c > 0 for c in costs))
     return names, (dict(zip(names, map(float, costs))) if ok else {})
+
+
+def context_budget(config: dict | None) -> float | None:
+    """The campaign's budget in cost units (`contexts.budget` of the stored config), or None."""
+    section = (config or {}).get("contexts") if isinstance(config, dict) else None
+    budget = section.get("budget") if isinstance(section, dict) else None
+    ok = isinstance(budget, int | float) and not isinstance(budget, bool) and math.isfinite(budget) and budget > 0
+    return float(budget) if ok else None
 
 
 def context_order(config: dict | None, labels: Iterable[str]) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from agent.context_view import context_spend, gene_and_context
+from agent.context_view import context_budget, context_spend, gene_and_context
 from agent.screen_units import (
     PredictionScale,
     in_screen_units,
@@ -104,7 +104,8 @@ def campaign_overview(store: Store) -> list[dict]:
     """Every campaign in the store with its rounds: status, picks, observed/failed counts, hits (per round and so
     far), decisions, work time and approval wait, lab jobs; `hit_curve`: hits found so far after each measured
     round (None when the campaign calls no hits); `contexts`: measurements and cost spent per context
-    (`agent.context_view.context_spend`; None unless the campaign measures (gene, context) pairs)."""
+    (`agent.context_view.context_spend`; None unless the campaign measures (gene, context) pairs) and
+    `context_budget`, its budget in cost units (None when its config sets none)."""
     out = []
     for c in store.list_campaigns():
         obs = store.observations(c.id, include_failed=True)
@@ -134,7 +135,7 @@ def campaign_overview(store: Store) -> list[dict]:
                     "policy": c.config.get("acquisition", {}).get("kind"), "rounds_planned": planned,
                     "rounds": rounds, "picks": sum(r["picks"] for r in rounds), "hits": sum(r["hits"] for r in rounds),
                     "hit_curve": [r["hits_so_far"] for r in rounds if r["hits_so_far"] is not None] if called else None,
-                    "contexts": context_spend(c.config, obs)})
+                    "contexts": context_spend(c.config, obs), "context_budget": context_budget(c.config)})
     return out
 
 

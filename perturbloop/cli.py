@@ -310,7 +310,8 @@ def _status(store: str | None, as_json: bool) -> None:
             console.print(escape("per context: " + "; ".join(
                 f"{x['context']} {x['measured']} measured, {x['failed']} failed"
                 + (f", spent {x['spent']:g} (cost {x['cost']:g} each)" if x.get("spent") is not None else "")
-                for x in c["contexts"])), soft_wrap=True)
+                for x in c["contexts"]) + (f"; budget {c['context_budget']:g}" if c.get("context_budget") else "")),
+                soft_wrap=True)
 
 
 @app.command()

@@ -103,6 +103,7 @@ def test_review_page_shows_a_gene_by_context_grid(tmp_path):
     spend = html[html.index('<table id="context-spend">'):]
     spend = spend[:spend.index("</table>")]
     assert re.findall(r'<td class="num spent">([^<]+)</td>', spend) == ["2", "1", "5"]
+    assert '<p id="context-budget">budget 60 cost units, spent 8</p>' in html
     first = client.get("/api/campaigns/ctx/proposal").json()["items"][0]
     assert (first["perturbation"], first["gene"], first["context"]) == ("IL2RA@@Stim48hr", "IL2RA", "Stim48hr")
     assert "default-src 'self'; script-src 'none'" in page.headers["content-security-policy"]
@@ -165,10 +166,11 @@ def test_status_shows_spend_per_context(tmp_path):
         {"context": "Rest", "measured": 2, "failed": 0, "cost": 1.0, "spent": 2.0},
         {"context": "Stim8hr", "measured": 1, "failed": 0, "cost": 1.0, "spent": 1.0},
         {"context": "Stim48hr", "measured": 1, "failed": 1, "cost": 2.5, "spent": 5.0}]
+    assert c["context_budget"] == 60.0
     table = runner.invoke(app, ["status", "--store", str(tmp_path / "pl.db")])
     assert table.exit_code == 0, table.output
     assert ("per context: Rest 2 measured, 0 failed, spent 2 (cost 1 each); Stim8hr 1 measured, 0 failed, spent 1 "
-            "(cost 1 each); Stim48hr 1 measured, 1 failed, spent 5 (cost 2.5 each)") in " ".join(table.output.split())
+            "(cost 1 each); Stim48hr 1 measured, 1 failed, spent 5 (cost 2.5 each); budget 60") in " ".join(table.output.split())
 
 
 def test_status_counts_per_context_without_costs(tmp_path):
@@ -179,6 +181,7 @@ def test_status_counts_per_context_without_costs(tmp_path):
     assert c["contexts"] == [{"context": "Stim48hr", "measured": 1, "failed": 1},
                              {"context": "Rest", "measured": 2, "failed": 0},
                              {"context": "Stim8hr", "measured": 1, "failed": 0}]
+    assert c["context_budget"] is None
 
 
 # --- labs: the file drop ------------------------------------------------------------------------------------------
