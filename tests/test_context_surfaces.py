@@ -1,6 +1,6 @@
 """What a scientist sees of a campaign across contexts (issue 12), from a store holding `GENE@@context` labels:
 the review page's gene x context grid and proposal table, `perturbloop status` (and `--json`) with the cost
-spent per context, and the labs' context columns (file-drop order sheets and results, the HTTP lab)."""
+spent per context, and the labs' context columns (file-drop order sheets and results, the HTTP lab); a headless Chromium reads the grid."""
 
 from __future__ import annotations
 
@@ -298,3 +298,31 @@ def test_http_lab_sends_gene_and_context_and_reads_results_either_way(context_wo
                                              r"result 1 \(CD28@@Stim8hr\): unknown context 'Stim8hr'"):
         parse_results({"perturbations": batch, "results": [{"gene": "IL2RA", "value": 1.0},
                                                            {"perturbation": "CD28@@Stim8hr", "value": 1.0}]}, "src")
+
+
+def test_browser_shows_the_grid(tmp_path, browser):
+    """A real (headless) Chromium logs in and reads the grid: cells by gene and context, a label with markup shown as
+    text (no element made of it), the proposal table's gene and context columns."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.conftest import serve_app
+
+    store = _context_store(tmp_path / "pl.db", xss=True)
+    with serve_app(create_app(store, TOKEN)) as base:
+        wait = WebDriverWait(browser, 60, ignored_exceptions=(WebDriverException,))
+        browser.get(base + "/campaigns/ctx")
+        wait.until(EC.presence_of_element_located((By.ID, "token"))).send_keys(TOKEN)
+        browser.find_element(By.ID, "login").click()
+        grid = wait.until(EC.presence_of_element_located((By.ID, "context-grid")))
+        heads = [th.text for th in grid.find_elements(By.TAG_NAME, "th")]
+        assert heads == ["gene", "Rest", "Stim8hr", "Stim48hr", "<img src=x onerror=alert(1)>"]
+        assert not browser.find_elements(By.CSS_SELECTOR, "#context-grid img")
+        cell = grid.find_element(By.CSS_SELECTOR, 'tr[data-gene="IL2RA"] td[data-context="Stim48hr"]')
+        assert cell.text.startswith("proposed 2.000 ± 0.500 (P(hit)")
+        failed = grid.find_element(By.CSS_SELECTOR, 'tr[data-gene="LAT"] td.cell-failed')
+        assert failed.text == "failed" and failed.get_attribute("title") == "no cells <b>plate 2</b>"
+        first = browser.find_element(By.CSS_SELECTOR, "#proposal tr:nth-child(2)")
+        assert [td.text for td in first.find_elements(By.CSS_SELECTOR, "td.gene, td.context")] == ["IL2RA", "Stim48hr"]
