@@ -1,6 +1,7 @@
 """What a scientist sees of a campaign across contexts (issue 12), from a store holding `GENE@@context` labels:
 the review page's gene x context grid and proposal table, `perturbloop status` (and `--json`) with the cost
-spent per context, and the labs' context columns (file-drop order sheets and results, the HTTP lab); a headless Chromium reads the grid."""
+spent per context, and the labs' context columns (file-drop order sheets and results, the HTTP lab); a headless
+Chromium reads the grid."""
 
 from __future__ import annotations
 
