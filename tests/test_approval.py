@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,6 @@ from agent.runner import run_campaign
 from perturbloop.config import load_config, parse_config
 from perturbloop.errors import PerturbloopError, UnknownGeneError
 from perturbloop.store import Store
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cfg(slice_csv):
@@ -107,7 +104,7 @@ def test_cli_review_and_approve(slice_csv, data_dir, tmp_path):
     assert [(v.perturbation, v.by, v.note) for v in Store(str(store)).vetoes("cli-appr")] == [(vetoed, "ada", "toxic")]
 
 
-def test_refused_approve_loads_neither_pandas_nor_torch(slice_csv, data_dir, tmp_path):
+def test_refused_approve_loads_neither_pandas_nor_torch(slice_csv, data_dir, tmp_path, fresh_python):
     """Issue 13 (every command answers in seconds): an edit naming an unknown gene is refused, exit 2, naming it,
     with the screen's genes read from what the run kept in the cache (no pandas, no torch) and nothing stored."""
     store = Store(str(tmp_path / "pl.db"))
@@ -115,12 +112,10 @@ def test_refused_approve_loads_neither_pandas_nor_torch(slice_csv, data_dir, tmp
                         "data": {"screen": str(slice_csv)}, "design": {"features": ["go"]}})
     assert run_campaign(cfg, store, data_dir).status == "awaiting_approval"
     r, _ = pending_proposal(store, "fast-no")
-    code = ("import atexit, sys; atexit.register(lambda: print('loaded:', *[m for m in ('pandas', 'torch') "
-            "if m in sys.modules])); from perturbloop.cli import main; sys.argv = ['perturbloop', 'approve', "
-            f"'fast-no', '--add', 'NOTAGENE9', '--store', {str(tmp_path / 'pl.db')!r}, '--data-dir', {str(data_dir)!r}]; "
-            "main()")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = fresh_python("import atexit, sys; atexit.register(lambda: print('loaded:', *[m for m in ('pandas', 'torch') "
+                       "if m in sys.modules])); from perturbloop.cli import main; sys.argv = ['perturbloop', 'approve', "
+                       f"'fast-no', '--add', 'NOTAGENE9', '--store', {str(tmp_path / 'pl.db')!r}, '--data-dir', "
+                       f"{str(data_dir)!r}]; main()", cwd=tmp_path)
     assert out.returncode == 2 and "NOTAGENE9" in out.stderr, out.stdout + out.stderr
     assert out.stdout.strip() == "loaded:", out.stdout
     assert store.decision(r.id) is None and not store.lab_jobs(r.id)

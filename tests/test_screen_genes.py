@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +11,6 @@ import pytest
 from perturbloop.data.json_cache import read_json
 from perturbloop.data.screen_genes import screen_genes
 from perturbloop.data.screens import load_screen
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -34,14 +29,12 @@ def cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
-def test_a_later_process_reads_the_genes_without_pandas(screen_file, data_dir, cache):
+def test_a_later_process_reads_the_genes_without_pandas(screen_file, data_dir, cache, fresh_python):
     genes = load_screen(screen_file, data_dir).genes  # keeps the list
     assert len(_entries(cache)) == 1 and len(genes) > 500
-    code = ("import sys; from perturbloop.data.screen_genes import screen_genes; "
-            f"g = screen_genes({str(screen_file)!r}, {str(data_dir)!r}); "
-            "print(len(g), g[0], g[-1], 'pandas' in sys.modules)")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False)
+    out = fresh_python("import sys; from perturbloop.data.screen_genes import screen_genes; "
+                       f"g = screen_genes({str(screen_file)!r}, {str(data_dir)!r}); "
+                       "print(len(g), g[0], g[-1], 'pandas' in sys.modules)")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [str(len(genes)), genes[0], genes[-1], "False"]
     assert screen_genes(screen_file, data_dir) == genes
