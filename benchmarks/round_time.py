@@ -4,8 +4,8 @@
     python benchmarks/round_time.py --screen schmidt2021_ifng --out benchmarks/results/round_time_ifng.json
 
 The loop's own parts, timed alone: the design space is built once (features cached); round 1 is random
-(`--batch` genes, seeded); each later round refits the GP (`surrogates.screen_surrogate_factory`, the
-`surrogate` config of a campaign, warm-started from the previous round's hyperparameters as the loop does)
+(`--batch` genes, seeded); each later round refits the GP (`agent.parts.model_factory`, the loop's one
+model factory, with the `surrogate` config of a campaign, warm-started from the previous round's hyperparameters as the loop does)
 on the measured genes' `|score|` (log target, the benchmark's) and the policy (`--policy`, default the
 recommended one) selects the next batch over every gene left. Reported per round and setting: fit seconds,
 select seconds, their sum; and the machine's load average at the start and the end (the machine is shared: a
@@ -29,17 +29,20 @@ OUT = HERE / "results" / "round_time.json"
 TARGET_S = 2.0  # issue 11: a round stays at most 2 s over ~19k genes on 2 cores with the network kernel on
 
 
-def time_rounds(pool, scores, *, network: bool, rounds: int, batch: int, policy: str, seed: int,
-                data_dir) -> list[dict]:
+def time_rounds(pool, scores, *, screen: str, features: list[str], network: bool, rounds: int, batch: int, policy: str,
+                seed: int, data_dir) -> list[dict]:
     """Per round after the first: `{round, n_train, fit_s, select_s, round_s}`."""
     import torch
 
     from acquisition import make_policy
-    from perturbloop.config import SurrogateConfig
-    from surrogates import screen_surrogate_factory
+    from agent.parts import model_factory
+    from perturbloop.config import parse_config
 
+    config = parse_config({"name": "round-time", "seed": seed, "data": {"screen": screen},
+                           "design": {"features": features},
+                           "surrogate": {"network": network, "target_transform": "log"}}, "round_time settings")
     t0 = time.perf_counter()
-    make = screen_surrogate_factory(SurrogateConfig(network=network, target_transform="log"), pool, data_dir)
+    make = model_factory(config, pool, data_dir=data_dir)
     setup = time.perf_counter() - t0
     acq = make_policy(policy, seed=seed)
     g = torch.Generator().manual_seed(seed)
@@ -49,7 +52,7 @@ def time_rounds(pool, scores, *, network: bool, rounds: int, batch: int, policy:
     for r in range(2, rounds + 1):
         idx = pool.indices(list(observed))
         t0 = time.perf_counter()
-        gp = make(params)
+        gp = make(seed, params)
         gp.fit(pool.X[idx], torch.tensor(list(observed.values()), dtype=torch.float64))
         fit = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -99,8 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.repeats):
         for network in (False, True):
             runs["feature_kernel+network_kernel" if network else "feature_kernel"].append(
-                time_rounds(pool, scores, network=network, rounds=args.rounds, batch=args.batch, policy=policy,
-                            seed=args.seed, data_dir=args.data_dir))
+                time_rounds(pool, scores, screen=args.screen, features=feats, network=network, rounds=args.rounds,
+                            batch=args.batch, policy=policy, seed=args.seed, data_dir=args.data_dir))
     settings = {}
     for name, reps in runs.items():
         best = [min(rs, key=lambda r: r["round_s"]) for rs in zip(*reps)]

@@ -624,9 +624,9 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=())
     config = parse_config(c.config, f"stored config of {campaign}")
     edits = {"drop": drop, "add": add, "veto": veto, "reject": reject, "note": note, "by": by, "data_dir": data_dir}
     if not config.is_response:  # a bad edit is refused in a second: checked against the screen's genes (a superset
-        from perturbloop.data import load_screen  # of the design space) before the design space is built (torch)
+        from perturbloop.data.screen_genes import screen_genes  # of the design space; cached by the run, no pandas)
 
-        decide(st, campaign, load_screen(config.data.screen, data_dir, aggregate=config.data.aggregate).genes, **edits)
+        decide(st, campaign, screen_genes(config.data.screen, data_dir, aggregate=config.data.aggregate), **edits)
     from agent.context import build_context
     from agent.runner import run_campaign
 

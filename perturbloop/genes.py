@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from perturbloop.data.registry import cache_dir, resolve
+from perturbloop.data.json_cache import cache_file, read_json, write_json
+from perturbloop.data.registry import resolve
 from perturbloop.errors import UnknownGeneError
 
 if TYPE_CHECKING:
@@ -71,44 +69,26 @@ class GeneIndex:
 
 
 def _index_cache_path(info_path: Path, alias_path: Path) -> Path:
-    """The cache file of the index built from these two tables: keyed by their paths, sizes and mtimes (a
-    changed table gets a new key, so a stale index is never read)."""
-    parts = [f"v{INDEX_CACHE_VERSION}"]
-    for p in (info_path, alias_path):
-        st = p.stat()
-        parts.append(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}")
-    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
-    return cache_dir() / "genes" / f"gene_index_{key}.json"
+    """The cache file of the index built from these two tables (a changed table gets a new key, so a stale
+    index is never read)."""
+    return cache_file("genes", "gene_index", (info_path, alias_path), f"v{INDEX_CACHE_VERSION}")
 
 
 def _read_index_cache(path: Path) -> GeneIndex | None:
     """The cached index, or None when there is none or it is unreadable / malformed (it is then rebuilt)."""
+    raw = read_json(path)
     try:
-        raw = json.loads(path.read_text())
         symbols, aliases = raw["symbols"], raw["aliases"]
-        if not (isinstance(symbols, list) and isinstance(aliases, dict)
-                and all(isinstance(s, str) for s in symbols)
-                and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())):
-            return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, IndexError):
+        return None
+    if not (isinstance(symbols, list) and isinstance(aliases, dict) and all(isinstance(s, str) for s in symbols)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())):
         return None
     return GeneIndex._from_cache(symbols, aliases)
 
 
 def _write_index_cache(path: Path, idx: GeneIndex) -> None:
-    """Write the index atomically through a temporary file of its own (processes building it at once must
-    not move one another's half-written file). An unwritable cache only costs the rebuild next time."""
-    tmp: Path | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp",
-                                         delete=False) as f:
-            tmp = Path(f.name)
-            json.dump({"symbols": sorted(idx.symbols), "aliases": idx.aliases}, f)
-        tmp.replace(path)
-    except OSError:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+    write_json(path, {"symbols": sorted(idx.symbols), "aliases": idx.aliases})
 
 
 def _build_index(info_path: Path, alias_path: Path) -> GeneIndex:

@@ -1,6 +1,6 @@
 """Surrogate models of perturbation outcomes, with uncertainty. Registered by config name."""
 
 from surrogates.base import Surrogate, SurrogatePosterior
-from surrogates.registry import REGISTRY, make_surrogate, screen_surrogate_factory, surrogate_names
+from surrogates.registry import REGISTRY, make_surrogate, surrogate_names
 
-__all__ = ["REGISTRY", "Surrogate", "SurrogatePosterior", "make_surrogate", "screen_surrogate_factory", "surrogate_names"]
+__all__ = ["REGISTRY", "Surrogate", "SurrogatePosterior", "make_surrogate", "surrogate_names"]

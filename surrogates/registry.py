@@ -69,16 +69,3 @@ def network_spec(config: SurrogateConfig, space: SingleSpace,
     return NetworkSpec.for_space(space.labels, space.X, space.feature_names, bounds, data_dir=data_dir,
                                  kind=config.network_kernel)
 
-
-def screen_surrogate_factory(config: SurrogateConfig, space: SingleSpace,
-                             data_dir: str | os.PathLike | None = None) -> Callable[[dict | None], object]:
-    """`init_params -> unfitted surrogate` for a pooled screen over `space`: the configured kind with the space's
-    feature bounds, and with `config.network` the STRING network kernel (its spec built once, here)."""
-    bounds = torch.stack([space.X.min(0).values, space.X.max(0).values])
-    network = network_spec(config, space, data_dir)
-
-    def make(init_params: dict | None = None):
-        return make_surrogate(config.kind, "screen", bounds=bounds, max_iter=config.max_iter, init_params=init_params,
-                              target_transform=config.target_transform, network=network)
-
-    return make

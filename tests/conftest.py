@@ -7,7 +7,9 @@ PERTURBLOOP_TEST_DATA_DIR). Tests never download anything and never write into i
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -146,6 +148,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def fresh_python() -> Callable[..., subprocess.CompletedProcess]:
+    """`run(code, cwd=None)`: Python code in a new interpreter with this checkout first on its path (what a later
+    `perturbloop` process imports), the finished process returned (returncode, stdout, stderr)."""
+    root = str(Path(__file__).resolve().parents[1])
+
+    def run(code: str, *, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": root}, cwd=cwd,
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    return run
 
 
 @pytest.fixture(scope="session")

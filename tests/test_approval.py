@@ -104,6 +104,23 @@ def test_cli_review_and_approve(slice_csv, data_dir, tmp_path):
     assert [(v.perturbation, v.by, v.note) for v in Store(str(store)).vetoes("cli-appr")] == [(vetoed, "ada", "toxic")]
 
 
+def test_refused_approve_loads_neither_pandas_nor_torch(slice_csv, data_dir, tmp_path, fresh_python):
+    """Issue 13 (every command answers in seconds): an edit naming an unknown gene is refused, exit 2, naming it,
+    with the screen's genes read from what the run kept in the cache (no pandas, no torch) and nothing stored."""
+    store = Store(str(tmp_path / "pl.db"))
+    cfg = parse_config({"name": "fast-no", "rounds": 1, "batch_size": 6, "approval": "required",
+                        "data": {"screen": str(slice_csv)}, "design": {"features": ["go"]}})
+    assert run_campaign(cfg, store, data_dir).status == "awaiting_approval"
+    r, _ = pending_proposal(store, "fast-no")
+    out = fresh_python("import atexit, sys; atexit.register(lambda: print('loaded:', *[m for m in ('pandas', 'torch') "
+                       "if m in sys.modules])); from perturbloop.cli import main; sys.argv = ['perturbloop', 'approve', "
+                       f"'fast-no', '--add', 'NOTAGENE9', '--store', {str(tmp_path / 'pl.db')!r}, '--data-dir', "
+                       f"{str(data_dir)!r}]; main()", cwd=tmp_path)
+    assert out.returncode == 2 and "NOTAGENE9" in out.stderr, out.stdout + out.stderr
+    assert out.stdout.strip() == "loaded:", out.stdout
+    assert store.decision(r.id) is None and not store.lab_jobs(r.id)
+
+
 def test_approval_example_config_requires_approval():
     from pathlib import Path
 

@@ -5,17 +5,12 @@ and rebuilds a corrupt file."""
 from __future__ import annotations
 
 import gzip
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from perturbloop import genes
 from perturbloop.data.registry import resolve
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -43,13 +38,11 @@ def test_cached_index_maps_like_a_fresh_build(data_dir, cache):
     assert loaded.canonical(["vav1", "KIAA0100"]) == ["VAV1", "BLTP2"]
 
 
-def test_a_later_process_loads_the_cache_without_pandas(data_dir, cache):
+def test_a_later_process_loads_the_cache_without_pandas(data_dir, cache, fresh_python):
     genes.gene_index(data_dir)
-    code = ("import sys; from perturbloop.genes import gene_index; "
-            f"assert gene_index({str(data_dir)!r}).map('kiaa0100') == 'BLTP2'; "
-            "print('pandas' in sys.modules)")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False)
+    out = fresh_python("import sys; from perturbloop.genes import gene_index; "
+                       f"assert gene_index({str(data_dir)!r}).map('kiaa0100') == 'BLTP2'; "
+                       "print('pandas' in sys.modules)")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from perturbloop.config import SurrogateConfig, parse_config
+from perturbloop.config import parse_config
 from perturbloop.errors import ConfigError
 
 
@@ -40,12 +40,12 @@ def test_coordinate_kernel_is_the_index_kernel(string_pool, data_dir):
     assert R.abs().max() > 0.1  # not trivially zero
 
 
-def test_measured_hit_raises_its_string_neighbours(string_pool, data_dir, one_torch_thread):
+def test_measured_hit_raises_its_string_neighbours(string_pool, slice_csv, data_dir, one_torch_thread):
     """Fit on 60 measured non-hits, then again with one hub gene measured as a strong hit: the posterior mean of
     the hub's unmeasured STRING neighbours rises, that of the other genes does not; the lift is larger with the
     network kernel than with the feature kernel alone (which also sees the string features)."""
+    from agent.parts import model_factory
     from perturbloop.data import knowledge as kn
-    from surrogates import screen_surrogate_factory
 
     pool = string_pool
     W, net_genes = kn.string_adjacency(data_dir, min_score=700)
@@ -63,10 +63,10 @@ def test_measured_hit_raises_its_string_neighbours(string_pool, data_dir, one_to
     assert len(near) >= 20
 
     def lift(network: bool) -> tuple[float, float]:
-        make = screen_surrogate_factory(SurrogateConfig(network=network), pool, data_dir)
+        make = model_factory(_slice_config(slice_csv, network=network), pool, data_dir=data_dir)
         means = []
         for obs in (base, with_hit):
-            gp = make(None)
+            gp = make(0, {})
             gp.fit(pool.X[pool.indices(list(obs))], torch.tensor(list(obs.values()), dtype=torch.float64))
             means.append(gp.posterior(pool.X).mean)
         d = means[1] - means[0]
@@ -78,16 +78,17 @@ def test_measured_hit_raises_its_string_neighbours(string_pool, data_dir, one_to
     assert near_net > near_feat
 
 
-def test_network_gp_fits_its_time_and_scale(string_pool, data_dir, one_torch_thread):
+def test_network_gp_fits_its_time_and_scale(string_pool, slice_csv, data_dir, one_torch_thread):
     """The diffusion time and the network kernel's scale are GP hyperparameters, fitted (and stored for warm
     starts) like the rest; a warm start from them reproduces the same model."""
-    from surrogates import screen_surrogate_factory
+    from agent.parts import model_factory
 
     pool = string_pool
-    make = screen_surrogate_factory(SurrogateConfig(network=True, network_kernel="regularized_laplacian"), pool, data_dir)
+    make = model_factory(_slice_config(slice_csv, network=True, network_kernel="regularized_laplacian"), pool,
+                         data_dir=data_dir)
     idx = torch.arange(0, len(pool), 4)
     y = torch.linspace(0, 1, len(idx), dtype=torch.float64)
-    gp = make(None)
+    gp = make(0, {})
     t0 = gp.network.kernel().base_kernel.time.item()
     gp.fit(pool.X[idx], y)
     params = gp.params
@@ -95,7 +96,7 @@ def test_network_gp_fits_its_time_and_scale(string_pool, data_dir, one_torch_thr
     assert any(k.endswith("raw_outputscale") for k in params)
     fitted = gp.model.covar_module.kernels[1].base_kernel
     assert fitted.kind == "regularized_laplacian" and fitted.time.item() != pytest.approx(t0)
-    warm = make({k: v for k, v in params.items()})
+    warm = make(0, {k: v for k, v in params.items()})
     warm.max_iter = 1
     warm.fit(pool.X[idx], y)
     assert warm.params[time_key] == pytest.approx(params[time_key], rel=1e-3, abs=1e-3)

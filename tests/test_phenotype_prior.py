@@ -215,6 +215,36 @@ def test_cli_benchmark_with_phenotype(slice_csv, data_dir, tmp_path):
     assert {"IL2", "CD28"} <= set(res["results"][0]["picks"][0])
 
 
+@pytest.mark.slow
+def test_cli_benchmark_builds_the_screen_world_once(slice_csv, data_dir, tmp_path, monkeypatch):
+    """The --phenotype warning pre-check, the sweep's fail-fast check and every run of the sweep (local runner,
+    this process) share one build of the screen world (its pool, with the phenotype prior)."""
+    from typer.testing import CliRunner
+
+    import agent.benchmark as bm
+    from perturbloop.cli import app
+
+    built: list[str] = []
+    real = bm.screen_parts
+
+    def counted(config, data_dir):
+        built.append(config.data.screen)
+        return real(config, data_dir)
+
+    monkeypatch.setattr(bm, "screen_parts", counted)
+    bm.build_screen_world.cache_clear()
+    try:
+        res = CliRunner().invoke(app, ["benchmark", "--screen", str(slice_csv), "--features", "go", "--data-dir",
+                                       str(data_dir), "--phenotype", "qwzx blorf", "--policy", "best,random",
+                                       "--seeds", "2", "--rounds", "1", "--batch", "8", "--out", str(tmp_path / "r.json")],
+                                 env={"COLUMNS": "200"})
+    finally:
+        bm.build_screen_world.cache_clear()
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "warning:" in res.output and "matches no GO" in res.output
+    assert built == [str(slice_csv)]  # 4 campaigns, one build
+
+
 def test_prior_share_mixes_random_picks_into_round_one(small_pool_genes, data_dir):
     from acquisition.prior import PriorScorePolicy
     from perturbloop.features import build_gene_pool

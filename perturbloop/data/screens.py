@@ -20,7 +20,8 @@ from typing import Literal, get_args
 import numpy as np
 import pandas as pd
 
-from perturbloop.data.registry import REGISTRY, get_spec, resolve
+from perturbloop.data.registry import get_spec, resolve
+from perturbloop.data.screen_genes import is_screen_file, remember_screen_genes
 from perturbloop.errors import ConfigError, ScreenFormatError
 
 Aggregate = Literal["error", "mean", "first"]
@@ -235,7 +236,7 @@ def load_screen(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | N
             first row). None: what the registry declares for its screen, else ``"error"``.
     """
     p = Path(name_or_path)
-    if str(name_or_path) not in REGISTRY and (p.suffix or os.sep in str(name_or_path) or p.exists()):
+    if is_screen_file(name_or_path):
         values, reps, lines = _read_screen(p, loader=None, name=None)  # a file path (a clear error if it does not exist)
         scores, reps = _combine_duplicates(p, values, reps, lines, data_dir, aggregate or "error")
         name = p.stem
@@ -254,4 +255,5 @@ def load_screen(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | N
         name = spec.name
     scores, reps, unmapped = _map_symbols(scores, reps, data_dir)
     scores.name = name
+    remember_screen_genes(name_or_path, data_dir, aggregate, list(scores.index))  # for `screen_genes`
     return Screen(name, scores, reps, unmapped)
