@@ -98,8 +98,28 @@ def _response_table(title: str, rows: list[dict]):
     return t
 
 
+def _contexts_table(title: str, rows: list[dict], config):
+    """Per round of a campaign across contexts: pairs measured, failed, target hits found, cost spent (in total and
+    per context) of the budget."""
+    from rich.table import Table
+
+    names = config.contexts.contexts
+    t = Table(title=title, title_justify="left")
+    for col in ("round", "measured", "failed", f"hits in {config.contexts.target}", "cost spent",
+                *[f"spent {c}" for c in names], "round s"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        m = r["metrics"]
+        t.add_row("initial" if r["round"] == 1 and config.initial else str(r["round"] - (1 if config.initial else 0)),
+                  _fmt(m.get("n_measured"), ".0f"), str(r["failed"]),
+                  str(r["hits_total"]),
+                  f"{_fmt(m.get('cost_spent'), 'g')} / {config.contexts.budget:g}",
+                  *[_fmt(m.get(f"spent:{c}"), "g") for c in names], _fmt(r["seconds"], ".2f"))
+    return t
+
+
 def _run_response(config, store: str | None, data_dir: str | None, baseline: bool) -> None:
-    """A response campaign (Perturb-seq / pairs) through the same loop and store as a screen campaign."""
+    """A response campaign (Perturb-seq / pairs / contexts) through the same loop and store as a screen campaign."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.campaign import campaign_flow
@@ -111,10 +131,15 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
     st = Store(store)
     w = config.world
     synthetic = " [magenta](SYNTHETIC world)[/]" if w.kind == "synthetic_grn" else ""
+    if config.is_contexts:
+        t = config.contexts
+        design = (f"(gene, context) pairs over {', '.join(f'{c.name} (cost {c.cost:g})' for c in t.context_list())}, "
+                  f"target {t.target}, budget {t.budget:g} cost units, {config.initial} initial genes + {config.rounds} rounds")
+    else:
+        design = f"design {config.design.space}, {config.initial} initial + {config.rounds} rounds x {config.batch_size}"
     console.print(
-        f"[bold]{config.name}[/]: {config.objective} on [cyan]{w.kind}[/] {w.dataset or ''}{synthetic}, design "
-        f"{config.design.space}, {config.initial} initial + {config.rounds} rounds x {config.batch_size}, surrogate "
-        f"{config.surrogate.kind}, policy {config.acquisition.kind}; store {display_url(st.url)}"
+        f"[bold]{config.name}[/]: {config.objective} on [cyan]{w.kind}[/] {w.dataset or ''}{synthetic}, {design}, "
+        f"surrogate {config.surrogate.kind}, policy {config.acquisition.kind}; store {display_url(st.url)}"
     )
     _check_before_flow(config, st, data_dir)
     total = config.rounds + 1
@@ -128,14 +153,20 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
             on_baseline_round=lambda r: progress.update(base_task, completed=r["round"]),
         )
     main = results["campaign"]
-    scored = ("scores on the held-out perturbations (never run) after each round" if config.lab.kind == "simulator"
-              else f"{config.lab.kind} lab: nothing held out, no scores")
-    console.print(_response_table(f"{config.name}: {config.acquisition.kind}, {scored}", main.rounds))
+    if config.is_contexts:
+        def table(title, rows):
+            return _contexts_table(title, rows, config)
+        scored = f"hits found in {config.contexts.target} per cost spent"
+    else:
+        table = _response_table
+        scored = ("scores on the held-out perturbations (never run) after each round" if config.lab.kind == "simulator"
+                  else f"{config.lab.kind} lab: nothing held out, no scores")
+    console.print(table(f"{config.name}: {config.acquisition.kind}, {scored}", main.rounds))
     if main.status != "finished":
         console.print(f"campaign status: [yellow]{main.status}[/]")
     base = results.get("baseline")
     if base is not None:
-        console.print(_response_table(f"{base.campaign_id}: random picks, same campaign", base.rounds))
+        console.print(table(f"{base.campaign_id}: random picks, same campaign", base.rounds))
 
 
 def _check_datasets(config) -> None:
@@ -633,8 +664,11 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=())
                + (f" (added {', '.join(decision['added'])})" if decision["added"] else "")
                + (f" (vetoed for the rest of the campaign: {', '.join(decision['vetoed'])})" if decision["vetoed"] else ""))
     res = run_campaign(config, st, data_dir, resume=decision, context=ctx)
-    table = _response_table if config.is_response else _round_table
-    _console().print(table(f"{campaign}: {config.acquisition.kind}", res.rounds))
+    if config.is_contexts:
+        _console().print(_contexts_table(f"{campaign}: {config.acquisition.kind}", res.rounds, config))
+    else:
+        table = _response_table if config.is_response else _round_table
+        _console().print(table(f"{campaign}: {config.acquisition.kind}", res.rounds))
     typer.echo(f"campaign status: {res.status}")
 
 
