@@ -460,6 +460,8 @@ def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runn
     if not config.is_response:
         raise PerturbloopError(f"{config_path}: not a response campaign (needs a [world] table; screen campaigns are "
                                "benchmarked with --screen)")
+    if config.is_contexts:
+        return _benchmark_contexts_config(config, out, data_dir)
     console = _console()
     ev = config.evaluation
     with console.status(f"{len(ev.policies)} policies x {ev.seeds} seeds, {config.world.kind} world ({runner} runner)"):
@@ -470,11 +472,49 @@ def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runn
     console.print(f"results: {path}\ncurves: {png}")
 
 
-def _benchmark_contexts(screen, contexts, target_context, costs, budget, initial, allowed, hits, rounds, batch, seeds,
-                        policy, features, data_dir, out) -> None:
+def _contexts_summary(title: str, rows: list[dict], names: list[str]):
+    """Per policy, mean +- sd over seeds: target hits found, hits per 100 cost units, mean spend per context."""
     from rich.table import Table
 
-    from agent.contexts_benchmark import DEFAULT_POLICIES, ContextProtocol, run_benchmark, summarise, write_results
+    from agent.contexts_benchmark import summarise
+
+    t = Table(title=title, title_justify="left")
+    for col in ("policy", "hits found", "hits / 100 cost", *[f"spent {c}" for c in names], "s/round (max)"):
+        t.add_column(col, justify="right")
+    for s in summarise(rows):
+        t.add_row(s["policy"], f"{s['hits_found_mean']:.1f} +- {s['hits_found_sd']:.1f}",
+                  f"{s['hits_per_100_cost_mean']:.2f} +- {s['hits_per_100_cost_sd']:.2f}",
+                  *[f"{s['spend_mean'][c]:.0f}" for c in names], f"{s['round_seconds_max']:.1f}")
+    return t
+
+
+def _benchmark_contexts_config(config, out: Path, data_dir: str | None) -> None:
+    """A campaign across contexts (`[contexts]`): every variant (agent.benchmark.context_variants) x seed run by the
+    shipped loop; learning curves (target hits against cost spent) to JSON + PNG."""
+    from agent.benchmark import context_variants, contexts_sweep
+    from agent.contexts_benchmark import write_results
+
+    t = config.contexts
+    variants = context_variants(config)
+    console = _console()
+    with console.status(f"{len(variants)} variants x {config.evaluation.seeds} seeds on {config.world.dataset}, "
+                        f"target {t.target}, through the campaign loop"):
+        rows = contexts_sweep(config, data_dir, variants=variants)
+    meta = {"name": "hit discovery across contexts (campaign loop)", "config": config.name, "contexts": t.contexts,
+            "costs": [c.cost for c in t.context_list()], "target": t.target, "budget": t.budget,
+            "rounds": config.rounds, "initial": config.initial, "allowed": t.allowed, "seeds": config.evaluation.seeds,
+            "hits": f"top {t.hit_fraction:.0%} by |score| in the target", "features": config.design.features,
+            "variants": variants}
+    path, png = write_results(out, meta, str(config.world.dataset), rows)
+    console.print(_contexts_summary(f"{config.world.dataset}: target {t.target}, budget {t.budget:g}, "
+                                    f"{config.evaluation.seeds} seeds, {rows[0]['n_hits'] if rows else 0} hits",
+                                    rows, t.contexts))
+    console.print(f"results: {path}\ncurves: {png}")
+
+
+def _benchmark_contexts(screen, contexts, target_context, costs, budget, initial, allowed, hits, rounds, batch, seeds,
+                        policy, features, data_dir, out) -> None:
+    from agent.contexts_benchmark import DEFAULT_POLICIES, ContextProtocol, run_benchmark, write_results
     from perturbloop.config import parse_contexts_config
     from perturbloop.contexts import context_space, load_context_screen
 
@@ -510,15 +550,8 @@ def _benchmark_contexts(screen, contexts, target_context, costs, budget, initial
             "allowed": cfg.allowed, "seeds": seeds, "hits": hits or "top 5% by |score| in the target",
             "features": feats, "n_genes": len(space.genes)}
     path, png = write_results(out, meta, data.name, rows)
-    t = Table(title=f"{data.name}: target {cfg.target}, budget {cfg.budget:g}, {seeds} seeds, "
-                    f"{rows[0]['n_hits'] if rows else 0} hits", title_justify="left")
-    for col in ("policy", "hits found", "hits / 100 cost", *[f"spent {c}" for c in names], "s/round (max)"):
-        t.add_column(col, justify="right")
-    for s in summarise(rows):
-        t.add_row(s["policy"], f"{s['hits_found_mean']:.1f} +- {s['hits_found_sd']:.1f}",
-                  f"{s['hits_per_100_cost_mean']:.2f} +- {s['hits_per_100_cost_sd']:.2f}",
-                  *[f"{s['spend_mean'][c]:.0f}" for c in names], f"{s['round_seconds_max']:.1f}")
-    console.print(t)
+    console.print(_contexts_summary(f"{data.name}: target {cfg.target}, budget {cfg.budget:g}, {seeds} seeds, "
+                                    f"{rows[0]['n_hits'] if rows else 0} hits", rows, names))
     console.print(f"results: {path}\ncurves: {png}")
 
 
@@ -527,7 +560,8 @@ def benchmark(
     out: Annotated[Path, typer.Option(help="results JSON (a PNG of the curves is written beside it)")],
     screen: Annotated[Optional[str], typer.Option(help="registry screen name, a MAGeCK gene summary / Gene,Score CSV, "
                                                   "or a pair screen (gene_a,gene_b,score or A+B,score)")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="a response-campaign TOML (Perturb-seq / pairs): "
+    config: Annotated[Optional[Path], typer.Option("--config", help="a response-campaign TOML (Perturb-seq / pairs / "
+                                                   "contexts): "
                                                    "world, policies, seeds and baselines come from the file")] = None,
     hits: Annotated[Optional[str], typer.Option(help="file with one hit gene (pair screens: A+B) per line (default: top "
                                                 "5% by |score|)")] = None,
@@ -572,7 +606,9 @@ def benchmark(
     """Simulated campaigns on the BioDiscoveryAgent protocol: policies beside random, results to JSON + PNG.
 
     With --config FILE.toml: simulated response campaigns (Perturb-seq / gene pairs), learning curves
-    of each policy in the file beside random, baselines beside the model (same results schema).
+    of each policy in the file beside random, baselines beside the model (same results schema); a
+    campaign across contexts ([contexts]): target hits against cost spent for the multi-task model,
+    the independent and pooled baselines, random picks and, with a K562 context, K562 first.
     """
     if contexts is not None or target_context is not None or costs is not None:
         if screen is None or contexts is None or target_context is None:

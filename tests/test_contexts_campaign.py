@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -71,6 +73,7 @@ def test_unknown_context_is_refused_before_anything_is_stored(gwt_activation_sli
     assert Store(str(tmp_path / "s.db")).get_campaign("ctx") is None
 
 
+@pytest.mark.slow
 def test_campaign_runs_through_the_graph_within_its_budget(gwt_activation_slice_csv, tmp_path, data_dir):
     # initial design 3 genes x (1 + 1 + 2) = 12 cost units; the 3 left buy one cheap pair a round
     config = parse_config(_config(gwt_activation_slice_csv, rounds=10, contexts={"budget": 15}))
@@ -128,3 +131,51 @@ def test_review_and_approve_a_gene_in_a_context(gwt_activation_slice_csv, tmp_pa
     d = st.decision(st.rounds("ctx")[0].id)
     assert d.action == "edited" and d.added == [f"{free}@@Stim48hr"] and d.by == "ada"
     assert f"{free}@@Stim48hr" in {o.perturbation for o in st.observations("ctx")}
+
+
+@pytest.mark.slow
+def test_benchmark_config_writes_learning_curves_through_the_loop(gwt_activation_slice_csv, tmp_path, data_dir):
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'name = "bench"\ninitial = 2\nrounds = 1\n[world]\nkind = "contexts"\n'
+                    f'dataset = "{gwt_activation_slice_csv}"\n[contexts]\ncontexts = ["Rest", "Stim8hr", "Stim48hr"]\n'
+                    'costs = [1, 1, 2]\ntarget = "Stim48hr"\nbudget = 16\n[surrogate]\nmax_iter = 5\n'
+                    '[evaluation]\nseeds = 1\n')
+    out = CliRunner().invoke(app, ["benchmark", "--config", str(toml), "--out", str(tmp_path / "r.json"),
+                                   "--data-dir", str(data_dir)], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    res = json.loads((tmp_path / "r.json").read_text())
+    rows = {r["policy"]: r for r in res["results"]}
+    assert list(rows) == ["multitask", "independent", "pooled", "random"]  # no K562 context: no cheap_first
+    for r in rows.values():
+        assert [p["round"] for p in r["curve"]] == [0, 1] and r["curve"][-1]["cost"] == 16
+        assert r["curve"][0]["cost"] == 8  # 2 genes in every context, paid by every variant
+        for p in r["curve"]:
+            assert sum(p["spend"].values()) == p["cost"]
+    # random picks measure the target only; the same initial design for every variant of a seed
+    assert rows["random"]["spend"]["Rest"] == rows["random"]["curve"][0]["spend"]["Rest"] == 2
+    assert len({tuple(r["picks"][0]) for r in rows.values()}) == 1
+    assert (tmp_path / "r.png").is_file()
+
+
+def test_k562_first_then_target_on_the_strongest_k562_genes(tmp_path, data_dir):
+    from agent.benchmark import context_variants, contexts_row
+    from perturbloop.contexts import load_context_screen, load_gwt
+    from simulators.context_replay import ContextReplay
+
+    aging = load_gwt("aging", signature="CD4T", data_dir=data_dir)
+    n = aging.table.groupby("gene")["context"].nunique()
+    genes = sorted(n.index[n == 4])[:60]
+    path = aging.restrict(["K562", "Stim48hr"], genes).write_long(tmp_path / "aging.csv")
+    config = parse_config({"name": "k562", "initial": 2, "rounds": 2, "world": {"kind": "contexts", "dataset": str(path)},
+                           "contexts": {"contexts": ["K562", "Stim48hr"], "costs": [1, 4], "target": "Stim48hr",
+                                        "budget": 40}})
+    assert context_variants(config)[-1] == "cheap_first"
+    row = contexts_row(config, "cheap_first", 0, data_dir)
+    first, second = row["picks"][1], row["picks"][2]
+    assert first and all(p.endswith("@@K562") for p in first)  # round 1: K562 only
+    assert second and all(p.endswith("@@Stim48hr") for p in second)
+    # then the genes with the largest |value| measured in K562 (the world's seeded draws), not yet measured at 48 h
+    measured = ContextReplay(load_context_screen(path), ["K562", "Stim48hr"], "Stim48hr", seed=0).measure(first)
+    ranked = sorted(first, key=lambda lab: -abs(float(measured[lab].response[0])))
+    assert [p.split("@@")[0] for p in second] == [p.split("@@")[0] for p in ranked[:len(second)]]
+    assert row["cost"] <= 40
