@@ -208,7 +208,7 @@ def model_factory(config: CampaignConfig, space: DesignSpace, kind: str | None =
         from surrogates.context_model import ContextModel
 
         name = kind or config.surrogate.kind
-        return lambda seed, params: ContextModel(name, space, max_iter=config.surrogate.max_iter)
+        return lambda seed, params: ContextModel(name, space, max_iter=config.surrogate.max_iter, seed=seed)
     kw: dict = {}
     if kind is None or kind == config.surrogate.kind:
         kind, s = config.surrogate.kind, config.surrogate

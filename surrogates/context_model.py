@@ -27,10 +27,11 @@ class ContextModel:
     """
 
     def __init__(self, kind: Literal["multitask", "independent", "pooled"], space: ContextSpace, *,
-                 max_iter: int = 15):
+                 max_iter: int = 15, seed: int = 0):
         if kind not in CONTEXT_MODELS:
             raise ValueError(f"unknown context model {kind!r}; choose from {', '.join(CONTEXT_MODELS)}")
         self.name = kind
+        self.seed = seed  # seeds BoTorch's retries (a failed L-BFGS-B start is retried from parameters drawn from priors)
         self.params: dict = {}
         bounds = torch.stack([space.gene_X.min(0).values, space.gene_X.max(0).values])
         self.model = CONTEXT_MODELS[kind](len(space.contexts), bounds=bounds, max_iter=max_iter)
@@ -38,7 +39,9 @@ class ContextModel:
     def fit(self, X: torch.Tensor, Y: torch.Tensor, offset: torch.Tensor | None = None) -> None:
         """`X`: `n x (d + 2)` rows of `ContextSpace.features`, `Y`: `n x 1` measured values (`offset` unused)."""
         genes, ctx = X[:, -2].round().long(), X[:, -1].round().long()
-        self.model.fit(X[:, :-2], ctx, Y.reshape(-1).to(torch.float64), genes)
+        with torch.random.fork_rng():  # the same fit whatever the process drew before; the caller's stream untouched
+            torch.manual_seed(self.seed)
+            self.model.fit(X[:, :-2], ctx, Y.reshape(-1).to(torch.float64), genes)
 
     def joint(self, space: ContextSpace) -> ContextPosterior:
         """The joint posterior over contexts of every gene of `space`, in its order."""

@@ -7,6 +7,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from agent.approval import pending_proposal
@@ -98,6 +99,11 @@ def test_campaign_runs_through_the_graph_within_its_budget(gwt_activation_slice_
     later = [p for r in rounds[1:] for p in store.proposals(r.id)]
     assert later and all(p.mean is not None and p.sd is not None and "P(hit in Stim48hr)" in p.rationale
                          for p in later)
+    # the same campaign makes the same picks whatever the process drew before (seeded fits)
+    torch.randn(100)
+    again = Store(str(tmp_path / "again.db"))
+    run_campaign(config, again, data_dir)
+    assert [again.decision(r.id).final for r in again.rounds("ctx")] == [store.decision(r.id).final for r in rounds]
 
 
 def test_review_and_approve_a_gene_in_a_context(gwt_activation_slice_csv, tmp_path, data_dir):
