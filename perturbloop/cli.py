@@ -661,8 +661,9 @@ def _review(campaign: str, store: str | None) -> None:
                   *([_fmt(p["p_hit"], ".2f")] if view["has_p_hit"] else []), _fmt(p["acq_value"]), p["policy"],
                   escape(p["rationale"]))
     _console().print(t)
-    typer.echo(f"approve: perturbloop approve {campaign} [--drop GENE ...] [--veto GENE ...] [--add GENE ...] [--reject] "
-               "[--note TEXT] [--by NAME]")
+    what = "GENE@@context" if any("@@" in p["perturbation"] for p in view["items"]) else "GENE"
+    typer.echo(f"approve: perturbloop approve {campaign} [--drop {what} ...] [--veto {what} ...] [--add {what} ...] "
+               "[--reject] [--note TEXT] [--by NAME]")
 
 
 @app.command()
