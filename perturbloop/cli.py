@@ -689,6 +689,12 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=())
         from perturbloop.data import load_screen  # of the design space) before the design space is built (torch)
 
         decide(st, campaign, load_screen(config.data.screen, data_dir, aggregate=config.data.aggregate).genes, **edits)
+    elif config.is_contexts:  # the same for a campaign across contexts: the screen's measured (gene, context) pairs
+        from perturbloop.contexts import load_context_screen, pair_label
+
+        t = load_context_screen(config.world.dataset, data_dir).table
+        t = t[t["context"].isin(config.contexts.contexts)]
+        decide(st, campaign, list(map(pair_label, t["gene"], t["context"])), **edits)
     from agent.context import build_context
     from agent.runner import run_campaign
 
