@@ -149,17 +149,14 @@ def contexts_parts(config: CampaignConfig, data_dir: str | None, space: DesignSp
     drawn among genes measured in every context when there are enough), and the hits: `GENE@@target` for the top
     `contexts.hit_fraction` genes by |score| in the target. Nothing is held out."""
     from perturbloop.contexts import context_space, load_context_screen, pair_label
-    from simulators.context_replay import ContextReplay
+    from simulators.context_replay import context_world
 
     t = config.contexts
     names = [c.name for c in t.context_list()]
-    screen = load_context_screen(config.world.dataset, data_dir)
-    unknown = [c for c in names if c not in screen.contexts]
-    if unknown:
-        raise ConfigError(f"contexts.contexts: unknown context(s) {', '.join(map(repr, unknown))}: screen "
-                          f"{screen.name!r} has {', '.join(screen.contexts)}")
-    genes = design_genes(config, screen, data_dir) if config.design.genes is not None else None
-    world = ContextReplay(screen.restrict(names, genes), names, t.target, seed=config.seed, hit_fraction=t.hit_fraction)
+    genes = None
+    if config.design.genes is not None:
+        genes = design_genes(config, load_context_screen(config.world.dataset, data_dir), data_dir)
+    world = context_world(config, data_dir, genes=genes)
     if space is None:
         space = context_space(world.screen, t.context_list(), features=config.design.features, data_dir=data_dir,
                               go_dims=config.design.go_dims)

@@ -185,3 +185,16 @@ def test_k562_first_then_target_on_the_strongest_k562_genes(tmp_path, data_dir):
     ranked = sorted(first, key=lambda lab: -abs(float(measured[lab].response[0])))
     assert [p.split("@@")[0] for p in second] == [p.split("@@")[0] for p in ranked[:len(second)]]
     assert row["cost"] <= 40
+
+
+def test_http_lab_serves_a_contexts_world(gwt_activation_slice_csv, tmp_path, data_dir):
+    from lab_adapters.http_server import world_for
+
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'name = "http"\n[world]\nkind = "contexts"\ndataset = "{gwt_activation_slice_csv}"\n'
+                    '[contexts]\ncontexts = ["Rest", "Stim48hr"]\ncosts = [1, 2]\ntarget = "Stim48hr"\nbudget = 40\n')
+    world, what = world_for(str(toml), str(data_dir))
+    screen = pd.read_csv(gwt_activation_slice_csv)
+    gene = screen.loc[screen["context"] == "Stim48hr", "gene"].iloc[0]
+    out = world.measure([f"{gene}@@Stim48hr", f"{gene}@@Stim8hr"])  # Stim8hr: not a context of this campaign
+    assert out[f"{gene}@@Stim48hr"].ok and not out[f"{gene}@@Stim8hr"].ok and "contexts world" in what
