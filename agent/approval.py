@@ -15,6 +15,8 @@ import json
 from collections.abc import Sequence
 
 from perturbloop.errors import PerturbloopError, UnknownGeneError
+
+PAIR_SEP = "@@"  # perturbloop.contexts.PAIR_SEP (not imported here: pandas stays out of `review` and `status`)
 from perturbloop.store import Decision, Proposal, Round, Store, display_url
 
 
@@ -70,8 +72,6 @@ def canonical_labels(items: Sequence[str], candidates: Sequence[str], context: s
     pairs (or a pair where they are single genes)."""
     if not items:
         return []
-    from perturbloop.contexts import PAIR_SEP
-
     if candidates and PAIR_SEP in next(iter(candidates)):
         return context_labels(items, candidates, context, data_dir)
     genes = sorted({g for c in candidates for g in c.split("+")})
@@ -95,7 +95,7 @@ def context_labels(items: Sequence[str], candidates: Sequence[str], context: str
     """(gene, context) pairs as a scientist typed them, `GENE@@context` (gene symbols mapped to HGNC), in their
     canonical labels. Raises, naming them, for an item that is not `GENE@@context`, an unknown context, an unknown
     gene, and a gene the design space does not offer in that context (not measured there)."""
-    from perturbloop.contexts import PAIR_SEP, split_label
+    from perturbloop.contexts import split_label
     from perturbloop.genes import gene_index
 
     pairs = [split_label(c) for c in candidates]
@@ -147,7 +147,8 @@ def decide(store: Store, campaign_id: str, candidates: Sequence[str], *, drop: S
             raise PerturbloopError("--reject cannot be combined with --drop or --add")
         return {"action": "rejected", "by": by, "note": note, "added": [], "dropped": [], "final": [],
                 "vetoed": vetoed}
-    drop_c = canonical_labels(drop, proposed, "in --drop", data_dir)
+    pairs_in_contexts = bool(proposed) and PAIR_SEP in proposed[0]  # GENE@@context: any offered pair may be named
+    drop_c = canonical_labels(drop, candidates if pairs_in_contexts else proposed, "in --drop", data_dir)
     not_proposed = [d for d, c in zip(drop, drop_c) if c not in proposed]
     if not_proposed:
         raise PerturbloopError(f"--drop: not in the pending proposal: {', '.join(not_proposed)}")

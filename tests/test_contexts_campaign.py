@@ -37,6 +37,13 @@ def _spent(store: Store, name: str) -> dict[str, float]:
     return out
 
 
+def test_pair_separator_is_the_one_of_perturbloop_contexts():
+    from agent import approval
+    from perturbloop import contexts
+
+    assert approval.PAIR_SEP == contexts.PAIR_SEP
+
+
 def test_example_config_is_a_contexts_campaign():
     c = load_config("examples/tcell_contexts.toml")
     assert c.is_contexts and c.contexts.target == "Stim48hr" and c.surrogate.kind == "multitask"
@@ -131,6 +138,8 @@ def test_review_and_approve_a_gene_in_a_context(gwt_activation_slice_csv, tmp_pa
         assert out.exit_code == 2 and says in out.output, out.output
         r, _ = pending_proposal(Store(path), "ctx")
         assert Store(path).decision(r.id) is None  # nothing written
+    out = call(*approve, "--drop", f"{free}@@Stim48hr")
+    assert out.exit_code == 2 and f"--drop: not in the pending proposal: {free}@@Stim48hr" in out.output, out.output
     ok = call(*approve, "--add", f"{free}@@Stim48hr", "--by", "ada")
     assert ok.exit_code == 0 and f"added {free}@@Stim48hr" in ok.output, ok.output
     st = Store(path)
