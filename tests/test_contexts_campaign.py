@@ -207,3 +207,25 @@ def test_http_lab_serves_a_contexts_world(gwt_activation_slice_csv, tmp_path, da
     gene = screen.loc[screen["context"] == "Stim48hr", "gene"].iloc[0]
     out = world.measure([f"{gene}@@Stim48hr", f"{gene}@@Stim8hr"])  # Stim8hr: not a context of this campaign
     assert out[f"{gene}@@Stim48hr"].ok and not out[f"{gene}@@Stim8hr"].ok and "contexts world" in what
+
+
+@pytest.mark.slow
+def test_perturbloop_run_prints_hits_and_spend_per_context(gwt_activation_slice_csv, tmp_path, data_dir):
+    import os
+    import subprocess
+    import sys
+
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'name = "cli"\ninitial = 2\nrounds = 2\n[world]\nkind = "contexts"\n'
+                    f'dataset = "{gwt_activation_slice_csv}"\n[contexts]\ncontexts = ["Rest", "Stim8hr", "Stim48hr"]\n'
+                    'costs = [1, 1, 2]\ntarget = "Stim48hr"\nbudget = 24\n[surrogate]\nmax_iter = 5\n')
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-m", "perturbloop.cli", "run", str(toml), "--store", str(tmp_path / "s.db"),
+                          "--data-dir", str(data_dir)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "hits in Stim48hr" in out.stdout and "spent Stim8hr" in out.stdout and "24 / 24" in out.stdout
+    assert "cli-random: random picks, same campaign" in out.stdout
+    st = Store(str(tmp_path / "s.db"))
+    assert sum(COSTS[split_label(o.perturbation)[1]] for o in st.observations("cli-random", include_failed=True)) == 24
