@@ -15,6 +15,8 @@ import json
 from collections.abc import Sequence
 
 from perturbloop.errors import PerturbloopError, UnknownGeneError
+
+PAIR_SEP = "@@"  # perturbloop.contexts.PAIR_SEP (not imported here: pandas stays out of `review` and `status`)
 from perturbloop.store import Decision, Proposal, Round, Store, display_url
 
 
@@ -70,6 +72,8 @@ def canonical_labels(items: Sequence[str], candidates: Sequence[str], context: s
     pairs (or a pair where they are single genes)."""
     if not items:
         return []
+    if candidates and PAIR_SEP in next(iter(candidates)):
+        return context_labels(items, candidates, context, data_dir)
     genes = sorted({g for c in candidates for g in c.split("+")})
     parts = [[p for p in str(item).split("+") if p.strip()] or [str(item)] for item in items]
     from perturbloop.genes import gene_index  # pandas: not imported by `review` and `status`
@@ -84,6 +88,37 @@ def canonical_labels(items: Sequence[str], candidates: Sequence[str], context: s
     if wrong:
         what = "a single gene in a pairs campaign (name a pair, e.g. A+B)" if pairs else "a pair in a single-gene campaign"
         raise PerturbloopError(f"{context}: {what}: {', '.join(wrong)}")
+    return out
+
+
+def context_labels(items: Sequence[str], candidates: Sequence[str], context: str, data_dir=None) -> list[str]:
+    """(gene, context) pairs as a scientist typed them, `GENE@@context` (gene symbols mapped to HGNC), in their
+    canonical labels. Raises, naming them, for an item that is not `GENE@@context`, an unknown context, an unknown
+    gene, and a gene the design space does not offer in that context (not measured there)."""
+    from perturbloop.contexts import split_label
+    from perturbloop.genes import gene_index
+
+    pairs = [split_label(c) for c in candidates]
+    contexts = list(dict.fromkeys(c for _, c in pairs))
+    try:
+        parts = [split_label(str(item).strip()) for item in items]
+    except ValueError:
+        bad = [str(i) for i in items if PAIR_SEP not in str(i)]
+        raise PerturbloopError(f"{context}: name a gene in a context, GENE{PAIR_SEP}context (contexts: "
+                               f"{', '.join(contexts)}): {', '.join(bad)}") from None
+    unknown = [f"{item} (unknown context {c!r})" for item, (_, c) in zip(items, parts) if c not in contexts]
+    if unknown:
+        raise PerturbloopError(f"{context}: {', '.join(unknown)}; the campaign's contexts are {', '.join(contexts)}")
+    genes = sorted({g for g, _ in pairs})
+    mapped = gene_index(data_dir).canonical([g for g, _ in parts], context=context, allowed=genes)
+    out = [f"{g}{PAIR_SEP}{c}" for g, (_, c) in zip(mapped, parts)]
+    offered = set(candidates)
+    known = set(genes)
+    absent = [f"{item} ({g} is not in the design space)" if g not in known else
+              f"{item} (the design space does not offer {g} in {c}: not measured there)"
+              for item, g, (_, c), lab in zip(items, mapped, parts, out) if lab not in offered]
+    if absent:
+        raise PerturbloopError(f"{context}: {', '.join(absent)}")
     return out
 
 
@@ -112,7 +147,8 @@ def decide(store: Store, campaign_id: str, candidates: Sequence[str], *, drop: S
             raise PerturbloopError("--reject cannot be combined with --drop or --add")
         return {"action": "rejected", "by": by, "note": note, "added": [], "dropped": [], "final": [],
                 "vetoed": vetoed}
-    drop_c = canonical_labels(drop, proposed, "in --drop", data_dir)
+    pairs_in_contexts = bool(proposed) and PAIR_SEP in proposed[0]  # GENE@@context: any offered pair may be named
+    drop_c = canonical_labels(drop, candidates if pairs_in_contexts else proposed, "in --drop", data_dir)
     not_proposed = [d for d, c in zip(drop, drop_c) if c not in proposed]
     if not_proposed:
         raise PerturbloopError(f"--drop: not in the pending proposal: {', '.join(not_proposed)}")

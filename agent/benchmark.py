@@ -193,22 +193,24 @@ def simulated_campaign_row(world_spec: WorldSpec, policy: PolicySpec, seed: int,
 
 
 def campaign_for(config: CampaignConfig, policy_kind: str, seed: int, data_dir=None,
-                 space: DesignSpace | None = None) -> dict:
-    """One (policy, seed) response campaign from a config, run by the loop against a temporary store with a
-    fresh world and the seed's split; returns the results row (metrics per round: after the initial design and
-    after each of the `rounds` rounds)."""
+                 space: DesignSpace | None = None, *, surrogate_kind: str | None = None) -> dict:
+    """One (policy, seed) response campaign from a config (`surrogate_kind`: another model than the config's), run
+    by the loop against a temporary store with a fresh world and the seed's split; returns the results row (metrics
+    per measured round: after the initial design and after each of the `rounds` rounds)."""
     threads = int(os.environ.get("PERTURBLOOP_TASK_THREADS", "0") or 0)
     if threads > 0:
         torch.set_num_threads(threads)
-    run_config = config.model_copy(update={
-        "name": f"benchmark-{policy_kind}-{seed}", "seed": seed, "approval": "auto",
-        "acquisition": config.acquisition.model_copy(update={"kind": policy_kind}),
-        "lab": LabConfig(kind="simulator")})
+    update = {"name": f"benchmark-{policy_kind}-{seed}", "seed": seed, "approval": "auto",
+              "acquisition": config.acquisition.model_copy(update={"kind": policy_kind}),
+              "lab": LabConfig(kind="simulator")}
+    if surrogate_kind is not None:
+        update["surrogate"] = config.surrogate.model_copy(update={"kind": surrogate_kind})
+    run_config = config.model_copy(update=update)
     with tempfile.TemporaryDirectory(prefix="perturbloop-benchmark-") as tmp:
         store = Store(str(Path(tmp) / "benchmark.db"))
         ctx = build_context(run_config, store, data_dir, space=space)
         run_campaign(run_config, store, context=ctx)
-        rounds = store.rounds(run_config.name)
+        rounds = [r for r in store.rounds(run_config.name) if r.status == "ingested"]
         fits = [store.model_fit(r.id) for r in rounds]
         picks = [list(store.decision(r.id).final) for r in rounds]
         failed = [o.perturbation for o in store.observations(run_config.name, include_failed=True) if o.failed]
@@ -221,6 +223,51 @@ def campaign_for(config: CampaignConfig, policy_kind: str, seed: int, data_dir=N
             "round_seconds": [f.fit_seconds + f.select_seconds for f in fits[1:]],
             "n_observed": [int((f.metrics or {}).get("n_measured", 0)) for f in fits], "picks": picks,
             "failed": failed, "n_test": len(ctx.split.test), "n_candidates": len(ctx.space), "n_hits": len(ctx.hits)}
+
+
+# a campaign across contexts: (model, policy) of each benchmarked variant (None: the config's model, unused)
+CONTEXT_VARIANTS: dict[str, tuple[str | None, str]] = {
+    "multitask": ("multitask", "cost_aware"), "independent": ("independent", "cost_aware"),
+    "pooled": ("pooled", "cost_aware"), "random": (None, "random"), "cheap_first": (None, "cheap_first")}
+CHEAP_CONTEXT = "K562"  # the "K562 first, then T cells" heuristic runs where the contexts include it
+
+
+def context_variants(config: CampaignConfig) -> list[str]:
+    """The variants a campaign across contexts is benchmarked with: the multi-task model, both baselines (independent
+    per-context GPs, one pooled GP) with the same cost-aware picks, random target picks, and `cheap_first` where a
+    K562 context exists."""
+    names = ["multitask", "independent", "pooled", "random"]
+    return names + (["cheap_first"] if CHEAP_CONTEXT in config.contexts.contexts else [])
+
+
+def contexts_row(config: CampaignConfig, variant: str, seed: int, data_dir=None,
+                 space: DesignSpace | None = None) -> dict:
+    """One variant and seed of a campaign across contexts, run by the loop (`campaign_for`); the row of
+    `agent.contexts_benchmark.summarise` / `write_results`: target hits found and cost spent (per context) after the
+    initial design and after each round."""
+    if variant not in CONTEXT_VARIANTS:
+        raise ConfigError(f"unknown contexts variant {variant!r}; choose from {', '.join(CONTEXT_VARIANTS)}")
+    model, policy = CONTEXT_VARIANTS[variant]
+    raw = campaign_for(config, policy, seed, data_dir, space, surrogate_kind=model)
+    m, names = raw["metrics"], config.contexts.contexts
+    curve = [{"round": i, "cost": m["cost_spent"][i], "hits_found": int(m["hits_found"][i]),
+              "spend": {c: m[f"spent:{c}"][i] for c in names}} for i in range(len(m["cost_spent"]))]
+    last = curve[-1]
+    return {"policy": variant, "seed": seed, "n_hits": raw["n_hits"], "hits_found": last["hits_found"],
+            "hit_ratio": last["hits_found"] / max(1, raw["n_hits"]), "cost": last["cost"],
+            "hits_per_100_cost": 100 * last["hits_found"] / last["cost"] if last["cost"] else 0.0,
+            "spend": last["spend"], "failures": len(raw["failed"]), "curve": curve,
+            "round_seconds": raw["round_seconds"], "picks": raw["picks"]}
+
+
+def contexts_sweep(config: CampaignConfig, data_dir=None, *, variants: Sequence[str] | None = None,
+                   seeds: int | None = None) -> list[dict]:
+    """Every variant x seed (seeds 0..`evaluation.seeds`-1) in this process, on one design space built once; rows
+    in (variant, seed) order."""
+    with tempfile.TemporaryDirectory(prefix="perturbloop-benchmark-") as tmp:
+        space = build_context(config, Store(str(Path(tmp) / "space.db")), data_dir).space
+    return [contexts_row(config, v, s, data_dir, space) for v in (variants or context_variants(config))
+            for s in range(seeds or config.evaluation.seeds)]
 
 
 PAIR_POLICIES = {"best": "program", "program": "program", "random": "random", "uncertainty": "uncertainty",

@@ -97,6 +97,10 @@ class CampaignContext:
         """Every perturbation the design space offers (approval edits are checked against these)."""
         return self.space.labels
 
+    def can_spend(self) -> bool:
+        """Whether the campaign can pay for another round (a campaign across contexts has a budget in cost units)."""
+        return True
+
     # what the loop's nodes ask (agent.nodes) ---------------------------------------------------------
     def training_data(self) -> dict[str, float | np.ndarray]:
         """The measured responses, in measurement order, as the model learns them: a response of `G` readouts as
@@ -208,9 +212,11 @@ def build_context(config: CampaignConfig, store: Store, data_dir: str | os.PathL
     """The context of `config`'s campaign, any kind (agent.parts); `space`: a response campaign's design space
     built earlier. Bad input raises before anything is stored."""
     p = campaign_parts(config, data_dir, space=space)
-    ctx = CampaignContext(config, store, p.world, p.space, make_lab(config.lab, p.world),
-                          campaign_policy(config, p.world), model_factory(config, p.space, data_dir=data_dir), p.split,
-                          p.hits, p.scorer, on_round)
+    kind = CampaignContext
+    if config.is_contexts:  # (gene, context) pairs within a cost budget
+        from agent.contexts_campaign import ContextCampaign as kind
+    ctx = kind(config, store, p.world, p.space, make_lab(config.lab, p.world), campaign_policy(config, p.world),
+               model_factory(config, p.space, data_dir=data_dir), p.split, p.hits, p.scorer, on_round)
     if config.surrogate.target == "hit_call":
         ctx.hit_threshold  # noqa: B018 - raises a ConfigError now, before anything is stored
     if not config.is_response:

@@ -60,7 +60,10 @@ def excluded(ctx: CampaignContext, index: int) -> list[str]:
 
 def left_to_propose(ctx: CampaignContext, index: int) -> int:
     """How many perturbations round `index` could still propose: the design space less what is measured,
-    excluded (`excluded`) or held out for scoring (a response campaign's test set)."""
+    excluded (`excluded`) or held out for scoring (a response campaign's test set); none once the campaign's
+    budget is spent."""
+    if not ctx.can_spend():  # a budget in cost units is spent
+        return 0
     taken = ctx.store.observed(ctx.campaign_id) | set(excluded(ctx, index)) | set(ctx.split.test)
     return sum(1 for lab in ctx.candidate_labels() if lab not in taken)
 
@@ -129,6 +132,8 @@ def propose(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     t0 = time.perf_counter()
     proposal = ctx.select(cached["surrogate"], observed, pending, state["round"])
     select_seconds = time.perf_counter() - t0
+    if not proposal.items:  # the policy can pick nothing more (a budget in cost units that affords none of its picks)
+        return _finished(ctx)
     surrogate_name = cached["surrogate"].name if cached["surrogate"] is not None else "none"
     params = getattr(cached["surrogate"], "params", {}) if cached["surrogate"] is not None else {}
     record = ModelFit(round_id=r.id, surrogate=surrogate_name, policy=proposal.policy, n_train=len(observed),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from acquisition import AcquisitionPolicy, make_policy
@@ -53,14 +54,17 @@ class CampaignParts:
 
 
 def campaign_kind(config: CampaignConfig) -> str:
-    """The registries' name for the campaign's kind: `screen` (one readout per gene) or `response`."""
-    return "response" if config.is_response else "screen"
+    """The registries' name for the campaign's kind: `screen` (one readout per gene), `contexts` ((gene, context)
+    pairs within a cost budget) or `response`."""
+    return "contexts" if config.is_contexts else "response" if config.is_response else "screen"
 
 
 def campaign_parts(config: CampaignConfig, data_dir: str | os.PathLike | None = None, *,
                    space: DesignSpace | None = None) -> CampaignParts:
     """The parts of `config`'s campaign (`space`: a response campaign's design space built earlier)."""
     data_dir = str(data_dir) if data_dir else None
+    if config.is_contexts:
+        return contexts_parts(config, data_dir, space)
     return response_parts(config, data_dir, space) if config.is_response else screen_parts(config, data_dir)
 
 
@@ -138,10 +142,39 @@ def response_parts(config: CampaignConfig, data_dir: str | None, space: DesignSp
     return CampaignParts(world, space, split, frozenset(ev.hits), HeldOutScores(space, ev, baselines))
 
 
+def contexts_parts(config: CampaignConfig, data_dir: str | None, space: DesignSpace | None = None) -> CampaignParts:
+    """A campaign across contexts: the multi-context screen (`world.dataset`) on the `[contexts]` (and
+    `design.genes` when given) replayed by `ContextReplay`, the design space of its (gene, context) pairs (offered =
+    measured in the screen), the initial design (`initial` random genes in every context they were measured in,
+    drawn among genes measured in every context when there are enough), and the hits: `GENE@@target` for the top
+    `contexts.hit_fraction` genes by |score| in the target. Nothing is held out."""
+    from perturbloop.contexts import context_space, load_context_screen, pair_label
+    from simulators.context_replay import context_world
+
+    t = config.contexts
+    names = [c.name for c in t.context_list()]
+    genes = None
+    if config.design.genes is not None:
+        genes = design_genes(config, load_context_screen(config.world.dataset, data_dir), data_dir)
+    world = context_world(config, data_dir, genes=genes)
+    if space is None:
+        space = context_space(world.screen, t.context_list(), features=config.design.features, data_dir=data_dir,
+                              go_dims=config.design.go_dims)
+    rng = np.random.default_rng(config.seed)
+    everywhere = np.flatnonzero(space.offered.all(1))
+    n = config.initial or 0
+    pool = everywhere if len(everywhere) >= n else np.flatnonzero(space.offered[:, space.context_index(t.target)])
+    chosen = rng.choice(pool, size=min(n, len(pool)), replace=False) if n else []
+    initial = [space.label(g, c) for g in chosen for c in range(len(names)) if space.offered[g, c]]
+    return CampaignParts(world, space, Split([], initial), frozenset(pair_label(g, t.target) for g in world.hits), None)
+
+
 def campaign_policy(config: CampaignConfig, world: World) -> AcquisitionPolicy:
     """The policy `acquisition.kind` with the config's settings; `program` scores the program's weights over the
     world's readouts (perturbloop.response_metrics.program_weights)."""
     a = config.acquisition
+    if config.is_contexts:
+        return context_policy(config)
     program: dict = {}
     if a.kind == "program":
         interaction, absolute = program_flags(config)
@@ -150,12 +183,29 @@ def campaign_policy(config: CampaignConfig, world: World) -> AcquisitionPolicy:
                        rounds=config.rounds, max_per_gene=a.max_per_gene, **program)
 
 
+def context_policy(config: CampaignConfig):
+    """The `[contexts]` campaign's policy `acquisition.kind` (acquisition.context_policies)."""
+    from acquisition.context_policies import CheapFirstPolicy, CostAwareContextPolicy, RandomContextPolicy
+
+    t, kind = config.contexts, config.acquisition.kind
+    if kind == "random":
+        return RandomContextPolicy(t.target)
+    if kind == "cheap_first":
+        return CheapFirstPolicy(t.target, config.rounds, first_round=1 if config.initial else 0, allowed=t.allowed)
+    return CostAwareContextPolicy(t.target, hit_fraction=t.hit_fraction, allowed=t.allowed)
+
+
 def model_factory(config: CampaignConfig, space: DesignSpace, kind: str | None = None,
                   data_dir: str | os.PathLike | None = None) -> ModelFactory:
     """`(seed, warm-start params) -> surrogate`: the config's model, or (`kind` given) a baseline with its own
     defaults, so a baseline is the same whatever model it is shown beside. A model takes what it uses of the
     config's settings (a screen GP: the pool's feature bounds, `max_iter`, `target_transform`, warm starts;
     an ensemble: its seed)."""
+    if config.is_contexts:  # the context models (surrogates.context_model), on the (gene, context) space
+        from surrogates.context_model import ContextModel
+
+        name = kind or config.surrogate.kind
+        return lambda seed, params: ContextModel(name, space, max_iter=config.surrogate.max_iter, seed=seed)
     kw: dict = {}
     if kind is None or kind == config.surrogate.kind:
         kind, s = config.surrogate.kind, config.surrogate

@@ -98,8 +98,28 @@ def _response_table(title: str, rows: list[dict]):
     return t
 
 
+def _contexts_table(title: str, rows: list[dict], config):
+    """Per round of a campaign across contexts: pairs measured, failed, target hits found, cost spent (in total and
+    per context) of the budget."""
+    from rich.table import Table
+
+    names = config.contexts.contexts
+    t = Table(title=title, title_justify="left")
+    for col in ("round", "measured", "failed", f"hits in {config.contexts.target}", "cost spent",
+                *[f"spent {c}" for c in names], "round s"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        m = r["metrics"]
+        t.add_row("initial" if r["round"] == 1 and config.initial else str(r["round"] - (1 if config.initial else 0)),
+                  _fmt(m.get("n_measured"), ".0f"), str(r["failed"]),
+                  str(r["hits_total"]),
+                  f"{_fmt(m.get('cost_spent'), 'g')} / {config.contexts.budget:g}",
+                  *[_fmt(m.get(f"spent:{c}"), "g") for c in names], _fmt(r["seconds"], ".2f"))
+    return t
+
+
 def _run_response(config, store: str | None, data_dir: str | None, baseline: bool) -> None:
-    """A response campaign (Perturb-seq / pairs) through the same loop and store as a screen campaign."""
+    """A response campaign (Perturb-seq / pairs / contexts) through the same loop and store as a screen campaign."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.campaign import campaign_flow
@@ -111,10 +131,15 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
     st = Store(store)
     w = config.world
     synthetic = " [magenta](SYNTHETIC world)[/]" if w.kind == "synthetic_grn" else ""
+    if config.is_contexts:
+        t = config.contexts
+        design = (f"(gene, context) pairs over {', '.join(f'{c.name} (cost {c.cost:g})' for c in t.context_list())}, "
+                  f"target {t.target}, budget {t.budget:g} cost units, {config.initial} initial genes + {config.rounds} rounds")
+    else:
+        design = f"design {config.design.space}, {config.initial} initial + {config.rounds} rounds x {config.batch_size}"
     console.print(
-        f"[bold]{config.name}[/]: {config.objective} on [cyan]{w.kind}[/] {w.dataset or ''}{synthetic}, design "
-        f"{config.design.space}, {config.initial} initial + {config.rounds} rounds x {config.batch_size}, surrogate "
-        f"{config.surrogate.kind}, policy {config.acquisition.kind}; store {display_url(st.url)}"
+        f"[bold]{config.name}[/]: {config.objective} on [cyan]{w.kind}[/] {w.dataset or ''}{synthetic}, {design}, "
+        f"surrogate {config.surrogate.kind}, policy {config.acquisition.kind}; store {display_url(st.url)}"
     )
     _check_before_flow(config, st, data_dir)
     total = config.rounds + 1
@@ -128,14 +153,20 @@ def _run_response(config, store: str | None, data_dir: str | None, baseline: boo
             on_baseline_round=lambda r: progress.update(base_task, completed=r["round"]),
         )
     main = results["campaign"]
-    scored = ("scores on the held-out perturbations (never run) after each round" if config.lab.kind == "simulator"
-              else f"{config.lab.kind} lab: nothing held out, no scores")
-    console.print(_response_table(f"{config.name}: {config.acquisition.kind}, {scored}", main.rounds))
+    if config.is_contexts:
+        def table(title, rows):
+            return _contexts_table(title, rows, config)
+        scored = f"hits found in {config.contexts.target} per cost spent"
+    else:
+        table = _response_table
+        scored = ("scores on the held-out perturbations (never run) after each round" if config.lab.kind == "simulator"
+                  else f"{config.lab.kind} lab: nothing held out, no scores")
+    console.print(table(f"{config.name}: {config.acquisition.kind}, {scored}", main.rounds))
     if main.status != "finished":
         console.print(f"campaign status: [yellow]{main.status}[/]")
     base = results.get("baseline")
     if base is not None:
-        console.print(_response_table(f"{base.campaign_id}: random picks, same campaign", base.rounds))
+        console.print(table(f"{base.campaign_id}: random picks, same campaign", base.rounds))
 
 
 def _check_datasets(config) -> None:
@@ -435,6 +466,8 @@ def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runn
     if not config.is_response:
         raise PerturbloopError(f"{config_path}: not a response campaign (needs a [world] table; screen campaigns are "
                                "benchmarked with --screen)")
+    if config.is_contexts:
+        return _benchmark_contexts_config(config, out, data_dir)
     console = _console()
     ev = config.evaluation
     with console.status(f"{len(ev.policies)} policies x {ev.seeds} seeds, {config.world.kind} world ({runner} runner)"):
@@ -445,11 +478,49 @@ def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runn
     console.print(f"results: {path}\ncurves: {png}")
 
 
-def _benchmark_contexts(screen, contexts, target_context, costs, budget, initial, allowed, hits, rounds, batch, seeds,
-                        policy, features, data_dir, out) -> None:
+def _contexts_summary(title: str, rows: list[dict], names: list[str]):
+    """Per policy, mean +- sd over seeds: target hits found, hits per 100 cost units, mean spend per context."""
     from rich.table import Table
 
-    from agent.contexts_benchmark import DEFAULT_POLICIES, ContextProtocol, run_benchmark, summarise, write_results
+    from agent.contexts_benchmark import summarise
+
+    t = Table(title=title, title_justify="left")
+    for col in ("policy", "hits found", "hits / 100 cost", *[f"spent {c}" for c in names], "s/round (max)"):
+        t.add_column(col, justify="right")
+    for s in summarise(rows):
+        t.add_row(s["policy"], f"{s['hits_found_mean']:.1f} +- {s['hits_found_sd']:.1f}",
+                  f"{s['hits_per_100_cost_mean']:.2f} +- {s['hits_per_100_cost_sd']:.2f}",
+                  *[f"{s['spend_mean'][c]:.0f}" for c in names], f"{s['round_seconds_max']:.1f}")
+    return t
+
+
+def _benchmark_contexts_config(config, out: Path, data_dir: str | None) -> None:
+    """A campaign across contexts (`[contexts]`): every variant (agent.benchmark.context_variants) x seed run by the
+    shipped loop; learning curves (target hits against cost spent) to JSON + PNG."""
+    from agent.benchmark import context_variants, contexts_sweep
+    from agent.contexts_benchmark import write_results
+
+    t = config.contexts
+    variants = context_variants(config)
+    console = _console()
+    with console.status(f"{len(variants)} variants x {config.evaluation.seeds} seeds on {config.world.dataset}, "
+                        f"target {t.target}, through the campaign loop"):
+        rows = contexts_sweep(config, data_dir, variants=variants)
+    meta = {"name": "hit discovery across contexts (campaign loop)", "config": config.name, "contexts": t.contexts,
+            "costs": [c.cost for c in t.context_list()], "target": t.target, "budget": t.budget,
+            "rounds": config.rounds, "initial": config.initial, "allowed": t.allowed, "seeds": config.evaluation.seeds,
+            "hits": f"top {t.hit_fraction:.0%} by |score| in the target", "features": config.design.features,
+            "variants": variants}
+    path, png = write_results(out, meta, str(config.world.dataset), rows)
+    console.print(_contexts_summary(f"{config.world.dataset}: target {t.target}, budget {t.budget:g}, "
+                                    f"{config.evaluation.seeds} seeds, {rows[0]['n_hits'] if rows else 0} hits",
+                                    rows, t.contexts))
+    console.print(f"results: {path}\ncurves: {png}")
+
+
+def _benchmark_contexts(screen, contexts, target_context, costs, budget, initial, allowed, hits, rounds, batch, seeds,
+                        policy, features, data_dir, out) -> None:
+    from agent.contexts_benchmark import DEFAULT_POLICIES, ContextProtocol, run_benchmark, write_results
     from perturbloop.config import parse_contexts_config
     from perturbloop.contexts import context_space, load_context_screen
 
@@ -485,15 +556,8 @@ def _benchmark_contexts(screen, contexts, target_context, costs, budget, initial
             "allowed": cfg.allowed, "seeds": seeds, "hits": hits or "top 5% by |score| in the target",
             "features": feats, "n_genes": len(space.genes)}
     path, png = write_results(out, meta, data.name, rows)
-    t = Table(title=f"{data.name}: target {cfg.target}, budget {cfg.budget:g}, {seeds} seeds, "
-                    f"{rows[0]['n_hits'] if rows else 0} hits", title_justify="left")
-    for col in ("policy", "hits found", "hits / 100 cost", *[f"spent {c}" for c in names], "s/round (max)"):
-        t.add_column(col, justify="right")
-    for s in summarise(rows):
-        t.add_row(s["policy"], f"{s['hits_found_mean']:.1f} +- {s['hits_found_sd']:.1f}",
-                  f"{s['hits_per_100_cost_mean']:.2f} +- {s['hits_per_100_cost_sd']:.2f}",
-                  *[f"{s['spend_mean'][c]:.0f}" for c in names], f"{s['round_seconds_max']:.1f}")
-    console.print(t)
+    console.print(_contexts_summary(f"{data.name}: target {cfg.target}, budget {cfg.budget:g}, {seeds} seeds, "
+                                    f"{rows[0]['n_hits'] if rows else 0} hits", rows, names))
     console.print(f"results: {path}\ncurves: {png}")
 
 
@@ -502,7 +566,8 @@ def benchmark(
     out: Annotated[Path, typer.Option(help="results JSON (a PNG of the curves is written beside it)")],
     screen: Annotated[Optional[str], typer.Option(help="registry screen name, a MAGeCK gene summary / Gene,Score CSV, "
                                                   "or a pair screen (gene_a,gene_b,score or A+B,score)")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="a response-campaign TOML (Perturb-seq / pairs): "
+    config: Annotated[Optional[Path], typer.Option("--config", help="a response-campaign TOML (Perturb-seq / pairs / "
+                                                   "contexts): "
                                                    "world, policies, seeds and baselines come from the file")] = None,
     hits: Annotated[Optional[str], typer.Option(help="file with one hit gene (pair screens: A+B) per line (default: top "
                                                 "5% by |score|)")] = None,
@@ -547,7 +612,9 @@ def benchmark(
     """Simulated campaigns on the BioDiscoveryAgent protocol: policies beside random, results to JSON + PNG.
 
     With --config FILE.toml: simulated response campaigns (Perturb-seq / gene pairs), learning curves
-    of each policy in the file beside random, baselines beside the model (same results schema).
+    of each policy in the file beside random, baselines beside the model (same results schema); a
+    campaign across contexts ([contexts]): target hits against cost spent for the multi-task model,
+    the independent and pooled baselines, random picks and, with a K562 context, K562 first.
     """
     if contexts is not None or target_context is not None or costs is not None:
         if screen is None or contexts is None or target_context is None:
@@ -600,8 +667,9 @@ def _review(campaign: str, store: str | None) -> None:
                   *([_fmt(p["p_hit"], ".2f")] if view["has_p_hit"] else []), _fmt(p["acq_value"]), p["policy"],
                   escape(p["rationale"]))
     _console().print(t)
-    typer.echo(f"approve: perturbloop approve {campaign} [--drop GENE ...] [--veto GENE ...] [--add GENE ...] [--reject] "
-               "[--note TEXT] [--by NAME]")
+    what = "GENE@@context" if any("@@" in p["perturbation"] for p in view["items"]) else "GENE"
+    typer.echo(f"approve: perturbloop approve {campaign} [--drop {what} ...] [--veto {what} ...] [--add {what} ...] "
+               "[--reject] [--note TEXT] [--by NAME]")
 
 
 @app.command()
@@ -627,6 +695,12 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=())
         from perturbloop.data.screen_genes import screen_genes  # of the design space; cached by the run, no pandas)
 
         decide(st, campaign, screen_genes(config.data.screen, data_dir, aggregate=config.data.aggregate), **edits)
+    elif config.is_contexts:  # the same for a campaign across contexts: the screen's measured (gene, context) pairs
+        from perturbloop.contexts import load_context_screen, pair_label
+
+        t = load_context_screen(config.world.dataset, data_dir).table
+        t = t[t["context"].isin(config.contexts.contexts)]
+        decide(st, campaign, list(map(pair_label, t["gene"], t["context"])), **edits)
     from agent.context import build_context
     from agent.runner import run_campaign
 
@@ -639,8 +713,11 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=())
                + (f" (added {', '.join(decision['added'])})" if decision["added"] else "")
                + (f" (vetoed for the rest of the campaign: {', '.join(decision['vetoed'])})" if decision["vetoed"] else ""))
     res = run_campaign(config, st, data_dir, resume=decision, context=ctx)
-    table = _response_table if config.is_response else _round_table
-    _console().print(table(f"{campaign}: {config.acquisition.kind}", res.rounds))
+    if config.is_contexts:
+        _console().print(_contexts_table(f"{campaign}: {config.acquisition.kind}", res.rounds, config))
+    else:
+        table = _response_table if config.is_response else _round_table
+        _console().print(table(f"{campaign}: {config.acquisition.kind}", res.rounds))
     typer.echo(f"campaign status: {res.status}")
 
 

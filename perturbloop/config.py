@@ -108,13 +108,14 @@ class DesignConfig(_Strict):
         return bool(self.phenotype or self.prior_terms or self.known_positives)
 
 
-SurrogateKind = Literal["gp", "mean", "ensemble", "linear", "additive"]
+SurrogateKind = Literal["gp", "mean", "ensemble", "linear", "additive", "multitask", "independent", "pooled"]
 SCREEN_SURROGATES = ("gp", "mean")
+CONTEXT_SURROGATES = ("multitask", "independent", "pooled")  # surrogates/multitask.py
 
 
 class SurrogateConfig(_Strict):
     kind: SurrogateKind = Field("gp", description="screens: gp | mean; responses: ensemble | gp (low-rank) | linear | "
-                                                  "mean | additive (pairs)")
+                                                  "mean | additive (pairs); contexts: multitask | independent | pooled")
     max_iter: int = Field(10, ge=1, le=10_000, description="L-BFGS-B iterations per hyperparameter fit (warm-started)")
     members: int = Field(5, ge=2, le=100, description="ensemble members")
     hidden: int = Field(64, ge=4, le=4096, description="ensemble: hidden units")
@@ -151,11 +152,14 @@ ResponsePolicyKind = Literal["random", "uncertainty", "diversity", "coreset", "p
 SCREEN_POLICIES = ("random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl",
                    "rl_permuted")  # rl_permuted: the RL policy's shuffled-feedback control (benchmarks)
 RESPONSE_POLICIES = ("random", "uncertainty", "diversity", "coreset", "program")  # diversity = coreset
+# contexts: cost_aware (expected target hits per unit cost), random (random genes in the target), cheap_first (the
+# cheapest other context first, e.g. K562, then the target on the strongest genes there)
+CONTEXT_POLICIES = ("cost_aware", "random", "cheap_first")
 
 
 class AcquisitionConfig(_Strict):
     kind: Literal["random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl",
-                  "rl_permuted", "uncertainty", "diversity", "program"] = "ucb"
+                  "rl_permuted", "uncertainty", "diversity", "program", "cost_aware", "cheap_first"] = "ucb"
     beta: float = Field(4.0, ge=0, description="UCB exploration weight: mu + sqrt(beta) sigma")
     policy_path: str | None = Field(None, description="kind 'rl': checkpoint from `perturbloop policy train`")
     program: list[str] | None = Field(None, description="program: genes whose mean LFC is the score")
@@ -174,12 +178,14 @@ class AcquisitionConfig(_Strict):
 class WorldConfig(_Strict):
     """What answers the experiments (simulated: replayed real data or a labelled synthetic world)."""
 
-    kind: Literal["perturbseq", "synthetic_grn", "pair_fitness", "pair_screen"] = Field(
+    kind: Literal["perturbseq", "synthetic_grn", "pair_fitness", "pair_screen", "contexts"] = Field(
         description="perturbseq: replay held-out cells of a Perturb-seq AnnData; synthetic_grn: a synthetic "
                     "gene-regulatory world with known interactions; pair_fitness: replay a pair screen (Norman 2019); "
-                    "pair_screen: replay a pair screen file (gene_a,gene_b,score or A+B,score)")
+                    "pair_screen: replay a pair screen file (gene_a,gene_b,score or A+B,score); contexts: replay a "
+                    "multi-context screen (perturbloop.contexts; the campaign's [contexts] table)")
     dataset: str | None = Field(None, description="perturbseq: registry name or .h5ad path; pair_fitness: registry "
-                                "name; pair_screen: the pair screen file")
+                                "name; pair_screen: the pair screen file; contexts: gwt_cd4_polarization (activation; "
+                                "gwt_cd4_polarization/ota), gwt_cd4_aging, or a multi-context screen file")
     key: str = Field("perturbation", description="obs column with perturbation labels")
     control: str = Field("ctrl", description="control label in obs[key]")
     cells_per_run: int = Field(50, ge=1, le=100_000, description="cells a run of one perturbation returns")
@@ -197,6 +203,9 @@ class WorldConfig(_Strict):
             raise ValueError("world.dataset: a perturbseq world needs a dataset (registry name or .h5ad path)")
         if self.kind == "pair_screen" and not self.dataset:
             raise ValueError("world.dataset: a pair_screen world needs its pair screen file")
+        if self.kind == "contexts" and not self.dataset:
+            raise ValueError("world.dataset: a contexts world needs a multi-context screen (gwt_cd4_polarization, "
+                             "gwt_cd4_aging, or a file)")
         if self.hits and self.kind != "pair_screen":
             raise ValueError("world.hits: a hits file applies to a pair_screen world")
         return self
@@ -265,6 +274,14 @@ RESPONSE_DEFAULTS: dict[str, Any] = {
 }
 
 
+CONTEXTS_DEFAULTS: dict[str, Any] = {
+    "objective": "hits", "initial": 8, "batch_size": 1,  # a round spends cost units, not a batch size
+    "design": {"features": ["go"], "go_dims": 16},
+    "surrogate": {"kind": "multitask", "max_iter": 15},
+    "acquisition": {"kind": "cost_aware"},
+}
+
+
 def _with_defaults(data: dict, defaults: dict) -> dict:
     """`data` with `defaults` filled in where a key (or a key of a sub-table) is not given."""
     out = dict(data)
@@ -296,18 +313,27 @@ class CampaignConfig(_Strict):
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
     lab: LabConfig = Field(default_factory=LabConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    contexts: ContextsTable | None = Field(None, description="a campaign across contexts (world.kind = 'contexts'): "
+                                           "contexts, costs, hours, target, budget, allowed contexts")
 
     @model_validator(mode="before")
     @classmethod
     def _kind_defaults(cls, data: object) -> object:
+        if isinstance(data, dict) and isinstance(data.get("world"), dict) and data["world"].get("kind") == "contexts":
+            return _with_defaults(data, CONTEXTS_DEFAULTS)
         if isinstance(data, dict) and data.get("world") is not None:
             return _with_defaults(data, RESPONSE_DEFAULTS)
         return data
 
     @property
     def is_response(self) -> bool:
-        """A response campaign (a `[world]`: Perturb-seq, pairs), not a pooled screen."""
+        """A response campaign (a `[world]`: Perturb-seq, pairs, contexts), not a pooled screen."""
         return self.world is not None
+
+    @property
+    def is_contexts(self) -> bool:
+        """A campaign across contexts: (gene, context) pairs, labelled `GENE@@context`, within a cost budget."""
+        return self.world is not None and self.world.kind == "contexts"
 
     def named_files(self) -> dict[str, tuple[str, str]]:
         """Every existing file the config names, `field -> (path, sha256 of its content)` (registry names and
@@ -334,6 +360,8 @@ class CampaignConfig(_Strict):
     @property
     def prediction_label(self) -> str:
         """What a proposal's `predicted` column holds, in the units a scientist reads."""
+        if self.is_contexts:
+            return "predicted score in the proposed context +- sd"
         if not self.is_response:
             what = "hit call (probability)" if self.surrogate.target == "hit_call" else (
                 "|score|" if self.objective == "hits" else "score")
@@ -351,11 +379,32 @@ class CampaignConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> CampaignConfig:
-        if self.is_response:
+        if self.contexts is not None and not self.is_contexts:
+            raise ValueError("contexts: a [contexts] table needs world.kind = 'contexts'")
+        if self.is_contexts:
+            self._check_contexts()
+        elif self.is_response:
             self._check_response()
         else:
             self._check_screen()
         return self
+
+    def _check_contexts(self) -> None:
+        if self.contexts is None:
+            raise ValueError("contexts: a contexts world needs a [contexts] table (contexts, costs, target, budget)")
+        if self.data is not None:
+            raise ValueError("data: a contexts campaign's experiments are answered by its [world]; remove [data]")
+        if self.objective != "hits":
+            raise ValueError("objective: a contexts campaign finds hits in its target context (objective = 'hits')")
+        _only("design.features", self.design.features, ("go",))
+        _only("surrogate.kind", [self.surrogate.kind], CONTEXT_SURROGATES)
+        _only("acquisition.kind", [self.acquisition.kind], CONTEXT_POLICIES)
+        if self.design.space != "genes" or self.design.has_prior:
+            raise ValueError("design: a contexts campaign designs (gene, context) pairs over the screen's genes "
+                             "(design.space = 'genes', no phenotype prior)")
+        if self.surrogate.target != "value" or self.surrogate.target_transform != "none" or self.surrogate.network:
+            raise ValueError("surrogate.target / target_transform / network apply to pooled screens only")
+        self.contexts.check_initial(self.initial or 0)
 
     def _check_screen(self) -> None:
         if self.data is None:
@@ -393,6 +442,9 @@ class CampaignConfig(_Strict):
         uses_program = self.acquisition.kind == "program" or "program" in self.evaluation.policies
         if uses_program and not self.acquisition.program and self.world.kind not in ("pair_fitness", "pair_screen"):
             raise ValueError("acquisition.program: list the program's genes (policy 'program')")
+        if self.surrogate.kind in CONTEXT_SURROGATES or self.acquisition.kind in ("cost_aware", "cheap_first"):
+            raise ValueError(f"surrogate.kind / acquisition.kind: {self.surrogate.kind!r} / {self.acquisition.kind!r} "
+                             "need world.kind = 'contexts'")
         if self.world.kind in ("pair_fitness", "pair_screen") and self.design.space != "pairs":
             raise ValueError(f"design.space: a {self.world.kind} world designs pairs (set design.space = 'pairs')")
         if self.surrogate.kind == "additive" and self.design.space != "pairs":
@@ -490,11 +542,10 @@ def stored_config_as_today(stored: dict) -> dict:
     return parse_config(stored, "stored config").model_dump(mode="json")
 
 
-class ContextsConfig(_Strict):
-    """A campaign across contexts (issue 12): the contexts, their costs and hours, the target, the budget.
-
-    Used by `perturbloop benchmark --contexts` today; not yet a table of `CampaignConfig` (runs through the graph
-    are the next step)."""
+class ContextsTable(_Strict):
+    """The `[contexts]` table of a campaign across contexts (issue 12): the contexts, their cost per perturbation
+    and hours since stimulation, the target context whose hits count, the budget in cost units, the contexts rounds
+    may use. The world (`world.kind = "contexts"`) replays a multi-context screen that has these contexts."""
 
     contexts: list[str] = Field(min_length=1, description="context names (cell types, conditions, timepoints)")
     costs: list[float] | None = Field(None, description="cost per perturbation in each context (default 1 each)")
@@ -502,15 +553,11 @@ class ContextsConfig(_Strict):
                                     "(default: Rest 0, Stim8hr 8, Stim48hr 48)")
     target: str = Field(description="the context whose hits count")
     budget: float = Field(gt=0, description="cost units the whole campaign may spend (initial design included)")
-    rounds: int = Field(4, ge=1, le=1000)
-    initial: int = Field(16, ge=0, le=100_000, description="genes measured in every context before round 1")
     allowed: list[str] | None = Field(None, description="contexts rounds may use (default all)")
     hit_fraction: float = Field(0.05, gt=0, lt=1, description="hits = this top fraction by |score| in the target")
 
     @model_validator(mode="after")
-    def _consistent(self) -> ContextsConfig:
-        from perturbloop.contexts import GWT_HOURS, context_list
-
+    def _consistent_contexts(self) -> ContextsTable:
         names = [c.strip() for c in self.contexts]
         if self.target not in names:
             raise ValueError(f"target {self.target!r} is not among the contexts {', '.join(names)}")
@@ -518,16 +565,12 @@ class ContextsConfig(_Strict):
         if unknown:
             raise ValueError(f"allowed: unknown context(s) {', '.join(unknown)}; contexts are {', '.join(names)}")
         try:
-            ctx = context_list(names, self.costs, {**GWT_HOURS, **self.hours})
+            ctx = self.context_list()
         except ConfigError as e:
             raise ValueError(str(e)) from None
         cheapest = min(c.cost for c in ctx if self.allowed is None or c.name in self.allowed)
         if self.budget < cheapest:
             raise ValueError(f"budget {self.budget:g} is smaller than one perturbation's cost ({cheapest:g})")
-        initial_cost = self.initial * sum(c.cost for c in ctx)
-        if initial_cost > self.budget:
-            raise ValueError(f"the initial design ({self.initial} genes in every context) costs {initial_cost:g}, "
-                             f"more than the budget {self.budget:g}")
         return self
 
     def context_list(self):
@@ -535,6 +578,26 @@ class ContextsConfig(_Strict):
         from perturbloop.contexts import GWT_HOURS, context_list
 
         return context_list(self.contexts, self.costs, {**GWT_HOURS, **self.hours})
+
+    def check_initial(self, initial: int, field: str = "initial") -> None:
+        """A ValueError when `initial` genes measured in every context cost more than the budget."""
+        initial_cost = initial * sum(c.cost for c in self.context_list())
+        if initial_cost > self.budget:
+            raise ValueError(f"{field}: the initial design ({initial} genes in every context) costs {initial_cost:g}, "
+                             f"more than the budget {self.budget:g}")
+
+
+class ContextsConfig(ContextsTable):
+    """The options of `perturbloop benchmark --screen F --contexts ...`: the `[contexts]` table plus rounds and the
+    initial design (a campaign config has them at its top level)."""
+
+    rounds: int = Field(4, ge=1, le=1000)
+    initial: int = Field(16, ge=0, le=100_000, description="genes measured in every context before round 1")
+
+    @model_validator(mode="after")
+    def _initial_fits(self) -> ContextsConfig:
+        self.check_initial(self.initial)
+        return self
 
 
 def parse_contexts_config(data: dict, source: str = "contexts") -> ContextsConfig:

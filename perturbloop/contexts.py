@@ -276,6 +276,63 @@ class ContextSpace:
         gene, ctx = split_label(label)
         return self.gene_index(gene), self.context_index(ctx)
 
+    # the DesignSpace protocol (perturbloop.design_space), so a campaign's loop fits and stores pairs like any
+    # candidate: candidate `i = g * C + c` is gene `g` in context `c`; its feature row is `[gene_X[g], g, c]`
+    kind = "contexts"
+
+    @property
+    def dim(self) -> int:
+        return self.gene_X.shape[1] + 2
+
+    @property
+    def labels(self) -> list[str]:
+        """Every (gene, context) pair in candidate order, offered or not (`offered_labels`: those a round may run)."""
+        return [self.label(g, c) for g in range(len(self.genes)) for c in range(len(self.contexts))]
+
+    @property
+    def offered_labels(self) -> list[str]:
+        return [self.label(g, c) for g, c in zip(*np.nonzero(self.offered))]
+
+    def labels_at(self, idx) -> list[str]:
+        C = len(self.contexts)
+        return [self.label(int(i) // C, int(i) % C) for i in idx]
+
+    def indices(self, labels: Sequence[str]):
+        """Candidate indices (`g * C + c`) of `GENE@@context` labels; a KeyError naming one outside the space."""
+        import torch
+
+        out = []
+        for lab in labels:
+            try:
+                g, c = self.parse(lab)
+            except (KeyError, ValueError, ConfigError) as e:
+                raise KeyError(f"{lab!r} is not in the design space ({e})") from None
+            out.append(g * len(self.contexts) + c)
+        return torch.tensor(out, dtype=torch.long)
+
+    def features(self, idx):
+        """`n x (d + 2)` float64: the gene's features, then its gene index and its context index."""
+        import torch
+
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        C = len(self.contexts)
+        g, c = idx // C, idx % C
+        return torch.cat([self.gene_X[g], g.to(torch.float64)[:, None], c.to(torch.float64)[:, None]], -1)
+
+    def offset(self, idx) -> None:
+        return None
+
+    def measured_mask(self, labels: Sequence[str]) -> np.ndarray:
+        """`G x C` bool: True for the pairs among `labels` (labels outside the space are ignored)."""
+        out = np.zeros((len(self.genes), len(self.contexts)), bool)
+        for lab in labels:
+            try:
+                g, c = self.parse(lab)
+            except (KeyError, ValueError, ConfigError):
+                continue
+            out[g, c] = True
+        return out
+
     def check_allowed(self, allowed: Sequence[str] | None) -> list[int]:
         """Indices of the contexts a round may use (all when `allowed` is None)."""
         if allowed is None:

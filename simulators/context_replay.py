@@ -93,3 +93,20 @@ class ContextReplay:
     def truth(self, labels: Sequence[str]) -> pd.Series:
         """Published scores of `labels` (NaN where not measured); scoring only."""
         return pd.Series([self._score.get(lab, np.nan) for lab in labels], index=list(labels), dtype=float)
+
+
+def context_world(config, data_dir=None, *, genes: Sequence[str] | None = None) -> ContextReplay:
+    """The world of a campaign across contexts (`world.kind = "contexts"`): `world.dataset` (a registry table or a
+    multi-context screen file) on the `[contexts]` contexts (and `genes` when given), noise seeded by `config.seed`,
+    hits the top `contexts.hit_fraction` in the target. An unknown context is a ConfigError naming the field."""
+    from perturbloop.contexts import load_context_screen
+    from perturbloop.errors import ConfigError
+
+    t = config.contexts
+    names = [c.name for c in t.context_list()]
+    screen = load_context_screen(config.world.dataset, data_dir)
+    unknown = [c for c in names if c not in screen.contexts]
+    if unknown:
+        raise ConfigError(f"contexts.contexts: unknown context(s) {', '.join(map(repr, unknown))}: screen "
+                          f"{screen.name!r} has {', '.join(screen.contexts)}")
+    return ContextReplay(screen.restrict(names, genes), names, t.target, seed=config.seed, hit_fraction=t.hit_fraction)

@@ -243,6 +243,10 @@ def build_world(config: CampaignConfig, data_dir=None) -> ResponseWorld:
     """
     w = config.world
     pairs = config.design.space == "pairs"
+    if w.kind == "contexts":  # a multi-context screen: (gene, context) pairs, one readout
+        from simulators.context_replay import context_world
+
+        return context_world(config, data_dir)
     if w.kind == "perturbseq":
         from simulators.perturbseq_replay import PerturbSeqReplay
 

@@ -180,6 +180,27 @@ def il2_slice_1500(tmp_path_factory, il2_screen) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def gwt_activation_slice_csv(tmp_path_factory, data_dir, _session_env) -> Path:
+    """A long `gene,context,score,se` CSV of the GWT T-cell activation coefficients at Rest / Stim8hr / Stim48hr:
+    the 8 strongest regulators at 48 h, 72 drawn at random among those measured at every timepoint, and the first
+    4 (alphabetically) the study did not measure at every timepoint (their missing pairs stay missing)."""
+    import numpy as np
+
+    from perturbloop.contexts import load_gwt
+
+    s = load_gwt("polarization", signature="activation", data_dir=data_dir)
+    n = s.table.groupby("gene")["context"].nunique()
+    full, partial = sorted(n.index[n == 3]), sorted(n.index[n < 3])
+    t48 = s.scores("Stim48hr").abs().sort_values(ascending=False)
+    top = [g for g in t48.index if g in set(full)][:8]
+    rng = np.random.default_rng(7)
+    genes = top + list(rng.choice(sorted(set(full) - set(top)), 72, replace=False)) + partial[:4]
+    path = tmp_path_factory.mktemp("gwt") / "gwt_activation_slice.csv"
+    s.restrict(["Rest", "Stim8hr", "Stim48hr"], genes).write_long(path)
+    return path
+
+
 PAPALEXI_KNOCKOUTS = ["STAT1", "IFNGR1", "JAK2", "IRF1", "CD86", "ATF2", "CAV1", "ETV7", "MYC", "NFKBIA"]
 
 

@@ -1,0 +1,97 @@
+"""Policies of a campaign across contexts: which (gene, context) pairs a round buys with its cost units.
+
+Every policy answers `picks(post, space, measured, budget, *, observed, round_index, rng)`: `post` is the model's
+joint posterior of every gene over the contexts (None for a model-free policy), `measured` the `G x C` pairs
+measured, pending or excluded, `budget` the cost units of this round.
+
+* `cost_aware`: expected target hits per unit cost (`acquisition.cost_aware.CostAwareHitPolicy`) over the allowed
+  contexts.
+* `random`: random genes in the target context (the baseline).
+* `cheap_first`: the "K562 first, then T cells" heuristic: the first `max(1, R // 2)` of the `R` policy rounds buy
+  random genes in the cheapest allowed other context; later rounds measure in the target the genes with the
+  largest |value| measured there, then random target genes with what is left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from acquisition.cost_aware import ContextPick, CostAwareHitPolicy, random_target_picks
+from perturbloop.contexts import ContextSpace, split_label
+from surrogates.multitask import ContextPosterior
+
+
+class CostAwareContextPolicy:
+    name = "cost_aware"
+    uses_model = True
+
+    def __init__(self, target: str, *, hit_fraction: float, allowed: Sequence[str] | None = None):
+        self.allowed = list(allowed) if allowed else None
+        self.policy = CostAwareHitPolicy(target, hit_fraction=hit_fraction)
+
+    def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
+              observed: Mapping[str, float], round_index: int, rng: np.random.Generator) -> list[ContextPick]:
+        if post is None:  # fewer than two different values measured: nothing to rank by yet
+            return random_target_picks(space, measured, budget, self.policy.target, rng)
+        return self.policy.select(post, space, measured, budget, allowed=self.allowed)
+
+
+class RandomContextPolicy:
+    name = "random"
+    uses_model = False
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
+              observed: Mapping[str, float], round_index: int, rng: np.random.Generator) -> list[ContextPick]:
+        return random_target_picks(space, measured, budget, self.target, rng)
+
+
+class CheapFirstPolicy:
+    """The cheapest allowed other context first, then the target on the strongest genes there (module docstring)."""
+
+    name = "cheap_first"
+    uses_model = False
+
+    def __init__(self, target: str, rounds: int, *, first_round: int = 1, allowed: Sequence[str] | None = None):
+        self.target = target
+        self.allowed = list(allowed) if allowed else None
+        self.first_round = first_round  # the round index of the first policy round (1 after an initial design)
+        self.cheap_rounds = max(1, rounds // 2)
+
+    def _cheap(self, space: ContextSpace) -> int:
+        t = space.context_index(self.target)
+        others = [c for c in space.check_allowed(self.allowed) if c != t]
+        if not others:
+            raise ValueError(f"cheap_first needs an allowed context besides the target {self.target!r}")
+        return min(others, key=lambda c: space.costs[c])
+
+    def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
+              observed: Mapping[str, float], round_index: int, rng: np.random.Generator) -> list[ContextPick]:
+        t, c = space.context_index(self.target), self._cheap(space)
+        costs = space.costs
+        if round_index - self.first_round < self.cheap_rounds:
+            free = np.flatnonzero(space.offered[:, c] & ~measured[:, c] & space.offered[:, t] & ~measured[:, t])
+            n = min(len(free), int(budget // costs[c]))
+            return [ContextPick(space.genes[g], space.contexts[c].name, float(costs[c]), float("nan"), float("nan"),
+                                space.label(g, c)) for g in (rng.choice(free, size=n, replace=False) if n else [])]
+        cheap_name = space.contexts[c].name
+        strength: dict[int, float] = {}
+        for lab, v in observed.items():
+            gene, ctx = split_label(lab)
+            if ctx == cheap_name:
+                strength[space.gene_index(gene)] = abs(float(v))
+        ranked = [g for g in sorted(strength, key=lambda g: -strength[g]) if space.offered[g, t] and not measured[g, t]]
+        n = min(len(ranked), int(budget // costs[t]))
+        out = [ContextPick(space.genes[g], self.target, float(costs[t]), float("nan"), float("nan"), space.label(g, t))
+               for g in ranked[:n]]
+        left = budget - n * costs[t]
+        if left >= costs[t]:
+            taken = measured.copy()
+            for g in ranked[:n]:
+                taken[g, t] = True
+            out += random_target_picks(space, taken, left, self.target, rng)
+        return out
