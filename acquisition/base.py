@@ -75,6 +75,11 @@ def pool_posterior(surrogate: Surrogate, pool: SingleSpace, observed: Mapping[st
     return mask, check_batch(batch_size, int(mask.sum())), surrogate.posterior(pool.X)
 
 
+def top_available(score: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the `k` largest `score` (`n`) among the available candidates (`mask`, `n` bool)."""
+    return score.masked_fill(~mask, float("-inf")).topk(k).indices
+
+
 def taken_mask(space: DesignSpace, observed: Mapping[str, object], pending: Sequence[str]) -> torch.Tensor:
     """`n` bool: candidates already observed or pending (labels outside the space are ignored)."""
     mask = torch.zeros(len(space), dtype=torch.bool)
