@@ -74,16 +74,16 @@ def canonical_labels(
 
 
 def _symbol_map(genes: Iterable[str], data_dir) -> dict[str, str]:
-    """Outdated symbols among `genes` -> current HGNC symbols (unknown symbols are left alone)."""
+    """Outdated symbols among `genes` -> current HGNC symbols (unknown symbols are left alone); {} with a warning
+    where the gene tables are missing."""
     from perturbloop.genes import gene_index
 
-    idx = gene_index(data_dir)
-    out = {}
-    for g in genes:
-        m = idx.map(g)
-        if m is not None and m != g:
-            out[g] = m
-    return out
+    try:
+        idx = gene_index(data_dir)
+    except PerturbloopError as e:
+        warnings.warn(f"gene symbols not mapped (no gene tables: {e})", stacklevel=3)
+        return {}
+    return {g: m for g in genes if (m := idx.map(g)) is not None and m != g}
 
 
 # --- counts -----------------------------------------------------------------------------------
@@ -236,11 +236,7 @@ def load_perturbseq(
     symbol_map = None
     if map_symbols and key in adata.obs:
         raw = canonical_labels(adata.obs[key], control=controls, separators=seps).dropna()
-        genes = sorted({g for lab in set(raw) if lab != CONTROL for g in lab.split("+")})
-        try:
-            symbol_map = _symbol_map(genes, data_dir)
-        except PerturbloopError as e:
-            warnings.warn(f"gene symbols not mapped (no gene tables: {e})", stacklevel=2)
+        symbol_map = _symbol_map(sorted({g for lab in set(raw) if lab != CONTROL for g in lab.split("+")}), data_dir)
     out = prepare_perturbseq(adata, key, controls, layer=layer, separators=seps, symbol_map=symbol_map)
     out.uns["perturbseq"]["dataset"] = name if name in REGISTRY else str(path)
     return out

@@ -25,7 +25,6 @@ symbols without an HGNC entry (``RP5-862P8.2``) keep their name.
 from __future__ import annotations
 
 import os
-import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,9 +34,8 @@ import numpy as np
 import pandas as pd
 
 from perturbloop.data.registry import resolve
-from perturbloop.errors import PerturbloopError
 from perturbloop.perturbation import canonical_label
-from perturbloop.perturbseq import UnknownPerturbationError
+from perturbloop.perturbseq import UnknownPerturbationError, _symbol_map
 
 NORMAN_CONTROL = "negative"
 HIT_FRACTION = 0.05  # hits = the top 5% of pairs by |GI| (as the screen benchmarks use for genes)
@@ -262,14 +260,7 @@ def read_norman2019(
     emap = emap.loc[genes, genes]
     if not np.allclose(fit.to_numpy(), fit.to_numpy().T, equal_nan=True):
         raise ValueError(f"{fit_path.name} is not symmetric")
-    symbol_map: dict[str, str] = {}
-    if map_symbols:
-        from perturbloop.perturbseq import _symbol_map
-
-        try:
-            symbol_map = _symbol_map(genes, data_dir)
-        except PerturbloopError as e:
-            warnings.warn(f"gene symbols not mapped (no gene tables: {e})", stacklevel=2)
+    symbol_map = _symbol_map(genes, data_dir) if map_symbols else {}
     sym = [symbol_map.get(g, g).upper() for g in genes]
     singles = pd.Series(single.reindex(genes).to_numpy(), index=sym, name="fitness")
     iu = np.triu_indices(len(genes), 1)
