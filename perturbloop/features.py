@@ -159,9 +159,7 @@ def essential_genes(data_dir=None) -> set[str]:
     from perturbloop.genes import gene_index
 
     path, = resolve("cegv2", data_dir)
-    df = pd.read_csv(path, sep="\t", dtype=str)
-    idx = gene_index(data_dir)
-    return {idx.map(g) or g.upper() for g in df.iloc[:, 0]}
+    return set(map(gene_index(data_dir).current, pd.read_csv(path, sep="\t", dtype=str).iloc[:, 0]))
 
 
 def load_embeddings(path: str | os.PathLike, genes: Sequence[str]) -> tuple[np.ndarray, list[str]]:
