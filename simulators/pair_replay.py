@@ -77,18 +77,9 @@ class PairReplay:
 
     kind = "pairs"
 
-    def __init__(
-        self,
-        singles: pd.Series,
-        pairs: pd.DataFrame,
-        *,
-        objective: Objective = "gi",
-        hit_fraction: float = HIT_FRACTION,
-        noise_sd: float = 0.0,
-        seed: int = 0,
-        name: str = "pair screen",
-        extra: dict[str, pd.DataFrame] | None = None,
-    ):
+    def __init__(self, singles: pd.Series, pairs: pd.DataFrame, *, objective: Objective = "gi",
+                 hit_fraction: float = HIT_FRACTION, noise_sd: float = 0.0, seed: int = 0, name: str = "pair screen",
+                 extra: dict[str, pd.DataFrame] | None = None):
         if objective not in ("gi", "fitness"):
             raise ValueError(f"objective must be 'gi' or 'fitness', got {objective!r}")
         missing_cols = [c for c in ("fitness", "gi") if c not in pairs.columns]
@@ -120,21 +111,15 @@ class PairReplay:
         self._pairs = df.sort_index()
         score = self._pairs[objective].abs().sort_values(ascending=False, kind="stable")
         n = max(1, int(round(hit_fraction * len(score))))
-        self._hits = frozenset(score.index[:n])
+        self.hits = frozenset(score.index[:n])  # the top `hit_fraction` of pairs by |objective| (evaluation only)
         self.hit_threshold = float(score.iloc[n - 1])
-        self.extra = {k: v for k, v in (extra or {}).items()}
+        self.extra = dict(extra or {})
         self.symbol_map: dict[str, str] = {}  # source symbol -> current symbol, where they differ
         self._attempts: dict[str, int] = {}
 
     @classmethod
-    def from_norman2019(
-        cls,
-        data_dir: str | os.PathLike | None = None,
-        *,
-        map_symbols: bool = True,
-        with_perturbseq_fits: bool = True,
-        **kwargs,
-    ) -> PairReplay:
+    def from_norman2019(cls, data_dir: str | os.PathLike | None = None, *, map_symbols: bool = True,
+                        with_perturbseq_fits: bool = True, **kwargs) -> PairReplay:
         """The Norman 2019 CRISPRa K562 pair screen (112 genes, 6,216 pairs) from the registry.
 
         Args:
@@ -173,9 +158,7 @@ class PairReplay:
         """Every measured pair label (the design space), sorted."""
         return list(self._pairs.index)
 
-    @property
-    def perturbations(self) -> list[str]:
-        return self.candidates
+    perturbations = candidates  # what `run` accepts
 
     def __contains__(self, label: str) -> bool:
         return (canonical_label(label) or "") in self._pairs.index
@@ -223,11 +206,6 @@ class PairReplay:
     def pairs(self) -> pd.DataFrame:
         """Every pair (evaluation only): gene_a, gene_b, fitness, gi, additive; index = label."""
         return self._pairs.copy()
-
-    @property
-    def hits(self) -> frozenset[str]:
-        """The top `hit_fraction` of pairs by |objective| (evaluation only)."""
-        return self._hits
 
     def truth(self, labels: Sequence[str] | None = None) -> pd.Series:
         """The objective of each pair (evaluation only); all pairs when `labels` is None."""

@@ -125,52 +125,49 @@ def _gd(fname: str, sha: str) -> DataFile:
     return DataFile(f"screens/genedisco/{fname}", sha, "genedisco_wheel")
 
 
+def _schmidt(sort: str, sha_d1: str, sha_d2: str) -> DatasetSpec:
+    """A Schmidt 2021 cytokine sort (`il2`, `ifng`): one MAGeCK RRA gene summary per donor."""
+    return DatasetSpec(
+        f"schmidt2021_{sort}", "screen",
+        f"Schmidt 2021 primary human T cells, CRISPRi, {sort.upper()} sort; 2 donors, ~18.9k genes (score = mean gene "
+        "LFC over donors)",
+        (_gd(f"schmidt_{sort}_d1.gene_summary.txt", sha_d1), _gd(f"schmidt_{sort}_d2.gene_summary.txt", sha_d2)),
+        "Schmidt et al. 2022 Science, doi:10.1126/science.abj4008",
+        {"format": "mageck_rra", "column": "neg|lfc", "aggregate": "mean"})
+
+
+def _sanchez(direction: str) -> DatasetSpec:
+    """A Sanchez 2021 tau screen (`down`, `up`): one column of the shared table, sign flipped."""
+    column = f"RSA_{direction.capitalize()}"
+    return DatasetSpec(
+        f"sanchez2021_tau_{direction}", "screen",
+        f"Sanchez 2021 iPSC neurons, tau level {direction} (score = -{column}), ~18.5k genes",
+        (_gd("sanchezetal2021_21days.csv", "9d4e9dbb1158fec379ddd6568918c6c37ff1f53b55200dafd0ac03e28c501301"),),
+        "Samelson et al. 2021 bioRxiv, doi:10.1101/2021.06.07.447366",
+        {"format": "table", "gene": "Symbol", "column": column, "sign": -1.0, "aggregate": "mean"})
+
+
 _SCREENS = [
-    DatasetSpec(
-        "schmidt2021_il2", "screen",
-        "Schmidt 2021 primary human T cells, CRISPRi, IL2 sort; 2 donors, ~18.9k genes (score = mean gene LFC over donors)",
-        (_gd("schmidt_il2_d1.gene_summary.txt", "d74983a627673a96077e04a7a5bce0d1aa66e3c5fb0ca8182a7166ef88522391"),
-         _gd("schmidt_il2_d2.gene_summary.txt", "c860efa684b6ac0b44c61bd3c984e05ea7b3b2279726f4ef477611380c6ca9fd")),
-        "Schmidt et al. 2022 Science, doi:10.1126/science.abj4008",
-        {"format": "mageck_rra", "column": "neg|lfc", "aggregate": "mean"},
-    ),
-    DatasetSpec(
-        "schmidt2021_ifng", "screen",
-        "Schmidt 2021 primary human T cells, CRISPRi, IFNG sort; 2 donors, ~18.9k genes (score = mean gene LFC over donors)",
-        (_gd("schmidt_ifng_d1.gene_summary.txt", "a294aa3197c8634c3fa9665cd57f5e3451dc5531b54028a0592e6e8b51bb506d"),
-         _gd("schmidt_ifng_d2.gene_summary.txt", "f545a6b6a2eb5d28483cb8577b9d7d66857da8279793dd089c314043c4a04c1a")),
-        "Schmidt et al. 2022 Science, doi:10.1126/science.abj4008",
-        {"format": "mageck_rra", "column": "neg|lfc", "aggregate": "mean"},
-    ),
+    _schmidt("il2", "d74983a627673a96077e04a7a5bce0d1aa66e3c5fb0ca8182a7166ef88522391",
+             "c860efa684b6ac0b44c61bd3c984e05ea7b3b2279726f4ef477611380c6ca9fd"),
+    _schmidt("ifng", "a294aa3197c8634c3fa9665cd57f5e3451dc5531b54028a0592e6e8b51bb506d",
+             "f545a6b6a2eb5d28483cb8577b9d7d66857da8279793dd089c314043c4a04c1a"),
     DatasetSpec(
         "zhuang2019_nk", "screen",
         "Zhuang 2019 NK-cell killing of cancer cells, MAGeCK MLE, 2 replicates, ~20.7k genes (score = mean z over replicates)",
         (_gd("zhuang_2019_low_selection.gene_summary.txt", "72bbada9e2fc0eddc847ca2accc7e8c19c81d9deaa84334554d86ac49fd81b8c"),),
         "Zhuang et al. 2019 Cancer Immunol Res, doi:10.1158/2326-6066.CIR-18-0500",
-        {"format": "mageck_mle", "column": "z", "aggregate": "mean"},
-    ),
-    DatasetSpec(
-        "sanchez2021_tau_down", "screen",
-        "Sanchez 2021 iPSC neurons, tau level down (score = -RSA_Down), ~18.5k genes",
-        (_gd("sanchezetal2021_21days.csv", "9d4e9dbb1158fec379ddd6568918c6c37ff1f53b55200dafd0ac03e28c501301"),),
-        "Samelson et al. 2021 bioRxiv, doi:10.1101/2021.06.07.447366",
-        {"format": "table", "gene": "Symbol", "column": "RSA_Down", "sign": -1.0, "aggregate": "mean"},
-    ),
-    DatasetSpec(
-        "sanchez2021_tau_up", "screen",
-        "Sanchez 2021 iPSC neurons, tau level up (score = -RSA_Up), ~18.5k genes",
-        (_gd("sanchezetal2021_21days.csv", "9d4e9dbb1158fec379ddd6568918c6c37ff1f53b55200dafd0ac03e28c501301"),),
-        "Samelson et al. 2021 bioRxiv, doi:10.1101/2021.06.07.447366",
-        {"format": "table", "gene": "Symbol", "column": "RSA_Up", "sign": -1.0, "aggregate": "mean"},
-    ),
+        {"format": "mageck_mle", "column": "z", "aggregate": "mean"}),
+    _sanchez("down"),
+    _sanchez("up"),
     DatasetSpec(
         "zhu2021_sarscov2", "screen",
         "Zhu 2021 SARS-CoV-2 host factors, positive selection (score = -ln RRA score), ~19.1k genes",
         (_gd("zhu_2021_sarscov2_host_factors.csv", "3d049e391dafb2f6a26bb80b5bef4ff6a69bc06bf1301b78a181515ffa614f27"),),
         "Zhu et al. 2021 Nat Commun, doi:10.1038/s41467-021-21213-4",
-        {"format": "table", "gene": "id", "column": "pos|score", "transform": "neglog", "aggregate": "mean"},
-    ),
+        {"format": "table", "gene": "id", "column": "pos|score", "transform": "neglog", "aggregate": "mean"}),
 ]
+
 
 def _bioc(path: str, sha: str, content_sha: str, convert: str, *, go: bool = False) -> DataFile:
     """A table re-encoded from org.Hs.eg.db (or GO.db) 3.16.0: `sha` is the shipped `.gz` file's sha256,
