@@ -18,6 +18,7 @@ import torch
 
 from perturbloop.device import keep_torch_threads
 from perturbloop.errors import ConfigError
+from perturbloop.features import standardised
 from perturbloop.design_space import DesignSpace, PairSpace, SingleSpace
 from perturbloop.config import RESPONSE_KNOWLEDGE, CampaignConfig
 
@@ -69,10 +70,7 @@ def gene_feature_matrix(genes: Sequence[str], world: ResponseWorld, config: Camp
                 continue
         blocks.append(m)
         names += n
-    X = np.hstack(blocks) if blocks else np.zeros((len(genes), 0))
-    sd = X.std(0)
-    X = (X - X.mean(0)) / np.where(sd > 0, sd, 1.0)
-    return torch.from_numpy(X).to(torch.float64), names
+    return standardised(blocks, len(genes)), names
 
 
 def build_space(world: ResponseWorld, config: CampaignConfig, data_dir=None) -> DesignSpace:

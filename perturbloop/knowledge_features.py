@@ -34,12 +34,7 @@ import scipy.sparse as sp
 from perturbloop.data import knowledge as kn
 from perturbloop.data.registry import cache_dir, sha256_of
 from perturbloop.errors import PerturbloopError
-from perturbloop.features import (
-    go_incidence,
-    incidence_embedding,
-    save_array,
-    save_arrays,
-)
+from perturbloop.features import cached_array, go_incidence, incidence_embedding, save_arrays
 
 KNOWLEDGE_BLOCKS = ("string", "pathways", "hpo", "literature", "depmap", "paralogs")
 # 32 eigenvectors: the Lanczos solve takes ~3 s on the 17k-gene network (64 take ~12 s), and a GP fit on a
@@ -66,13 +61,7 @@ def _cached(name: str, genes: Sequence[str], data_dir: DataDir, params: str, bui
             names: list[str]) -> Block:
     """The block `build()` makes (`len(genes) x len(names)`), cached on disk by genes, source files and `params`."""
     shas = ",".join(sha256_of(p) for p in _sources(name, data_dir))
-    key = hashlib.sha256(("\n".join(genes) + f"|{shas}|{params}|v{CACHE_VERSION}").encode()).hexdigest()[:20]
-    path = cache_dir() / "features" / f"{name}_{key}.npy"
-    if path.is_file():
-        return np.load(path), names
-    out = build()
-    save_array(path, out)
-    return out, names
+    return cached_array(name, "\n".join(genes) + f"|{shas}|{params}|v{CACHE_VERSION}", build), names
 
 
 def string_spectrum(data_dir: DataDir = None, *, dims: int = STRING_DIMS,
