@@ -58,4 +58,5 @@ class ProbHitPolicy(PosteriorPolicy):
         tau = self.threshold(post)
         z = prob_hit_z(post, tau)
         picks = top_available(z, mask, q).tolist()
-        return make_items(pool, picks, post.mean, post.sd, torch.special.ndtr(z[picks]), observed, f"P(hit), tau={tau:.3g}")
+        return make_items(pool, picks, post.mean, post.sd, torch.special.ndtr(z[picks]), observed,
+                          f"P(hit), tau={tau:.3g}")

@@ -279,9 +279,6 @@ class EnsembleResponse(LowRankResponse):
                  **_: object):
         if members < 2:
             raise ValueError("an ensemble needs at least 2 members")
-        self.init_params_ = dict(members=members, hidden=hidden, layers=layers, epochs=epochs, lr=lr,
-                                 weight_decay=weight_decay, rank=rank, prior_scale=prior_scale, bootstrap=bootstrap, shrink=shrink,
-                                 seed=seed)
         self.members, self.hidden, self.layers, self.epochs = members, hidden, layers, epochs
         self.lr, self.weight_decay, self.prior_scale, self.bootstrap, self.seed = lr, weight_decay, prior_scale, bootstrap, seed
         self.shrink = shrink
@@ -363,7 +360,6 @@ class LowRankGPResponse(LowRankResponse):
     name = "gp"
 
     def __init__(self, rank: int = GP_RANK, max_iter: int = 75, device: torch.device | str | None = None, **_: object):
-        self.init_params_ = dict(rank=rank, max_iter=max_iter)
         self.pca = PCAOutput(rank)
         self.max_iter = max_iter
         self.device = torch.device(device) if device is not None else default_device()
