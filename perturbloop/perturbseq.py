@@ -158,8 +158,7 @@ def prepare_perturbseq(
     out.var_names_make_unique()
     for k, v in adata.obsm.items():
         out.obsm[k] = v[keep]
-    for k, v in adata.uns.items():
-        out.uns[k] = v
+    out.uns.update(adata.uns)
     previous = adata.uns.get("perturbseq") if key == DEFAULT_KEY else None
     info = dict(previous) if isinstance(previous, Mapping) else {  # re-preparing keeps the provenance
         "source_key": key,
@@ -170,7 +169,7 @@ def prepare_perturbseq(
     info["n_dropped_unlabelled"] = int(info.get("n_dropped_unlabelled", 0)) + n_dropped
     info["n_control_cells"] = int((obs[DEFAULT_KEY] == CONTROL).sum())
     out.uns["perturbseq"] = info
-    if int((obs[DEFAULT_KEY] == CONTROL).sum()) == 0:
+    if info["n_control_cells"] == 0:
         warnings.warn(
             f"no control cells (labels {sorted(label_set(control) | {CONTROL})}) in obs[{key!r}]", stacklevel=2
         )
