@@ -154,25 +154,24 @@ class CellWorld:
 _TRUTH_CACHE: dict[tuple, object] = {}
 
 
-def _cached_truth(replay, adata):
-    """The replay's full-data pseudobulk (it does not depend on the replay's seed): once per AnnData."""
-    if adata is None:
-        return replay.truth_lfc()
-    key = ("truth", id(adata), replay.min_cells)
+def _memo(key: tuple, build: Callable[[], object]):
+    """`build()` once per `key` in this process (torch's thread count kept)."""
     if key not in _TRUTH_CACHE:
         with keep_torch_threads():
-            _TRUTH_CACHE[key] = replay.truth_lfc()
+            _TRUTH_CACHE[key] = build()
     return _TRUTH_CACHE[key]
+
+
+def _cached_truth(replay, adata):
+    """The replay's full-data pseudobulk (it does not depend on the replay's seed): once per AnnData."""
+    return replay.truth_lfc() if adata is None else _memo(("truth", id(adata), replay.min_cells), replay.truth_lfc)
 
 
 def _cached_de(adata, n: int, method: str) -> dict[str, list[str]]:
     from perturbloop.responses import top_de_genes
 
-    key = ("de", id(adata), n, method)
-    if key not in _TRUTH_CACHE:
-        with keep_torch_threads():
-            _TRUTH_CACHE[key] = top_de_genes(adata, n, key="perturbation", control="ctrl", method=method)
-    return dict(_TRUTH_CACHE[key])
+    return dict(_memo(("de", id(adata), n, method),
+                      lambda: top_de_genes(adata, n, key="perturbation", control="ctrl", method=method)))
 
 
 class PairFitnessWorld(OneReadoutWorld):
