@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from acquisition.base import Proposal, make_items, pool_posterior
+from acquisition.base import Proposal, ProposedItem, make_items, pool_posterior, top_available
 from acquisition.prior import PriorScorePolicy
 from perturbloop.design_space import SingleSpace
 from surrogates.base import Surrogate, SurrogatePosterior
@@ -30,26 +30,36 @@ def ucb(post: SurrogatePosterior, beta: float = UCB_BETA) -> torch.Tensor:
     return post.mean + beta**0.5 * post.sd
 
 
-class _AnalyticTopQ:
-    name = "analytic"
+class PosteriorPolicy:
+    """Base of the screen policies: round 1 (no surrogate) from priors alone (`acquisition.prior`), then
+    `pick(surrogate, pool, observed, pending, mask, q, post)` on the availability mask, the capped batch size and the
+    marginal posterior over the pool (`pool_posterior`); by default the top `q` available by `score(post)`."""
+
+    name = "posterior"
+    needs_model = False  # True: a surrogate without a BoTorch `model` (a baseline) also gets the round-1 picks
 
     def __init__(self, seed: int = 0, **_: object):
+        self.seed = seed
         self.initial = PriorScorePolicy(seed=seed)
 
     def score(self, post: SurrogatePosterior) -> torch.Tensor:  # pragma: no cover - overridden
-        raise NotImplementedError(type(self).__name__)
+        raise NotImplementedError(f"{type(self).__name__}.score")
+
+    def pick(self, surrogate: Surrogate, pool: SingleSpace, observed: Mapping[str, float], pending: Sequence[str],
+             mask: torch.Tensor, q: int, post: SurrogatePosterior) -> list[ProposedItem]:
+        acq = self.score(post)
+        picks = top_available(acq, mask, q).tolist()
+        return make_items(pool, picks, post.mean, post.sd, acq[picks], observed, self.name)
 
     def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
-        if surrogate is None:
-            return Proposal(self.name, self.initial.select(None, pool, observed, batch_size, pending).items)
-        mask, q, post = pool_posterior(surrogate, pool, observed, batch_size, pending)
-        acq = self.score(post)
-        picks = acq.masked_fill(~mask, float("-inf")).topk(q).indices.tolist()
-        return Proposal(self.name, make_items(pool, picks, post.mean, post.sd, acq[picks], observed, self.name))
+        if surrogate is None or (self.needs_model and getattr(surrogate, "model", None) is None):
+            return Proposal(self.name, self.initial.select(surrogate, pool, observed, batch_size, pending).items)
+        return Proposal(self.name, self.pick(surrogate, pool, observed, pending,
+                                             *pool_posterior(surrogate, pool, observed, batch_size, pending)))
 
 
-class UCBPolicy(_AnalyticTopQ):
+class UCBPolicy(PosteriorPolicy):
     """Upper confidence bound `mu + sqrt(beta) sigma`, top-q."""
 
     name = "ucb"
@@ -62,7 +72,7 @@ class UCBPolicy(_AnalyticTopQ):
         return ucb(post, self.beta)
 
 
-class GreedyPolicy(_AnalyticTopQ):
+class GreedyPolicy(PosteriorPolicy):
     """Posterior mean, top-q: pure exploitation."""
 
     name = "greedy"

@@ -75,20 +75,30 @@ def pool_posterior(surrogate: Surrogate, pool: SingleSpace, observed: Mapping[st
     return mask, check_batch(batch_size, int(mask.sum())), surrogate.posterior(pool.X)
 
 
+def top_available(score: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the `k` largest `score` (`n`) among the available candidates (`mask`, `n` bool)."""
+    return score.masked_fill(~mask, float("-inf")).topk(k).indices
+
+
 def taken_mask(space: DesignSpace, observed: Mapping[str, object], pending: Sequence[str]) -> torch.Tensor:
     """`n` bool: candidates already observed or pending (labels outside the space are ignored)."""
     mask = torch.zeros(len(space), dtype=torch.bool)
-    labels = [*observed.keys(), *pending]
-    if labels:
-        try:
-            mask[space.indices(labels)] = True
-        except KeyError:  # some labels are outside the space (e.g. singles measured beside a pair space)
-            for lab in labels:
-                try:
-                    mask[space.indices([lab])] = True
-                except KeyError:
-                    continue
+    mask[list(known_indices(space, [*observed.keys(), *pending]).values())] = True
     return mask
+
+
+def known_indices(space: DesignSpace, labels: Sequence[str]) -> dict[str, int]:
+    """Label -> candidate index of the `labels` that are in `space` (the others are skipped)."""
+    try:
+        return dict(zip(labels, space.indices(list(labels)).tolist()))
+    except KeyError:  # some labels are outside the space (e.g. singles measured beside a pair space)
+        out = {}
+        for lab in labels:
+            try:
+                out[lab] = int(space.indices([lab])[0])
+            except KeyError:
+                continue
+        return out
 
 
 def seeded_generator(seed: int, observed: Mapping, pending: Sequence[str]) -> torch.Generator:
@@ -117,12 +127,7 @@ def nearest_observed(space: DesignSpace, picks: Sequence[int], observed: Mapping
                      k: int = RATIONALE_NEIGHBOURS) -> list[str]:
     """Short rationale per pick: the `k` nearest measured perturbations (feature space), with their values where
     the value is one number."""
-    labs: list[tuple[str, int]] = []
-    for lab in observed:
-        try:
-            labs.append((lab, int(space.indices([lab])[0])))
-        except KeyError:
-            continue
+    labs = list(known_indices(space, list(observed)).items())
     if not labs or not len(picks):
         return ["" for _ in picks]
     Xo = space.features(torch.tensor([i for _, i in labs])).cpu()

@@ -26,15 +26,10 @@ penalised one. In the first round (no observations) the policy picks from priors
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import torch
 
-from acquisition.analytic import UCB_BETA
-from acquisition.base import Proposal, make_items, pool_posterior
-from acquisition.prior import PriorScorePolicy
-from perturbloop.design_space import SingleSpace
-from surrogates.base import Surrogate
+from acquisition.analytic import UCB_BETA, PosteriorPolicy
+from acquisition.base import ProposedItem, make_items, top_available
 
 SHORTLIST_PER_PICK = 4
 PENALTY = 1.0  # lam: a duplicate of a pick loses its whole exploration bonus
@@ -49,7 +44,7 @@ def nn_length_scale(X: torch.Tensor) -> float:
     return float(nn.median()) if nn.numel() else 1.0
 
 
-class BatchUCBPolicy:
+class BatchUCBPolicy(PosteriorPolicy):
     """UCB with a local penalty on the exploration bonus around earlier picks (see module docstring).
 
     `alpha_t(x) = mu(x) + sqrt(beta) sigma(x) prod_{j < t} (1 - lam exp(-||x - x_j||^2 / (2 l^2)))`
@@ -66,20 +61,15 @@ class BatchUCBPolicy:
             raise ValueError(f"beta must be >= 0, got {beta}")
         if not 0.0 <= penalty <= 1.0:
             raise ValueError(f"penalty must be in [0, 1], got {penalty}")
+        super().__init__(seed=seed)
         self.beta = beta
         self.penalty = penalty
         self.shortlist_per_pick = shortlist_per_pick
-        self.initial = PriorScorePolicy(seed=seed)
 
-    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
-               batch_size: int, pending: Sequence[str] = ()) -> Proposal:
-        if surrogate is None:
-            return Proposal(self.name, self.initial.select(None, pool, observed, batch_size, pending).items)
-        mask, q, post = pool_posterior(surrogate, pool, observed, batch_size, pending)
-        n_avail = int(mask.sum())
+    def pick(self, surrogate, pool, observed, pending, mask, q, post) -> list[ProposedItem]:
         bonus_all = self.beta**0.5 * post.sd
-        k = min(n_avail, max(q, self.shortlist_per_pick * q))
-        short = (post.mean + bonus_all).masked_fill(~mask, float("-inf")).topk(k).indices  # k pool indices
+        k = min(int(mask.sum()), max(q, self.shortlist_per_pick * q))
+        short = top_available(post.mean + bonus_all, mask, k)  # k pool indices
         X = pool.X[short].to(torch.float64)
         mu, bonus = post.mean[short], bonus_all[short].clone()
         ell = nn_length_scale(X)
@@ -93,5 +83,5 @@ class BatchUCBPolicy:
             values.append(float(score[best]))
             sim = torch.exp(-(X - X[best]).square().sum(dim=1) / (2 * ell**2))
             bonus = bonus * (1 - self.penalty * sim)
-        return Proposal(self.name, make_items(pool, picks, post.mean, post.sd, torch.tensor(values, dtype=torch.float64),
-                                              observed, f"UCB, penalised near earlier picks (l={ell:.3g})"))
+        return make_items(pool, picks, post.mean, post.sd, torch.tensor(values, dtype=torch.float64), observed,
+                          f"UCB, penalised near earlier picks (l={ell:.3g})")

@@ -25,6 +25,7 @@ import torch
 
 from acquisition.base import Proposal, check_batch, make_items, predicted, seeded_generator, taken_mask
 from perturbloop.design_space import PAIR_CHUNK, DesignSpace
+from surrogates.response import Standardizer
 
 CENTER_CHUNK = 1024  # covered rows per cdist call: n x 1024 float64 is ~150 MB on a 19k pool
 MAX_CANDIDATES = 20_000  # k-center on larger spaces runs on a seeded subsample of this size
@@ -68,18 +69,15 @@ class CoresetPolicy:
         if avail.numel() > self.max_candidates:
             avail = avail[torch.randperm(avail.numel(), generator=gen)[:self.max_candidates]].sort().values
         X = self._rows(space, avail)
-        mu = torch.zeros(X.shape[1], dtype=X.dtype)
-        sd = torch.ones(X.shape[1], dtype=X.dtype)
-        if space.kind == "pairs" and X.shape[0] > 1:  # pooled pair features share no scale: standardise them
-            mu, sd = X.mean(0), X.std(0)
-            sd = torch.where(sd > 1e-8, sd, torch.ones_like(sd))
-            X = (X - mu) / sd
+        # pooled pair features share no scale: standardise them (over the candidates considered)
+        scale = Standardizer().fit(X) if space.kind == "pairs" and X.shape[0] > 1 else (lambda rows: rows)
+        X = scale(X)
         covered = taken.nonzero().squeeze(-1)
         free = torch.ones(X.shape[0], dtype=torch.bool)
         local: list[int] = []
         dist: list[float | None] = []
         if covered.numel():
-            d2 = min_sq_dist(X, (self._rows(space, covered) - mu) / sd)
+            d2 = min_sq_dist(X, scale(self._rows(space, covered)))
         else:  # nothing covered yet: a seeded random start
             first = int(torch.randint(X.shape[0], (1,), generator=gen))
             local.append(first)

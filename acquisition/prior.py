@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from acquisition.base import Proposal, available_mask, check_batch, make_items
+from acquisition.base import Proposal, available_mask, check_batch, make_items, top_available
 from acquisition.random import RandomPolicy
 from perturbloop.design_space import SingleSpace
 from surrogates.base import Surrogate
@@ -54,7 +54,7 @@ class PriorScorePolicy:
         q = check_batch(batch_size, int(mask.sum()))
         from_prior = prior is not None and prior.informative
         k = max(1, round(prior.round1_share * q)) if from_prior else q
-        picks = score.masked_fill(~mask, float("-inf")).topk(k).indices.tolist()
+        picks = top_available(score, mask, k).tolist()
         items = make_items(pool, picks, None, None, score[picks], observed, "strong in prior screens")
         if from_prior:
             for item in items:

@@ -14,14 +14,11 @@ policy picks from priors alone (`acquisition.prior`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import torch
 
-from acquisition.base import Proposal, make_items, pool_posterior
-from acquisition.prior import PriorScorePolicy
-from perturbloop.design_space import SingleSpace
-from surrogates.base import Surrogate, SurrogatePosterior
+from acquisition.analytic import PosteriorPolicy
+from acquisition.base import ProposedItem, make_items, top_available
+from surrogates.base import SurrogatePosterior
 
 HIT_FRACTION = 0.05  # the top 5% of a genome-wide screen: the usual size of a hit list
 MIN_SD = 1e-12  # a zero posterior sd (a noiseless duplicate) must not divide by zero
@@ -32,7 +29,7 @@ def prob_hit_z(post: SurrogatePosterior, tau: float) -> torch.Tensor:
     return (post.mean - tau) / post.sd.clamp_min(MIN_SD)
 
 
-class ProbHitPolicy:
+class ProbHitPolicy(PosteriorPolicy):
     """Probability that a perturbation is a hit.
 
     `PH(x) = Phi((mu(x) - tau) / sigma(x))` under the surrogate posterior, `tau` the
@@ -47,9 +44,9 @@ class ProbHitPolicy:
     def __init__(self, hit_fraction: float = HIT_FRACTION, tau: float | None = None, seed: int = 0, **_: object):
         if not 0.0 < hit_fraction < 1.0:
             raise ValueError(f"hit_fraction must be in (0, 1), got {hit_fraction}")
+        super().__init__(seed=seed)
         self.hit_fraction = hit_fraction
         self.tau = tau
-        self.initial = PriorScorePolicy(seed=seed)
 
     def threshold(self, post: SurrogatePosterior) -> float:
         """`tau`: fixed, or the `(1 - hit_fraction)` quantile of the posterior mean over the pool."""
@@ -57,13 +54,9 @@ class ProbHitPolicy:
             return float(self.tau)
         return float(torch.quantile(post.mean, 1.0 - self.hit_fraction))
 
-    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
-               batch_size: int, pending: Sequence[str] = ()) -> Proposal:
-        if surrogate is None:
-            return Proposal(self.name, self.initial.select(None, pool, observed, batch_size, pending).items)
-        mask, q, post = pool_posterior(surrogate, pool, observed, batch_size, pending)
+    def pick(self, surrogate, pool, observed, pending, mask, q, post) -> list[ProposedItem]:
         tau = self.threshold(post)
         z = prob_hit_z(post, tau)
-        picks = z.masked_fill(~mask, float("-inf")).topk(q).indices.tolist()
-        ph = torch.special.ndtr(z[picks])
-        return Proposal(self.name, make_items(pool, picks, post.mean, post.sd, ph, observed, f"P(hit), tau={tau:.3g}"))
+        picks = top_available(z, mask, q).tolist()
+        return make_items(pool, picks, post.mean, post.sd, torch.special.ndtr(z[picks]), observed,
+                          f"P(hit), tau={tau:.3g}")

@@ -9,45 +9,34 @@ low uncertainty, so their joint qLogNEI contribution is negligible).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import torch
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.optim import optimize_acqf_discrete
 from botorch.sampling import SobolQMCNormalSampler
 
-from acquisition.analytic import ucb
-from acquisition.base import Proposal, available_mask, check_batch, make_items
-from acquisition.prior import PriorScorePolicy
-from perturbloop.design_space import SingleSpace
-from surrogates.base import Surrogate
+from acquisition.analytic import PosteriorPolicy, ucb
+from acquisition.base import ProposedItem, make_items, top_available
 
 SHORTLIST_PER_PICK = 4  # shortlist = 4 x batch size
 MC_SAMPLES = 128
 
 
-class QLogNEIPolicy:
+class QLogNEIPolicy(PosteriorPolicy):
     """Sequential-greedy batch qLogNEI on a UCB-pre-screened shortlist (see module docstring)."""
 
     name = "qlognei"
+    needs_model = True  # no BoTorch model (a baseline): the round-1 picks
 
     def __init__(self, seed: int = 0, shortlist_per_pick: int = SHORTLIST_PER_PICK, mc_samples: int = MC_SAMPLES, **_: object):
-        self.seed = seed
+        super().__init__(seed=seed)
         self.shortlist_per_pick = shortlist_per_pick
         self.mc_samples = mc_samples
-        self.initial = PriorScorePolicy(seed=seed)
 
-    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
-               batch_size: int, pending: Sequence[str] = ()) -> Proposal:
-        if surrogate is None or getattr(surrogate, "model", None) is None:  # no BoTorch model: first round or a baseline
-            return Proposal(self.name, self.initial.select(surrogate, pool, observed, batch_size, pending).items)
-        mask = available_mask(pool, observed, pending)
-        q = check_batch(batch_size, int(mask.sum()))
+    def pick(self, surrogate, pool, observed, pending, mask, q, post) -> list[ProposedItem]:
         model = surrogate.model
         device = next(model.parameters()).device
-        post = surrogate.posterior(pool.X)
         k = min(int(mask.sum()), max(q, self.shortlist_per_pick * q))
-        short = ucb(post).masked_fill(~mask, float("-inf")).topk(k).indices
+        short = top_available(ucb(post), mask, k)
         X_obs = pool.X[pool.indices(list(observed))].to(device, torch.float64)
         acqf = qLogNoisyExpectedImprovement(
             model, X_baseline=X_obs, prune_baseline=True,
@@ -57,7 +46,7 @@ class QLogNEIPolicy:
         cand, values = optimize_acqf_discrete(acqf, q=q, choices=choices, unique=True)
         # map chosen rows back to pool indices
         picks = _match_rows(cand.cpu(), pool.X[short], short)
-        return Proposal(self.name, make_items(pool, picks, post.mean, post.sd, values.reshape(-1).cpu(), observed, "qLogNEI"))
+        return make_items(pool, picks, post.mean, post.sd, values.reshape(-1).cpu(), observed, "qLogNEI")
 
 
 def _match_rows(chosen: torch.Tensor, choices: torch.Tensor, index: torch.Tensor) -> list[int]:

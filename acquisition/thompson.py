@@ -26,22 +26,17 @@ picks from priors alone (`acquisition.prior`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import torch
 from linear_operator.utils.cholesky import psd_safe_cholesky
 
-from acquisition.analytic import ucb
-from acquisition.base import Proposal, make_items, pool_posterior
-from acquisition.prior import PriorScorePolicy
-from perturbloop.design_space import SingleSpace
-from surrogates.base import Surrogate
+from acquisition.analytic import PosteriorPolicy, ucb
+from acquisition.base import ProposedItem, make_items, top_available, seeded_generator
 
 SHORTLIST_PER_PICK = 4
 SHORTLIST_MIN = 1000  # a 1000 x 1000 joint covariance: ~0.1 s to build and factor on a CPU
 
 
-class ThompsonPolicy:
+class ThompsonPolicy(PosteriorPolicy):
     """Batch Thompson sampling: pick `j` is the argmax of joint posterior draw `j` (see module docstring).
 
     `x_j = argmax_{x in X_s \\ {x_1..x_{j-1}}} f^(j)(x)`,  `f^(j) ~ p(f(X_s) | D)`.
@@ -54,21 +49,16 @@ class ThompsonPolicy:
 
     def __init__(self, seed: int = 0, shortlist_per_pick: int = SHORTLIST_PER_PICK,
                  shortlist_min: int = SHORTLIST_MIN, **_: object):
-        self.seed = seed
+        super().__init__(seed=seed)
         self.shortlist_per_pick = shortlist_per_pick
         self.shortlist_min = shortlist_min
-        self.initial = PriorScorePolicy(seed=seed)
 
-    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
-               batch_size: int, pending: Sequence[str] = ()) -> Proposal:
-        if surrogate is None:
-            return Proposal(self.name, self.initial.select(None, pool, observed, batch_size, pending).items)
-        mask, q, post = pool_posterior(surrogate, pool, observed, batch_size, pending)
+    def pick(self, surrogate, pool, observed, pending, mask, q, post) -> list[ProposedItem]:
         n_avail = int(mask.sum())
         k = min(n_avail, max(q, self.shortlist_per_pick * q, self.shortlist_min))
-        short = ucb(post).masked_fill(~mask, float("-inf")).topk(k).indices  # k pool indices
+        short = top_available(ucb(post), mask, k)  # k pool indices
         X_u, inverse = torch.unique(pool.X[short], dim=0, return_inverse=True)  # u x d unique rows; k -> u
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + len(observed) + len(pending))
+        gen = seeded_generator(self.seed, observed, pending)
         z = torch.randn(X_u.shape[0], q, generator=gen, dtype=torch.float64)  # u x q base samples
         model = getattr(surrogate, "model", None)
         if model is None:
@@ -85,8 +75,8 @@ class ThompsonPolicy:
             taken[best] = True
             picks.append(int(short[best]))
             values.append(float(col[best]))
-        return Proposal(self.name, make_items(pool, picks, post.mean, post.sd, torch.tensor(values, dtype=torch.float64),
-                                              observed, "Thompson draw argmax"))
+        return make_items(pool, picks, post.mean, post.sd, torch.tensor(values, dtype=torch.float64), observed,
+                          "Thompson draw argmax")
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ can run in any worker process without shipping tensors.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -20,12 +21,6 @@ from prefect.cache_policies import NO_CACHE
 from agent.benchmark import PolicySpec, WorldSpec, build_screen_world, simulated_campaign_row
 from flows.prefect_server import shared_api
 from perturbloop.errors import ConfigError
-
-
-@task(name="simulated-campaign", cache_policy=NO_CACHE)
-def simulated_campaign(world_spec: WorldSpec, policy: PolicySpec, seed: int, rounds: int, batch: int) -> dict:
-    """One campaign of one policy and seed; returns a results row."""
-    return simulated_campaign_row(world_spec, policy, seed, rounds, batch)
 
 
 def task_runner(runner: str, address: str | None):
@@ -43,17 +38,23 @@ def task_runner(runner: str, address: str | None):
     raise ConfigError(f"--runner: unknown runner {runner!r}; choose local or dask")
 
 
-def run_sweep(world_spec: WorldSpec, policies: list[PolicySpec], seeds: int, rounds: int, batch: int,
-              runner: str = "local", address: str | None = None) -> list[dict]:
-    """Run every policy x seed as tasks of one Prefect flow; rows in (policy, seed) order."""
-    build_screen_world(world_spec)  # fail fast on bad input, before any task starts
+def run_tasks(flow_name: str, task_name: str, fn: Callable, jobs: Sequence[tuple], runner: str = "local",
+              address: str | None = None) -> list:
+    """`fn(*args)` for every `args` of `jobs` as tasks of one Prefect flow (thread pool or Dask), results in order."""
+    job = task(name=task_name, cache_policy=NO_CACHE)(fn)
 
-    @flow(name="perturbloop-benchmark", task_runner=task_runner(runner, address), log_prints=False)
-    def sweep() -> list[dict]:
-        futures = [simulated_campaign.submit(world_spec, p, s, rounds, batch) for p in policies for s in range(seeds)]
+    @flow(name=flow_name, task_runner=task_runner(runner, address), log_prints=False)
+    def sweep() -> list:
+        futures = [job.submit(*args) for args in jobs]
         return [f.result() for f in futures]
 
     with shared_api():  # one Prefect server for every process (flows/prefect_server.py)
         return sweep()
 
 
+def run_sweep(world_spec: WorldSpec, policies: list[PolicySpec], seeds: int, rounds: int, batch: int,
+              runner: str = "local", address: str | None = None) -> list[dict]:
+    """Run every policy x seed (`simulated_campaign_row`) as tasks of one Prefect flow; rows in (policy, seed) order."""
+    build_screen_world(world_spec)  # fail fast on bad input, before any task starts
+    return run_tasks("perturbloop-benchmark", "simulated-campaign", simulated_campaign_row,
+                     [(world_spec, p, s, rounds, batch) for p in policies for s in range(seeds)], runner, address)

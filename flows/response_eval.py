@@ -7,15 +7,10 @@ each task runs (through the LangGraph loop) are in `agent.benchmark` (`campaign_
 
 from __future__ import annotations
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
-
-from agent.parts import build_world
 from agent.benchmark import campaign_for, response_sweep
-from flows.evaluation import task_runner
-from flows.prefect_server import shared_api
+from agent.parts import build_world
+from flows.evaluation import run_tasks
 from perturbloop.config import CampaignConfig
-
 
 
 def run_response_sweep(config: CampaignConfig, data_dir=None, *, runner: str = "local",
@@ -25,15 +20,6 @@ def run_response_sweep(config: CampaignConfig, data_dir=None, *, runner: str = "
     if runner == "inline":
         return response_sweep(config, data_dir)
     build_world(config, data_dir)  # fail fast on bad input, before any task starts
-    campaign_task = task(name="response-campaign", cache_policy=NO_CACHE)(campaign_for)
-
-    @flow(name="perturbloop-response-benchmark", task_runner=task_runner(runner, address), log_prints=False)
-    def sweep() -> list[dict]:
-        futures = [campaign_task.submit(config, p, s, data_dir)
-                   for p in config.evaluation.policies for s in range(config.evaluation.seeds)]
-        return [f.result() for f in futures]
-
-    with shared_api():  # one Prefect server for every process (flows/prefect_server.py)
-        return sweep()
-
-
+    return run_tasks("perturbloop-response-benchmark", "response-campaign", campaign_for,
+                     [(config, p, s, data_dir) for p in config.evaluation.policies
+                      for s in range(config.evaluation.seeds)], runner, address)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from perturbloop.config import CampaignConfig
+from perturbloop.plots import plot_hit_curves, pyplot, save_figure
 
 
 PRIMARY_METRICS = ("mse_top20_de", "pearson_delta", "l2_top_expressed")  # plotted, in this order
@@ -54,14 +55,7 @@ def write_response_results(path: str | Path, protocol: dict, world: str, rows: l
                            metrics: Sequence[str] | None = None) -> tuple[Path, Path]:
     """`results.json` and a PNG beside it: one panel per metric, each policy's mean curve (+- sd over
     seeds) with the baselines (fitted on the same observations) dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"protocol": protocol, "world": world, "results": rows}, indent=1))
+    path = _write_json(path, {"protocol": protocol, "world": world, "results": rows})
     summary = summarise_response(rows)
     available = set(summary[0]["mean"]) if summary else set()
     metrics = [m for m in (metrics or PRIMARY_METRICS) if m in available]
@@ -69,7 +63,7 @@ def write_response_results(path: str | Path, protocol: dict, world: str, rows: l
         metrics = [m for m in ("mse", "hit_ratio") if m in available]
     if protocol.get("objective") == "maximize" and "hit_ratio" in available and "hit_ratio" not in metrics:
         metrics = [*metrics, "hit_ratio"]
-    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.6 * max(len(metrics), 1), 3.8), dpi=110, squeeze=False)
+    fig, axes = pyplot().subplots(1, max(len(metrics), 1), figsize=(4.6 * max(len(metrics), 1), 3.8), dpi=110, squeeze=False)
     ref = next((s["policy"] for s in summary if s["policy"] == "random"), summary[0]["policy"] if summary else None)
     for ax, m in zip(axes[0], metrics):
         lo, hi = np.inf, -np.inf
@@ -102,11 +96,14 @@ def write_response_results(path: str | Path, protocol: dict, world: str, rows: l
     if protocol.get("synthetic"):
         title += " (SYNTHETIC world)"
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    png = path.with_suffix(".png")
-    fig.savefig(png)
-    plt.close(fig)
-    return path, png
+    return path, save_figure(fig, path.with_suffix(".png"))
+
+
+def _write_json(path: str | Path, payload: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1))
+    return path
 
 
 HIGHER_IS_BETTER = ("pearson", "hit_ratio", "best_score")
@@ -180,40 +177,19 @@ def response_table(name: str, protocol: dict, rows: Sequence[dict]):
 
 
 def write_results(path: str | Path, protocol: dict, screen: str, rows: list[dict]) -> tuple[Path, Path]:
-    """`results.json` (schema in the module docstring of perturbloop.cli) and a PNG of mean curves beside it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"protocol": protocol, "screen": screen, "results": rows}, indent=1))
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for label in dict.fromkeys(r["policy"] for r in rows):
-        curves = np.array([r["per_round"] for r in rows if r["policy"] == label])
-        xs = protocol["batch"] * np.arange(0, curves.shape[1] + 1)
-        mean = np.concatenate([[0.0], curves.mean(0)])
-        sd = np.concatenate([[0.0], curves.std(0)])
-        ax.plot(xs, mean, marker="o", label=label)
-        ax.fill_between(xs, mean - sd, mean + sd, alpha=0.2)
-    ax.set_xlabel("genes tested")
-    ax.set_ylabel("cumulative hit ratio")
-    ax.set_title(f"{screen}: {protocol['rounds']} x {protocol['batch']}, {protocol['seeds']} seeds")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    png = path.with_suffix(".png")
-    fig.savefig(png)
-    plt.close(fig)
+    """`results.json` (schema in the module docstring of perturbloop.cli) and a PNG of mean curves (+- sd over
+    seeds) beside it."""
+    path = _write_json(path, {"protocol": protocol, "screen": screen, "results": rows})
+    curves = {label: np.array([r["per_round"] for r in rows if r["policy"] == label])
+              for label in dict.fromkeys(r["policy"] for r in rows)}
+    png = plot_hit_curves({k: c.mean(0) for k, c in curves.items()}, protocol["batch"], path.with_suffix(".png"),
+                          f"{screen}: {protocol['rounds']} x {protocol['batch']}, {protocol['seeds']} seeds",
+                          sd={k: c.std(0) for k, c in curves.items()}, figsize=(6, 4))
     return path, png
 
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Per policy: hit ratio mean and sd over seeds, mean curve, mean and max seconds per round."""
-    import numpy as np
-
     out = []
     for label in dict.fromkeys(r["policy"] for r in rows):
         rs = [r for r in rows if r["policy"] == label]

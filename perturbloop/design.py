@@ -18,6 +18,7 @@ import torch
 
 from perturbloop.device import keep_torch_threads
 from perturbloop.errors import ConfigError
+from perturbloop.features import standardised
 from perturbloop.design_space import DesignSpace, PairSpace, SingleSpace
 from perturbloop.config import RESPONSE_KNOWLEDGE, CampaignConfig
 
@@ -34,58 +35,42 @@ def expression_pca_features(genes: Sequence[str], readout: Sequence[str], ctrl_e
     k = min(k, Vt.shape[0])
     load = (Vt[:k].T * (s[:k] / np.sqrt(max(X.shape[0] - 1, 1))))  # G x k
     pos = {g: i for i, g in enumerate(readout)}
+    rows = np.array([pos.get(g, -1) for g in genes], dtype=int)  # -1: not measured
     out = np.zeros((len(genes), k + 1))
-    for r, g in enumerate(genes):
-        if g in pos:
-            out[r, :k] = load[pos[g]]
-        else:
-            out[r, k] = 1.0
+    out[rows >= 0, :k] = load[rows[rows >= 0]]
+    out[rows < 0, k] = 1.0
     return out, [f"expr_pc{j}" for j in range(k)] + ["expr_missing"]
 
 
 def gene_feature_matrix(genes: Sequence[str], world: ResponseWorld, config: CampaignConfig,
                         data_dir=None) -> tuple[torch.Tensor, list[str]]:
     """`n x d` standardised gene features of the perturbable genes (design.features)."""
-    with keep_torch_threads():  # scikit-learn's SVD (GO embedding) may reset OpenMP threads too
-        return _gene_feature_matrix(genes, world, config, data_dir)
-
-
-def _gene_feature_matrix(genes: Sequence[str], world: ResponseWorld, config: CampaignConfig,
-                         data_dir=None) -> tuple[torch.Tensor, list[str]]:
     blocks, names = [], []
     for f in config.design.features:
-        if f == "none":
-            continue
-        if f == "go":
-            if world.synthetic:
-                raise ConfigError("design.features: 'go' needs real gene symbols; a synthetic world has none "
-                                  "(use expression_pca)")
-            from perturbloop.features import go_embedding
+        if world.synthetic and (f == "go" or f in RESPONSE_KNOWLEDGE):
+            raise ConfigError(f"design.features: {f!r} needs real gene symbols; a synthetic world has none "
+                              "(use expression_pca)")
+        with keep_torch_threads():  # scikit-learn's SVD (GO embedding) may reset OpenMP threads too
+            if f == "go":
+                from perturbloop.features import go_embedding
 
-            universe = list(dict.fromkeys([*genes, *world.genes]))
-            emb, n = go_embedding(universe, data_dir=data_dir, dims=config.design.go_dims)
-            blocks.append(emb[: len(genes)])
-            names += n
-        elif f == "expression_pca":
-            ctrl = world.control_expression()
-            if ctrl is None:
-                raise ConfigError("design.features: 'expression_pca' needs control cells; this world has none")
-            m, n = expression_pca_features(genes, world.genes, ctrl, config.design.expression_pcs)
-            blocks.append(m)
-            names += n
-        elif f in RESPONSE_KNOWLEDGE:
-            if world.synthetic:
-                raise ConfigError(f"design.features: {f!r} needs real gene symbols; a synthetic world has none "
-                                  "(use expression_pca)")
-            from perturbloop.response_knowledge import response_knowledge_features
+                emb, n = go_embedding(list(dict.fromkeys([*genes, *world.genes])), data_dir=data_dir,
+                                      dims=config.design.go_dims)
+                m = emb[: len(genes)]
+            elif f == "expression_pca":
+                ctrl = world.control_expression()
+                if ctrl is None:
+                    raise ConfigError("design.features: 'expression_pca' needs control cells; this world has none")
+                m, n = expression_pca_features(genes, world.genes, ctrl, config.design.expression_pcs)
+            elif f in RESPONSE_KNOWLEDGE:
+                from perturbloop.response_knowledge import response_knowledge_features
 
-            m, n = response_knowledge_features(genes, f, data_dir=data_dir)
-            blocks.append(m)
-            names += n
-    X = np.hstack(blocks) if blocks else np.zeros((len(genes), 0))
-    sd = X.std(0)
-    X = (X - X.mean(0)) / np.where(sd > 0, sd, 1.0)
-    return torch.from_numpy(X).to(torch.float64), names
+                m, n = response_knowledge_features(genes, f, data_dir=data_dir)
+            else:  # "none"
+                continue
+        blocks.append(m)
+        names += n
+    return standardised(blocks, len(genes)), names
 
 
 def build_space(world: ResponseWorld, config: CampaignConfig, data_dir=None) -> DesignSpace:

@@ -243,8 +243,7 @@ class PairSpace:
         return names
 
     def label(self, i: int) -> str:
-        a, b = self.pairs[i].tolist()
-        return "+".join(sorted((self.genes[a], self.genes[b])))
+        return self.labels_at([i])[0]
 
     @property
     def labels(self) -> list[str]:
@@ -259,16 +258,10 @@ class PairSpace:
 
     def indices(self, labels: Sequence[str]) -> torch.Tensor:
         n = len(self.genes)
-        keys, missing = [], []
+        keys = []
         for lab in labels:
-            p = Perturbation.parse(lab)
-            idx = [self._gidx.get(g) for g in p.genes]
-            if len(idx) != 2 or None in idx:
-                missing.append(lab)
-                keys.append(-1)
-                continue
-            a, b = sorted(idx)
-            keys.append(a * n + b)
+            idx = [self._gidx.get(g) for g in Perturbation.parse(lab).genes]
+            keys.append(-1 if len(idx) != 2 or None in idx else min(idx) * n + max(idx))  # -1: never found
         keys_t = torch.tensor(keys, dtype=torch.long)
         pos = torch.searchsorted(self._keys, keys_t).clamp_max(max(len(self) - 1, 0))
         found = self._keys[pos] == keys_t if len(self) else torch.zeros_like(keys_t, dtype=torch.bool)
@@ -337,11 +330,6 @@ def top_k(n: int, score: Callable[[torch.Tensor], torch.Tensor], k: int, *, chun
         order = torch.argsort(-cand_s, stable=True)[:k]
         best_i, best_s = cand_i[order], cand_s[order]
     return best_i, best_s
-
-
-def map_chunks(n: int, fn: Callable[[torch.Tensor], torch.Tensor], *, chunk: int = PAIR_CHUNK) -> torch.Tensor:
-    """`fn` over all candidates in chunks, concatenated on CPU (for spaces small enough to hold the result)."""
-    return torch.cat([fn(idx).cpu() for idx in chunks(n, chunk)]) if n else torch.zeros(0)
 
 
 def gene_counts(space: PairSpace, picks: Sequence[int]) -> np.ndarray:

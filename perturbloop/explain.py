@@ -107,11 +107,13 @@ def hits_of(observed: Mapping[str, float | None], hit_threshold: float) -> set[s
 def _hit_neighbours(gene: str, kb: GeneKnowledge, observed: Mapping[str, float | None], hits: set[str]) -> str:
     names, scores = kb.neighbours(gene)
     found = sorted(((s, n) for n, s in zip(names, scores) if n in hits), key=lambda t: (-t[0], t[1]))
-    if not found:
-        return ""
-    shown = ", ".join(f"{n} {s:.3f} ({observed[n]:.2f})" for s, n in found[:MAX_NEIGHBOURS])
-    more = f" +{len(found) - MAX_NEIGHBOURS}" if len(found) > MAX_NEIGHBOURS else ""
-    return f"STRING hits: {shown}{more}"
+    shown = [f"{n} {s:.3f} ({observed[n]:.2f})" for s, n in found]
+    return f"STRING hits: {_first(shown, MAX_NEIGHBOURS)}" if found else ""
+
+
+def _first(items: Sequence[str], k: int) -> str:
+    """The first `k` items, comma-separated, and `+N` for the rest."""
+    return ", ".join(items[:k]) + (f" +{len(items) - k}" if len(items) > k else "")
 
 
 def _pathway(gene: str, kb: GeneKnowledge, measured: set[str], hits: set[str]) -> str:
@@ -119,18 +121,14 @@ def _pathway(gene: str, kb: GeneKnowledge, measured: set[str], hits: set[str]) -
     if not sets:
         return ""
     p = max(len(hits) / max(len(measured), 1), 1e-6)
-    best, best_key = None, None
+    enriched = []  # (key, h, m): the smallest key is the most enriched set, ties to the smaller set, then by name
     for s in sets:
         members = kb.set_members[s]
-        m = len(members & measured)
-        h = len(members & hits)
-        if h == 0:
-            continue
-        key = (-(h + 1) / (m + 1 / p), len(members), s)
-        if best_key is None or key < best_key:
-            best, best_key = (s, h, m), key
-    if best is not None:
-        s, h, m = best
+        h, m = len(members & hits), len(members & measured)
+        if h:
+            enriched.append(((-(h + 1) / (m + 1 / p), len(members), s), h, m))
+    if enriched:
+        (_, _, s), h, m = min(enriched)
         return f"pathway: {s} ({h}/{m} measured hit{'s' if m != 1 else ''})"
     hallmark = [s for s in sets if s.startswith("HALLMARK_")]
     s = min(hallmark or sets, key=lambda x: (len(kb.set_members[x]), x))
@@ -163,8 +161,7 @@ def explain(genes: Sequence[str], kb: GeneKnowledge, observed: Mapping[str, floa
             parts.append(f"prior screens: |z| {v:.1f} in {s}")
         terms = list((matched_terms or {}).get(g, ()))
         if terms:
-            parts.append("phenotype: " + ", ".join(terms[:MAX_TERMS]) + (f" +{len(terms) - MAX_TERMS}"
-                                                                          if len(terms) > MAX_TERMS else ""))
+            parts.append("phenotype: " + _first(terms, MAX_TERMS))
         out.append("; ".join(p for p in parts if p))
     return out
 

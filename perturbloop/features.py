@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -84,17 +84,28 @@ def go_embedding(genes: Sequence[str], *, data_dir=None, dims: int = GO_DIMS, ga
         ann, parents, src = read_gaf(gaf), pd.DataFrame(columns=["go_id", "parent_go_id"]), Path(gaf)
     else:
         ann, parents, src = go_tables(data_dir)
-    key = hashlib.sha256(
-        ("\n".join(genes) + f"|{sha256_of(src)}|{dims}|{min_genes}|{max_genes}|{len(parents)}").encode()
-    ).hexdigest()[:20]
-    cached = cache_dir() / "features" / f"go_{key}.npy"
-    names = [f"go_svd{i}" for i in range(dims)] + ["go_missing"]
-    if cached.is_file():
-        return np.load(cached), names
-    A, _ = go_incidence(ann, parents, genes)
-    out = incidence_embedding(A, dims=dims, min_genes=min_genes, max_genes=max_genes)
-    save_array(cached, out)
-    return out, names
+    key = "\n".join(genes) + f"|{sha256_of(src)}|{dims}|{min_genes}|{max_genes}|{len(parents)}"
+    out = cached_array("go", key, lambda: incidence_embedding(go_incidence(ann, parents, genes)[0], dims=dims,
+                                                              min_genes=min_genes, max_genes=max_genes))
+    return out, [f"go_svd{i}" for i in range(dims)] + ["go_missing"]
+
+
+def cached_array(name: str, key: str, build: Callable[[], np.ndarray]) -> np.ndarray:
+    """`build()`, cached on disk as `features/<name>_<sha256(key)[:20]>.npy` (written atomically: `save_array`)."""
+    path = cache_dir() / "features" / f"{name}_{hashlib.sha256(key.encode()).hexdigest()[:20]}.npy"
+    if path.is_file():
+        return np.load(path)
+    out = build()
+    save_array(path, out)
+    return out
+
+
+def standardised(blocks: Sequence[np.ndarray], n: int) -> torch.Tensor:
+    """The `n`-row blocks side by side (`n x 0` when none), each column to mean 0 and sd 1 (a constant column is
+    only centred), as float64."""
+    X = np.hstack(blocks) if blocks else np.zeros((n, 0))
+    sd = X.std(axis=0)
+    return torch.from_numpy((X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)).to(torch.float64)
 
 
 def incidence_embedding(A: sp.csr_matrix, *, dims: int, min_genes: int, max_genes: int) -> np.ndarray:
@@ -159,9 +170,7 @@ def essential_genes(data_dir=None) -> set[str]:
     from perturbloop.genes import gene_index
 
     path, = resolve("cegv2", data_dir)
-    df = pd.read_csv(path, sep="\t", dtype=str)
-    idx = gene_index(data_dir)
-    return {idx.map(g) or g.upper() for g in df.iloc[:, 0]}
+    return set(map(gene_index(data_dir).current, pd.read_csv(path, sep="\t", dtype=str).iloc[:, 0]))
 
 
 def load_embeddings(path: str | os.PathLike, genes: Sequence[str]) -> tuple[np.ndarray, list[str]]:
@@ -238,9 +247,6 @@ def build_gene_pool(
                                    f"{', '.join(KNOWLEDGE_BLOCKS)}, knowledge")
         blocks.append(m)
         names += n
-    X = np.hstack(blocks) if blocks else np.zeros((len(genes), 0))
-    sd = X.std(axis=0)
-    X = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    pool = SingleSpace([Perturbation((g,)) for g in genes], torch.from_numpy(X).to(torch.float64), names)
+    pool = SingleSpace([Perturbation((g,)) for g in genes], standardised(blocks, len(genes)), names)
     pool.phenotype_prior = prior  # read by acquisition.prior (round 1) and rationales
     return pool

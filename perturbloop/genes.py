@@ -48,6 +48,10 @@ class GeneIndex:
             return s
         return self.aliases.get(s)
 
+    def current(self, symbol: str) -> str:
+        """Current symbol for `symbol`, or `symbol` itself (stripped, upper-cased) if it is unknown."""
+        return self.map(symbol) or str(symbol).strip().upper()
+
     def canonical(self, symbols: Iterable[str], *, context: str = "", allowed: Iterable[str] | None = None) -> list[str]:
         """Map every symbol or raise UnknownGeneError naming all the unknown ones.
 

@@ -34,12 +34,7 @@ import scipy.sparse as sp
 from perturbloop.data import knowledge as kn
 from perturbloop.data.registry import cache_dir, sha256_of
 from perturbloop.errors import PerturbloopError
-from perturbloop.features import (
-    go_incidence,
-    incidence_embedding,
-    save_array,
-    save_arrays,
-)
+from perturbloop.features import cached_array, go_incidence, incidence_embedding, save_arrays
 
 KNOWLEDGE_BLOCKS = ("string", "pathways", "hpo", "literature", "depmap", "paralogs")
 # 32 eigenvectors: the Lanczos solve takes ~3 s on the 17k-gene network (64 take ~12 s), and a GP fit on a
@@ -62,18 +57,11 @@ def _sources(name: str, data_dir: DataDir) -> list[Path]:
     return [p for d in datasets[name] for p in kn.knowledge_paths(d, data_dir)]
 
 
-def _cached(name: str, genes: Sequence[str], data_dir: DataDir, params: str, build: Callable[[], Block],
+def _cached(name: str, genes: Sequence[str], data_dir: DataDir, params: str, build: Callable[[], np.ndarray],
             names: list[str]) -> Block:
+    """The block `build()` makes (`len(genes) x len(names)`), cached on disk by genes, source files and `params`."""
     shas = ",".join(sha256_of(p) for p in _sources(name, data_dir))
-    key = hashlib.sha256(("\n".join(genes) + f"|{shas}|{params}|v{CACHE_VERSION}").encode()).hexdigest()[:20]
-    path = cache_dir() / "features" / f"{name}_{key}.npy"
-    if path.is_file():
-        return np.load(path), names
-    out, built_names = build()
-    if built_names != names:  # the names are fixed by the parameters; a mismatch is a bug here
-        raise RuntimeError(f"{name}: built columns {built_names[:3]}... differ from {names[:3]}...")
-    save_array(path, out)
-    return out, names
+    return cached_array(name, "\n".join(genes) + f"|{shas}|{params}|v{CACHE_VERSION}", build), names
 
 
 def string_spectrum(data_dir: DataDir = None, *, dims: int = STRING_DIMS,
@@ -123,7 +111,7 @@ def string_block(genes: Sequence[str], data_dir: DataDir = None, *, dims: int = 
     """Spectral coordinates, `string_log_degree`, `string_missing` (see module docstring)."""
     names = [f"string_eig{i}" for i in range(dims)] + ["string_log_degree", "string_missing"]
 
-    def build() -> Block:
+    def build() -> np.ndarray:
         _, U, net_genes, degree = string_spectrum(data_dir, dims=dims)
         rows = pd.Index(net_genes).get_indexer(list(genes))
         have = rows >= 0
@@ -131,7 +119,7 @@ def string_block(genes: Sequence[str], data_dir: DataDir = None, *, dims: int = 
         out[have, :dims] = U[rows[have]]
         out[have, dims] = np.log1p(degree[rows[have]])
         out[~have, dims + 1] = 1.0
-        return out, names
+        return out
 
     return _cached("string", genes, data_dir, f"dims={dims}", build, names)
 
@@ -140,10 +128,10 @@ def pathways_block(genes: Sequence[str], data_dir: DataDir = None, *, dims: int 
     """Hallmark + Reactome membership embedded by IDF-weighted truncated SVD, then `pathways_missing`."""
     names = [f"pathways_svd{i}" for i in range(dims)] + ["pathways_missing"]
 
-    def build() -> Block:
+    def build() -> np.ndarray:
         sets = kn.gene_sets(("hallmark", "reactome"), data_dir)
         A, _ = go_incidence(sets.rename(columns={"set": "go_id"}), pd.DataFrame(), list(genes))
-        return incidence_embedding(A, dims=dims, min_genes=SET_MIN_GENES, max_genes=PATHWAY_MAX_GENES), names
+        return incidence_embedding(A, dims=dims, min_genes=SET_MIN_GENES, max_genes=PATHWAY_MAX_GENES)
 
     return _cached("pathways", genes, data_dir, f"dims={dims}|{SET_MIN_GENES}|{PATHWAY_MAX_GENES}", build, names)
 
@@ -152,12 +140,12 @@ def hpo_block(genes: Sequence[str], data_dir: DataDir = None, *, dims: int = HPO
     """HPO annotations propagated to ancestors, embedded by IDF-weighted truncated SVD, then `hpo_missing`."""
     names = [f"hpo_svd{i}" for i in range(dims)] + ["hpo_missing"]
 
-    def build() -> Block:
+    def build() -> np.ndarray:
         ann = kn.hpo_annotations(data_dir).rename(columns={"hpo_id": "go_id"})
         parents = kn.hpo_parent_edges(kn.hpo_terms(data_dir)).rename(
             columns={"hpo_id": "go_id", "parent_id": "parent_go_id"})
         A, _ = go_incidence(ann, parents, list(genes))
-        return incidence_embedding(A, dims=dims, min_genes=SET_MIN_GENES, max_genes=HPO_MAX_GENES), names
+        return incidence_embedding(A, dims=dims, min_genes=SET_MIN_GENES, max_genes=HPO_MAX_GENES)
 
     return _cached("hpo", genes, data_dir, f"dims={dims}|{SET_MIN_GENES}|{HPO_MAX_GENES}", build, names)
 
@@ -166,10 +154,10 @@ def literature_block(genes: Sequence[str], data_dir: DataDir = None) -> Block:
     """`literature_log_pubmed = log(1 + n_pubmed)`, `literature_missing`."""
     names = ["literature_log_pubmed", "literature_missing"]
 
-    def build() -> Block:
+    def build() -> np.ndarray:
         n = kn.pubmed_counts(data_dir).reindex(list(genes))
         miss = n.isna().to_numpy()
-        return np.column_stack([np.log1p(n.fillna(0.0).to_numpy(float)), miss.astype(float)]), names
+        return np.column_stack([np.log1p(n.fillna(0.0).to_numpy(float)), miss.astype(float)])
 
     return _cached("literature", genes, data_dir, "", build, names)
 
@@ -179,12 +167,12 @@ def depmap_block(genes: Sequence[str], data_dir: DataDir = None) -> Block:
     cols = ["common_essential", "strongly_selective", "gene_effect", "blood_dependent_fraction"]
     names = [f"depmap_{c}" for c in cols] + ["depmap_effect_missing", "depmap_missing"]
 
-    def build() -> Block:
+    def build() -> np.ndarray:
         d = kn.depmap_dependency(data_dir).reindex(list(genes))
         missing = d["common_essential"].isna().to_numpy()
         effect_missing = d["gene_effect"].isna().to_numpy() & ~missing
         vals = d[cols].fillna(0.0).to_numpy(float)
-        return np.column_stack([vals, effect_missing.astype(float), missing.astype(float)]), names
+        return np.column_stack([vals, effect_missing.astype(float), missing.astype(float)])
 
     return _cached("depmap", genes, data_dir, "", build, names)
 
@@ -193,7 +181,7 @@ def paralogs_block(genes: Sequence[str], data_dir: DataDir = None) -> Block:
     """`paralogs_log_count`, `paralogs_max_identity`, `paralogs_max_identity_x_coverage`, `paralogs_none`."""
     names = ["paralogs_log_count", "paralogs_max_identity", "paralogs_max_identity_x_coverage", "paralogs_none"]
 
-    def build() -> Block:
+    def build() -> np.ndarray:
         p = kn.paralog_pairs(data_dir)
         both = pd.concat([p.rename(columns={"gene_a": "gene", "gene_b": "other"}),
                           p.rename(columns={"gene_b": "gene", "gene_a": "other"})])
@@ -203,7 +191,7 @@ def paralogs_block(genes: Sequence[str], data_dir: DataDir = None) -> Block:
         agg = agg.reindex(list(genes))
         none = agg["n"].isna().to_numpy()
         agg = agg.fillna(0.0)
-        return np.column_stack([np.log1p(agg["n"].to_numpy(float)), agg["ident"], agg["idcov"], none.astype(float)]), names
+        return np.column_stack([np.log1p(agg["n"].to_numpy(float)), agg["ident"], agg["idcov"], none.astype(float)])
 
     return _cached("paralogs", genes, data_dir, "", build, names)
 

@@ -74,16 +74,16 @@ def canonical_labels(
 
 
 def _symbol_map(genes: Iterable[str], data_dir) -> dict[str, str]:
-    """Outdated symbols among `genes` -> current HGNC symbols (unknown symbols are left alone)."""
+    """Outdated symbols among `genes` -> current HGNC symbols (unknown symbols are left alone); {} with a warning
+    where the gene tables are missing."""
     from perturbloop.genes import gene_index
 
-    idx = gene_index(data_dir)
-    out = {}
-    for g in genes:
-        m = idx.map(g)
-        if m is not None and m != g:
-            out[g] = m
-    return out
+    try:
+        idx = gene_index(data_dir)
+    except PerturbloopError as e:
+        warnings.warn(f"gene symbols not mapped (no gene tables: {e})", stacklevel=3)
+        return {}
+    return {g: m for g in genes if (m := idx.map(g)) is not None and m != g}
 
 
 # --- counts -----------------------------------------------------------------------------------
@@ -158,8 +158,7 @@ def prepare_perturbseq(
     out.var_names_make_unique()
     for k, v in adata.obsm.items():
         out.obsm[k] = v[keep]
-    for k, v in adata.uns.items():
-        out.uns[k] = v
+    out.uns.update(adata.uns)
     previous = adata.uns.get("perturbseq") if key == DEFAULT_KEY else None
     info = dict(previous) if isinstance(previous, Mapping) else {  # re-preparing keeps the provenance
         "source_key": key,
@@ -170,7 +169,7 @@ def prepare_perturbseq(
     info["n_dropped_unlabelled"] = int(info.get("n_dropped_unlabelled", 0)) + n_dropped
     info["n_control_cells"] = int((obs[DEFAULT_KEY] == CONTROL).sum())
     out.uns["perturbseq"] = info
-    if int((obs[DEFAULT_KEY] == CONTROL).sum()) == 0:
+    if info["n_control_cells"] == 0:
         warnings.warn(
             f"no control cells (labels {sorted(label_set(control) | {CONTROL})}) in obs[{key!r}]", stacklevel=2
         )
@@ -236,11 +235,7 @@ def load_perturbseq(
     symbol_map = None
     if map_symbols and key in adata.obs:
         raw = canonical_labels(adata.obs[key], control=controls, separators=seps).dropna()
-        genes = sorted({g for lab in set(raw) if lab != CONTROL for g in lab.split("+")})
-        try:
-            symbol_map = _symbol_map(genes, data_dir)
-        except PerturbloopError as e:
-            warnings.warn(f"gene symbols not mapped (no gene tables: {e})", stacklevel=2)
+        symbol_map = _symbol_map(sorted({g for lab in set(raw) if lab != CONTROL for g in lab.split("+")}), data_dir)
     out = prepare_perturbseq(adata, key, controls, layer=layer, separators=seps, symbol_map=symbol_map)
     out.uns["perturbseq"]["dataset"] = name if name in REGISTRY else str(path)
     return out

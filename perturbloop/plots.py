@@ -1,32 +1,50 @@
-"""Hit-discovery curves (PNG)."""
+"""Hit-discovery curves (PNG, and inline SVG for the web page); the figure helpers of every PNG written."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
-def plot_hit_curves(curves: dict[str, list[float]], batch_size: int, path: str | Path, title: str = "") -> Path:
-    """Cumulative hit ratio vs genes tested, one line per policy."""
+def pyplot():
+    """`matplotlib.pyplot` on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """`fig` laid out, written to `path` (its folder made) and closed."""
+    path = Path(path)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    pyplot().close(fig)
+    return path
+
+
+def plot_hit_curves(curves: Mapping[str, Sequence[float]], batch_size: int, path: str | Path, title: str = "", *,
+                    sd: Mapping[str, Sequence[float]] | None = None, figsize: tuple[float, float] = (5.5, 4)) -> Path:
+    """Cumulative hit ratio vs genes tested, one line per policy (from 0 before round 1), `+- sd` shaded if given."""
+    import numpy as np
+
+    fig, ax = pyplot().subplots(figsize=figsize, dpi=120)
     for name, ys in curves.items():
-        xs = [batch_size * (i + 1) for i in range(len(ys))]
-        ax.plot([0, *xs], [0.0, *ys], marker="o", label=name)
+        xs = batch_size * np.arange(len(ys) + 1)
+        mean = np.array([0.0, *ys])
+        ax.plot(xs, mean, marker="o", label=name)
+        if sd is not None:
+            s = np.array([0.0, *sd[name]])
+            ax.fill_between(xs, mean - s, mean + s, alpha=0.2)
     ax.set_xlabel("genes tested")
     ax.set_ylabel("cumulative hit ratio")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 HIT_CURVE_VIEWBOX = (480, 200)  # SVG user units; the drawing scales to its container's width

@@ -28,18 +28,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from perturbloop.data.registry import REGISTRY, resolve
 from perturbloop.errors import PerturbloopError
 
 Block = tuple[np.ndarray, list[str]]
 DataDir = str | os.PathLike | None
 
 GWT_DIR = "contexts/gwt_cd4_2025"
-# registry names (branch `contexts` adds them to perturbloop.data.registry) -> file in GWT_DIR
-GWT_FILES = {
-    "gwt_cd4_polarization": "polarization_prediction_condition_comparison_regulator_coefficients.csv",
-    "gwt_cd4_aging": "aging_prediction_condition_comparison_regulator_coefficients.csv",
-    "gwt_cd4_k562_comparison": "K562_comparison.suppl_table.csv",
-}
+GWT_FILES = {name: Path(REGISTRY[name].files[0].path).name  # registry name -> its file in GWT_DIR
+             for name in ("gwt_cd4_polarization", "gwt_cd4_aging", "gwt_cd4_k562_comparison")}
 TIMEPOINTS = ("Rest", "Stim8hr", "Stim48hr")
 AGING_CELLS = ("K562", *TIMEPOINTS)
 GWT_NAMES = ([f"gwt_{s}_{t}" for s in ("activation", "ota") for t in TIMEPOINTS]
@@ -48,21 +45,9 @@ GWT_NAMES = ([f"gwt_{s}_{t}" for s in ("activation", "ota") for t in TIMEPOINTS]
 
 
 def gwt_path(name: str, data_dir: DataDir = None) -> Path:
-    """Local path of one GWT table: the registry's entry when it has one, else `<data dir>/contexts/gwt_cd4_2025/`.
-
-    Raises PerturbloopError naming the dataset and where it was looked for.
-    """
-    from perturbloop.data.registry import REGISTRY, data_dirs, resolve
-
-    if name in REGISTRY:
-        return resolve(name, data_dir, download=False)[0]
-    dirs = data_dirs(data_dir)
-    for d in dirs:
-        p = d / GWT_DIR / GWT_FILES[name]
-        if p.is_file():
-            return p
-    raise PerturbloopError(f"dataset {name!r} ({GWT_DIR}/{GWT_FILES[name]}, Zhu, Dann et al. 2025) is not in "
-                           f"{', '.join(map(str, dirs))}; set PERTURBLOOP_DATA_DIR to a data dir holding {GWT_DIR}")
+    """Local path of one GWT table (the registry's `name`, never downloaded); a PerturbloopError naming the
+    dataset and where it was looked for when it is missing."""
+    return resolve(name, data_dir, download=False)[0]
 
 
 def _read(name: str, data_dir: DataDir, columns: Sequence[str]) -> pd.DataFrame:

@@ -25,7 +25,6 @@ symbols without an HGNC entry (``RP5-862P8.2``) keep their name.
 from __future__ import annotations
 
 import os
-import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,9 +34,8 @@ import numpy as np
 import pandas as pd
 
 from perturbloop.data.registry import resolve
-from perturbloop.errors import PerturbloopError
 from perturbloop.perturbation import canonical_label
-from perturbloop.perturbseq import UnknownPerturbationError
+from perturbloop.perturbseq import UnknownPerturbationError, _symbol_map
 
 NORMAN_CONTROL = "negative"
 HIT_FRACTION = 0.05  # hits = the top 5% of pairs by |GI| (as the screen benchmarks use for genes)
@@ -79,18 +77,9 @@ class PairReplay:
 
     kind = "pairs"
 
-    def __init__(
-        self,
-        singles: pd.Series,
-        pairs: pd.DataFrame,
-        *,
-        objective: Objective = "gi",
-        hit_fraction: float = HIT_FRACTION,
-        noise_sd: float = 0.0,
-        seed: int = 0,
-        name: str = "pair screen",
-        extra: dict[str, pd.DataFrame] | None = None,
-    ):
+    def __init__(self, singles: pd.Series, pairs: pd.DataFrame, *, objective: Objective = "gi",
+                 hit_fraction: float = HIT_FRACTION, noise_sd: float = 0.0, seed: int = 0, name: str = "pair screen",
+                 extra: dict[str, pd.DataFrame] | None = None):
         if objective not in ("gi", "fitness"):
             raise ValueError(f"objective must be 'gi' or 'fitness', got {objective!r}")
         missing_cols = [c for c in ("fitness", "gi") if c not in pairs.columns]
@@ -122,21 +111,15 @@ class PairReplay:
         self._pairs = df.sort_index()
         score = self._pairs[objective].abs().sort_values(ascending=False, kind="stable")
         n = max(1, int(round(hit_fraction * len(score))))
-        self._hits = frozenset(score.index[:n])
+        self.hits = frozenset(score.index[:n])  # the top `hit_fraction` of pairs by |objective| (evaluation only)
         self.hit_threshold = float(score.iloc[n - 1])
-        self.extra = {k: v for k, v in (extra or {}).items()}
+        self.extra = dict(extra or {})
         self.symbol_map: dict[str, str] = {}  # source symbol -> current symbol, where they differ
         self._attempts: dict[str, int] = {}
 
     @classmethod
-    def from_norman2019(
-        cls,
-        data_dir: str | os.PathLike | None = None,
-        *,
-        map_symbols: bool = True,
-        with_perturbseq_fits: bool = True,
-        **kwargs,
-    ) -> PairReplay:
+    def from_norman2019(cls, data_dir: str | os.PathLike | None = None, *, map_symbols: bool = True,
+                        with_perturbseq_fits: bool = True, **kwargs) -> PairReplay:
         """The Norman 2019 CRISPRa K562 pair screen (112 genes, 6,216 pairs) from the registry.
 
         Args:
@@ -175,9 +158,7 @@ class PairReplay:
         """Every measured pair label (the design space), sorted."""
         return list(self._pairs.index)
 
-    @property
-    def perturbations(self) -> list[str]:
-        return self.candidates
+    perturbations = candidates  # what `run` accepts
 
     def __contains__(self, label: str) -> bool:
         return (canonical_label(label) or "") in self._pairs.index
@@ -226,11 +207,6 @@ class PairReplay:
         """Every pair (evaluation only): gene_a, gene_b, fitness, gi, additive; index = label."""
         return self._pairs.copy()
 
-    @property
-    def hits(self) -> frozenset[str]:
-        """The top `hit_fraction` of pairs by |objective| (evaluation only)."""
-        return self._hits
-
     def truth(self, labels: Sequence[str] | None = None) -> pd.Series:
         """The objective of each pair (evaluation only); all pairs when `labels` is None."""
         s = self._pairs[self.objective]
@@ -262,14 +238,7 @@ def read_norman2019(
     emap = emap.loc[genes, genes]
     if not np.allclose(fit.to_numpy(), fit.to_numpy().T, equal_nan=True):
         raise ValueError(f"{fit_path.name} is not symmetric")
-    symbol_map: dict[str, str] = {}
-    if map_symbols:
-        from perturbloop.perturbseq import _symbol_map
-
-        try:
-            symbol_map = _symbol_map(genes, data_dir)
-        except PerturbloopError as e:
-            warnings.warn(f"gene symbols not mapped (no gene tables: {e})", stacklevel=2)
+    symbol_map = _symbol_map(genes, data_dir) if map_symbols else {}
     sym = [symbol_map.get(g, g).upper() for g in genes]
     singles = pd.Series(single.reindex(genes).to_numpy(), index=sym, name="fitness")
     iu = np.triu_indices(len(genes), 1)

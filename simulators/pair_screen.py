@@ -30,8 +30,7 @@ import pandas as pd
 from perturbloop.errors import ScreenFormatError
 from perturbloop.perturbation import canonical_label
 from perturbloop.perturbseq import UnknownPerturbationError
-from perturbloop.response_metrics import TOP_DE
-from simulators.world import Measurement
+from simulators.world import Measurement, OneReadoutWorld
 
 LABEL_COLUMNS = ("label", "pair", "perturbation")
 HITS_HEADERS = ("pair", "pairs", "hit", "hits", "label")
@@ -148,7 +147,7 @@ def read_pair_hits(path: str | os.PathLike, pairs: Sequence[str]) -> frozenset[s
     return frozenset(hits)
 
 
-class PairScreenWorld:
+class PairScreenWorld(OneReadoutWorld):
     """A `PairScreen` seen as one-readout responses (the interface of `PairFitnessWorld`).
 
     A run of a pair returns its score; singles (known up front) are the single-gene rows. The score is
@@ -156,7 +155,6 @@ class PairScreenWorld:
     hits file's pairs, or None (top fraction by |score|).
     """
 
-    synthetic = False
     offset_prior = False
 
     def __init__(self, screen: PairScreen, hits: frozenset[str] | None = None):
@@ -171,10 +169,6 @@ class PairScreenWorld:
         screen = read_pair_screen(path)
         return cls(screen, read_pair_hits(hits, screen.pairs.index) if hits else None)
 
-    @property
-    def readouts(self) -> list[str]:
-        return self.genes
-
     def measure(self, labels: Sequence[str]) -> dict[str, Measurement]:
         canon = [canonical_label(x) or "" for x in labels]
         unknown = [str(x) for x, c in zip(labels, canon) if c not in self.screen.pairs.index]
@@ -185,14 +179,5 @@ class PairScreenWorld:
     def singles(self) -> dict[str, np.ndarray]:
         return {g: np.array([float(v)]) for g, v in self.screen.singles.items()}
 
-    def control_expression(self) -> None:
-        return None
-
     def truth(self, labels: Sequence[str]) -> np.ndarray:
         return self.screen.pairs.reindex(list(labels)).to_numpy(dtype=np.float64).reshape(-1, 1)
-
-    def de_genes(self, labels: Sequence[str], n: int = TOP_DE) -> list[list[int]]:
-        return [[0] for _ in labels]
-
-    def expressed(self, n: int) -> list[int]:
-        return [0]

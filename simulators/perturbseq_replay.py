@@ -99,21 +99,10 @@ class PerturbSeqReplay:
 
     kind = "perturbseq"
 
-    def __init__(
-        self,
-        adata: ad.AnnData,
-        key: str = DEFAULT_KEY,
-        control: str | Iterable[str] = CONTROL,
-        cells_per_run: int = CELLS_PER_RUN,
-        failure_rate: float = 0.0,
-        min_cells: int = MIN_CELLS,
-        seed: int = 0,
-        *,
-        cell_count_cv: float = 0.0,
-        fail: Iterable[str] = (),
-        separators: str = "+",
-        layer: str | None = None,
-    ):
+    def __init__(self, adata: ad.AnnData, key: str = DEFAULT_KEY, control: str | Iterable[str] = CONTROL,
+                 cells_per_run: int = CELLS_PER_RUN, failure_rate: float = 0.0, min_cells: int = MIN_CELLS,
+                 seed: int = 0, *, cell_count_cv: float = 0.0, fail: Iterable[str] = (), separators: str = "+",
+                 layer: str | None = None):
         if cells_per_run < 1:
             raise ValueError(f"cells_per_run must be >= 1, got {cells_per_run}")
         if not 0.0 <= failure_rate < 1.0:

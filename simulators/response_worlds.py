@@ -19,7 +19,7 @@ from perturbloop.device import keep_torch_threads
 from perturbloop.errors import ConfigError
 from perturbloop.config import CampaignConfig
 from perturbloop.response_metrics import TOP_DE
-from simulators.world import Measurement, World
+from simulators.world import Measurement, OneReadoutWorld, World
 
 
 class ResponseWorld(World, Protocol):
@@ -139,10 +139,7 @@ class CellWorld:
 
         key = f"{self.de_method}:{n}"
         if key not in self._de:
-            if self.de_method == "abs_lfc":
-                self._de[key] = {}
-            else:
-                self._de[key] = _cached_de(self.adata, n, self.de_method)
+            self._de[key] = {} if self.de_method == "abs_lfc" else _cached_de(self.adata, n, self.de_method)
         lists = self._de[key]
         need = [lab for lab in labels if lab not in lists]
         if need:  # abs_lfc, or perturbations the t-test could not rank: largest |truth LFC|
@@ -157,36 +154,33 @@ class CellWorld:
 _TRUTH_CACHE: dict[tuple, object] = {}
 
 
-def _cached_truth(replay, adata):
-    """The replay's full-data pseudobulk (it does not depend on the replay's seed): once per AnnData."""
-    if adata is None:
-        return replay.truth_lfc()
-    key = ("truth", id(adata), replay.min_cells)
+def _memo(key: tuple, build: Callable[[], object]):
+    """`build()` once per `key` in this process (torch's thread count kept)."""
     if key not in _TRUTH_CACHE:
         with keep_torch_threads():
-            _TRUTH_CACHE[key] = replay.truth_lfc()
+            _TRUTH_CACHE[key] = build()
     return _TRUTH_CACHE[key]
+
+
+def _cached_truth(replay, adata):
+    """The replay's full-data pseudobulk (it does not depend on the replay's seed): once per AnnData."""
+    return replay.truth_lfc() if adata is None else _memo(("truth", id(adata), replay.min_cells), replay.truth_lfc)
 
 
 def _cached_de(adata, n: int, method: str) -> dict[str, list[str]]:
     from perturbloop.responses import top_de_genes
 
-    key = ("de", id(adata), n, method)
-    if key not in _TRUTH_CACHE:
-        with keep_torch_threads():
-            _TRUTH_CACHE[key] = top_de_genes(adata, n, key="perturbation", control="ctrl", method=method)
-    return dict(_TRUTH_CACHE[key])
+    return dict(_memo(("de", id(adata), n, method),
+                      lambda: top_de_genes(adata, n, key="perturbation", control="ctrl", method=method)))
 
 
-class PairFitnessWorld:
+class PairFitnessWorld(OneReadoutWorld):
     """A `simulators.PairReplay` (Norman 2019 pair screen) seen as one-gene responses.
 
     The response of a pair is its measured `readout` (double fitness, or GI score); singles
     (known up front) are the single-gene fitnesses: the additive prior of a fitness readout, and
     features of either. `genes` is the one readout name.
     """
-
-    synthetic = False
 
     def __init__(self, replay, readout: str = "fitness", name: str = "norman2019"):
         if readout not in ("fitness", "gi"):
@@ -197,10 +191,6 @@ class PairFitnessWorld:
         self.genes = [readout]
         self.candidates = list(replay.candidates)
         self._table = replay.pairs
-
-    @property
-    def readouts(self) -> list[str]:
-        return self.genes
 
     def measure(self, labels: Sequence[str]) -> dict[str, Measurement]:
         out: dict[str, Measurement] = {}
@@ -222,17 +212,8 @@ class PairFitnessWorld:
         """Fitness has an additive prior (sum of singles); the GI score is already the deviation from it."""
         return self.readout == "fitness"
 
-    def control_expression(self) -> None:
-        return None
-
     def truth(self, labels: Sequence[str]) -> np.ndarray:
         return self._table.loc[list(labels), self.readout].to_numpy(dtype=np.float64).reshape(-1, 1)
-
-    def de_genes(self, labels: Sequence[str], n: int = TOP_DE) -> list[list[int]]:
-        return [[0] for _ in labels]
-
-    def expressed(self, n: int) -> list[int]:
-        return [0]
 
 
 def build_world(config: CampaignConfig, data_dir=None) -> ResponseWorld:

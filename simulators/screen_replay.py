@@ -50,10 +50,10 @@ class ScreenReplay:
             scores = scores.drop(index=[g for g in exclude_from_hits if g in scores.index])
         n = max(1, int(round(hit_fraction * len(scores))))
         ranked = scores.abs().sort_values(ascending=False, kind="stable")
-        # a given hit list (e.g. the paper's) replaces the top-fraction rule
-        self._hits = frozenset(hits) if hits is not None else frozenset(ranked.index[:n])
+        # the hits (evaluation only): a given hit list (e.g. the paper's) replaces the top-fraction rule
+        self.hits = frozenset(hits) if hits is not None else frozenset(ranked.index[:n])
         # smallest |score| among the hits (evaluation only)
-        self.hit_threshold = float(ranked[ranked.index.isin(list(self._hits))].min()) if self._hits else float("nan")
+        self.hit_threshold = float(ranked[ranked.index.isin(list(self.hits))].min()) if self.hits else float("nan")
 
     readouts = ["score"]  # a pooled screen's response: one readout per gene
 
@@ -73,10 +73,6 @@ class ScreenReplay:
         """The World protocol: each gene's readout as a length-1 response, with the screen's replicates."""
         return {r.perturbation: Measurement.failed(r.error or "no readout") if r.value is None
                 else Measurement(np.array([r.value]), None, tuple(r.replicates)) for r in self.run(labels)}
-
-    @property
-    def hits(self) -> frozenset[str]:
-        return self._hits
 
     def _donor(self, gene: str) -> int:
         # per-gene seeded draw: the same gene gives the same donor in every (re)run

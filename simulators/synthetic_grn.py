@@ -137,25 +137,10 @@ class SyntheticGRN:
 
     kind = "perturbseq"
 
-    def __init__(
-        self,
-        n_genes: int = 200,
-        n_regulators: int = 20,
-        density: float = 0.1,
-        seed: int = 0,
-        *,
-        pairs_per_type: int = 2,
-        module_size: int = 5,
-        n_private: int = 3,
-        knockdown: float = 0.9,
-        saturation: float = 2.0,
-        mean_umi: float = 2.0,
-        dispersion: float = 0.2,
-        size_factor_sd: float = 0.25,
-        program_sd: float = 0.15,
-        cells_per_run: int = CELLS_PER_RUN,
-        failure_rate: float = 0.0,
-    ):
+    def __init__(self, n_genes: int = 200, n_regulators: int = 20, density: float = 0.1, seed: int = 0, *,
+                 pairs_per_type: int = 2, module_size: int = 5, n_private: int = 3, knockdown: float = 0.9,
+                 saturation: float = 2.0, mean_umi: float = 2.0, dispersion: float = 0.2, size_factor_sd: float = 0.25,
+                 program_sd: float = 0.15, cells_per_run: int = CELLS_PER_RUN, failure_rate: float = 0.0):
         n_pairs = len(INTERACTION_TYPES) * pairs_per_type
         needed = n_regulators + n_pairs * (2 + module_size + 2 * n_private)
         if n_regulators < 1 or pairs_per_type < 0 or module_size < 1 or n_private < 0:

@@ -46,3 +46,25 @@ class World(Protocol):
     def candidates(self) -> list[str]: ...
 
     def measure(self, labels: Sequence[str]) -> dict[str, Measurement]: ...
+
+
+class OneReadoutWorld:
+    """What a one-readout response world without cells shares (`PairFitnessWorld`, `PairScreenWorld`):
+    `readouts` = `genes` (the readout's name), no control expression, and its readout (index 0) as every
+    perturbation's DE gene and the expressed gene. A subclass sets `genes` and defines the rest."""
+
+    synthetic = False
+    genes: list[str]
+
+    @property
+    def readouts(self) -> list[str]:
+        return self.genes
+
+    def control_expression(self) -> None:
+        return None
+
+    def de_genes(self, labels: Sequence[str], n: int | None = None) -> list[list[int]]:
+        return [[0] for _ in labels]
+
+    def expressed(self, n: int) -> list[int]:
+        return [0]

@@ -202,6 +202,34 @@ def _check_offset(X: torch.Tensor, offset: torch.Tensor | None, fitted_with: boo
     return fitted_with and offset is None
 
 
+class LowRankResponse:
+    """Base of the models on the top-`k` PC scores of the residuals: `fit` checks `X`, `Y`, `offset`, encodes
+    `Y - offset` as `Z = (R - c) B^T` and standardises `X` (`_encode`); `posterior` maps the latent mean and
+    variance of `latent(X)` (each `m x k`) to genes through `B` (`ResponsePosterior`)."""
+
+    name = "low_rank"
+    pca: PCAOutput
+    _with_offset = False
+
+    def _encode(self, X: torch.Tensor, Y: torch.Tensor, offset: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`X` (float64) and the `n x k` PC scores `Z` of `Y - offset`; fits the feature standardiser."""
+        X, R = _check_xy(X, Y, offset)
+        self._with_offset = offset is not None
+        self.std = Standardizer().fit(X)
+        return X, self.pca.fit_transform(R)
+
+    def latent(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - overridden
+        raise NotImplementedError(f"{type(self).__name__}.latent")
+
+    def posterior(self, X: torch.Tensor, offset: torch.Tensor | None = None) -> ResponsePosterior:
+        if self.pca.center is None:
+            raise RuntimeError(f"{type(self).__name__}.posterior called before fit")
+        missing = _check_offset(X, offset, self._with_offset, self.name)
+        mean, var = self.latent(X)
+        return ResponsePosterior(mean, var, self.pca.basis, self.pca.center,
+                                 None if offset is None else offset.to(torch.float64), needs_offset=missing)
+
+
 class _BatchedMLP(torch.nn.Module):
     """`M` independent MLPs `d -> hidden -> ... -> k` evaluated in one batched pass (`M x n x k`)."""
 
@@ -225,7 +253,7 @@ class _BatchedMLP(torch.nn.Module):
         return h
 
 
-class EnsembleResponse:
+class EnsembleResponse(LowRankResponse):
     """Deep ensemble with random priors on the PC scores of the response (see module docstring).
 
     Member `m` predicts `z = f_m(x) + prior_scale * p_m(x)` (`p_m` fixed, random), trained by
@@ -251,9 +279,6 @@ class EnsembleResponse:
                  **_: object):
         if members < 2:
             raise ValueError("an ensemble needs at least 2 members")
-        self.init_params_ = dict(members=members, hidden=hidden, layers=layers, epochs=epochs, lr=lr,
-                                 weight_decay=weight_decay, rank=rank, prior_scale=prior_scale, bootstrap=bootstrap, shrink=shrink,
-                                 seed=seed)
         self.members, self.hidden, self.layers, self.epochs = members, hidden, layers, epochs
         self.lr, self.weight_decay, self.prior_scale, self.bootstrap, self.seed = lr, weight_decay, prior_scale, bootstrap, seed
         self.shrink = shrink
@@ -262,13 +287,9 @@ class EnsembleResponse:
         self.pca = PCAOutput(rank)
         self.net: _BatchedMLP | None = None
         self.prior: _BatchedMLP | None = None
-        self._with_offset = False
 
     def fit(self, X: torch.Tensor, Y: torch.Tensor, offset: torch.Tensor | None = None) -> None:
-        X, R = _check_xy(X, Y, offset)
-        self._with_offset = offset is not None
-        Z = self.pca.fit_transform(R)
-        self.std = Standardizer().fit(X)
+        X, Z = self._encode(X, Y, offset)
         k = Z.shape[1]
         self.net = self.prior = None
         if k == 0:
@@ -317,21 +338,15 @@ class EnsembleResponse:
             outs.append(((self.net(xs) + self.prior_scale * self.prior(xs)) * self.z_scale).to("cpu", torch.float64))
         return torch.cat(outs, dim=1)
 
-    def posterior(self, X: torch.Tensor, offset: torch.Tensor | None = None) -> ResponsePosterior:
-        if self.pca.center is None:
-            raise RuntimeError("EnsembleResponse.posterior called before fit")
-        missing = _check_offset(X, offset, self._with_offset, self.name)
+    def latent(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`m x k` shrunk member mean and member variance of the PC scores."""
         Zm = self.member_latents(X)
         if Zm.shape[-1] == 0:  # nothing beyond the mean to model (one observation, or constant residuals)
-            mean = var = Zm.new_zeros(X.shape[0], 0)
-        else:
-            mean = Zm.mean(0) * self.shrinkage
-            var = Zm.var(0)
-        return ResponsePosterior(mean, var, self.pca.basis, self.pca.center,
-                                 None if offset is None else offset.to(torch.float64), needs_offset=missing)
+            return Zm.new_zeros(X.shape[0], 0), Zm.new_zeros(X.shape[0], 0)
+        return Zm.mean(0) * self.shrinkage, Zm.var(0)
 
 
-class LowRankGPResponse:
+class LowRankGPResponse(LowRankResponse):
     """Independent exact GPs on the top-`k` PC scores of the response (see module docstring).
 
     One BoTorch `SingleTaskGP` with `n x k` targets (a `k`-batch of GPs, each with its own RBF-ARD
@@ -345,12 +360,10 @@ class LowRankGPResponse:
     name = "gp"
 
     def __init__(self, rank: int = GP_RANK, max_iter: int = 75, device: torch.device | str | None = None, **_: object):
-        self.init_params_ = dict(rank=rank, max_iter=max_iter)
         self.pca = PCAOutput(rank)
         self.max_iter = max_iter
         self.device = torch.device(device) if device is not None else default_device()
         self.model = None
-        self._with_offset = False
 
     def fit(self, X: torch.Tensor, Y: torch.Tensor, offset: torch.Tensor | None = None) -> None:
         from botorch.fit import fit_gpytorch_mll
@@ -358,10 +371,7 @@ class LowRankGPResponse:
         from botorch.models.transforms import Standardize
         from gpytorch.mlls import ExactMarginalLogLikelihood
 
-        X, R = _check_xy(X, Y, offset)
-        self._with_offset = offset is not None
-        Z = self.pca.fit_transform(R)
-        self.std = Standardizer().fit(X)
+        X, Z = self._encode(X, Y, offset)
         self.model = None
         if Z.shape[1] == 0:
             return
@@ -404,8 +414,12 @@ class LowRankGPResponse:
         """`m x k` posterior mean and variance of the PC scores (noise-free), chunked.
 
         `mu = c + K_*X alpha`, `var = k(x, x) - ||L^-1 K_X*||^2` per GP, then un-standardised;
-        only the diagonal is formed, so each chunk costs `O(k c n^2)` with no `c x c` matrix.
+        only the diagonal is formed, so each chunk costs `O(k c n^2)` with no `c x c` matrix. Unfitted GPs (no
+        PC to model): zeros.
         """
+        if self.model is None:
+            zero = torch.zeros(X.shape[0], self.pca.basis.shape[0], dtype=torch.float64)
+            return zero, zero.clone()
         Xtr, L, alpha, c, ymean, ystd = self._gp
         kern = self.model.covar_module
         means, variances = [], []
@@ -419,19 +433,6 @@ class LowRankGPResponse:
             means.append((mu * ystd + ymean).T.cpu())
             variances.append((var * ystd.square()).T.cpu())
         return torch.cat(means), torch.cat(variances)
-
-    def posterior(self, X: torch.Tensor, offset: torch.Tensor | None = None) -> ResponsePosterior:
-        if self.pca.center is None:
-            raise RuntimeError("LowRankGPResponse.posterior called before fit")
-        missing = _check_offset(X, offset, self._with_offset, self.name)
-        k = self.pca.basis.shape[0]
-        if self.model is None:
-            zero = torch.zeros(X.shape[0], k, dtype=torch.float64)
-            mean, var = zero, zero.clone()
-        else:
-            mean, var = self.latent(X)
-        return ResponsePosterior(mean, var, self.pca.basis, self.pca.center,
-                                 None if offset is None else offset.to(torch.float64), needs_offset=missing)
 
 
 def fit_on_space(model, space: DesignSpace, observed: Mapping[str, np.ndarray | float]):

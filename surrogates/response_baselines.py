@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from surrogates.response import DEFAULT_RANK, PCAOutput, ResponsePosterior, Standardizer, _check_offset, _check_xy
+from surrogates.response import DEFAULT_RANK, LowRankResponse, PCAOutput, ResponsePosterior, _check_offset, _check_xy
 
 RIDGE_GRID = tuple(10.0 ** e for e in range(-2, 5))  # penalties tried by leave-one-out
 
@@ -72,7 +72,7 @@ class AdditiveResponse:
                                  self.var, needs_offset=missing)
 
 
-class LinearResponse:
+class LinearResponse(LowRankResponse):
     """Ridge regression features -> output PC scores, penalty by leave-one-out (see module docstring)."""
 
     name = "linear"
@@ -80,13 +80,9 @@ class LinearResponse:
     def __init__(self, rank: int = DEFAULT_RANK, alphas: tuple[float, ...] = RIDGE_GRID, **_: object):
         self.pca = PCAOutput(rank)
         self.alphas = alphas
-        self._with_offset = False
 
     def fit(self, X: torch.Tensor, Y: torch.Tensor, offset: torch.Tensor | None = None) -> None:
-        X, R = _check_xy(X, Y, offset)
-        self._with_offset = offset is not None
-        Z = self.pca.fit_transform(R)
-        self.std = Standardizer().fit(X)
+        X, Z = self._encode(X, Y, offset)
         Xs = self.std(X)
         n, k = Z.shape
         if k == 0:
@@ -110,14 +106,10 @@ class LinearResponse:
         self.coef = Vt.T @ (f.unsqueeze(1) * UtZ)  # d x k
         self._V, self._s2 = Vt.T, s.square()
 
-    def posterior(self, X: torch.Tensor, offset: torch.Tensor | None = None) -> ResponsePosterior:
-        if self.pca.center is None:
-            raise RuntimeError("LinearResponse.posterior called before fit")
-        missing = _check_offset(X, offset, self._with_offset, self.name)
+    def latent(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ridge mean `x W` and Bayesian-ridge variance `s_j^2 x^T (X^T X + a I)^-1 x` of the PC scores."""
         Xs = self.std(X.to(torch.float64))
         mean = Xs @ self.coef
         proj = Xs @ self._V  # m x r
         quad = (proj.square() / (self._s2 + self.alpha)).sum(1) + (Xs.square().sum(1) - proj.square().sum(1)).clamp_min(0) / self.alpha
-        var = quad.unsqueeze(1) * self.noise.unsqueeze(0)
-        return ResponsePosterior(mean, var, self.pca.basis, self.pca.center,
-                                 None if offset is None else offset.to(torch.float64), needs_offset=missing)
+        return mean, quad.unsqueeze(1) * self.noise.unsqueeze(0)

@@ -25,14 +25,13 @@ import shutil
 import sqlite3
 import subprocess
 import tarfile
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import pandas as pd
 
-from perturbloop.data.registry import sha256_of
+from perturbloop.data.registry import check_sha256, download_url, sha256_of
 from perturbloop.errors import DataIntegrityError, PerturbloopError
 
 GO_ONTOLOGIES = ("bp", "mf", "cc")
@@ -65,7 +64,7 @@ def download_deb(ref: str, sha256: str, dest: Path, urls: Sequence[str] = (), *,
             res = subprocess.run([apt, "download", "-q", ref], cwd=dest, capture_output=True, text=True,
                                  timeout=900, check=False)
             if res.returncode == 0 and target.is_file():
-                return _checked(target, sha256, f"apt-get download {ref}")
+                return check_sha256(target, sha256, f"{target.name} (from apt-get download {ref})")
             tried.append(f"apt-get download {ref}: {(res.stderr.strip().splitlines() or ['failed'])[-1]}")
         except subprocess.TimeoutExpired:
             tried.append(f"apt-get download {ref}: timed out")
@@ -74,25 +73,14 @@ def download_deb(ref: str, sha256: str, dest: Path, urls: Sequence[str] = (), *,
     for url in urls:
         part = target.with_suffix(".deb.part")
         try:
-            req = urllib.request.Request(url, headers={"User-Agent": "perturbloop"})
-            with urllib.request.urlopen(req, timeout=60) as src, open(part, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            download_url(url, part)
         except (OSError, http.client.HTTPException) as e:
-            part.unlink(missing_ok=True)
             tried.append(f"{url}: {getattr(e, 'reason', None) or e}")
             continue
         part.replace(target)
-        return _checked(target, sha256, url)
+        return check_sha256(target, sha256, f"{target.name} (from {url})")
     raise PerturbloopError(f"could not download the Debian package {ref} ({'; '.join(tried)}); is this machine "
                            "online? Or put the tables under --data-dir / PERTURBLOOP_DATA_DIR")
-
-
-def _checked(path: Path, sha256: str, route: str) -> Path:
-    digest = sha256_of(path)
-    if digest != sha256:
-        path.unlink()
-        raise DataIntegrityError(f"{path.name} (from {route}): sha256 {digest} does not match the registry's {sha256}")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- unpack

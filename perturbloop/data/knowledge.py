@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -56,24 +56,12 @@ def knowledge_paths(name: str, data_dir: str | os.PathLike | None = None) -> lis
         ) from None
 
 
-def _mapper(data_dir: str | os.PathLike | None) -> Callable[[str], str]:
+def _map_column(values: pd.Series, data_dir: str | os.PathLike | None) -> pd.Series:
+    """Each symbol's current HGNC symbol (unknown ones upper-cased as they are), looked up once per symbol."""
     from perturbloop.genes import gene_index
 
-    idx = gene_index(data_dir)
-    cache: dict[str, str] = {}
-
-    def m(symbol: str) -> str:
-        if symbol not in cache:
-            cache[symbol] = idx.map(symbol) or str(symbol).strip().upper()
-        return cache[symbol]
-
-    return m
-
-
-def _map_column(values: pd.Series, data_dir: str | os.PathLike | None) -> pd.Series:
-    """Each symbol's current HGNC symbol (unknown ones upper-cased as they are)."""
-    m = _mapper(data_dir)
-    return values.astype(str).map(m)
+    idx, values = gene_index(data_dir), values.astype(str)
+    return values.map({s: idx.current(s) for s in values.unique()})
 
 
 # ---------------------------------------------------------------------------------------------- loaders

@@ -125,52 +125,49 @@ def _gd(fname: str, sha: str) -> DataFile:
     return DataFile(f"screens/genedisco/{fname}", sha, "genedisco_wheel")
 
 
+def _schmidt(sort: str, sha_d1: str, sha_d2: str) -> DatasetSpec:
+    """A Schmidt 2021 cytokine sort (`il2`, `ifng`): one MAGeCK RRA gene summary per donor."""
+    return DatasetSpec(
+        f"schmidt2021_{sort}", "screen",
+        f"Schmidt 2021 primary human T cells, CRISPRi, {sort.upper()} sort; 2 donors, ~18.9k genes (score = mean gene "
+        "LFC over donors)",
+        (_gd(f"schmidt_{sort}_d1.gene_summary.txt", sha_d1), _gd(f"schmidt_{sort}_d2.gene_summary.txt", sha_d2)),
+        "Schmidt et al. 2022 Science, doi:10.1126/science.abj4008",
+        {"format": "mageck_rra", "column": "neg|lfc", "aggregate": "mean"})
+
+
+def _sanchez(direction: str) -> DatasetSpec:
+    """A Sanchez 2021 tau screen (`down`, `up`): one column of the shared table, sign flipped."""
+    column = f"RSA_{direction.capitalize()}"
+    return DatasetSpec(
+        f"sanchez2021_tau_{direction}", "screen",
+        f"Sanchez 2021 iPSC neurons, tau level {direction} (score = -{column}), ~18.5k genes",
+        (_gd("sanchezetal2021_21days.csv", "9d4e9dbb1158fec379ddd6568918c6c37ff1f53b55200dafd0ac03e28c501301"),),
+        "Samelson et al. 2021 bioRxiv, doi:10.1101/2021.06.07.447366",
+        {"format": "table", "gene": "Symbol", "column": column, "sign": -1.0, "aggregate": "mean"})
+
+
 _SCREENS = [
-    DatasetSpec(
-        "schmidt2021_il2", "screen",
-        "Schmidt 2021 primary human T cells, CRISPRi, IL2 sort; 2 donors, ~18.9k genes (score = mean gene LFC over donors)",
-        (_gd("schmidt_il2_d1.gene_summary.txt", "d74983a627673a96077e04a7a5bce0d1aa66e3c5fb0ca8182a7166ef88522391"),
-         _gd("schmidt_il2_d2.gene_summary.txt", "c860efa684b6ac0b44c61bd3c984e05ea7b3b2279726f4ef477611380c6ca9fd")),
-        "Schmidt et al. 2022 Science, doi:10.1126/science.abj4008",
-        {"format": "mageck_rra", "column": "neg|lfc", "aggregate": "mean"},
-    ),
-    DatasetSpec(
-        "schmidt2021_ifng", "screen",
-        "Schmidt 2021 primary human T cells, CRISPRi, IFNG sort; 2 donors, ~18.9k genes (score = mean gene LFC over donors)",
-        (_gd("schmidt_ifng_d1.gene_summary.txt", "a294aa3197c8634c3fa9665cd57f5e3451dc5531b54028a0592e6e8b51bb506d"),
-         _gd("schmidt_ifng_d2.gene_summary.txt", "f545a6b6a2eb5d28483cb8577b9d7d66857da8279793dd089c314043c4a04c1a")),
-        "Schmidt et al. 2022 Science, doi:10.1126/science.abj4008",
-        {"format": "mageck_rra", "column": "neg|lfc", "aggregate": "mean"},
-    ),
+    _schmidt("il2", "d74983a627673a96077e04a7a5bce0d1aa66e3c5fb0ca8182a7166ef88522391",
+             "c860efa684b6ac0b44c61bd3c984e05ea7b3b2279726f4ef477611380c6ca9fd"),
+    _schmidt("ifng", "a294aa3197c8634c3fa9665cd57f5e3451dc5531b54028a0592e6e8b51bb506d",
+             "f545a6b6a2eb5d28483cb8577b9d7d66857da8279793dd089c314043c4a04c1a"),
     DatasetSpec(
         "zhuang2019_nk", "screen",
         "Zhuang 2019 NK-cell killing of cancer cells, MAGeCK MLE, 2 replicates, ~20.7k genes (score = mean z over replicates)",
         (_gd("zhuang_2019_low_selection.gene_summary.txt", "72bbada9e2fc0eddc847ca2accc7e8c19c81d9deaa84334554d86ac49fd81b8c"),),
         "Zhuang et al. 2019 Cancer Immunol Res, doi:10.1158/2326-6066.CIR-18-0500",
-        {"format": "mageck_mle", "column": "z", "aggregate": "mean"},
-    ),
-    DatasetSpec(
-        "sanchez2021_tau_down", "screen",
-        "Sanchez 2021 iPSC neurons, tau level down (score = -RSA_Down), ~18.5k genes",
-        (_gd("sanchezetal2021_21days.csv", "9d4e9dbb1158fec379ddd6568918c6c37ff1f53b55200dafd0ac03e28c501301"),),
-        "Samelson et al. 2021 bioRxiv, doi:10.1101/2021.06.07.447366",
-        {"format": "table", "gene": "Symbol", "column": "RSA_Down", "sign": -1.0, "aggregate": "mean"},
-    ),
-    DatasetSpec(
-        "sanchez2021_tau_up", "screen",
-        "Sanchez 2021 iPSC neurons, tau level up (score = -RSA_Up), ~18.5k genes",
-        (_gd("sanchezetal2021_21days.csv", "9d4e9dbb1158fec379ddd6568918c6c37ff1f53b55200dafd0ac03e28c501301"),),
-        "Samelson et al. 2021 bioRxiv, doi:10.1101/2021.06.07.447366",
-        {"format": "table", "gene": "Symbol", "column": "RSA_Up", "sign": -1.0, "aggregate": "mean"},
-    ),
+        {"format": "mageck_mle", "column": "z", "aggregate": "mean"}),
+    _sanchez("down"),
+    _sanchez("up"),
     DatasetSpec(
         "zhu2021_sarscov2", "screen",
         "Zhu 2021 SARS-CoV-2 host factors, positive selection (score = -ln RRA score), ~19.1k genes",
         (_gd("zhu_2021_sarscov2_host_factors.csv", "3d049e391dafb2f6a26bb80b5bef4ff6a69bc06bf1301b78a181515ffa614f27"),),
         "Zhu et al. 2021 Nat Commun, doi:10.1038/s41467-021-21213-4",
-        {"format": "table", "gene": "id", "column": "pos|score", "transform": "neglog", "aggregate": "mean"},
-    ),
+        {"format": "table", "gene": "id", "column": "pos|score", "transform": "neglog", "aggregate": "mean"}),
 ]
+
 
 def _bioc(path: str, sha: str, content_sha: str, convert: str, *, go: bool = False) -> DataFile:
     """A table re-encoded from org.Hs.eg.db (or GO.db) 3.16.0: `sha` is the shipped `.gz` file's sha256,
@@ -206,6 +203,15 @@ _ANNOTATIONS = [
                           BDA_RAW + "data/CEGv2.txt"),)),
 ]
 
+def _scperturb(name: str, description: str, fname: str, size: int, md5: str, citation: str) -> DatasetSpec:
+    """A scPerturb h5ad on Zenodo (md5 and size as Zenodo publishes them; cells labelled by `obs['perturbation']`)."""
+    return DatasetSpec(name, "perturbseq", description,
+                       (DataFile(f"perturbseq/scperturb/{fname}", None, "url", f"{SCPERTURB_ZENODO}{fname}?download=1",
+                                 size=size, md5=md5),),
+                       f"{citation}; scPerturb, doi:10.1038/s41592-023-02144-y",
+                       {"key": "perturbation", "control": "control", "separators": "_+"})
+
+
 _OTHER = [
     DatasetSpec("norman2019_pairs", "pairs", "Norman 2019 CRISPRa K562 pair fitness and GI maps",
                 (DataFile("pairs/norman2019/processed_fitnesses.csv",
@@ -233,27 +239,15 @@ _OTHER = [
                 {"key": "target", "control": "non-targeting"}),
     # scPerturb files: md5 and size as Zenodo publishes them (the same values are recorded independently
     # by other projects' download manifests); sha256 is not published and could not be computed offline.
-    DatasetSpec("norman2019", "perturbseq",
-                "Norman 2019 CRISPRa K562 Perturb-seq, singles and pairs (scPerturb h5ad, 0.70 GB)",
-                (DataFile("perturbseq/scperturb/NormanWeissman2019_filtered.h5ad", None, "url",
-                          SCPERTURB_ZENODO + "NormanWeissman2019_filtered.h5ad?download=1",
-                          size=698680199, md5="c870e6967d91c017d9da827bab183cd6"),),
-                "Norman et al. 2019 Science, doi:10.1126/science.aax4438; scPerturb, doi:10.1038/s41592-023-02144-y",
-                {"key": "perturbation", "control": "control", "separators": "_+"}),
-    DatasetSpec("replogle2022_k562_essential", "perturbseq",
-                "Replogle 2022 CRISPRi K562 essential-gene Perturb-seq (scPerturb h5ad, 1.55 GB)",
-                (DataFile("perturbseq/scperturb/ReplogleWeissman2022_K562_essential.h5ad", None, "url",
-                          SCPERTURB_ZENODO + "ReplogleWeissman2022_K562_essential.h5ad?download=1",
-                          size=1546729675, md5="d8cba17576d1a8afc0f7d71b79cad0f7"),),
-                "Replogle et al. 2022 Cell, doi:10.1016/j.cell.2022.05.013; scPerturb, doi:10.1038/s41592-023-02144-y",
-                {"key": "perturbation", "control": "control", "separators": "_+"}),
-    DatasetSpec("adamson2016", "perturbseq",
-                "Adamson 2016 CRISPRi K562 UPR Perturb-seq, experiment GSM2406681 (10X010) (scPerturb h5ad, 0.47 GB)",
-                (DataFile("perturbseq/scperturb/AdamsonWeissman2016_GSM2406681_10X010.h5ad", None, "url",
-                          SCPERTURB_ZENODO + "AdamsonWeissman2016_GSM2406681_10X010.h5ad?download=1",
-                          size=471286951, md5="2fa44ea61a8dd35742af618638ec65fc"),),
-                "Adamson et al. 2016 Cell, doi:10.1016/j.cell.2016.11.048; scPerturb, doi:10.1038/s41592-023-02144-y",
-                {"key": "perturbation", "control": "control", "separators": "_+"}),
+    _scperturb("norman2019", "Norman 2019 CRISPRa K562 Perturb-seq, singles and pairs (scPerturb h5ad, 0.70 GB)",
+               "NormanWeissman2019_filtered.h5ad", 698680199, "c870e6967d91c017d9da827bab183cd6",
+               "Norman et al. 2019 Science, doi:10.1126/science.aax4438"),
+    _scperturb("replogle2022_k562_essential", "Replogle 2022 CRISPRi K562 essential-gene Perturb-seq (scPerturb h5ad, 1.55 GB)",
+               "ReplogleWeissman2022_K562_essential.h5ad", 1546729675, "d8cba17576d1a8afc0f7d71b79cad0f7",
+               "Replogle et al. 2022 Cell, doi:10.1016/j.cell.2022.05.013"),
+    _scperturb("adamson2016", "Adamson 2016 CRISPRi K562 UPR Perturb-seq, experiment GSM2406681 (10X010) (scPerturb h5ad, 0.47 GB)",
+               "AdamsonWeissman2016_GSM2406681_10X010.h5ad", 471286951, "2fa44ea61a8dd35742af618638ec65fc",
+               "Adamson et al. 2016 Cell, doi:10.1016/j.cell.2016.11.048"),
 ]
 
 def _kn(fname: str, sha: str, origin: Origin | None = None) -> DataFile:
@@ -354,11 +348,28 @@ def data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
 
 
 def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def check_sha256(path: Path, sha256: str, what: str) -> Path:
+    """`path` when its sha256 is `sha256`; else the file is deleted and a DataIntegrityError names `what`."""
+    digest = sha256_of(path)
+    if digest != sha256:
+        path.unlink()
+        raise DataIntegrityError(f"{what}: sha256 {digest} does not match the registry's {sha256}")
+    return path
+
+
+def download_url(url: str, path: Path) -> None:
+    """`url` into `path`, in 1 MiB blocks; a partial file is deleted when the download fails."""
+    req = urllib.request.Request(url, headers={"User-Agent": "perturbloop"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as src, open(path, "wb") as dst:  # noqa: S310
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _find(f: DataFile, dirs: list[Path]) -> Path | None:
@@ -384,11 +395,8 @@ def resolve(name: str, data_dir: str | os.PathLike | None = None, *, download: b
 
 
 def md5_of(path: Path) -> str:
-    h = hashlib.md5()  # noqa: S324 - compared with the md5 the source (Zenodo) publishes
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    with open(path, "rb") as fh:  # compared with the md5 the source (Zenodo) publishes
+        return hashlib.file_digest(fh, "md5").hexdigest()
 
 
 def verify_file(path: Path, f: DataFile) -> str | None:
@@ -438,16 +446,13 @@ def fetch(name: str, *, force: bool = False) -> list[Path]:
                     _build_siblings(f, Path(tmp))
                 continue
             if f.source == "genedisco_wheel":
-                wheel = wheel or _download_genedisco_wheel(Path(tmp))
+                wheel = wheel or download_wheel(GENEDISCO_WHEEL, GENEDISCO_WHEEL_SHA256, Path(tmp))
                 with zipfile.ZipFile(wheel) as zf, zf.open(GENEDISCO_MEMBER + Path(f.path).name) as src, open(part, "wb") as dst:
                     shutil.copyfileobj(src, dst)
             elif f.source == "url" and f.url:
-                req = urllib.request.Request(f.url, headers={"User-Agent": "perturbloop"})
                 try:
-                    with urllib.request.urlopen(req, timeout=60) as src, open(part, "wb") as dst:  # noqa: S310
-                        shutil.copyfileobj(src, dst, 1 << 20)
+                    download_url(f.url, part)
                 except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, a dropped connection
-                    part.unlink(missing_ok=True)
                     reason = getattr(e, "reason", None) or e
                     raise PerturbloopError(f"dataset {name!r}: could not download {f.url} ({reason}); is this "
                                            "machine online? Or put the file under --data-dir / PERTURBLOOP_DATA_DIR") from None
@@ -465,24 +470,20 @@ def fetch(name: str, *, force: bool = False) -> list[Path]:
     return out
 
 
-def _download_genedisco_wheel(dest: Path) -> Path:
-    """`pip download --no-deps genedisco==1.0.5`; the wheel is checked, never installed or imported."""
-    return download_wheel(GENEDISCO_WHEEL, GENEDISCO_WHEEL_SHA256, dest)
-
-
 def download_wheel(requirement: str, sha256: str, dest: Path) -> Path:
     """`pip download --no-deps REQUIREMENT` into `dest` (pip's own index settings apply, e.g. PIP_INDEX_URL);
     the wheel is checked against `sha256`, never installed or imported."""
-    name = requirement.split("==")[0].replace("-", "_")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), requirement]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wheels = list(dest.glob(f"{name}-*.whl"))
+    wheels = _wheels(requirement, dest)
     if res.returncode != 0 or not wheels:
         raise PerturbloopError(f"could not download {requirement} with pip: {res.stderr.strip()[-500:]}")
-    digest = sha256_of(wheels[0])
-    if digest != sha256:
-        raise DataIntegrityError(f"{wheels[0].name}: sha256 {digest} does not match {sha256}")
-    return wheels[0]
+    return check_sha256(wheels[0], sha256, wheels[0].name)
+
+
+def _wheels(requirement: str, folder: Path) -> list[Path]:
+    """The wheels of `requirement` (`name==version`) in `folder`."""
+    return list(folder.glob(requirement.split("==")[0].replace("-", "_") + "-*.whl"))
 
 
 def converter(origin: Origin):
@@ -554,16 +555,10 @@ def _build_from_origin(origin: Origin, tmp: Path, out: Path) -> None:
         return
     if origin.kind == "url":
         raw = tmp / Path(urllib.parse.urlparse(origin.ref).path).name
-        req = urllib.request.Request(origin.ref, headers={"User-Agent": "perturbloop"})
-        with urllib.request.urlopen(req, timeout=60) as src, open(raw, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        digest = sha256_of(raw)
-        if digest != origin.sha256:
-            raw.unlink()
-            raise DataIntegrityError(f"{origin.ref}: sha256 {digest} does not match the registry's {origin.sha256}")
-        paths = [raw]
+        download_url(origin.ref, raw)
+        paths = [check_sha256(raw, origin.sha256, origin.ref)]
     else:
-        wheels = list(tmp.glob(origin.ref.split("==")[0].replace("-", "_") + "-*.whl"))
+        wheels = _wheels(origin.ref, tmp)
         wheel = wheels[0] if wheels else download_wheel(origin.ref, origin.sha256, tmp)
         paths = []
         with zipfile.ZipFile(wheel) as zf:

@@ -209,8 +209,7 @@ def _current_symbols(raw: list[str], data_dir) -> list[str]:
     """Each symbol's current HGNC symbol, or itself upper-cased when it has none."""
     from perturbloop.genes import gene_index
 
-    idx = gene_index(data_dir)
-    return [idx.map(s) or s.upper() for s in raw]
+    return list(map(gene_index(data_dir).current, raw))
 
 
 def _map_symbols(scores: pd.Series, reps: pd.DataFrame | None, data_dir) -> tuple[pd.Series, pd.DataFrame | None, list[str]]:
@@ -219,7 +218,7 @@ def _map_symbols(scores: pd.Series, reps: pd.DataFrame | None, data_dir) -> tupl
     idx = gene_index(data_dir)
     raw = [str(s) for s in scores.index]
     unmapped = [s for s in raw if idx.map(s) is None]
-    new = _current_symbols(raw, data_dir)
+    new = list(map(idx.current, raw))
     scores = pd.Series(scores.to_numpy(), index=new, name=scores.name).groupby(level=0, sort=True).mean()
     if reps is not None:
         reps = pd.DataFrame(reps.to_numpy(), index=new, columns=reps.columns).groupby(level=0, sort=True).mean()
