@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from forked import run_campaign_process
 
 from agent.runner import run_campaign
 from agent.benchmark import campaign_for
@@ -95,16 +96,11 @@ def test_killed_response_campaign_resumes_without_loss_or_duplicates(tmp_path, s
     cfg_path = tmp_path / "grn.toml"
     cfg_path.write_text(_toml(GRN))
     db = tmp_path / "pl.db"
-    code = ("import sys; from perturbloop.config import load_config; "
-            "from agent.runner import run_campaign; "
-            "print('STATUS', run_campaign(load_config(sys.argv[1]), sys.argv[2]).status)")
     env = {**os.environ, "PERTURBLOOP_KILL_AT": stage, "OMP_NUM_THREADS": "1"}
-    killed = subprocess.run([sys.executable, "-c", code, str(cfg_path), str(db)], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    killed = run_campaign_process(cfg_path, db, env=env, cwd=ROOT)  # a process of its own (tests/forked.py)
     assert killed.returncode == -9, killed.stderr[-2000:]
     env.pop("PERTURBLOOP_KILL_AT")
-    done = subprocess.run([sys.executable, "-c", code, str(cfg_path), str(db)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = run_campaign_process(cfg_path, db, env=env, cwd=ROOT)
     assert "STATUS finished" in done.stdout, done.stderr[-2000:]
     store = Store(str(db))
     cfg = parse_config(GRN)
