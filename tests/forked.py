@@ -1,20 +1,28 @@
-"""Campaign runs in processes of their own, without a new interpreter for each (the crash-injection tests).
+"""Campaign runs and `perturbloop` commands in processes of their own, without a new interpreter for each.
 
 A killed-run test runs a campaign in a process that `PERTURBLOOP_KILL_AT` SIGKILLs, then resumes it in
-another. A new interpreter imports torch, BoTorch, LangGraph, anndata and the loop again: seconds per run on
-two shared cores, most of such a test's time. `multiprocessing`'s forkserver imports them once, in a server
-process that runs nothing else (no model fitted, no thread started); each run is a fork of it. A run is still
-a process of its own: a SIGKILL ends it alone (its exit status is the signal), it has the environment and
-working directory it is given, and nothing of the test process's state (caches, open stores, torch settings).
-Modules that read settings at import (Prefect) are not preloaded: runs here use none.
+another; a command-line test runs `perturbloop ...` several times. A new interpreter imports torch, BoTorch,
+LangGraph, anndata and the loop again: seconds per process on two shared cores, most of such a test's time.
+`multiprocessing`'s forkserver imports them once, in a server process that runs nothing else (no model fitted,
+no thread started); each run is a fork of it. A run is still a process of its own: a SIGKILL ends it alone (its
+exit status is the signal), it has the environment and working directory it is given, its own stdin, stdout
+and stderr, exit handlers run as at an interpreter's exit, and nothing of the test process's state (caches,
+open stores, torch settings) is in it. Modules that read settings when imported (Prefect, `perturbloop.cli`)
+are not preloaded: the run imports them under its own environment.
+
+A test of the interpreter start itself (`python -m perturbloop.cli`, a server a test talks to) starts a real
+subprocess instead.
 """
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import subprocess
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 PRELOAD = ["perturbloop.config", "agent.runner"]
@@ -22,9 +30,9 @@ _CTX = multiprocessing.get_context("forkserver")
 _CTX.set_forkserver_preload(PRELOAD)
 
 
-def _run_campaign(cfg: str, store: str, data_dir: str | None, env: dict[str, str], cwd: str, out: str, err: str) -> None:
-    """The child: the given environment and working directory, output into files, then the campaign to its end
-    or to the wait for a lab (printed as `STATUS <status>`, as a script would)."""
+def _child(fn: Callable[..., None], args: tuple, env: dict[str, str], cwd: str, out: str, err: str) -> None:
+    """The forked process: the given environment and working directory, stdout and stderr into files, then
+    `fn(*args)`; exit handlers run at the end (as at an interpreter's exit)."""
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
@@ -36,30 +44,57 @@ def _run_campaign(cfg: str, store: str, data_dir: str | None, env: dict[str, str
         import torch
 
         torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    try:
+        fn(*args)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        atexit._run_exitfuncs()
+
+
+def _campaign(cfg: str, store: str, data_dir: str | None) -> None:
     from agent.runner import run_campaign
     from perturbloop.config import load_config
 
     print("STATUS", run_campaign(load_config(cfg), store, data_dir).status, flush=True)
 
 
-def run_campaign_process(cfg: Path, store: Path | str, data_dir: Path | None = None, *, env: dict[str, str] | None = None,
-                         cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`run_campaign(load_config(cfg), store, data_dir)` in a fresh process; its exit status (`-SIGKILL` where the
-    fault hook killed it), stdout and stderr, as `subprocess.run` gives them. Fails the caller on a timeout."""
+def _command(args: list[str]) -> None:
+    sys.argv = ["perturbloop", *args]
+    from perturbloop.cli import main
+
+    main()
+
+
+def _run(fn: Callable[..., None], args: tuple, what: list[str], env: dict[str, str] | None, cwd: Path | None,
+         timeout: float) -> subprocess.CompletedProcess:
     env = dict(os.environ if env is None else env)
     with tempfile.TemporaryDirectory(prefix="perturbloop-run-") as d:
         out, err = Path(d) / "stdout", Path(d) / "stderr"
-        proc = _CTX.Process(target=_run_campaign, args=(str(cfg), str(store), data_dir and str(data_dir), env,
-                                                        str(cwd or os.getcwd()), str(out), str(err)))
+        proc = _CTX.Process(target=_child, args=(fn, args, env, str(cwd or os.getcwd()), str(out), str(err)))
         proc.start()
         proc.join(timeout)
         if proc.exitcode is None:
             proc.kill()
             proc.join()
-            raise subprocess.TimeoutExpired(["run_campaign", str(cfg)], timeout, _read(out), _read(err))
-        return subprocess.CompletedProcess(["run_campaign", str(cfg), str(store), str(data_dir)], proc.exitcode,
-                                           _read(out), _read(err))
+            raise subprocess.TimeoutExpired(what, timeout, _read(out), _read(err))
+        return subprocess.CompletedProcess(what, proc.exitcode, _read(out), _read(err))
 
 
 def _read(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+def run_campaign_process(cfg: Path, store: Path | str, data_dir: Path | None = None, *, env: dict[str, str] | None = None,
+                         cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`run_campaign(load_config(cfg), store, data_dir)` in a fresh process, printing `STATUS <status>`; its exit
+    status (`-SIGKILL` where the fault hook killed it), stdout and stderr, as `subprocess.run` gives them.
+    Raises `subprocess.TimeoutExpired` (the process killed) after `timeout` seconds."""
+    args = (str(cfg), str(store), data_dir and str(data_dir))
+    return _run(_campaign, args, ["run_campaign", *map(str, args)], env, cwd, timeout)
+
+
+def perturbloop(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+                timeout: float = 400) -> subprocess.CompletedProcess:
+    """`perturbloop ARGS` (the command line's entry point) in a fresh process, as `subprocess.run` gives it."""
+    return _run(_command, (list(args),), ["perturbloop", *args], env, cwd, timeout)

@@ -5,13 +5,11 @@ response vectors in the store, crash-safe resume (the same batches as an uninter
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from forked import run_campaign_process
+from forked import perturbloop, run_campaign_process
 
 from agent.runner import run_campaign
 from agent.benchmark import campaign_for
@@ -119,18 +117,15 @@ def test_cli_runs_a_response_config_and_refuses_a_bad_one(tmp_path):
     db = tmp_path / "pl.db"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_HOME": str(tmp_path / "prefect"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "160"}
-    out = subprocess.run([sys.executable, "-m", "perturbloop.cli", "run", str(cfg_path), "--store", str(db),
-                          "--no-baseline"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = perturbloop("run", str(cfg_path), "--store", str(db), "--no-baseline", env=env, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "held-out" in out.stdout and "SYNTHETIC" in out.stdout and "additive" in out.stdout
-    status = subprocess.run([sys.executable, "-m", "perturbloop.cli", "status", "--store", str(db), "--json"],
-                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    status = perturbloop("status", "--store", str(db), "--json", env=env, cwd=tmp_path, timeout=120)
     assert '"rounds_planned": 3' in status.stdout and '"status": "finished"' in status.stdout
 
     bad = dict(GRN, name="grn-bad", world={**GRN["world"], "kind": "not_a_world"})
     bad_path = tmp_path / "bad.toml"
     bad_path.write_text(_toml(bad))
-    refused = subprocess.run([sys.executable, "-m", "perturbloop.cli", "run", str(bad_path), "--store", str(db)],
-                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    refused = perturbloop("run", str(bad_path), "--store", str(db), env=env, cwd=tmp_path, timeout=120)
     assert refused.returncode == 2 and "world.kind" in refused.stderr and "Traceback" not in refused.stderr
     assert Store(str(db)).get_campaign("grn-bad") is None
