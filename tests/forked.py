@@ -66,19 +66,39 @@ def _command(args: list[str]) -> None:
     main()
 
 
+class Started:
+    """A run started in a process of its own (`start`): `wait` gives what `subprocess.run` would, `kill` ends it."""
+
+    def __init__(self, fn: Callable[..., None], args: tuple, what: list[str], env: dict[str, str] | None,
+                 cwd: Path | None):
+        self.what = what
+        self._dir = tempfile.TemporaryDirectory(prefix="perturbloop-run-")
+        self._out, self._err = Path(self._dir.name) / "stdout", Path(self._dir.name) / "stderr"
+        self.process = _CTX.Process(target=_child, args=(fn, args, dict(os.environ if env is None else env),
+                                                         str(cwd or os.getcwd()), str(self._out), str(self._err)))
+        self.process.start()
+        self.pid = self.process.pid
+
+    def wait(self, timeout: float) -> subprocess.CompletedProcess:
+        """Its exit status, stdout and stderr once it has ended; killed, `subprocess.TimeoutExpired`, after `timeout`."""
+        self.process.join(timeout)
+        try:
+            if self.process.exitcode is None:
+                self.kill()
+                raise subprocess.TimeoutExpired(self.what, timeout, _read(self._out), _read(self._err))
+            return subprocess.CompletedProcess(self.what, self.process.exitcode, _read(self._out), _read(self._err))
+        finally:
+            self._dir.cleanup()
+
+    def kill(self) -> None:
+        if self.process.exitcode is None:
+            self.process.kill()
+            self.process.join()
+
+
 def _run(fn: Callable[..., None], args: tuple, what: list[str], env: dict[str, str] | None, cwd: Path | None,
          timeout: float) -> subprocess.CompletedProcess:
-    env = dict(os.environ if env is None else env)
-    with tempfile.TemporaryDirectory(prefix="perturbloop-run-") as d:
-        out, err = Path(d) / "stdout", Path(d) / "stderr"
-        proc = _CTX.Process(target=_child, args=(fn, args, env, str(cwd or os.getcwd()), str(out), str(err)))
-        proc.start()
-        proc.join(timeout)
-        if proc.exitcode is None:
-            proc.kill()
-            proc.join()
-            raise subprocess.TimeoutExpired(what, timeout, _read(out), _read(err))
-        return subprocess.CompletedProcess(what, proc.exitcode, _read(out), _read(err))
+    return Started(fn, args, what, env, cwd).wait(timeout)
 
 
 def _read(path: Path) -> str:
@@ -98,3 +118,8 @@ def perturbloop(*args: str, env: dict[str, str] | None = None, cwd: Path | None 
                 timeout: float = 400) -> subprocess.CompletedProcess:
     """`perturbloop ARGS` (the command line's entry point) in a fresh process, as `subprocess.run` gives it."""
     return _run(_command, (list(args),), ["perturbloop", *args], env, cwd, timeout)
+
+
+def start_perturbloop(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Started:
+    """`perturbloop ARGS` started in a process of its own, not waited for (runs side by side)."""
+    return Started(_command, (list(args),), ["perturbloop", *args], env, cwd)
