@@ -115,8 +115,7 @@ def test_cli_runs_a_response_config_and_refuses_a_bad_one(tmp_path):
     cfg_path = tmp_path / "grn.toml"
     cfg_path.write_text(_toml(GRN))
     db = tmp_path / "pl.db"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "160"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "160"}  # the session's Prefect server (conftest)
     out = perturbloop("run", str(cfg_path), "--store", str(db), "--no-baseline", env=env, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "held-out" in out.stdout and "SYNTHETIC" in out.stdout and "additive" in out.stdout
