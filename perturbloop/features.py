@@ -79,15 +79,20 @@ def go_incidence(ann: pd.DataFrame, parents: pd.DataFrame, genes: Sequence[str])
 
 def go_embedding(genes: Sequence[str], *, data_dir=None, dims: int = GO_DIMS, gaf: str | None = None,
                  min_genes: int = GO_MIN_GENES, max_genes: int = GO_MAX_GENES) -> tuple[np.ndarray, list[str]]:
-    """`len(genes) x (dims + 1)` GO embedding (see module docstring), cached on disk."""
-    if gaf:
-        ann, parents, src = read_gaf(gaf), pd.DataFrame(columns=["go_id", "parent_go_id"]), Path(gaf)
-    else:
-        ann, parents, src = go_tables(data_dir)
-    key = "\n".join(genes) + f"|{sha256_of(src)}|{dims}|{min_genes}|{max_genes}|{len(parents)}"
-    out = cached_array("go", key, lambda: incidence_embedding(go_incidence(ann, parents, genes)[0], dims=dims,
-                                                              min_genes=min_genes, max_genes=max_genes))
-    return out, [f"go_svd{i}" for i in range(dims)] + ["go_missing"]
+    """`len(genes) x (dims + 1)` GO embedding (see module docstring), cached on disk under a key of the genes,
+    the source files' checksums and the parameters (the tables are read only to build a missing entry)."""
+    sources = [Path(gaf)] if gaf else [*resolve("gene_go", data_dir), *resolve("go_parents", data_dir)]
+    key = "\n".join(genes) + "|" + "|".join(sha256_of(p) for p in sources) + f"|{dims}|{min_genes}|{max_genes}"
+
+    def build() -> np.ndarray:
+        if gaf:
+            ann, parents = read_gaf(gaf), pd.DataFrame(columns=["go_id", "parent_go_id"])
+        else:
+            ann, parents, _ = go_tables(data_dir)
+        return incidence_embedding(go_incidence(ann, parents, genes)[0], dims=dims, min_genes=min_genes,
+                                   max_genes=max_genes)
+
+    return cached_array("go", key, build), [f"go_svd{i}" for i in range(dims)] + ["go_missing"]
 
 
 def cached_array(name: str, key: str, build: Callable[[], np.ndarray]) -> np.ndarray:

@@ -20,6 +20,7 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 SMALL_POOL_TOP = 300
 SMALL_POOL_OTHERS = 300
 SMALL_POOL_SEED = 20240601
+PREFECT_IDLE_SECONDS = 300  # also the longest a server lingers after a session that was killed
 
 
 def _set_env(mp: pytest.MonkeyPatch, cache: Path) -> None:
@@ -31,6 +32,9 @@ def _set_env(mp: pytest.MonkeyPatch, cache: Path) -> None:
     mp.setenv("PREFECT_HOME", str(cache / "prefect"))
     mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     mp.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
+    # the shared Prefect API server (flows/prefect_server.py) outlives the gaps between the tests that run flows
+    # (the default 5 s would start a new server, seconds of imports, for most of them); stopped at the session's end
+    mp.setenv("PERTURBLOOP_PREFECT_IDLE_SECONDS", str(PREFECT_IDLE_SECONDS))
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +50,24 @@ def _session_env(perturbloop_cache_dir: Path):
     with pytest.MonkeyPatch.context() as mp:
         _set_env(mp, perturbloop_cache_dir)
         yield
+    _stop_prefect_server(perturbloop_cache_dir / "prefect" / "perturbloop-server")
+
+
+def _stop_prefect_server(d: Path) -> None:
+    """Stop the session's shared Prefect server (SIGTERM: uvicorn shuts down) if one runs from `d`."""
+    import json
+
+    import psutil
+
+    try:
+        pid = json.loads((d / "server.json").read_text())["pid"]
+        server = psutil.Process(pid)
+        if "flows.prefect_server" not in " ".join(server.cmdline()):
+            return  # the pid is some other process now
+        server.terminate()
+        server.wait(30)
+    except (OSError, ValueError, KeyError, psutil.Error):
+        pass  # none runs (never started, or already stopped)
 
 
 @pytest.fixture(autouse=True)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from forked import perturbloop
 
 from agent.approval import decide, pending_proposal, pending_round
 from agent.context import build_context
@@ -87,8 +86,7 @@ def test_cli_review_and_approve(slice_csv, data_dir, tmp_path):
     env = dict(os.environ)
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "perturbloop.cli", *args, "--store", str(store)],
-                              capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+        return perturbloop(*args, "--store", str(store), env=env, cwd=tmp_path, timeout=300)  # tests/forked.py
 
     ran = cli("run", str(cfg), "--no-baseline", "--data-dir", str(data_dir))
     assert ran.returncode == 0 and "awaiting_approval" in ran.stdout, ran.stdout + ran.stderr

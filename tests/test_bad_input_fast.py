@@ -4,10 +4,9 @@ transient (a lab unreachable), never bad input."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
+from forked import perturbloop
 from prefect.states import Failed
 
 from flows.campaign import retryable
@@ -26,8 +25,7 @@ def test_run_with_an_unknown_screen_fails_before_the_flow(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('name = "bad"\nrounds = 2\nbatch_size = 4\n[data]\nscreen = "no_such_screen_2026"\n')
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    out = subprocess.run([sys.executable, "-m", "perturbloop.cli", "run", str(cfg), "--store", str(tmp_path / "s.db")],
-                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = perturbloop("run", str(cfg), "--store", str(tmp_path / "s.db"), env=env, cwd=tmp_path, timeout=300)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "no_such_screen_2026" in out.stderr
     # one error line: no traceback, no retries, no Prefect server started for it

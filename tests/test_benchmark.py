@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from forked import perturbloop
 
 from acquisition import make_policy
 from agent.benchmark import PolicySpec, WorldSpec, benchmark_config, build_screen_world, read_hits_file, simulate
@@ -129,11 +128,10 @@ def test_summary_statistics():
 @pytest.mark.slow
 def test_benchmark_command_writes_results_and_curves(slice_path, data_dir, tmp_path):
     out = tmp_path / "res" / "slice.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "perturbloop.cli", "benchmark", "--screen", str(slice_path), "--rounds", "2",
-         "--batch", "16", "--seeds", "2", "--policy", "best,random", "--features", "go",
-         "--data-dir", str(data_dir), "--out", str(out)],
-        capture_output=True, text=True, timeout=400, env=dict(os.environ), cwd=tmp_path)
+    proc = perturbloop(  # a process of its own (tests/forked.py)
+        "benchmark", "--screen", str(slice_path), "--rounds", "2", "--batch", "16", "--seeds", "2", "--policy",
+        "best,random", "--features", "go", "--data-dir", str(data_dir), "--out", str(out), env=dict(os.environ),
+        cwd=tmp_path, timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     res = json.loads(out.read_text())
     assert res["screen"] == str(slice_path) and res["protocol"]["rounds"] == 2

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from forked import run_campaign_process
 
 from agent.runner import run_campaign
 from perturbloop.config import parse_config
@@ -98,15 +98,6 @@ def test_different_config_under_same_name_is_refused(slice_csv, data_dir, tmp_pa
         run_campaign(_config(slice_csv, name="c1", policy="greedy"), store, data_dir)
 
 
-RUNNER = textwrap.dedent("""
-    import sys
-    from perturbloop.config import load_config
-    from agent.runner import run_campaign
-    res = run_campaign(load_config(sys.argv[1]), sys.argv[2], sys.argv[3])
-    print("STATUS", res.status)
-""")
-
-
 def _write_config(path: Path, slice_csv: Path, name: str) -> Path:
     path.write_text(textwrap.dedent(f"""
         name = "{name}"
@@ -122,12 +113,13 @@ def _write_config(path: Path, slice_csv: Path, name: str) -> Path:
 
 
 def _run_process(cfg: Path, store: Path, data_dir: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    """The campaign in a process of its own (a fork of a preloaded forkserver: tests/forked.py), SIGKILLed by the
+    fault hook after `kill_at`."""
     env = {**os.environ, "PERTURBLOOP_DEVICE": "cpu"}
     env.pop("PERTURBLOOP_KILL_AT", None)
     if kill_at:
         env["PERTURBLOOP_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-c", RUNNER, str(cfg), str(store), str(data_dir)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    return run_campaign_process(cfg, store, data_dir, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from forked import perturbloop
 
 from perturbloop.config import load_config
 from perturbloop.data import load_screen
@@ -24,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args: str, cwd: Path, timeout: int = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "perturbloop.cli", *args], cwd=cwd, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=timeout)
+    """`perturbloop ARGS` in a process of its own, forked from a preloaded forkserver (tests/forked.py)."""
+    return perturbloop(*args, cwd=cwd, env=dict(os.environ), timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -261,9 +262,8 @@ def test_a_corrupt_checkpoint_file_and_an_unwritable_cache_are_one_error_line(sl
 
     cache = read_only(Path(tempfile.mkdtemp(dir=tmp_path)))
     env = {**os.environ, "PERTURBLOOP_CACHE_DIR": str(cache)}
-    proc = subprocess.run([sys.executable, "-m", "perturbloop.cli", "run", str(cfg), "--no-baseline", "--store",
-                           str(tmp_path / "other.db"), "--data-dir", str(data_dir)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = perturbloop("run", str(cfg), "--no-baseline", "--store", str(tmp_path / "other.db"), "--data-dir",
+                       str(data_dir), cwd=tmp_path, env=env, timeout=300)
     _one_error_line(proc, str(cache), "not writable", "PERTURBLOOP_CACHE_DIR")
     assert not (tmp_path / "other.db").exists()
 
@@ -276,7 +276,6 @@ def test_data_fetch_without_network_is_one_error_line(tmp_path):
     proxy = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PERTURBLOOP_CACHE_DIR": str(tmp_path / "cache"), "https_proxy": proxy, "HTTPS_PROXY": proxy,
            "http_proxy": proxy, "HTTP_PROXY": proxy, "no_proxy": "", "NO_PROXY": ""}
-    proc = subprocess.run([sys.executable, "-m", "perturbloop.cli", "data", "fetch", "cegv2"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = perturbloop("data", "fetch", "cegv2", cwd=tmp_path, env=env, timeout=120)
     _one_error_line(proc, "cegv2", "could not download", "CEGv2.txt")
     assert not list((tmp_path / "cache").rglob("*.part"))

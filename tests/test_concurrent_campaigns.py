@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from forked import perturbloop, start_perturbloop
 
 from flows.prefect_server import _open, _watch, shared_api
 
@@ -62,15 +63,16 @@ def test_three_campaigns_started_together_all_finish_on_one_server(slice_csv, da
     env = _env(tmp_path, idle_seconds=600)
     store = tmp_path / "runs" / "pl.db"  # one store, as three campaigns run from one folder would have
     names = ["side-a", "side-b", "side-c"]
-    procs = [_run(_config(tmp_path, slice_csv, n, rounds=2, batch=4), store, data_dir, env, tmp_path, "--no-baseline")
-             for n in names]
+    cfgs = [_config(tmp_path, slice_csv, n, rounds=2, batch=4) for n in names]
+    # three processes of their own started at once (forked from a preloaded forkserver: tests/forked.py)
+    procs = [start_perturbloop("run", str(cfg), "--store", str(store), "--data-dir", str(data_dir), "--no-baseline",
+                               env=env, cwd=tmp_path) for cfg in cfgs]
     try:
-        outs = [p.communicate(timeout=900)[0] for p in procs]
-        for n, p, out in zip(names, procs, outs):
-            assert p.returncode == 0, f"{n}:\n{out}"
-            assert "Timed out" not in out and f"{n}: ucb" in out, out
-        status = subprocess.run([sys.executable, "-m", "perturbloop.cli", "status", "--json", "--store", str(store)],
-                                env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        for n, done in zip(names, [p.wait(timeout=900) for p in procs]):
+            out = done.stdout + done.stderr
+            assert done.returncode == 0, f"{n}:\n{out}"
+            assert "Timed out" not in out and f"{n}: ucb" in done.stdout, out
+        status = perturbloop("status", "--json", "--store", str(store), env=env, cwd=tmp_path, timeout=120)
         by_name = {c["campaign"]: c for c in json.loads(status.stdout)["campaigns"]}
         assert {n: (by_name[n]["status"], by_name[n]["picks"]) for n in names} == {n: ("finished", 8) for n in names}
         log = (tmp_path / "prefect" / "perturbloop-server" / "server.log").read_text()

@@ -41,7 +41,7 @@ def _benchmarks(args: list[str], address: str, tmp: Path) -> tuple[dict, dict]:
     procs = {runner: subprocess.Popen([sys.executable, "-m", "perturbloop.cli", "benchmark", *args, *extra,
                                        "--out", str(tmp / f"{runner}.json")],
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp,
-                                      env={**os.environ, "COLUMNS": "200", "PREFECT_HOME": str(tmp / f"prefect-{runner}")})
+                                      env={**os.environ, "COLUMNS": "200"})  # one Prefect server for both (shared_api)
              for runner, extra in (("local", ["--runner", "local"]), ("dask", ["--runner", "dask", "--address", address]))}
     for runner, proc in procs.items():
         out, _ = proc.communicate(timeout=600)

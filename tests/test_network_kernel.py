@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from forked import perturbloop
 import torch
 
 from perturbloop.config import parse_config
@@ -148,16 +149,9 @@ def test_benchmark_network_flag_reaches_the_campaign_config(il2_slice_1500):
 
 @pytest.mark.slow
 def test_benchmark_network_without_string_features_is_one_error(il2_slice_1500, data_dir, tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "perturbloop.cli", "benchmark", "--screen", str(il2_slice_1500),
-                           "--features", "go", "--network", "--seeds", "1", "--rounds", "2", "--batch", "8",
-                           "--data-dir", str(data_dir), "--out", str(tmp_path / "r.json")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = perturbloop("benchmark", "--screen", str(il2_slice_1500), "--features", "go", "--network", "--seeds", "1",
+                       "--rounds", "2", "--batch", "8", "--data-dir", str(data_dir), "--out", str(tmp_path / "r.json"),
+                       timeout=300)  # a process of its own (tests/forked.py)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error:") and "design.features" in proc.stderr
     assert not (tmp_path / "r.json").exists()

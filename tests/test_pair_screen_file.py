@@ -81,20 +81,22 @@ def test_bad_files_name_the_problem(tmp_path):
     assert read_pair_hits(csv("# hits\nB+A\n"), same.pairs.index) == {"A+B"}
 
 
-def _benchmark(tmp_path: Path, screen: Path, *extra: str) -> dict:
+def _benchmark(tmp_path: Path, data_dir: Path, screen: Path, *extra: str) -> dict:
+    """`perturbloop benchmark` on a pair file (in this process); the GO tables from the test data, not fetched."""
     from perturbloop.cli import app
 
     out = tmp_path / f"{screen.stem}.json"
     res = CliRunner().invoke(app, ["benchmark", "--screen", str(screen), "--rounds", "2", "--batch", "8", "--seeds",
-                                   "1", "--runner", "inline", "--fit-iter", "3", "--out", str(out), *extra],
+                                   "1", "--runner", "inline", "--fit-iter", "3", "--data-dir", str(data_dir), "--out", str(out),
+                                   *extra],
                              env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output + repr(res.exception)
     return json.loads(out.read_text())
 
 
-def test_benchmark_on_a_pair_file_end_to_end(tmp_path, norman_slice):
+def test_benchmark_on_a_pair_file_end_to_end(tmp_path, norman_slice, data_dir):
     singles, pairs = norman_slice
-    result = _benchmark(tmp_path, _write_columns(tmp_path / "norman_cols.csv", singles, pairs))
+    result = _benchmark(tmp_path, data_dir, _write_columns(tmp_path / "norman_cols.csv", singles, pairs))
     rows = {r["policy"]: r for r in result["results"]}
     assert set(rows) == {"best (program)", "random"}
     n_hits = round(0.05 * (len(pairs) - 1))  # top 5% by |GI| of the pairs not held out
@@ -110,7 +112,7 @@ def test_benchmark_on_a_pair_file_end_to_end(tmp_path, norman_slice):
     hits = tmp_path / "hits.txt"
     chosen = list(pairs.index[:5])
     hits.write_text("\n".join("+".join(reversed(h.split("+"))) for h in chosen) + "\n")
-    result = _benchmark(tmp_path, _write_labels(tmp_path / "norman_labels.csv", pairs), "--hits", str(hits),
+    result = _benchmark(tmp_path, data_dir, _write_labels(tmp_path / "norman_labels.csv", pairs), "--hits", str(hits),
                         "--policy", "best,random")
     for r in result["results"]:
         found = {x for p in r["picks"] for x in p} & set(chosen)

@@ -12,11 +12,10 @@ import csv
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from forked import run_campaign_process
 from test_perturbseq_lab import _config, _delivery, _drop
 from test_response_campaign import _toml
 
@@ -27,12 +26,6 @@ from perturbloop.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 NODES = ("fit", "propose", "review", "submit", "dispatch", "collect", "ingest")  # submit: inside dispatch
-RUNNER = textwrap.dedent("""
-    import sys
-    from perturbloop.config import load_config
-    from agent.runner import run_campaign
-    print("STATUS", run_campaign(load_config(sys.argv[1]), sys.argv[2], sys.argv[3]).status)
-""")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -75,12 +68,12 @@ class Lab:
 
 
 def _run(cfg: Path, db: Path, data_dir: Path, kill_at: str | None) -> subprocess.CompletedProcess:
+    """The campaign in a process of its own (a fork of a preloaded forkserver: tests/forked.py)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PERTURBLOOP_KILL_AT", None)
     if kill_at:
         env["PERTURBLOOP_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-c", RUNNER, str(cfg), str(db), str(data_dir)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    return run_campaign_process(cfg, db, data_dir, env=env, cwd=ROOT)
 
 
 def _exactly_once(store: Store, name: str, outbox: Path) -> list[str]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from forked import perturbloop
 import scipy.sparse as sp
 
 from perturbloop.errors import ConfigError, UnknownGeneError
@@ -184,8 +184,8 @@ def test_config_fields(tmp_path):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "perturbloop.cli", *args], cwd=cwd, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=300, check=False)
+    """`perturbloop ARGS` in a process of its own, forked from a preloaded forkserver (tests/forked.py)."""
+    return perturbloop(*args, cwd=cwd, env=dict(os.environ), timeout=300)
 
 
 def test_cli_benchmark_refuses_bad_prior_input_before_running(slice_csv, data_dir, tmp_path):

@@ -5,12 +5,11 @@ response vectors in the store, crash-safe resume (the same batches as an uninter
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from forked import perturbloop, run_campaign_process
 
 from agent.runner import run_campaign
 from agent.benchmark import campaign_for
@@ -95,16 +94,11 @@ def test_killed_response_campaign_resumes_without_loss_or_duplicates(tmp_path, s
     cfg_path = tmp_path / "grn.toml"
     cfg_path.write_text(_toml(GRN))
     db = tmp_path / "pl.db"
-    code = ("import sys; from perturbloop.config import load_config; "
-            "from agent.runner import run_campaign; "
-            "print('STATUS', run_campaign(load_config(sys.argv[1]), sys.argv[2]).status)")
     env = {**os.environ, "PERTURBLOOP_KILL_AT": stage, "OMP_NUM_THREADS": "1"}
-    killed = subprocess.run([sys.executable, "-c", code, str(cfg_path), str(db)], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    killed = run_campaign_process(cfg_path, db, env=env, cwd=ROOT)  # a process of its own (tests/forked.py)
     assert killed.returncode == -9, killed.stderr[-2000:]
     env.pop("PERTURBLOOP_KILL_AT")
-    done = subprocess.run([sys.executable, "-c", code, str(cfg_path), str(db)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = run_campaign_process(cfg_path, db, env=env, cwd=ROOT)
     assert "STATUS finished" in done.stdout, done.stderr[-2000:]
     store = Store(str(db))
     cfg = parse_config(GRN)
@@ -121,20 +115,16 @@ def test_cli_runs_a_response_config_and_refuses_a_bad_one(tmp_path):
     cfg_path = tmp_path / "grn.toml"
     cfg_path.write_text(_toml(GRN))
     db = tmp_path / "pl.db"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "160"}
-    out = subprocess.run([sys.executable, "-m", "perturbloop.cli", "run", str(cfg_path), "--store", str(db),
-                          "--no-baseline"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "160"}  # the session's Prefect server (conftest)
+    out = perturbloop("run", str(cfg_path), "--store", str(db), "--no-baseline", env=env, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "held-out" in out.stdout and "SYNTHETIC" in out.stdout and "additive" in out.stdout
-    status = subprocess.run([sys.executable, "-m", "perturbloop.cli", "status", "--store", str(db), "--json"],
-                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    status = perturbloop("status", "--store", str(db), "--json", env=env, cwd=tmp_path, timeout=120)
     assert '"rounds_planned": 3' in status.stdout and '"status": "finished"' in status.stdout
 
     bad = dict(GRN, name="grn-bad", world={**GRN["world"], "kind": "not_a_world"})
     bad_path = tmp_path / "bad.toml"
     bad_path.write_text(_toml(bad))
-    refused = subprocess.run([sys.executable, "-m", "perturbloop.cli", "run", str(bad_path), "--store", str(db)],
-                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    refused = perturbloop("run", str(bad_path), "--store", str(db), env=env, cwd=tmp_path, timeout=120)
     assert refused.returncode == 2 and "world.kind" in refused.stderr and "Traceback" not in refused.stderr
     assert Store(str(db)).get_campaign("grn-bad") is None

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from forked import perturbloop
 import torch
 
 from perturbloop.errors import ConfigError
@@ -231,9 +230,9 @@ de_method = "abs_lfc"
 """)
     out = tmp_path / "res" / "grn.json"
     env = {**os.environ, "PERTURBLOOP_TASK_THREADS": "1", "COLUMNS": "250"}
-    proc = subprocess.run([sys.executable, "-m", "perturbloop.cli", "benchmark", "--config", str(cfg), "--out", str(out),
-                           "--data-dir", str(data_dir), "--runner", "inline"],  # the Prefect runners: benchmarks/perturbseq.py
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    proc = perturbloop("benchmark", "--config", str(cfg), "--out", str(out), "--data-dir", str(data_dir),
+                       "--runner", "inline",  # the Prefect runners: benchmarks/perturbseq.py
+                       env=env, cwd=tmp_path, timeout=300)  # a process of its own (tests/forked.py)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     res = json.loads(out.read_text())
     assert res["world"] == "grn-cli" and res["protocol"]["synthetic"] is True
@@ -241,6 +240,6 @@ de_method = "abs_lfc"
     assert all(len(r["metrics"]["l2_top_expressed"]) == 2 for r in res["results"])
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert "beats baselines" in proc.stdout and "SYNTHETIC" in proc.stdout
-    both = subprocess.run([sys.executable, "-m", "perturbloop.cli", "benchmark", "--config", str(cfg), "--screen", "x",
-                           "--out", str(out)], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    both = perturbloop("benchmark", "--config", str(cfg), "--screen", "x", "--out", str(out), env=env, cwd=tmp_path,
+                       timeout=120)
     assert both.returncode == 2 and "not both" in both.stderr

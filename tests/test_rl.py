@@ -7,13 +7,12 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from forked import perturbloop
 import torch
 
 from acquisition.rl.env import GPParams, TrainWorld, gp_posterior, hits_of, log_target, run_episode
@@ -223,11 +222,10 @@ def trained_checkpoint(slice_csv, data_dir, tmp_path_factory) -> Path:
     """`perturbloop policy train` on the slice as its only (real) world plus a synthetic one, a few steps."""
     out = tmp_path_factory.mktemp("rlpol") / "policy.pt"
     env = {**os.environ, "PERTURBLOOP_DEVICE": "cpu"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "perturbloop.cli", "policy", "train", "--worlds", str(slice_csv), "--synthetic", "1",
-         "--iterations", "3", "--bc-iterations", "3", "--group", "2", "--pool-size", "500", "--rounds", str(ROUNDS),
-         "--batch", str(BATCH), "--seed", "1", "--data-dir", str(data_dir), "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = perturbloop(  # a process of its own (tests/forked.py)
+        "policy", "train", "--worlds", str(slice_csv), "--synthetic", "1", "--iterations", "3", "--bc-iterations", "3",
+        "--group", "2", "--pool-size", "500", "--rounds", str(ROUNDS), "--batch", str(BATCH), "--seed", "1",
+        "--data-dir", str(data_dir), "--out", str(out), cwd=ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "policy:" in proc.stdout
     return out
