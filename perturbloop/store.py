@@ -19,6 +19,7 @@ import json
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -222,6 +223,7 @@ def sqlite_path(url: str) -> Path | None:
 
 
 POSTGRES_CONNECT_TIMEOUT_S = 10  # a server that does not answer is reported in seconds, not after the OS's minutes
+SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a SQLite writer waits for another process's lock
 
 
 def _sqlite_writable(db: Path) -> bool:
@@ -231,6 +233,22 @@ def _sqlite_writable(db: Path) -> bool:
 
 def _readonly_error(e: BaseException) -> bool:
     return "readonly database" in str(e)
+
+
+def _use_wal(cur: sqlite3.Cursor, timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> None:
+    """Switch the database to WAL (kept in the file: a no-op once any process has done it). The switch needs an
+    exclusive lock and SQLite answers `database is locked` at once, without its busy handler, while other
+    connections hold the file (processes opening one new store together), so it is retried until `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _read_only_sqlite(db: Path) -> sqlite3.Connection:
@@ -330,14 +348,14 @@ class Store:
         if self.read_only:
             engine = create_engine("sqlite://", creator=lambda: _read_only_sqlite(db))
         else:
-            engine = create_engine(self.url, connect_args={"timeout": 30})
+            engine = create_engine(self.url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
 
         @event.listens_for(engine, "connect")
         def _pragma(dbapi_conn, _):  # noqa: ANN001
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
             if not self.read_only:
-                cur.execute("PRAGMA journal_mode=WAL")
+                _use_wal(cur)
             cur.close()
 
         return engine
