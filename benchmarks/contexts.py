@@ -1,11 +1,14 @@
-"""Hit discovery across contexts on the GWT CD4+ T-cell tables (issue 12), then CONTEXTS_RESULTS.md.
+"""Objectives across contexts and time on the GWT CD4+ T-cell tables (issue 12), then CONTEXTS_RESULTS.md.
 
     python benchmarks/contexts.py                     # every objective below, then the table
     python benchmarks/contexts.py --objectives activation --seeds 3
     python benchmarks/contexts.py --table-only        # the table from results/contexts_*.json
 
-Each objective is one `perturbloop benchmark --screen ... --contexts ...` command (printed before it runs), so a
-figure can be reproduced on its own. Results: benchmarks/results/contexts_<objective>.json (+ .png).
+(a) `activation`, (b) `aging`: hit discovery in 48 h T cells, each one `perturbloop benchmark --screen ...
+--contexts ...` command (printed before it runs), so a figure can be reproduced on its own.
+(c) `matrix`: learn the regulator x time matrix (activation signature, Rest / 8 h / 48 h); (d) `specific`: find
+context-specific regulators (strong at one timepoint, weak at another); both run here in memory (`run_matrix`,
+`run_specific`), scored by `perturbloop.context_objectives`. Results: benchmarks/results/contexts_<objective>.json.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ OBJECTIVES = {
     "aging": ("gwt_cd4_aging", "K562,Rest,Stim8hr,Stim48hr", "0.5,1,1,2", "Stim48hr"),
 }
 POLICIES = "multitask,multitask_target,target_gp,pooled,random"
+TIMES, TIME_COSTS = ["Rest", "Stim8hr", "Stim48hr"], [1.0, 1.0, 2.0]
+# (c): model + how pairs are picked ("var": largest variance per cost, "random": random affordable pairs)
+MATRIX_POLICIES = {"multitask": ("multitask", "var"), "multitask_random": ("multitask", "random"),
+                   "multitask_icm_random": ("multitask_icm", "random"), "independent_random": ("independent", "random"),
+                   "pooled_random": ("pooled", "random")}
+# (d): model + picks ("specific": expected new evidence per cost, "random_genes": random genes at every timepoint)
+SPECIFIC_POLICIES = {"multitask": ("multitask", "specific"), "independent": ("independent", "specific"),
+                     "pooled": ("pooled", "specific"), "random": (None, "random_genes")}
+MATRIX_TEST_GENES = 90  # (c): 30 test genes per held-out timepoint; their other two timepoints are known
 # What the run of 2026-12-02 (budget 400, 4 rounds, 16 initial genes) showed; rewrite after a new run.
 FINDINGS = """## What this shows (run of 2026-12-02, 10 seeds)
 
@@ -50,6 +62,128 @@ def command(objective: str, seeds: int, budget: float, rounds: int, initial: int
             "--costs", costs, "--target-context", target, "--budget", str(budget), "--rounds", str(rounds),
             "--initial", str(initial), "--seeds", str(seeds), "--policy", policies,
             "--out", str(HERE / "results" / f"contexts_{objective}.json")]
+
+
+def time_screen(data_dir=None):
+    """The activation coefficients at Rest / 8 h / 48 h: screen, design space (GO features, as the CLI) and the
+    `G x 3` truth (NaN where not measured)."""
+    from perturbloop.contexts import context_list, context_space, load_context_screen
+
+    screen = load_context_screen("gwt_cd4_polarization", data_dir).restrict(TIMES)
+    space = context_space(screen, context_list(TIMES, TIME_COSTS), features=["go"], data_dir=data_dir, go_dims=16)
+    truth = screen.table.pivot(index="gene", columns="context", values="score").reindex(index=space.genes,
+                                                                                       columns=TIMES).to_numpy()
+    return screen, space, truth
+
+
+def _model(kind: str | None, space, max_iter: int):
+    import torch
+
+    from surrogates.multitask import CONTEXT_MODELS, MultiTaskContextGP
+
+    if kind is None:
+        return None
+    common = {"bounds": torch.stack([space.gene_X.min(0).values, space.gene_X.max(0).values]), "max_iter": max_iter}
+    if kind == "multitask":
+        return MultiTaskContextGP(len(space.contexts), hours=[c.hours for c in space.contexts], **common)
+    if kind == "multitask_icm":
+        return MultiTaskContextGP(len(space.contexts), **common)
+    return CONTEXT_MODELS[kind](len(space.contexts), **common)
+
+
+def _campaign(screen, space, model, pick: str, seed: int, *, budget: float, rounds: int, initial: int,
+              heldout=None, score=None, max_iter: int = 15) -> dict:
+    """One campaign over (gene, timepoint) pairs: `heldout` pairs never offered and their genes' other timepoints
+    known (measured free) at the start; `initial` random genes measured at every timepoint (cost counted); then
+    `rounds` rounds of `pick` within `(budget - spent) / rounds left`. `score(post, measured)` after each round."""
+    import numpy as np
+    import torch
+
+    from acquisition.cost_aware import (random_gene_picks, random_pair_picks, specificity_picks,
+                                        variance_per_cost_picks)
+    from perturbloop.contexts import ContextSpace
+    from simulators.context_replay import ContextReplay
+
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    world = ContextReplay(screen, TIMES, "Stim48hr", seed=seed)
+    offered = space.offered & ~(heldout if heldout is not None else False)
+    space = ContextSpace(space.genes, space.gene_X, space.contexts, offered)
+    measured = np.zeros(offered.shape, bool)
+    obs: list[tuple[int, int, float]] = []
+    spend = dict.fromkeys(TIMES, 0.0)
+
+    def run(pairs, free: bool = False) -> None:
+        labels = [space.label(g, c) for g, c in pairs]
+        res = world.measure(labels)
+        for (g, c), lab in zip(pairs, labels):
+            measured[g, c] = True
+            spend[TIMES[c]] += 0.0 if free else float(space.costs[c])
+            if res[lab].ok:
+                obs.append((g, c, float(res[lab].response[0])))
+
+    if heldout is not None:
+        test = heldout.any(1)
+        run([(int(g), c) for g in np.flatnonzero(test) for c in range(len(TIMES)) if offered[g, c]], free=True)
+    full = np.flatnonzero(offered.all(1) & ~measured.any(1))
+    run([(int(g), c) for g in rng.choice(full, size=initial, replace=False) for c in range(len(TIMES))])
+    model = _model(model, space, max_iter)
+    curve = []
+    for r in range(rounds + 1):
+        post = None
+        if model is not None:
+            g, c, y = (torch.as_tensor(v) for v in zip(*obs))
+            model.fit(space.gene_X[g], c, y.to(torch.float64), g)
+            post = model.joint(space.gene_X, torch.arange(len(space.genes)))
+        curve.append({"round": r, "cost": sum(spend.values()), "spend": dict(spend), **(score(post, measured) if score else {})})
+        if r == rounds:
+            break
+        left = (budget - sum(spend.values())) / (rounds - r)
+        if left < space.costs.min():
+            continue
+        if pick == "var":
+            picks = variance_per_cost_picks(post, space, measured, left)
+        elif pick == "specific":
+            picks = specificity_picks(post, space, measured, left, generator=gen)
+        elif pick == "random_genes":
+            picks = random_gene_picks(space, measured, left, rng)
+        else:
+            picks = random_pair_picks(space, measured, left, rng)
+        run([space.parse(p.label) for p in picks])
+    return {"seed": seed, "cost": sum(spend.values()), "spend": spend, "curve": curve, **curve[-1]}
+
+
+def run_matrix(screen, space, truth, policy: str, seed: int, *, budget: float = 400, rounds: int = 4,
+               initial: int = 16) -> dict:
+    """Objective (c): held-out NRMSE per timepoint (perturbloop.context_objectives) after each round."""
+    import numpy as np
+
+    from perturbloop.context_objectives import heldout_design, matrix_errors
+
+    heldout = heldout_design(space.offered, MATRIX_TEST_GENES, np.random.default_rng(10_000 + seed))
+    kind, pick = MATRIX_POLICIES[policy]
+
+    def score(post, measured):
+        return {"errors": matrix_errors(post.mean.numpy(), truth, heldout, TIMES)}
+
+    return {"policy": policy, **_campaign(screen, space, kind, pick, seed, budget=budget, rounds=rounds,
+                                          initial=initial, heldout=heldout, score=score)}
+
+
+def run_specific(screen, space, truth, policy: str, seed: int, *, budget: float = 400, rounds: int = 4,
+                 initial: int = 16) -> dict:
+    """Objective (d): context-specific regulators found (perturbloop.context_objectives) after each round."""
+    from perturbloop.context_objectives import context_specific, specific_found, specific_genes
+
+    strong, weak = context_specific(truth)
+    kind, pick = SPECIFIC_POLICIES[policy]
+
+    def score(post, measured):
+        return {"found": int(len(specific_found(strong, weak, measured))),
+                "n_specific": int(len(specific_genes(strong, weak)))}
+
+    return {"policy": policy, **_campaign(screen, space, kind, pick, seed, budget=budget, rounds=rounds,
+                                          initial=initial, score=score)}
 
 
 def table() -> str:
