@@ -191,7 +191,9 @@ def table() -> str:
              "Hits = top 5% of regulators by |coefficient| in the target context; a hit counts once measured there.",
              "Budget in cost units, initial design (genes measured in every context) included. Mean +- sd over seeds.",
              ""]
-    for path in sorted((HERE / "results").glob("contexts_*.json")):
+    for path in [HERE / "results" / f"contexts_{o}.json" for o in OBJECTIVES]:
+        if not path.exists():
+            continue
         res = json.loads(path.read_text())
         p = res["protocol"]
         lines += [f"## {res['screen']}: target {p['target']}", "",
@@ -214,12 +216,78 @@ def table() -> str:
             lines += ["", "Learned correlation with the target (multitask, last round, mean over seeds): " +
                       ", ".join(f"{n} {c[i, t]:.2f}" for i, n in enumerate(p["contexts"]) if i != t)]
         lines.append("")
-    return "\n".join(lines) + "\n" + FINDINGS
+    return "\n".join(lines + time_tables()) + "\n" + FINDINGS
+
+
+def _ms(values) -> str:
+    import numpy as np
+
+    return f"{np.mean(values):.{2 if np.mean(values) < 10 else 1}f} +- {np.std(values):.2f}"
+
+
+def time_tables() -> list[str]:
+    """Markdown for objectives (c) and (d) from results/contexts_matrix.json and contexts_specific.json."""
+    lines = []
+    path = HERE / "results" / "contexts_matrix.json"
+    if path.exists():
+        res = json.loads(path.read_text())
+        p = res["protocol"]
+        rows = [r for r in res["results"] if r["seed"] < p["seeds"]]  # whole seeds only
+        lines += ["## (c) The regulator x time matrix (activation signature)", "",
+                  f"{p['test_genes']} test genes, one timepoint of each held out (never offered; 1/3 at each "
+                  f"timepoint), their other two timepoints known from the start; budget {p['budget']:g} "
+                  f"(costs {', '.join(f'{c} {k:g}' for c, k in zip(TIMES, TIME_COSTS))}), {p['rounds']} rounds, "
+                  f"initial {p['initial']} genes, {p['seeds']} seeds. NRMSE = RMSE / sd of the held-out truth at "
+                  "that timepoint (1 = predicting the mean); Pearson r of the posterior mean and the truth.", "",
+                  "| policy | " + " | ".join(f"NRMSE {c}" for c in TIMES) + " | " +
+                  " | ".join(f"r {c}" for c in TIMES) + " |", "|---" * (1 + 2 * len(TIMES)) + "|"]
+        for pol in dict.fromkeys(r["policy"] for r in rows):
+            rs = [r for r in rows if r["policy"] == pol]
+            lines.append(f"| {pol} | " + " | ".join(_ms([r["errors"][c]["nrmse"] for r in rs]) for c in TIMES) +
+                         " | " + " | ".join(_ms([r["errors"][c]["pearson"] for r in rs]) for c in TIMES) + " |")
+        lines.append("")
+    path = HERE / "results" / "contexts_specific.json"
+    if path.exists():
+        res = json.loads(path.read_text())
+        p = res["protocol"]
+        rows = [r for r in res["results"] if r["seed"] < p["seeds"]]
+        lines += ["## (d) Context-specific regulators (activation signature)", "",
+                  "Specific = |coefficient| in the top 5% at one timepoint and below the median at another "
+                  f"({rows[0]['n_specific']} genes); found once measured at such a strong and such a weak "
+                  f"timepoint. Budget {p['budget']:g}, {p['rounds']} rounds, initial {p['initial']} genes "
+                  f"(counted), {p['seeds']} seeds.", "",
+                  "| policy | found | found / 100 cost | " + " | ".join(f"spent {c}" for c in TIMES) + " |",
+                  "|---" * (3 + len(TIMES)) + "|"]
+        for pol in dict.fromkeys(r["policy"] for r in rows):
+            rs = [r for r in rows if r["policy"] == pol]
+            lines.append(f"| {pol} | {_ms([r['found'] for r in rs])} | "
+                         f"{_ms([100 * r['found'] / r['cost'] for r in rs])} | " +
+                         " | ".join(f"{sum(r['spend'][c] for r in rs) / len(rs):.0f}" for c in TIMES) + " |")
+        lines.append("")
+    return lines
+
+
+def run_time_objective(objective: str, seeds: int, budget: float, rounds: int, initial: int, data_dir=None) -> Path:
+    """Objective (c) `matrix` or (d) `specific`, every policy x seed; writes results/contexts_<objective>.json."""
+    screen, space, truth = time_screen(data_dir)
+    run, policies = (run_matrix, MATRIX_POLICIES) if objective == "matrix" else (run_specific, SPECIFIC_POLICIES)
+    rows = []
+    out = HERE / "results" / f"contexts_{objective}.json"
+    for seed in range(seeds):  # seed-major, written after every campaign: a cut-short run still has whole seeds
+        for pol in policies:
+            rows.append(run(screen, space, truth, pol, seed, budget=budget, rounds=rounds, initial=initial))
+            print(objective, pol, seed, {k: v for k, v in rows[-1].items() if k != "curve"}, flush=True)
+            done = seed + (pol == list(policies)[-1])
+            out.write_text(json.dumps({"protocol": {"objective": objective, "budget": budget, "rounds": rounds,
+                                                    "initial": initial, "seeds": done,
+                                                    "test_genes": MATRIX_TEST_GENES, "contexts": TIMES,
+                                                    "costs": TIME_COSTS}, "results": rows}, indent=1))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--objectives", default=",".join(OBJECTIVES))
+    ap.add_argument("--objectives", default=",".join([*OBJECTIVES, "matrix", "specific"]))
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--budget", type=float, default=400)
     ap.add_argument("--rounds", type=int, default=4)
@@ -229,6 +297,10 @@ def main() -> None:
     args = ap.parse_args()
     if not args.table_only:
         for objective in args.objectives.split(","):
+            if objective in ("matrix", "specific"):
+                run_time_objective(objective, args.seeds, args.budget, args.rounds, args.initial,
+                                   os.environ.get("PERTURBLOOP_DATA_DIR"))
+                continue
             cmd = command(objective, args.seeds, args.budget, args.rounds, args.initial, args.policy)
             print(" ".join(cmd[1:]), flush=True)
             subprocess.run(cmd, check=True, env=dict(os.environ), cwd=HERE.parent)
