@@ -9,7 +9,8 @@ One simulated campaign per (policy, seed) against a `ContextReplay` world:
 3. score: hits (the world's target hit list) found = hit genes measured in the target; recorded after every
    round with the cost spent so far and the spend per context.
 
-Policies: `multitask` (ICM multi-task GP + cost-aware rates over the allowed contexts), `multitask_target` (the same
+Policies: `multitask` (ICM multi-task GP, with the kernel over time for contexts with hours, + cost-aware rates over
+the allowed contexts), `multitask_target` (the same
 model, target context only: what the other contexts' data alone adds), `independent` (a GP per context + the
 cost-aware rates: no transfer, so other contexts are never worth their cost), `target_gp` (a GP on target data,
 target only), `pooled` (one GP ignoring context + cost-aware rates), `random` (random genes in the target).

@@ -64,6 +64,32 @@ def command(objective: str, seeds: int, budget: float, rounds: int, initial: int
             "--out", str(HERE / "results" / f"contexts_{objective}.json")]
 
 
+def run_hits_in_process(objective: str, seeds: int, budget: float, rounds: int, initial: int, policies: str,
+                        data_dir=None) -> Path:
+    """Objectives (a)/(b) as the `perturbloop benchmark --screen ... --contexts ...` command runs them (same space,
+    protocol and results file), but seed-major with the file rewritten after every seed: a run cut short keeps its
+    whole seeds."""
+    from agent.contexts_benchmark import ContextProtocol, run_campaign, write_results
+    from perturbloop.contexts import context_list, context_space, load_context_screen
+
+    screen_name, contexts, costs, target = OBJECTIVES[objective]
+    names, cost_list = contexts.split(","), [float(c) for c in costs.split(",")]
+    data = load_context_screen(screen_name, data_dir)
+    space = context_space(data, context_list(names, cost_list), features=["go"], data_dir=data_dir, go_dims=16)
+    protocol = ContextProtocol(target, budget, rounds, initial)
+    out = HERE / "results" / f"contexts_{objective}.json"
+    rows: list[dict] = []
+    for seed in range(seeds):
+        rows += [run_campaign(space, data, protocol, pol, seed) for pol in policies.split(",")]
+        meta = {"name": "hit discovery across contexts", "contexts": names, "costs": cost_list, "target": target,
+                "budget": budget, "rounds": rounds, "initial": initial, "allowed": None, "seeds": seed + 1,
+                "hits": "top 5% by |score| in the target", "features": ["go"], "n_genes": len(space.genes)}
+        write_results(out, meta, data.name, rows)
+        print(objective, "seed", seed, {r["policy"]: r["hits_found"] for r in rows[-len(policies.split(",")):]},
+              flush=True)
+    return out
+
+
 def time_screen(data_dir=None):
     """The activation coefficients at Rest / 8 h / 48 h: screen, design space (GO features, as the CLI) and the
     `G x 3` truth (NaN where not measured)."""
@@ -294,12 +320,17 @@ def main() -> None:
     ap.add_argument("--initial", type=int, default=16)
     ap.add_argument("--policy", default=POLICIES)
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--in-process", action="store_true", help="(a)/(b) here, seed-major, results after every seed")
     args = ap.parse_args()
     if not args.table_only:
         for objective in args.objectives.split(","):
             if objective in ("matrix", "specific"):
                 run_time_objective(objective, args.seeds, args.budget, args.rounds, args.initial,
                                    os.environ.get("PERTURBLOOP_DATA_DIR"))
+                continue
+            if args.in_process:
+                run_hits_in_process(objective, args.seeds, args.budget, args.rounds, args.initial, args.policy,
+                                    os.environ.get("PERTURBLOOP_DATA_DIR"))
                 continue
             cmd = command(objective, args.seeds, args.budget, args.rounds, args.initial, args.policy)
             print(" ".join(cmd[1:]), flush=True)

@@ -17,7 +17,8 @@ know how much a measurement in context `c` tells about the same gene in the targ
   BoTorch's prior gave 0.47, none 0.13 (0.93 for contexts correlated 0.95 either way). With the gene term and
   no prior, 16 genes gave 0.41 and 0.67 for contexts correlated 0 and 0.3 (sample 0.35, 0.66), which sent the
   cost-aware policy to the cheap contexts of the GWT table, correlated only 0.13-0.31 with 48 h; `"weak"` gave
-  0.34 and 0.62 there, and 0.04 / 0.29 / 0.92 on 40 genes correlated 0 / 0.3 / 0.95.
+  0.34 and 0.62 there, and 0.04 / 0.29 / 0.92 on 40 genes correlated 0 / 0.3 / 0.95 (these numbers with BoTorch's
+  random start of `B`; the first fit now starts near zero correlation, `INIT_TASK_FACTOR`).
   With `hours` (one entry per context, `None` for a context that is not a timepoint, e.g. K562), `B` gets a smooth
   part over time (`TimeIndexKernel`): `B = W W^T + diag(v) + s k_M(u_c, u_c') 1(c, c' timepoints)`,
   `u = log(1 + hours)`, `k_M` a Matern-5/2 kernel, `W` of rank `TIME_RANK` (default 1) unless `rank` is given:
