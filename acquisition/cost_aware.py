@@ -198,7 +198,9 @@ def specificity_picks(post: ContextPosterior, space: ContextSpace, measured: np.
     Per context `c`: `hi_c` solves `mean_g P(|f_gc| > hi_c) = strong`, `lo_c` solves `mean_g P(|f_gc| > lo_c) =
     1 - weak`. With `S` joint draws `F_g ~ N(mu_g, Sigma_g)` (`C`-vectors), the evidence in a set `M` of measured
     contexts is `E(M) = [exists a in M: |F_ga| > hi_a] and [exists b in M: |F_gb| < lo_b]`; measuring `c` gains
-    `P(E(M_g + c)) - P(E(M_g))`, valued per unit cost, greedily while costs fit `budget`, one context a gene."""
+    `P(E(M_g + c)) - P(E(M_g))` per unit cost, or, as the first step of a plan `c` then `c2`,
+    `(P(E(M_g + c + c2)) - P(E(M_g))) / (kappa_c + kappa_c2)`, whichever is larger (one step alone never shows
+    anything for a gene with nothing measured); greedily while costs fit `budget`, one context a gene."""
     mean, cov = post.mean, post.cov
     G, C = mean.shape
     hi = torch.tensor([hit_threshold(*post.marginal(c), strong) for c in range(C)], dtype=torch.float64)
@@ -213,9 +215,18 @@ def specificity_picks(post: ContextPosterior, space: ContextSpace, measured: np.
         return ((s_hi & m).any(1) & (s_lo & m).any(1)).to(torch.float64).mean(-1)
 
     now = evidence(M)
-    gain = torch.stack([evidence(M | (torch.arange(C) == c)[None, :, None]) - now for c in range(C)], -1).numpy()
-    rate = np.where(space.offered & ~measured, gain / space.costs[None, :], -1.0)
-    return _greedy(rate, gain, space, budget)
+    one = torch.arange(C)
+    costs = torch.as_tensor(space.costs, dtype=torch.float64)
+    free = torch.as_tensor(space.offered & ~measured)
+    gain = torch.stack([evidence(M | (one == c)[None, :, None]) - now for c in range(C)], -1)  # G x C
+    rate = gain / costs
+    for c in range(C):  # two-step plans: c now, c2 later (a fresh gene needs two timepoints to show anything)
+        for c2 in range(C):
+            if c2 != c:
+                both = evidence(M | ((one == c) | (one == c2))[None, :, None]) - now
+                rate[:, c] = torch.maximum(rate[:, c], torch.where(free[:, c2], both, 0.0) / (costs[c] + costs[c2]))
+    rate = np.where(space.offered & ~measured, rate.numpy(), -1.0)
+    return _greedy(rate, gain.numpy(), space, budget)
 
 
 def _greedy(rate: np.ndarray, value: np.ndarray, space: ContextSpace, budget: float) -> list[ContextPick]:

@@ -107,3 +107,16 @@ def test_matrix_errors_and_context_specific_genes():
     assert all(0.9 < v["nrmse"] < 1.2 for v in mean_only.values())
     with pytest.raises(ValueError, match="only 300 genes"):
         heldout_design(np.ones((300, 3), bool), 301, rng)
+
+
+def test_specificity_picks_rank_fresh_genes_by_how_likely_they_are_specific():
+    """No gene is measured: one step never completes the evidence, so the two-step plans rank the genes; the genes
+    whose contexts are independent and strong-or-weak (wide, centred) beat genes alike in both contexts."""
+    m = 40
+    space, measured = _space(m, names=("a", "b"), costs=(1.0, 1.0)), np.zeros((m, 2), bool)
+    mean = torch.zeros(m, 2, dtype=torch.float64)
+    cov = torch.eye(2, dtype=torch.float64).expand(m, 2, 2).clone()
+    cov[:20, 0, 1] = cov[:20, 1, 0] = 0.99  # genes 0..19: the same effect in both contexts, never specific
+    picks = specificity_picks(ContextPosterior(mean, cov, torch.ones(2, dtype=torch.float64)), space, measured, 10,
+                              generator=torch.Generator().manual_seed(0))
+    assert len(picks) == 10 and all(int(p.gene[1:]) >= 20 for p in picks) and all(p.rate > 0 for p in picks)

@@ -75,6 +75,7 @@ def test_a_context_without_hours_relates_through_the_shared_factor_only():
     with torch.no_grad():
         kernel.covar_factor = torch.tensor([[1e-6], [1e-6], [1e-6]], dtype=torch.float64)
         kernel.time_kernel.base_kernel.lengthscale = 3.0
+        kernel.initialize(raw_var=kernel.raw_var_constraint.inverse_transform(torch.full((3,), 0.1, dtype=torch.float64)))
         B = kernel.covar_matrix
     corr = B / B.diagonal().sqrt()[:, None] / B.diagonal().sqrt()[None, :]
     assert corr[0, 1] == pytest.approx(0.0, abs=1e-6) and corr[0, 2] == pytest.approx(0.0, abs=1e-6)
