@@ -9,7 +9,8 @@ One simulated campaign per (policy, seed) against a `ContextReplay` world:
 3. score: hits (the world's target hit list) found = hit genes measured in the target; recorded after every
    round with the cost spent so far and the spend per context.
 
-Policies: `multitask` (ICM multi-task GP + cost-aware rates over the allowed contexts), `multitask_target` (the same
+Policies: `multitask` (ICM multi-task GP, with the kernel over time for contexts with hours, + cost-aware rates over
+the allowed contexts), `multitask_target` (the same
 model, target context only: what the other contexts' data alone adds), `independent` (a GP per context + the
 cost-aware rates: no transfer, so other contexts are never worth their cost), `target_gp` (a GP on target data,
 target only), `pooled` (one GP ignoring context + cost-aware rates), `random` (random genes in the target).
@@ -52,7 +53,7 @@ def _model(policy: str, space: ContextSpace, protocol: ContextProtocol):
     common = {"bounds": torch.stack([space.gene_X.min(0).values, space.gene_X.max(0).values]),
               "max_iter": protocol.max_iter}
     if policy in ("multitask", "multitask_target"):
-        return MultiTaskContextGP(C, **common)
+        return MultiTaskContextGP(C, hours=[c.hours for c in space.contexts], **common)
     if policy == "independent":
         return IndependentContextGP(C, **common)
     if policy == "target_gp":
@@ -105,7 +106,7 @@ def run_campaign(space: ContextSpace, screen: ContextScreen, protocol: ContextPr
     curve = [{"round": 0, "cost": sum(spend.values()), "hits_found": len(found), "spend": dict(spend)}]
     model = _model(policy, space, protocol)
     allowed = [protocol.target] if policy in ("multitask_target", "target_gp") else protocol.allowed
-    selector = CostAwareHitPolicy(protocol.target, hit_fraction=protocol.hit_fraction)
+    selector = CostAwareHitPolicy(protocol.target, hit_fraction=protocol.hit_fraction, seed=seed)
     seconds: list[float] = []
     for r in range(1, protocol.rounds + 1):
         t0 = time.perf_counter()
@@ -119,7 +120,8 @@ def run_campaign(space: ContextSpace, screen: ContextScreen, protocol: ContextPr
             gi = torch.as_tensor(obs_g)
             model.fit(space.gene_X[gi], torch.as_tensor(obs_c), torch.as_tensor(obs_y, dtype=torch.float64), gi)
             post = model.joint(space.gene_X, torch.arange(len(space.genes)))
-            picks = selector.select(post, space, measured, round_budget, allowed=allowed)
+            picks = selector.select(post, space, measured, round_budget, allowed=allowed,
+                                    rounds_left=protocol.rounds - r + 1)
         seconds.append(time.perf_counter() - t0)
         run(picks)
         curve.append({"round": r, "cost": sum(spend.values()), "hits_found": len(found), "spend": dict(spend),

@@ -17,7 +17,13 @@ know how much a measurement in context `c` tells about the same gene in the targ
   BoTorch's prior gave 0.47, none 0.13 (0.93 for contexts correlated 0.95 either way). With the gene term and
   no prior, 16 genes gave 0.41 and 0.67 for contexts correlated 0 and 0.3 (sample 0.35, 0.66), which sent the
   cost-aware policy to the cheap contexts of the GWT table, correlated only 0.13-0.31 with 48 h; `"weak"` gave
-  0.34 and 0.62 there, and 0.04 / 0.29 / 0.92 on 40 genes correlated 0 / 0.3 / 0.95.
+  0.34 and 0.62 there, and 0.04 / 0.29 / 0.92 on 40 genes correlated 0 / 0.3 / 0.95 (these numbers with BoTorch's
+  random start of `B`; the first fit now starts near zero correlation, `INIT_TASK_FACTOR`).
+  With `hours` (one entry per context, `None` for a context that is not a timepoint, e.g. K562), `B` gets a smooth
+  part over time (`TimeIndexKernel`): `B = W W^T + diag(v) + s k_M(u_c, u_c') 1(c, c' timepoints)`,
+  `u = log(1 + hours)`, `k_M` a Matern-5/2 kernel, `W` of rank `TIME_RANK` (default 1) unless `rank` is given:
+  timepoints close in log-time correlate more, and a timepoint with no data borrows from its neighbours (tested
+  on synthetic data with a known time structure). A non-timepoint context relates to the others through `W` only.
 * `IndependentContextGP`: one BoTorch `SingleTaskGP` per context; contexts never inform each other
   (zero cross-covariance). A context with fewer than `MIN_OBS` observations has the prior of all observations.
 * `PooledContextGP`: one `SingleTaskGP` over gene features on every observation, context ignored: the same
@@ -34,8 +40,9 @@ took ~8-13 s for 4,000 genes x 3 contexts on 2 loaded cores (measured).
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,9 +50,11 @@ import torch
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import MultiTaskGP
 from botorch.models.transforms import Normalize
+from botorch.models.kernels.positive_index import PositiveIndexKernel
 from botorch.models.utils.priors import BetaPrior
 from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
-from gpytorch.kernels import Kernel, ScaleKernel
+from gpytorch.kernels import Kernel, MaternKernel, ScaleKernel
+from gpytorch.priors import GammaPrior, LogNormalPrior
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from perturbloop.device import default_device
@@ -57,8 +66,16 @@ TASK_PRIORS: dict[str, Callable[[], dict]] = {
     "botorch": lambda: {},
     "none": lambda: {"task_covar_prior": None},
 }
+# First fit's task covariance: factor 0.3 and unit variances, correlations ~0.08 (0.08 x rank). BoTorch's default
+# (factor ~ U(0, 1), random) starts at correlations ~0.75, which 15 L-BFGS iterations barely move: on 16 GWT genes x
+# 3 timepoints (sample correlations with 48 h -0.47..0.51) the fitted correlations were 0.16-0.66, mean 0.5;
+# 200 iterations gave 0-0.26 (measured, 5 seeds). A fixed start also makes the fit reproducible.
+INIT_TASK_FACTOR = 0.3
 MAX_FIT_ITER = 15  # L-BFGS-B iterations per fit, warm-started: a fit of ~300 points stays within seconds
 MIN_OBS = 3  # IndependentContextGP: fewer observations in a context -> that context keeps the pooled prior
+TIME_RANK = 1  # rank of W beside the time kernel: one shared "regulator strength" axis, time does the rest
+# Matern length scale over u = log(1 + hours): median e^0.7 ~ 2 log-units (8 h -> 48 h is 1.7 apart, rest -> 8 h 2.2)
+TIME_LENGTHSCALE_PRIOR = (0.7, 0.6)  # LogNormal(loc, scale)
 QUERY_CHUNK = 2048  # genes per block of the joint posterior (memory ~ n x chunk per context)
 
 
@@ -92,9 +109,19 @@ class MultiTaskContextGP:
 
     def __init__(self, n_contexts: int, *, bounds: torch.Tensor | None = None, rank: int | None = None,
                  max_iter: int = MAX_FIT_ITER, task_prior: Literal["weak", "botorch", "none"] = "weak",
-                 device: torch.device | None = None):
+                 hours: Sequence[float | None] | None = None, device: torch.device | None = None):
         if task_prior not in TASK_PRIORS:
             raise ValueError(f"task_prior must be one of {', '.join(TASK_PRIORS)}, got {task_prior!r}")
+        if hours is not None:
+            hours = list(hours)
+            if len(hours) != n_contexts:
+                raise ValueError(f"hours: {len(hours)} value(s) for {n_contexts} contexts (None for a non-timepoint)")
+            bad = [h for h in hours if h is not None and not (float(h) >= 0 and math.isfinite(float(h)))]
+            if bad:
+                raise ValueError(f"hours must be finite and >= 0 (None: not a timepoint), got {bad}")
+            if sum(h is not None for h in hours) < 2:
+                hours = None  # fewer than two timepoints: nothing for a kernel over time to relate
+        self.hours = hours
         self.n_contexts = n_contexts
         self.bounds = bounds  # 2 x d gene-feature bounds over the whole pool: inputs mapped to the unit cube
         self.rank = rank
@@ -119,15 +146,23 @@ class MultiTaskContextGP:
             bounds = torch.stack([lo, torch.where(hi - lo > 1e-8, hi, lo + 1.0)])  # constant columns: no 0/0
         data_kernel = ScaleKernel(get_covar_module_with_dim_scaled_prior(ard_num_dims=d, active_dims=list(range(d)))) \
             + ScaleKernel(SameGeneKernel(active_dims=[d]))
-        model = MultiTaskGP(train_X, y.reshape(-1, 1).to(dev, torch.float64), task_feature=-1, covar_module=data_kernel,
-                            input_transform=Normalize(d=d + 2, indices=list(range(d)), bounds=bounds),  # features only
-                            all_tasks=list(range(self.n_contexts)), rank=self.rank,
-                            **TASK_PRIORS[self.task_prior]())
-        if self._init:
-            with torch.no_grad():
+        kwargs = dict(task_feature=-1, covar_module=data_kernel,
+                      input_transform=Normalize(d=d + 2, indices=list(range(d)), bounds=bounds),  # features only
+                      all_tasks=list(range(self.n_contexts)), **TASK_PRIORS[self.task_prior]())
+        y2 = y.reshape(-1, 1).to(dev, torch.float64)
+        if self.hours is None:
+            model = MultiTaskGP(train_X, y2, rank=self.rank, **kwargs)
+        else:
+            model = TimeMultiTaskGP(train_X, y2, hours=self.hours, rank=self.rank or TIME_RANK, **kwargs)
+        with torch.no_grad():
+            if self._init:
                 for k, p in model.named_parameters():
                     if k in self._init and self._init[k].shape == p.shape:
                         p.copy_(self._init[k])
+            else:  # contexts start nearly unrelated (INIT_TASK_FACTOR): transfer has to be shown by the data
+                task = model.covar_module.kernels[1]
+                task.covar_factor = torch.full_like(task.covar_factor, INIT_TASK_FACTOR)
+                task.initialize(raw_var=task.raw_var_constraint.inverse_transform(torch.ones_like(task.var)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model),
@@ -137,7 +172,7 @@ class MultiTaskContextGP:
         self.model = model
 
     def task_covariance(self) -> torch.Tensor:
-        """`C x C` learned context covariance `B` (standardised outcome scale)."""
+        """`C x C` learned context covariance `B` (standardised outcome scale; with `hours`, its time part included)."""
         if self.model is None:
             raise RuntimeError("MultiTaskContextGP: fit first")
         with torch.no_grad():
@@ -157,6 +192,63 @@ class MultiTaskContextGP:
         genes = _gene_ids(X) if genes is None else genes
         Xg = torch.cat([X.to(self.device, torch.float64), genes.to(self.device, torch.float64).reshape(-1, 1)], -1)
         return _icm_joint(self.model, Xg, self.n_contexts)
+
+
+class TimeIndexKernel(PositiveIndexKernel):
+    """Task covariance with a smooth part over time: `B = W W^T + diag(v) + s k_M(u_c, u_c') m_c m_c'`, normalised
+    so that `B[0, 0] = 1` (as `PositiveIndexKernel`); `u_c = log(1 + hours_c)`, `m_c = 1` for a timepoint and 0 for
+    a context without hours, `k_M` Matern-5/2 with a LogNormal length-scale prior, `s` its output scale.
+
+    Example:
+        >>> TimeIndexKernel(4, hours=[None, 0, 8, 48], rank=1, active_dims=[17]).covar_matrix  # K562 + 3 timepoints
+    """
+
+    def __init__(self, num_tasks: int, *, hours: Sequence[float | None], rank: int = TIME_RANK, **kwargs):
+        super().__init__(num_tasks, rank=rank, **kwargs)
+        self.register_buffer("log_hours", torch.tensor([math.log1p(h) if h is not None else 0.0 for h in hours],
+                                                       dtype=torch.float64).reshape(-1, 1))
+        self.register_buffer("is_time", torch.tensor([h is not None for h in hours], dtype=torch.float64))
+        loc, scale = TIME_LENGTHSCALE_PRIOR
+        self.time_kernel = ScaleKernel(MaternKernel(nu=2.5, lengthscale_prior=LogNormalPrior(loc, scale)),
+                                       outputscale_prior=GammaPrior(2.0, 2.0))
+
+    @property
+    def _lower_triangle_corr(self) -> torch.Tensor:
+        """Correlations of the index part `W W^T + diag(v)` alone: the `task_prior` regularises that part; the time
+        part has its own length-scale and output-scale priors (a Beta prior with mode 0 on the whole `B` would pull
+        neighbouring timepoints apart)."""
+        cf = self.covar_factor
+        covar = cf @ cf.transpose(-1, -2) + torch.diag_embed(self.var)
+        d = covar.diagonal(dim1=-1, dim2=-2).sqrt()
+        rows, cols = torch.tril_indices(self.num_tasks, self.num_tasks, offset=-1)
+        return (covar / (d.unsqueeze(-1) * d.unsqueeze(-2)))[..., rows, cols]
+
+    def _eval_covar_matrix(self) -> torch.Tensor:
+        cf = self.covar_factor
+        u = self.log_hours.to(cf)
+        time = self.time_kernel(u).to_dense() * (self.is_time[:, None] * self.is_time[None, :]).to(cf)
+        covar = cf @ cf.transpose(-1, -2) + torch.diag_embed(self.var) + time
+        if self.unit_scale_for_target:
+            covar = covar / covar[..., self.target_task_index, self.target_task_index].unsqueeze(-1).unsqueeze(-1)
+        return covar
+
+    def time_correlation(self) -> torch.Tensor:
+        """`C x C` correlation of the time part alone, `k_M(u_c, u_c') / s` (1 on the diagonal)."""
+        with torch.no_grad():
+            return self.time_kernel.base_kernel(self.log_hours).to_dense()
+
+
+class TimeMultiTaskGP(MultiTaskGP):
+    """BoTorch's `MultiTaskGP` with `TimeIndexKernel` as the task covariance (the rest unchanged)."""
+
+    def __init__(self, train_X: torch.Tensor, train_Y: torch.Tensor, *, hours: Sequence[float | None],
+                 rank: int = TIME_RANK, **kwargs):
+        super().__init__(train_X, train_Y, rank=rank, **kwargs)
+        index = self.covar_module.kernels[1]
+        prior = next((p for name, _, p, _, _ in index.named_priors() if name == "IndexKernelPrior"), None)
+        self.covar_module = self.covar_module.kernels[0] * TimeIndexKernel(
+            self.num_tasks, hours=hours, rank=rank, task_prior=prior, active_dims=index.active_dims)
+        self.to(train_X)
 
 
 class SameGeneKernel(Kernel):
