@@ -1,8 +1,9 @@
 """Policies of a campaign across contexts: which (gene, context) pairs a round buys with its cost units.
 
-Every policy answers `picks(post, space, measured, budget, *, observed, round_index, rng)`: `post` is the model's
-joint posterior of every gene over the contexts (None for a model-free policy), `measured` the `G x C` pairs
-measured, pending or excluded, `budget` the cost units of this round.
+Every policy answers `picks(post, space, measured, budget, *, observed, round_index, rng, rounds_left)`: `post` is
+the model's joint posterior of every gene over the contexts (None for a model-free policy), `measured` the `G x C`
+pairs measured, pending or excluded, `budget` the cost units of this round, `rounds_left` the rounds including this
+one (the last round measures the target only: a screen could not be followed up).
 
 * `cost_aware`: expected target hits per unit cost (`acquisition.cost_aware.CostAwareHitPolicy`) over the allowed
   contexts.
@@ -32,10 +33,11 @@ class CostAwareContextPolicy:
         self.policy = CostAwareHitPolicy(target, hit_fraction=hit_fraction)
 
     def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
-              observed: Mapping[str, float], round_index: int, rng: np.random.Generator) -> list[ContextPick]:
+              observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
+              rounds_left: int | None = None) -> list[ContextPick]:
         if post is None:  # fewer than two different values measured: nothing to rank by yet
             return random_target_picks(space, measured, budget, self.policy.target, rng)
-        return self.policy.select(post, space, measured, budget, allowed=self.allowed)
+        return self.policy.select(post, space, measured, budget, allowed=self.allowed, rounds_left=rounds_left)
 
 
 class RandomContextPolicy:
@@ -46,7 +48,8 @@ class RandomContextPolicy:
         self.target = target
 
     def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
-              observed: Mapping[str, float], round_index: int, rng: np.random.Generator) -> list[ContextPick]:
+              observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
+              rounds_left: int | None = None) -> list[ContextPick]:
         return random_target_picks(space, measured, budget, self.target, rng)
 
 
@@ -70,7 +73,8 @@ class CheapFirstPolicy:
         return min(others, key=lambda c: space.costs[c])
 
     def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
-              observed: Mapping[str, float], round_index: int, rng: np.random.Generator) -> list[ContextPick]:
+              observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
+              rounds_left: int | None = None) -> list[ContextPick]:
         t, c = space.context_index(self.target), self._cheap(space)
         costs = space.costs
         if round_index - self.first_round < self.cheap_rounds:

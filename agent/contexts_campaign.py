@@ -6,8 +6,8 @@ The nodes (agent.nodes) ask a `ContextCampaign` what they ask every campaign; it
   context of every proposal, decision, lab job and observation with no new column); only pairs the design space
   offers can be proposed or added (`candidate_labels`);
 * the model learns the signed score (the cost-aware policy asks `P(|f| > tau)` of a signed posterior);
-* a round spends cost units: round `r` of `R` may spend `(budget - spent) / (R - r)`, at least the cheapest allowed
-  context's cost and at most what is left (`round_budget`), `spent` summing the cost of every pair measured or
+* a round spends cost units: round `r` of `R` may spend `(budget - spent) / (R - r)`, at least the dearest allowed
+  context's cost (the target can always be bought) and at most what is left (`round_budget`), `spent` summing the cost of every pair measured or
   failed so far; the campaign ends when what is left cannot pay the cheapest allowed context (`can_spend`), when
   the policy can afford nothing it would pick, or when its rounds run out;
 * after each round the store's fit record gets the cost spent (in total and per context) and the target hits found.
@@ -58,10 +58,11 @@ class ContextCampaign(CampaignContext):
         return self.left() >= self.cheapest()
 
     def round_budget(self, index: int) -> float:
-        """Cost units round `index` may spend: what is left shared equally over the rounds left, at least one of the
-        cheapest pairs while the budget lasts."""
+        """Cost units round `index` may spend: what is left shared equally over the rounds left, at least one pair of
+        the dearest allowed context (so the target can always be bought) while the budget lasts."""
         left = self.left()
-        return min(left, max(left / max(1, self.rounds - index), self.cheapest()))
+        dearest = float(self.space.costs[self.space.check_allowed(self.config.contexts.allowed)].max())
+        return min(left, max(left / max(1, self.rounds - index), dearest))
 
     def select(self, surrogate, observed: Mapping[str, object], pending: list[str], index: int) -> Proposal:
         """Round 0: the initial design; then the policy's (gene, context) picks within the round's budget, each with
@@ -73,7 +74,7 @@ class ContextCampaign(CampaignContext):
         post = surrogate.joint(space) if surrogate is not None else None
         rng = np.random.default_rng([self.config.seed, index])
         picks = self.policy.picks(post, space, measured, self.round_budget(index), observed=observed,
-                                  round_index=index, rng=rng)
+                                  round_index=index, rounds_left=self.rounds - index, rng=rng)
         target = self.config.contexts.target
         items = []
         for p in picks:

@@ -133,6 +133,7 @@ def propose(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     proposal = ctx.select(cached["surrogate"], observed, pending, state["round"])
     select_seconds = time.perf_counter() - t0
     if not proposal.items:  # the policy can pick nothing more (a budget in cost units that affords none of its picks)
+        ctx.store.drop_unused_round(r.id)  # the campaign ends before this round: no empty round in its record
         return _finished(ctx)
     surrogate_name = cached["surrogate"].name if cached["surrogate"] is not None else "none"
     params = getattr(cached["surrogate"], "params", {}) if cached["surrogate"] is not None else {}

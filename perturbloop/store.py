@@ -437,6 +437,19 @@ class Store:
         with self.session() as s:
             return list(s.exec(select(Round).where(Round.campaign_id == campaign_id).order_by(Round.index)))
 
+    def drop_unused_round(self, round_id: int) -> bool:
+        """Delete round `round_id` if it is still `fitting` and no row refers to it (a round the campaign ended in
+        before proposing anything, e.g. a spent budget); whether it was deleted."""
+        with self.session() as s:
+            r = s.get(Round, round_id)
+            if r is None or r.status != "fitting":
+                return False
+            for table in (Proposal, ProposalRecord, Decision, Rejection, Veto, LabJob, Observation, ModelFit):
+                if s.exec(select(table).where(table.round_id == round_id)).first() is not None:
+                    return False
+            s.delete(r)
+            return True
+
     def set_round_status(self, round_id: int, status: str, *, session: Session | None = None) -> None:
         def _do(s: Session) -> None:
             r = s.get(Round, round_id)

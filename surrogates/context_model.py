@@ -34,7 +34,8 @@ class ContextModel:
         self.seed = seed  # seeds BoTorch's retries (a failed L-BFGS-B start is retried from parameters drawn from priors)
         self.params: dict = {}
         bounds = torch.stack([space.gene_X.min(0).values, space.gene_X.max(0).values])
-        self.model = CONTEXT_MODELS[kind](len(space.contexts), bounds=bounds, max_iter=max_iter)
+        extra = {"hours": [c.hours for c in space.contexts]} if kind == "multitask" else {}  # the kernel over time
+        self.model = CONTEXT_MODELS[kind](len(space.contexts), bounds=bounds, max_iter=max_iter, **extra)
 
     def fit(self, X: torch.Tensor, Y: torch.Tensor, offset: torch.Tensor | None = None) -> None:
         """`X`: `n x (d + 2)` rows of `ContextSpace.features`, `Y`: `n x 1` measured values (`offset` unused)."""

@@ -83,7 +83,8 @@ def test_unknown_context_is_refused_before_anything_is_stored(gwt_activation_sli
 
 @pytest.mark.slow
 def test_campaign_runs_through_the_graph_within_its_budget(gwt_activation_slice_csv, tmp_path, data_dir):
-    # initial design 3 genes x (1 + 1 + 2) = 12 cost units; the 3 left buy one cheap pair a round
+    # initial design 3 genes x (1 + 1 + 2) = 12 cost units; a round may always buy a target pair (cost 2) while
+    # the 3 left last, and ends the campaign once it picks nothing it can afford
     config = parse_config(_config(gwt_activation_slice_csv, rounds=10, contexts={"budget": 15}))
     store = Store(str(tmp_path / "s.db"))
     res = run_campaign(config, store, data_dir)
@@ -92,9 +93,10 @@ def test_campaign_runs_through_the_graph_within_its_budget(gwt_activation_slice_
     pairs = [split_label(o.perturbation) for o in obs]
     assert {c for _, c in pairs} <= set(TIMES) and len(set(pairs)) == len(pairs)
     spent = _spent(store, "ctx")
-    # the budget ends the campaign before its 10 rounds: what is left cannot pay the cheapest context
-    assert sum(spent.values()) == 15 and len(store.rounds("ctx")) == 4 and spent["Stim48hr"] == 6
+    # the budget ends the campaign before its 10 rounds, with at most the cheapest context's cost left unspent
+    assert 14 <= sum(spent.values()) <= 15 and len(store.rounds("ctx")) < 5 and spent["Stim48hr"] >= 6
     rounds = store.rounds("ctx")
+    assert all(r.status == "ingested" for r in rounds)  # the round that could buy nothing is not kept
     last = store.model_fit(rounds[-1].id).metrics
     assert last["cost_spent"] == sum(spent.values()) and last["spent:Stim48hr"] == spent["Stim48hr"]
     # round 0: 3 genes in every context they were measured in; later rounds: at most one context per gene
