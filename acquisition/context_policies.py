@@ -7,7 +7,8 @@ one (the last round measures the target only: a screen could not be followed up)
 
 * `cost_aware`: expected target hits per unit cost (`acquisition.cost_aware.CostAwareHitPolicy`) over the allowed
   contexts.
-* `random`: random genes in the target context (the baseline).
+* `random`: random genes in the target context (the baseline); random pairs in the allowed contexts when a round
+  may not use the target.
 * `cheap_first`: the "K562 first, then T cells" heuristic: the first `max(1, R // 2)` of the `R` policy rounds buy
   random genes in the cheapest allowed other context; later rounds measure in the target the genes with the
   largest |value| measured there, then random target genes with what is left.
@@ -19,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from acquisition.cost_aware import ContextPick, CostAwareHitPolicy, random_target_picks
+from acquisition.cost_aware import ContextPick, CostAwareHitPolicy, random_pair_picks, random_target_picks
 from perturbloop.contexts import ContextSpace, split_label
 from surrogates.multitask import ContextPosterior
 
@@ -36,21 +37,33 @@ class CostAwareContextPolicy:
               observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
               rounds_left: int | None = None) -> list[ContextPick]:
         if post is None:  # fewer than two different values measured: nothing to rank by yet
-            return random_target_picks(space, measured, budget, self.policy.target, rng)
+            return random_allowed_picks(space, measured, budget, self.policy.target, self.allowed, rng)
         return self.policy.select(post, space, measured, budget, allowed=self.allowed, rounds_left=rounds_left)
+
+
+def random_allowed_picks(space: ContextSpace, measured: np.ndarray, budget: float, target: str,
+                         allowed: Sequence[str] | None, rng: np.random.Generator) -> list[ContextPick]:
+    """Random target genes, or, when the round may not use the target (`allowed` without it), random free pairs in
+    the allowed contexts (one context per gene), while their costs fit `budget`."""
+    if allowed is None or target in allowed:
+        return random_target_picks(space, measured, budget, target, rng)
+    barred = np.ones(len(space.contexts), dtype=bool)
+    barred[space.check_allowed(allowed)] = False
+    return random_pair_picks(space, measured | barred[None, :], budget, rng)
 
 
 class RandomContextPolicy:
     name = "random"
     uses_model = False
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, *, allowed: Sequence[str] | None = None):
         self.target = target
+        self.allowed = list(allowed) if allowed else None
 
     def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
               observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
               rounds_left: int | None = None) -> list[ContextPick]:
-        return random_target_picks(space, measured, budget, self.target, rng)
+        return random_allowed_picks(space, measured, budget, self.target, self.allowed, rng)
 
 
 class CheapFirstPolicy:

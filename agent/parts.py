@@ -189,7 +189,7 @@ def context_policy(config: CampaignConfig):
 
     t, kind = config.contexts, config.acquisition.kind
     if kind == "random":
-        return RandomContextPolicy(t.target)
+        return RandomContextPolicy(t.target, allowed=t.allowed)
     if kind == "cheap_first":
         return CheapFirstPolicy(t.target, config.rounds, first_round=1 if config.initial else 0, allowed=t.allowed)
     return CostAwareContextPolicy(t.target, hit_fraction=t.hit_fraction, allowed=t.allowed)

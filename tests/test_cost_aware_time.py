@@ -120,3 +120,19 @@ def test_specificity_picks_rank_fresh_genes_by_how_likely_they_are_specific():
     picks = specificity_picks(ContextPosterior(mean, cov, torch.ones(2, dtype=torch.float64)), space, measured, 10,
                               generator=torch.Generator().manual_seed(0))
     assert len(picks) == 10 and all(int(p.gene[1:]) >= 20 for p in picks) and all(p.rate > 0 for p in picks)
+
+
+def test_random_policies_keep_to_the_allowed_contexts():
+    """A round the scientist limits to the cheap contexts gets no target pick from the random baseline, nor from the
+    cost-aware policy before its model can rank anything (it fell back to random target genes before)."""
+    from acquisition.context_policies import CostAwareContextPolicy, RandomContextPolicy
+
+    space = _space(30, names=("rest", "cheap", "target"), costs=(1.0, 1.0, 4.0))
+    measured = np.zeros((30, 3), dtype=bool)
+    for policy in (RandomContextPolicy("target", allowed=["cheap"]),
+                   CostAwareContextPolicy("target", hit_fraction=0.05, allowed=["cheap"])):
+        picks = policy.picks(None, space, measured, 10.0, observed={}, round_index=1, rng=np.random.default_rng(0))
+        assert len(picks) == 10 and {p.context for p in picks} == {"cheap"}
+    picks = RandomContextPolicy("target").picks(None, space, measured, 10.0, observed={}, round_index=1,
+                                                rng=np.random.default_rng(0))
+    assert len(picks) == 2 and {p.context for p in picks} == {"target"}
