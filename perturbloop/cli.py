@@ -455,7 +455,8 @@ def _benchmark_pairs(screen, hits, rounds, batch, seeds, policy, features, data_
     console.print(f"results: {path}\ncurves: {png}")
 
 
-def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runner: str, address: str | None) -> None:
+def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runner: str, address: str | None,
+                        seeds: int | None = None) -> None:
     _quiet_prefect()
 
     from flows.response_eval import run_response_sweep
@@ -463,6 +464,8 @@ def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runn
     from perturbloop.config import load_config
 
     config = load_config(config_path)
+    if seeds is not None:  # --seeds given: it overrides the file's evaluation.seeds
+        config = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"seeds": seeds})})
     if not config.is_response:
         raise PerturbloopError(f"{config_path}: not a response campaign (needs a [world] table; screen campaigns are "
                                "benchmarked with --screen)")
@@ -573,7 +576,8 @@ def benchmark(
                                                 "5% by |score|)")] = None,
     rounds: Annotated[int, typer.Option(min=1)] = 5,
     batch: Annotated[int, typer.Option(min=1)] = 128,
-    seeds: Annotated[int, typer.Option(min=1)] = 10,
+    seeds: Annotated[Optional[int], typer.Option(min=1, help="seeds per policy (default 10; with --config, the "
+                                                 "file's evaluation.seeds unless given)")] = None,
     policy: Annotated[str, typer.Option(help="comma-separated policies; `best` is the recommended one")] = "best,random",
     nonessential: Annotated[bool, typer.Option("--nonessential", help="drop core-essential genes from hits and picks")] = False,
     features: Annotated[Optional[str], typer.Option(help="go, screens, essential, embedding (comma-separated; default "
@@ -616,6 +620,7 @@ def benchmark(
     campaign across contexts ([contexts]): target hits against cost spent for the multi-task model,
     the independent and pooled baselines, random picks and, with a K562 context, K562 first.
     """
+    given_seeds, seeds = seeds, 10 if seeds is None else seeds
     if contexts is not None or target_context is not None or costs is not None:
         if screen is None or contexts is None or target_context is None:
             typer.echo("error: a benchmark across contexts needs --screen, --contexts and --target-context", err=True)
@@ -627,7 +632,7 @@ def benchmark(
         if screen is not None:
             typer.echo("error: give --screen or --config, not both", err=True)
             raise typer.Exit(2)
-        _guard(_benchmark_response, config, out, data_dir, runner, address)
+        _guard(_benchmark_response, config, out, data_dir, runner, address, given_seeds)
         return
     if screen is None:
         typer.echo("error: name a --screen (pooled screen) or a --config (response campaign)", err=True)

@@ -156,11 +156,13 @@ def test_benchmark_config_writes_learning_curves_through_the_loop(gwt_activation
     toml.write_text(f'name = "bench"\ninitial = 2\nrounds = 1\n[world]\nkind = "contexts"\n'
                     f'dataset = "{gwt_activation_slice_csv}"\n[contexts]\ncontexts = ["Rest", "Stim8hr", "Stim48hr"]\n'
                     'costs = [1, 1, 2]\ntarget = "Stim48hr"\nbudget = 16\n[surrogate]\nmax_iter = 5\n'
-                    '[evaluation]\nseeds = 1\n')
+                    '[evaluation]\nseeds = 4\n')
     out = CliRunner().invoke(app, ["benchmark", "--config", str(toml), "--out", str(tmp_path / "r.json"),
-                                   "--data-dir", str(data_dir)], catch_exceptions=False)
+                                   "--seeds", "1", "--data-dir", str(data_dir)], catch_exceptions=False)
     assert out.exit_code == 0, out.output
     res = json.loads((tmp_path / "r.json").read_text())
+    # --seeds overrides the file's evaluation.seeds (it was silently ignored with --config)
+    assert res["protocol"]["seeds"] == 1 and all(s["seeds"] == 1 for s in res["summary"])
     rows = {r["policy"]: r for r in res["results"]}
     assert list(rows) == ["multitask", "independent", "pooled", "random"]  # no K562 context: no cheap_first
     for r in rows.values():
