@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from test_contexts_campaign import _config as _contexts_config
 from test_perturbseq_lab import _config as _perturbseq_config
 from test_response_campaign import _toml
 
@@ -42,6 +43,17 @@ def _write_perturbseq(folder: Path, name: str, reference: Path, lab_dir: Path, s
     folder.mkdir(parents=True, exist_ok=True)
     lab_dir.mkdir(parents=True, exist_ok=True)  # the lab's share; outbox and inbox are made inside it
     cfg = {**_perturbseq_config(reference, lab_dir), "name": name, "approval": "auto", "schedule": schedule}
+    p = folder / f"{name}.toml"
+    p.write_text(_toml(cfg))
+    return p
+
+
+def _write_contexts(folder: Path, name: str, screen: Path, lab_dir: Path, schedule: str) -> Path:
+    """A campaign across contexts (the GWT activation slice) with a file-drop lab and approval `auto`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lab_dir.mkdir(parents=True, exist_ok=True)  # the lab's share; outbox and inbox are made inside it
+    cfg = {**_contexts_config(screen), "name": name, "approval": "auto", "schedule": schedule,
+           "lab": {"kind": "filedrop", "outbox": str(lab_dir / "outbox"), "inbox": str(lab_dir / "inbox")}}
     p = folder / f"{name}.toml"
     p.write_text(_toml(cfg))
     return p
@@ -122,11 +134,12 @@ def _healthy(api: str) -> bool:
 
 
 @pytest.mark.slow
-def test_serve_registers_cron_deployments_and_scheduled_runs_advance(slice_csv, papalexi_slice, data_dir, tmp_path):
-    """A real `prefect server`, `perturbloop serve` in a subprocess, a folder with a screen config and a
-    Perturb-seq config (file-drop lab): a run of each deployment advances its campaign (the screen to its
-    approval pause, the Perturb-seq one to its order sheet and the wait for the lab) and publishes the
-    round table as an artifact."""
+def test_serve_registers_cron_deployments_and_scheduled_runs_advance(slice_csv, papalexi_slice, gwt_activation_slice_csv,
+                                                                     data_dir, tmp_path):
+    """A real `prefect server`, `perturbloop serve` in a subprocess, a folder with a screen config, a
+    Perturb-seq config and a campaign across contexts (both file-drop labs): a run of each deployment advances
+    its campaign (the screen to its approval pause, the others to their order sheets and the wait for the lab;
+    the contexts one's sheet names each pair's gene and context) and publishes the round table as an artifact."""
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
@@ -135,6 +148,7 @@ def test_serve_registers_cron_deployments_and_scheduled_runs_advance(slice_csv, 
     folder = tmp_path / "campaigns"
     _write(folder, "nightly", slice_csv, 'approval = "required"\nschedule = "0 2 * * *"')
     _write_perturbseq(folder, "perturbseq-nightly", papalexi_slice, tmp_path / "lab", "30 3 * * *")
+    _write_contexts(folder, "contexts-nightly", gwt_activation_slice_csv, tmp_path / "ctxlab", "45 3 * * *")
     store = tmp_path / "pl.db"
     bin_dir = Path(sys.executable).parent
     server = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -159,8 +173,8 @@ def test_serve_registers_cron_deployments_and_scheduled_runs_advance(slice_csv, 
                         return None
 
             # serve registers the folder's deployments one after another: wait for both
-            _wait(lambda: all(asyncio.run(deployment(n)) is not None for n in ("nightly", "perturbseq-nightly")), 90,
-                  "both deployments", [server, serve])
+            _wait(lambda: all(asyncio.run(deployment(n)) is not None for n in ("nightly", "perturbseq-nightly", "contexts-nightly")), 90,
+                  "the three deployments", [server, serve])
             dep = asyncio.run(deployment())
             assert dep.schedules[0].schedule.cron == "0 2 * * *" and dep.schedules[0].active
             ps_dep = asyncio.run(deployment("perturbseq-nightly"))
@@ -190,6 +204,14 @@ def test_serve_registers_cron_deployments_and_scheduled_runs_advance(slice_csv, 
             assert st.get_campaign("perturbseq-nightly").status == "waiting_for_lab"
             sheets = list((tmp_path / "lab" / "outbox").glob("*.order.csv"))
             assert len(sheets) == 1 and len(sheets[0].read_text().splitlines()) == 1 + 3  # the initial design
+
+            ctx_run = run_deployment("perturbloop-advance/contexts-nightly", timeout=240)
+            assert ctx_run.state.is_completed(), ctx_run.state
+            assert st.get_campaign("contexts-nightly").status == "waiting_for_lab"
+            (sheet,) = (tmp_path / "ctxlab" / "outbox").glob("*.order.csv")
+            header, *rows = sheet.read_text().splitlines()
+            assert header.split(",")[:4] == ["round", "perturbation", "gene", "context"]
+            assert len(rows) == 9 and all(r.split(",")[1] == f"{r.split(',')[2]}@@{r.split(',')[3]}" for r in rows)
 
             described = {a.key: a.description for a in asyncio.run(artifact())}
             assert described[artifact_key("nightly")].endswith("awaiting_approval, 1/2 rounds")
