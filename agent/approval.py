@@ -14,9 +14,8 @@ import hashlib
 import json
 from collections.abc import Sequence
 
+from perturbloop.context_labels import PAIR_SEP, pair_label
 from perturbloop.errors import PerturbloopError, UnknownGeneError
-
-PAIR_SEP = "@@"  # perturbloop.contexts.PAIR_SEP (not imported here: pandas stays out of `review` and `status`)
 from perturbloop.store import Decision, Proposal, Round, Store, display_url
 
 
@@ -111,7 +110,7 @@ def context_labels(items: Sequence[str], candidates: Sequence[str], context: str
         raise PerturbloopError(f"{context}: {', '.join(unknown)}; the campaign's contexts are {', '.join(contexts)}")
     genes = sorted({g for g, _ in pairs})
     mapped = gene_index(data_dir).canonical([g for g, _ in parts], context=context, allowed=genes)
-    out = [f"{g}{PAIR_SEP}{c}" for g, (_, c) in zip(mapped, parts)]
+    out = [pair_label(g, c) for g, (_, c) in zip(mapped, parts)]
     offered = set(candidates)
     known = set(genes)
     absent = [f"{item} ({g} is not in the design space)" if g not in known else

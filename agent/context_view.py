@@ -20,11 +20,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from perturbloop.context_labels import PAIR_SEP
 from perturbloop.store import Observation, Store
-
-# `perturbloop.contexts.PAIR_SEP`, written here so that reading a campaign without context labels (`perturbloop
-# status`, the review app) does not import that module's numpy and pandas (~1 s); a test keeps the two equal.
-PAIR_SEP = "@@"
 
 
 def gene_and_context(label: str) -> tuple[str, str] | None:

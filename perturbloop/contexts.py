@@ -29,26 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from perturbloop.context_labels import PAIR_SEP, pair_label, split_label  # noqa: F401 (re-exported)
 from perturbloop.errors import ConfigError, ScreenFormatError
 
-PAIR_SEP = "@@"
 MAGECK_SCORE = "neg|lfc."  # column group prefix of a context's score in a MAGeCK-style multi-context summary
 MAGECK_SE = "neg|se."
 # Time since stimulation of the GWT culture conditions; K562 is another cell type (no time).
 GWT_HOURS: dict[str, float | None] = {"Rest": 0.0, "Stim8hr": 8.0, "Stim48hr": 48.0, "K562": None}
 GWT_TABLES = {"polarization": "gwt_cd4_polarization", "aging": "gwt_cd4_aging"}
-
-
-def pair_label(gene: str, context: str) -> str:
-    return f"{gene}{PAIR_SEP}{context}"
-
-
-def split_label(label: str) -> tuple[str, str]:
-    """`GENE@@context` -> (gene, context); a ValueError naming the label otherwise."""
-    gene, sep, context = label.rpartition(PAIR_SEP)
-    if not sep or not gene or not context:
-        raise ValueError(f"{label!r} is not a (gene, context) label `GENE{PAIR_SEP}context`")
-    return gene, context
 
 
 @dataclass(frozen=True)
