@@ -35,16 +35,19 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+PIPE_WIDTH = 100_000  # written to a log or a pipe there is no screen to fit: every table takes its natural width
+
+
 def _console():
-    """Rich output; written to a log or a pipe, tables keep their full width (not cut to 80 columns)."""
-    import shutil
+    """Rich output; written to a log or a pipe (not a terminal), tables keep their natural width, one line per row
+    (rich would cut them to 80 columns or `$COLUMNS`: `mse_top2…`)."""
     import sys
 
     from rich.console import Console
 
     if sys.stdout.isatty():
         return Console()
-    return Console(width=max(200, shutil.get_terminal_size((200, 24)).columns))
+    return Console(width=PIPE_WIDTH)
 
 
 def _fmt(v, spec: str = ".3f") -> str:

@@ -226,6 +226,36 @@ def test_round_time_leaves_out_the_approval_wait(paused, data_dir):  # noqa: F81
     assert "round time" in table and "approval wait" in table and "2.0 h" in table
 
 
+def test_tables_written_to_a_pipe_are_not_cut(paused, data_dir):  # noqa: F811
+    """`status` and `review` written to a pipe or a log (not a terminal; COLUMNS=80, as a CI log or `| tee`):
+    every header and cell whole (no `mse_top2…`), one line per row, so a log can be read and grepped."""
+    note = ("dropped nothing; checked the batch against the arrayed validation list of 2024-05 and the donor "
+            "variability notes, all sixteen guides are in stock at the core facility, run them in plate B")
+    cfg = parse_config(paused.get_campaign("web").config)
+    ctx = build_context(cfg, paused, data_dir)
+    run_campaign(cfg, paused, data_dir, context=ctx,
+                 resume=decide(paused, "web", ctx.candidate_labels(), by="grace.hopper@lab.example.org", note=note))
+
+    status = CliRunner().invoke(_cli_app(), ["status", "--store", paused.url], env={"COLUMNS": "80"})
+    assert status.exit_code == 0, status.output
+    assert "…" not in status.output
+    header = next(line for line in status.output.splitlines() if line.startswith("┃"))
+    assert all(col in header for col in ("hits so far", "decision", "round time", "approval wait", "lab job"))
+    (row,) = [line for line in status.output.splitlines() if note in line]  # the note whole, on its round's line
+    assert "grace.hopper@lab.example.org" in row and "ingested" in row
+
+    review = CliRunner().invoke(_cli_app(), ["review", "web", "--store", paused.url], env={"COLUMNS": "80"})
+    assert review.exit_code == 0, review.output
+    assert "…" not in review.output
+    view = pending_view(paused, "web")
+    header = next(line for line in review.output.splitlines() if line.startswith("┃"))
+    assert all(col in header for col in (view["label"], "P(hit)", "acq value", "policy", "rationale"))
+    lines = review.output.splitlines()
+    for it in view["items"]:
+        (row,) = [line for line in lines if f" {it['perturbation']} " in line and it["rationale"] in line]
+        assert it["shown"] in row
+
+
 def test_run_summary_while_awaiting_approval_compares_nothing(paused, data_dir, tmp_path):  # noqa: F811
     """The run's summary for a campaign paused at its first proposal beside a finished random baseline: no
     'ucb 0.000 vs random 0.028 (0.0x)', the unmeasured round shows no hit ratio, and the next step is named;
