@@ -342,6 +342,7 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
                                         "reload in a moment")
         r, _ = check_proposal(store, campaign_id, d.proposal)
         ctx = advancer.context(campaign_id)
+        store.check_files(campaign_id, ctx.config.named_files())  # a file changed behind the campaign: nothing stored
         decision = decide(store, campaign_id, ctx.candidate_labels(), drop=d.drop, add=d.add, veto=d.veto,
                           reject=d.reject, note=d.note, by=d.by, data_dir=data_dir, proposal=d.proposal)
         stored, won = record_decision(store, r.id, decision)

@@ -698,6 +698,7 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=())
     if c is None:
         raise PerturbloopError(f"no campaign {campaign!r} in {display_url(st.url)}")
     config = parse_config(c.config, f"stored config of {campaign}")
+    st.check_files(campaign, config.named_files())  # a file changed behind the campaign: refused before any decision
     edits = {"drop": drop, "add": add, "veto": veto, "reject": reject, "note": note, "by": by, "data_dir": data_dir}
     if not config.is_response:  # a bad edit is refused in a second: checked against the screen's genes (a superset
         from perturbloop.data.screen_genes import screen_genes  # of the design space; cached by the run, no pandas)

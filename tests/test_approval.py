@@ -297,3 +297,38 @@ def test_a_file_changed_behind_the_campaign_is_refused(slice_csv, data_dir, tmp_
     res = run_campaign(cfg, store, data_dir, resume=decision, context=ctx)
     assert res.status == "awaiting_approval" and store.decision(r0.id).action == "approved"
     assert not any(o.failed for o in store.observations("files", include_failed=True))
+
+
+def test_approve_and_the_web_refuse_a_changed_file_before_any_decision(slice_csv, data_dir, tmp_path):
+    """Issue 13, defect 2, as the reviewer meets it: the gene list edited while a proposal waits. `approve` answers
+    one error line naming the file, without first announcing "approved by ..."; the web API answers 400 naming it
+    and records no decision (before: it stored the approval and then failed to advance)."""
+    import pandas as pd
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from agent.web import create_app
+    from perturbloop.cli import app
+
+    genes = pd.read_csv(slice_csv)["Gene"].tolist()[:120]
+    gene_file = tmp_path / "genes.txt"
+    gene_file.write_text("\n".join(genes) + "\n")
+    cfg = parse_config({"name": "files", "rounds": 2, "batch_size": 6, "approval": "required",
+                        "data": {"screen": str(slice_csv)}, "design": {"genes": str(gene_file)}})
+    store = Store(str(tmp_path / "pl.db"))
+    assert run_campaign(cfg, store, data_dir).status == "awaiting_approval"
+    r0, props = pending_proposal(store, "files")
+    gene_file.write_text("\n".join(g for g in genes if g not in {p.perturbation for p in props}) + "\n")
+
+    out = CliRunner().invoke(app, ["approve", "files", "--by", "ada", "--store", store.url,
+                                   "--data-dir", str(data_dir)])
+    assert out.exit_code == 2 and "approved" not in out.output, out.output
+    assert "error: " in out.output and "design.genes" in out.output and "genes.txt" in out.output
+    assert store.decision(r0.id) is None
+
+    token = "s3cret-review-token"
+    client = TestClient(create_app(store, token, str(data_dir)), headers={"Authorization": f"Bearer {token}"})
+    proposal = client.get("/api/campaigns/files/proposal").json()["proposal"]
+    r = client.post("/api/campaigns/files/decision", json={"by": "ada", "proposal": proposal})
+    assert r.status_code == 400 and "design.genes" in r.json()["detail"], r.text
+    assert store.decision(r0.id) is None and pending_round(store, "files").id == r0.id
