@@ -360,7 +360,8 @@ def test_browser_login_edit_and_approve(live_server, browser, paused):
 @pytest.mark.slow
 def test_browser_refuses_a_stale_form_and_a_cross_site_form(live_server, browser, paused, attacker_site):
     """A form showing round 1, submitted after another reviewer decided it, gets 409 and decides
-    nothing; a form on another port of the same host, posted with the reviewer's cookie, gets 403."""
+    nothing; a form on another port of the same host, posted with the reviewer's cookie, gets 403 (cross-site);
+    the app's own form carrying an ended session's CSRF token gets 403 (CSRF token)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.common.exceptions import WebDriverException
@@ -403,4 +404,23 @@ def test_browser_refuses_a_stale_form_and_a_cross_site_form(live_server, browser
     browser.find_element(By.ID, "go").click()
     wait.until(EC.title_contains("403"))
     assert "cross-site" in browser.find_element(By.ID, "detail").text
+    assert paused.decision(r1.id) is None and pending_round(paused, "web").id == r1.id
+
+    # the app's own page from an ended session (the reviewer logged out and in again in another tab): same origin
+    # and a live cookie, but the form's CSRF token is the old session's, so 403 and nothing decided
+    browser.get(base + "/campaigns/web")
+    wait.until(EC.text_to_be_present_in_element((By.ID, "pending-title"), "Round 2 proposal"))
+    old_tab = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    browser.get(base + "/campaigns/web")
+    wait.until(EC.presence_of_element_located((By.ID, "logout"))).click()
+    wait.until(EC.presence_of_element_located((By.ID, "token"))).send_keys(TOKEN)
+    browser.find_element(By.ID, "login").click()
+    wait.until(EC.presence_of_element_located((By.ID, "campaigns")))
+    browser.close()
+    browser.switch_to.window(old_tab)
+    browser.find_element(By.ID, "by").send_keys("grace")
+    browser.find_element(By.ID, "approve").click()
+    wait.until(EC.title_contains("403"))
+    assert "CSRF token" in browser.find_element(By.ID, "detail").text
     assert paused.decision(r1.id) is None and pending_round(paused, "web").id == r1.id
