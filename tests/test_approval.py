@@ -269,12 +269,11 @@ def test_a_decision_after_lost_checkpoints_is_applied(slice_csv, data_dir, tmp_p
     assert store.decision(r0.id).action == "approved" and len(store.lab_jobs(r0.id)) == 1
 
 
-def test_a_file_changed_behind_the_campaign_is_refused(slice_csv, data_dir, tmp_path):
-    """Issue 13, defect 2: the gene list a config names is edited between proposal and approval. Approving must
-    refuse, naming the file, and store nothing (before: the approved genes were stored as failed)."""
+@pytest.fixture
+def on_a_gene_list(slice_csv, data_dir, tmp_path):
+    """A campaign whose `design.genes` names a file of 120 real genes, paused at its first proposal:
+    `(config, store, gene_file, genes)`."""
     import pandas as pd
-
-    from perturbloop.errors import StoreError
 
     genes = pd.read_csv(slice_csv)["Gene"].tolist()[:120]
     gene_file = tmp_path / "genes.txt"
@@ -283,6 +282,15 @@ def test_a_file_changed_behind_the_campaign_is_refused(slice_csv, data_dir, tmp_
                         "data": {"screen": str(slice_csv)}, "design": {"genes": str(gene_file)}})
     store = Store(str(tmp_path / "pl.db"))
     assert run_campaign(cfg, store, data_dir).status == "awaiting_approval"
+    return cfg, store, gene_file, genes
+
+
+def test_a_file_changed_behind_the_campaign_is_refused(on_a_gene_list, data_dir):
+    """Issue 13, defect 2: the gene list a config names is edited between proposal and approval. Approving must
+    refuse, naming the file, and store nothing (before: the approved genes were stored as failed)."""
+    from perturbloop.errors import StoreError
+
+    cfg, store, gene_file, genes = on_a_gene_list
     r0, props = pending_proposal(store, "files")
     proposed = [p.perturbation for p in props]
     ctx = build_context(cfg, store, data_dir)
@@ -299,24 +307,17 @@ def test_a_file_changed_behind_the_campaign_is_refused(slice_csv, data_dir, tmp_
     assert not any(o.failed for o in store.observations("files", include_failed=True))
 
 
-def test_approve_and_the_web_refuse_a_changed_file_before_any_decision(slice_csv, data_dir, tmp_path):
+def test_approve_and_the_web_refuse_a_changed_file_before_any_decision(on_a_gene_list, data_dir):
     """Issue 13, defect 2, as the reviewer meets it: the gene list edited while a proposal waits. `approve` answers
     one error line naming the file, without first announcing "approved by ..."; the web API answers 400 naming it
     and records no decision (before: it stored the approval and then failed to advance)."""
-    import pandas as pd
     from fastapi.testclient import TestClient
     from typer.testing import CliRunner
 
     from agent.web import create_app
     from perturbloop.cli import app
 
-    genes = pd.read_csv(slice_csv)["Gene"].tolist()[:120]
-    gene_file = tmp_path / "genes.txt"
-    gene_file.write_text("\n".join(genes) + "\n")
-    cfg = parse_config({"name": "files", "rounds": 2, "batch_size": 6, "approval": "required",
-                        "data": {"screen": str(slice_csv)}, "design": {"genes": str(gene_file)}})
-    store = Store(str(tmp_path / "pl.db"))
-    assert run_campaign(cfg, store, data_dir).status == "awaiting_approval"
+    _, store, gene_file, genes = on_a_gene_list
     r0, props = pending_proposal(store, "files")
     gene_file.write_text("\n".join(g for g in genes if g not in {p.perturbation for p in props}) + "\n")
 
