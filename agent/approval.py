@@ -180,10 +180,12 @@ def decide(store: Store, campaign_id: str, candidates: Sequence[str], *, drop: S
             "final": final, "vetoed": vetoed}
 
 
-def record_decision(store: Store, round_id: int, decision: dict) -> tuple[Decision, bool]:
+def record_decision(store: Store, round_id: int, decision: dict,
+                    seen: Sequence[str] | None = None) -> tuple[Decision, bool]:
     """Store `decision` (from `decide`) on the round's pending proposal, with its vetoes; returns the stored
-    decision and whether it was this one (False: another decision on the proposal was recorded first)."""
+    decision and whether it was this one (False: another decision on the proposal was recorded first, or the
+    proposal it was made on, the perturbations `seen`, was rejected and the round proposed again)."""
     fields = {k: v for k, v in decision.items() if k != "vetoed"}
     mine = Decision(round_id=round_id, **fields)
-    stored = store.save_decision(mine, vetoed=decision.get("vetoed", []))
+    stored = store.save_decision(mine, vetoed=decision.get("vetoed", []), seen=seen)
     return stored, stored is mine

@@ -499,9 +499,12 @@ class Store:
         with self.session() as s:
             return s.exec(select(Decision).where(Decision.round_id == round_id)).first()
 
-    def save_decision(self, decision: Decision, *, vetoed: Sequence[str] = ()) -> Decision:
+    def save_decision(self, decision: Decision, *, vetoed: Sequence[str] = (),
+                      seen: Sequence[str] | None = None) -> Decision:
         """Store the decision on the round's pending proposal, and the perturbations it `vetoed`; returns the
-        decision that was stored (`decision` itself only if it won).
+        decision that was stored (`decision` itself only if it won). `seen`: the proposal's perturbations, in
+        rank order, as the decision's maker saw them; a decision that arrives after the round was rejected and
+        proposed again (another batch) is not taken for the new proposal: it gets the rejection back.
 
         A rejection is kept as a Rejection record (with the rejected batch) and the round goes back to
         `fitting` without proposals, to be proposed again; any other decision is the round's Decision and
@@ -521,6 +524,9 @@ class Store:
                 if not moved:
                     raise _Lost()
                 r = s.get(Round, decision.round_id)
+                props = list(s.exec(select(Proposal).where(Proposal.round_id == r.id).order_by(Proposal.rank)))
+                if seen is not None and [p.perturbation for p in props] != list(seen):
+                    raise _Lost()  # made on an earlier proposal of this round (since rejected)
                 record = s.exec(select(ProposalRecord).where(ProposalRecord.round_id == r.id,
                                                              ProposalRecord.decided_at.is_(None))
                                 .order_by(ProposalRecord.id.desc())).first()
@@ -528,7 +534,6 @@ class Store:
                     record.decided_at, record.outcome = decision.at, decision.action
                     s.add(record)
                 if rejected:
-                    props = list(s.exec(select(Proposal).where(Proposal.round_id == r.id).order_by(Proposal.rank)))
                     s.add(Rejection(round_id=r.id, by=decision.by, at=decision.at, note=decision.note,
                                     policy=props[0].policy if props else "",
                                     items=[{"perturbation": p.perturbation, "mean": p.mean, "sd": p.sd,
@@ -536,7 +541,7 @@ class Store:
                     s.exec(delete(Proposal).where(Proposal.round_id == r.id))
                     s.exec(delete(ModelFit).where(ModelFit.round_id == r.id))
                 else:
-                    proposed = set(s.exec(select(Proposal.perturbation).where(Proposal.round_id == r.id)))
+                    proposed = {p.perturbation for p in props}
                     if set(decision.final) - set(decision.added) - proposed:
                         raise _Lost()  # made on an earlier proposal of this round (since rejected)
                     s.add(decision)

@@ -202,6 +202,25 @@ def test_rejection_keeps_the_batch_and_reopens_the_round(store, proposed):
     assert store.save_decision(ok) is ok and store.get_round("c1", 0).status == "approved"
 
 
+def test_a_late_decision_on_a_rejected_batch_never_decides_the_new_one(store, proposed):
+    """Issue 13 (3): two reviewers saw the same batch; one rejected it and the round was proposed again before the
+    other's rejection (or approval) reached the store. The late one names the batch it saw (`seen`) and gets the
+    first rejection back: the new batch stays pending, unseen by anyone, with no second rejection."""
+    seen = [p.perturbation for p in store.proposals(proposed)]
+    first = Decision(round_id=proposed, action="rejected", by="bob")
+    assert store.save_decision(first, seen=seen) is first
+    store.save_proposal(proposed, [Item("ZAP70"), Item("ITK")], "ucb", _fit(proposed))  # proposed again
+    for late in (Decision(round_id=proposed, action="rejected", by="carol"),
+                 Decision(round_id=proposed, action="approved", by="dave", final=seen)):
+        got = store.save_decision(late, seen=seen)
+        assert got is not late and (got.action, got.by) == ("rejected", "bob")
+    assert [r.by for r in store.rejections(proposed)] == ["bob"] and store.decision(proposed) is None
+    assert store.get_round("c1", 0).status == "proposed"
+    assert [p.perturbation for p in store.proposals(proposed)] == ["ZAP70", "ITK"]
+    ok = Decision(round_id=proposed, action="rejected", by="carol")
+    assert store.save_decision(ok, seen=["ZAP70", "ITK"]) is ok  # a decision made on the new batch is taken
+
+
 def test_lab_job_submit_and_ingest_idempotent(store, round_id):
     key = "c1/round-0"
     batch = ["VAV1", "CD3G", "BAD1"]
