@@ -131,7 +131,8 @@ def decide(store: Store, campaign_id: str, candidates: Sequence[str], *, drop: S
     again without its perturbations. `proposal`: the id (`proposal_id`) of the proposal the decision was
     made on; DecisionConflictError if another one is pending. Raises, naming the genes, for: a dropped gene
     that is not in the proposal; an added or vetoed gene that is unknown or outside the design space; an
-    added gene that is already measured, already proposed, vetoed, or vetoed in the same decision.
+    added gene that is already measured, already proposed, vetoed, or vetoed in the same decision. The
+    decision's `seen` is the batch it was made on (`Store.save_decision` takes it for that batch only).
     """
     _, props = pending_proposal(store, campaign_id) if proposal is None else check_proposal(store, campaign_id, proposal)
     proposed = [p.perturbation for p in props]
@@ -145,7 +146,7 @@ def decide(store: Store, campaign_id: str, candidates: Sequence[str], *, drop: S
         if drop or add:
             raise PerturbloopError("--reject cannot be combined with --drop or --add")
         return {"action": "rejected", "by": by, "note": note, "added": [], "dropped": [], "final": [],
-                "vetoed": vetoed}
+                "vetoed": vetoed, "seen": proposed}
     pairs_in_contexts = bool(proposed) and PAIR_SEP in proposed[0]  # GENE@@context: any offered pair may be named
     drop_c = canonical_labels(drop, candidates if pairs_in_contexts else proposed, "in --drop", data_dir)
     not_proposed = [d for d, c in zip(drop, drop_c) if c not in proposed]
@@ -177,15 +178,14 @@ def decide(store: Store, campaign_id: str, candidates: Sequence[str], *, drop: S
         raise PerturbloopError("the edited batch is empty: use --reject to reject the proposal")
     action = "edited" if (dropped or add_c) else "approved"
     return {"action": action, "by": by, "note": note, "added": list(dict.fromkeys(add_c)), "dropped": dropped,
-            "final": final, "vetoed": vetoed}
+            "final": final, "vetoed": vetoed, "seen": proposed}
 
 
-def record_decision(store: Store, round_id: int, decision: dict,
-                    seen: Sequence[str] | None = None) -> tuple[Decision, bool]:
+def record_decision(store: Store, round_id: int, decision: dict) -> tuple[Decision, bool]:
     """Store `decision` (from `decide`) on the round's pending proposal, with its vetoes; returns the stored
     decision and whether it was this one (False: another decision on the proposal was recorded first, or the
-    proposal it was made on, the perturbations `seen`, was rejected and the round proposed again)."""
-    fields = {k: v for k, v in decision.items() if k != "vetoed"}
+    batch it was made on, its `seen`, was rejected and the round proposed again)."""
+    fields = {k: v for k, v in decision.items() if k not in ("vetoed", "seen")}
     mine = Decision(round_id=round_id, **fields)
-    stored = store.save_decision(mine, vetoed=decision.get("vetoed", []), seen=seen)
+    stored = store.save_decision(mine, vetoed=decision.get("vetoed", []), seen=decision.get("seen"))
     return stored, stored is mine

@@ -340,12 +340,12 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
         if advancer.busy(campaign_id):
             raise DecisionConflictError(f"campaign {campaign_id!r} is still advancing after the last decision: "
                                         "reload in a moment")
-        r, props = check_proposal(store, campaign_id, d.proposal)
+        r, _ = check_proposal(store, campaign_id, d.proposal)
         ctx = advancer.context(campaign_id)
         store.check_files(campaign_id, ctx.config.named_files())  # a file changed behind the campaign: nothing stored
         decision = decide(store, campaign_id, ctx.candidate_labels(), drop=d.drop, add=d.add, veto=d.veto,
                           reject=d.reject, note=d.note, by=d.by, data_dir=data_dir, proposal=d.proposal)
-        stored, won = record_decision(store, r.id, decision, seen=[p.perturbation for p in props])
+        stored, won = record_decision(store, r.id, decision)  # on the batch it was made on (`seen`) only
         if not won:
             raise DecisionConflictError(f"another decision on this proposal was recorded first: {stored.action} "
                                         f"by {stored.by}; reload to see it")

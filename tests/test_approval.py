@@ -135,6 +135,7 @@ def test_reject_does_not_use_up_the_round_and_the_next_proposal_differs(slice_cs
     run_campaign(cfg, store, data_dir, context=ctx)
     r, props = pending_proposal(store, "appr")
     first = [p.perturbation for p in props]
+    late = decide(store, "appr", ctx.candidate_labels(), reject=True, by="carol", data_dir=data_dir)  # on `first` too
 
     res = run_campaign(cfg, store, data_dir, context=ctx, resume=decide(
         store, "appr", ctx.candidate_labels(), reject=True, note="off-target guides", by="ada", data_dir=data_dir))
@@ -146,6 +147,10 @@ def test_reject_does_not_use_up_the_round_and_the_next_proposal_differs(slice_cs
     (rej,) = store.rejections(r.id)
     assert (rej.by, rej.note, rej.perturbations) == ("ada", "off-target guides", first)
     assert not store.lab_jobs(r.id) and not store.observations("appr", include_failed=True)
+    # carol's rejection of the first batch, arriving now, never rejects the second one unseen
+    assert run_campaign(cfg, store, data_dir, context=ctx, resume=late).status == "awaiting_approval"
+    assert [p.perturbation for p in pending_proposal(store, "appr")[1]] == second
+    assert [x.by for x in store.rejections(r.id)] == ["ada"]
 
     # both rounds are still to be measured: approving twice finishes the campaign, 16 perturbations measured
     res = run_campaign(cfg, store, data_dir, context=ctx, resume=decide(store, "appr", ctx.candidate_labels(),
