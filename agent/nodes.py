@@ -20,7 +20,7 @@ from agent.context import CampaignContext
 from agent.screen_units import proposal_units
 from agent.state import LoopState
 from lab_adapters.base import JobRef, LabError
-from perturbloop.errors import LabResultError
+from perturbloop.errors import LabKeyConflictError, LabResultError
 from perturbloop.perturbation import CONTROL
 from perturbloop.store import Decision, ModelFit, Observation
 
@@ -174,7 +174,13 @@ def dispatch(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     job = ctx.store.begin_lab_job(r.id, ctx.lab.name, key, list(decision.final))
     if job.status in ("submitting", "submitted"):
         # resubmitting an idempotency key returns the lab's existing job, never a new one
-        ref = ctx.lab.submit(key, job.perturbations)
+        try:
+            ref = ctx.lab.submit(key, job.perturbations)
+        except LabKeyConflictError as e:
+            raise LabKeyConflictError(
+                f"{e}. The lab already holds round {state['round'] + 1} of campaign {ctx.campaign_id!r} with another "
+                "batch, which this store does not know (was the store deleted or replaced?). Nothing was sent: run "
+                f"the campaign under a new name, or have the lab withdraw job {key!r}.") from None
         fault_point("submit", state["round"])  # the lab has the batch, the store does not know yet
         ctx.store.mark_submitted(key, ref.external_id)
     return {}

@@ -90,7 +90,7 @@ from pathlib import Path
 
 from lab_adapters.base import JobRef, JobStatus, LabError, LabResult
 from lab_adapters.context_columns import context_batch, contexts_of, lab_key, result_key
-from perturbloop.errors import ConfigError, LabAdapterError, LabResultError, LabSubmissionError
+from perturbloop.errors import ConfigError, LabAdapterError, LabKeyConflictError, LabResultError, LabSubmissionError
 from perturbloop.contexts import pair_label, split_label
 from perturbloop.perturbation import CONTROL
 
@@ -251,7 +251,7 @@ class FileDropLab:
                 if key not in (None, round_key):
                     raise LabSubmissionError(f"{where}: order sheet belongs to idempotency key {key!r}, not {round_key!r}")
                 if ordered != batch:
-                    raise LabSubmissionError(f"round {round_key!r} was already submitted with a different batch ({where})")
+                    raise LabKeyConflictError(f"round {round_key!r} was already submitted with a different batch ({where})")
                 if where == kept:  # the order went out; the lab may have moved the sheet since
                     return ref
                 break  # the sheet went out, its copy did not (a crash between the two): keep it as is

@@ -18,7 +18,7 @@ Endpoints (JSON bodies; ``Authorization: Bearer TOKEN`` when the lab needs a tok
   or both (they must agree); a context the batch does not have, or none, is an error naming the result.
 
 Connection errors, timeouts, 5xx and 429 are retried with exponential backoff (`retries` times);
-other 4xx are not (`LabRequestError`, or `LabSubmissionError` for 409). A lab still unreachable
+other 4xx are not (`LabRequestError`, or `LabKeyConflictError` for 409). A lab still unreachable
 after the retries is a `LabUnavailableError`; a malformed results payload a `LabResultError`.
 Re-sending a POST after a timeout is safe: the idempotency key makes it the same job.
 
@@ -38,7 +38,7 @@ import httpx
 from lab_adapters.base import JOB_STATUSES, JobRef, JobStatus, LabError, LabResult, response_value
 from lab_adapters.context_columns import context_batch, contexts_of, lab_key, result_key
 from perturbloop.contexts import PAIR_SEP, split_label
-from perturbloop.errors import LabRequestError, LabResultError, LabSubmissionError, LabUnavailableError
+from perturbloop.errors import LabKeyConflictError, LabRequestError, LabResultError, LabUnavailableError
 from perturbloop.perturbation import CONTROL
 
 DEFAULT_TIMEOUT = 30.0  # seconds per request (connect, read, write)
@@ -115,7 +115,7 @@ class HttpLab:
             if code >= 400:
                 msg = f"{what}: the lab refused the request (HTTP {code}: {_detail(resp)})"
                 if code == 409:
-                    raise LabSubmissionError(msg)
+                    raise LabKeyConflictError(msg)
                 if code in (401, 403):
                     msg += "; check the lab token" + (f" in ${self._token_hint}" if self._token_hint else "")
                 raise LabRequestError(msg, code)

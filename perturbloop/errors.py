@@ -48,6 +48,10 @@ class LabSubmissionError(LabAdapterError, ValueError):
     """A submission the lab (or the adapter) refuses, e.g. a different batch under a used idempotency key."""
 
 
+class LabKeyConflictError(LabSubmissionError):
+    """The lab already holds this idempotency key with another batch (HTTP 409, or an order sheet on file)."""
+
+
 class LabResultError(LabAdapterError, ValueError):
     """Lab results that cannot be ingested; the message names the file (or URL) and the rows."""
 

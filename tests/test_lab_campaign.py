@@ -220,3 +220,24 @@ def test_random_baseline_of_a_real_lab_campaign_stays_in_the_simulator(slice_csv
     cfg = _config(slice_csv, "fd", {"kind": "filedrop", "outbox": str(tmp_path / "o"), "inbox": str(tmp_path / "i")})
     base = baseline_config(cfg)
     assert base.lab.kind == "simulator" and base.lab.outbox is None and cfg.lab.kind == "filedrop"
+
+
+def test_a_deleted_store_does_not_send_the_lab_another_batch_under_a_used_key(slice_csv, data_dir, tmp_path):
+    """Issue 13, defect 1 with a real lab: the store (and its checkpoints) deleted after round 1 went out, the
+    campaign started again under its name picks another batch (here: another seed). The lab holds round 1's
+    key with the old batch: the run stops with one clear error naming the campaign, the key and what to do,
+    and nothing reaches the lab (the old order sheet is unchanged, no second sheet)."""
+    from perturbloop.errors import LabKeyConflictError
+
+    outbox, inbox = tmp_path / "outbox", tmp_path / "inbox"
+    lab = {"kind": "filedrop", "outbox": str(outbox), "inbox": str(inbox)}
+    db = tmp_path / "pl.db"
+    assert run_campaign(_config(slice_csv, "fd", lab), Store(str(db)), data_dir).status == "waiting_for_lab"
+    sheet = outbox / "fd_round-0.order.csv"
+    sent = sheet.read_text()
+    db.unlink()
+    (tmp_path / "pl.checkpoints.sqlite").unlink(missing_ok=True)
+    other = _config(slice_csv, "fd", lab).model_copy(update={"seed": 7})
+    with pytest.raises(LabKeyConflictError, match=r"round 1 of campaign 'fd' with another batch.*new name.*'fd/round-0'"):
+        run_campaign(other, Store(str(db)), data_dir)
+    assert sheet.read_text() == sent and [p.name for p in outbox.glob("*.csv")] == [sheet.name]
