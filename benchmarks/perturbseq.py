@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 MD = HERE / "PERTURBSEQ_RESULTS.md"
+OTHERS = "<!-- sections below are written by other scripts -->"
 # name -> (example config, overrides of its tables)
 EVALUATIONS: dict[str, tuple[str, dict]] = {
     "papalexi_learn": ("papalexi_learn.toml", {}),
@@ -232,7 +233,8 @@ def main() -> None:
     args = ap.parse_args()
     if not args.table_only:
         run(args.only or list(EVALUATIONS), args.seeds, args.data_dir, args.runner)
-    MD.write_text(table())
+    old = MD.read_text() if MD.is_file() else ""
+    MD.write_text(table() + ("\n" + old[old.index(OTHERS):] if OTHERS in old else ""))  # later sections are other scripts'
     print(MD.read_text())
 
 
