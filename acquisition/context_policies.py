@@ -12,6 +12,14 @@ one (the last round measures the target only: a screen could not be followed up)
 * `cheap_first`: the "K562 first, then T cells" heuristic: the first `max(1, R // 2)` of the `R` policy rounds buy
   random genes in the cheapest allowed other context; later rounds measure in the target the genes with the
   largest |value| measured there, then random target genes with what is left.
+
+Learning the gene x context matrix (goal `matrix`) and finding context-specific genes (goal `specific`):
+
+* `variance`: the free pairs of largest posterior variance per unit cost (`acquisition.cost_aware.
+  variance_per_cost_picks`); `random_pairs`: random free pairs, one context per gene (its baseline).
+* `specific`: expected new evidence of context specificity per unit cost (`acquisition.cost_aware.
+  specificity_picks`, posterior draws seeded by the round); `random_genes`: random genes measured in every context
+  still free for them (its baseline).
 """
 
 from __future__ import annotations
@@ -20,7 +28,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from acquisition.cost_aware import ContextPick, CostAwareHitPolicy, random_pair_picks, random_target_picks
+import torch
+
+from acquisition.cost_aware import (ContextPick, CostAwareHitPolicy, random_gene_picks, random_pair_picks,
+                                    random_target_picks, specificity_picks, variance_per_cost_picks)
 from perturbloop.contexts import ContextSpace, split_label
 from surrogates.multitask import ContextPosterior
 
@@ -112,3 +123,60 @@ class CheapFirstPolicy:
                 taken[g, t] = True
             out += random_target_picks(space, taken, left, self.target, rng)
         return out
+
+
+class VariancePolicy:
+    """Goal `matrix`: the free pairs of largest posterior variance per unit cost, `Sigma_gc,gc / kappa_c`."""
+
+    name = "variance"
+    uses_model = True
+
+    def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
+              observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
+              rounds_left: int | None = None) -> list[ContextPick]:
+        if post is None:
+            return random_pair_picks(space, measured, budget, rng)
+        return variance_per_cost_picks(post, space, measured, budget)
+
+
+class RandomPairsPolicy:
+    """Goal `matrix` baseline: random free (gene, context) pairs, one context per gene."""
+
+    name = "random_pairs"
+    uses_model = False
+
+    def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
+              observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
+              rounds_left: int | None = None) -> list[ContextPick]:
+        return random_pair_picks(space, measured, budget, rng)
+
+
+class SpecificityPolicy:
+    """Goal `specific`: expected new evidence that a gene is context-specific per unit cost (two-step plans)."""
+
+    name = "specific"
+    uses_model = True
+
+    def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
+              observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
+              rounds_left: int | None = None) -> list[ContextPick]:
+        if post is None:
+            return random_gene_picks(space, measured, budget, rng)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        return specificity_picks(post, space, measured, budget, generator=generator)
+
+
+class RandomGenesPolicy:
+    """Goal `specific` baseline: random genes, each measured in every context still free for it."""
+
+    name = "random_genes"
+    uses_model = False
+
+    def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
+              observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
+              rounds_left: int | None = None) -> list[ContextPick]:
+        return random_gene_picks(space, measured, budget, rng)
+
+
+GOAL_POLICIES = {"variance": VariancePolicy, "random_pairs": RandomPairsPolicy, "specific": SpecificityPolicy,
+                 "random_genes": RandomGenesPolicy}
