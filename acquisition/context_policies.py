@@ -125,58 +125,43 @@ class CheapFirstPolicy:
         return out
 
 
-class VariancePolicy:
-    """Goal `matrix`: the free pairs of largest posterior variance per unit cost, `Sigma_gc,gc / kappa_c`."""
-
-    name = "variance"
-    uses_model = True
-
-    def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
-              observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
-              rounds_left: int | None = None) -> list[ContextPick]:
-        if post is None:
-            return random_pair_picks(space, measured, budget, rng)
-        return variance_per_cost_picks(post, space, measured, budget)
-
-
-class RandomPairsPolicy:
-    """Goal `matrix` baseline: random free (gene, context) pairs, one context per gene."""
-
-    name = "random_pairs"
-    uses_model = False
-
-    def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
-              observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
-              rounds_left: int | None = None) -> list[ContextPick]:
+def _variance(post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float,
+              rng: np.random.Generator) -> list[ContextPick]:
+    """Largest posterior variance per unit cost, `Sigma_gc,gc / kappa_c` (random pairs before a model exists)."""
+    if post is None:
         return random_pair_picks(space, measured, budget, rng)
+    return variance_per_cost_picks(post, space, measured, budget)
 
 
-class SpecificityPolicy:
-    """Goal `specific`: expected new evidence that a gene is context-specific per unit cost (two-step plans)."""
-
-    name = "specific"
-    uses_model = True
-
-    def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
-              observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
-              rounds_left: int | None = None) -> list[ContextPick]:
-        if post is None:
-            return random_gene_picks(space, measured, budget, rng)
-        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        return specificity_picks(post, space, measured, budget, generator=generator)
-
-
-class RandomGenesPolicy:
-    """Goal `specific` baseline: random genes, each measured in every context still free for it."""
-
-    name = "random_genes"
-    uses_model = False
-
-    def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
-              observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
-              rounds_left: int | None = None) -> list[ContextPick]:
+def _specific(post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float,
+              rng: np.random.Generator) -> list[ContextPick]:
+    """Expected new evidence of context specificity per unit cost, posterior draws seeded from `rng` (random whole
+    genes before a model exists)."""
+    if post is None:
         return random_gene_picks(space, measured, budget, rng)
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    return specificity_picks(post, space, measured, budget, generator=generator)
 
 
-GOAL_POLICIES = {"variance": VariancePolicy, "random_pairs": RandomPairsPolicy, "specific": SpecificityPolicy,
-                 "random_genes": RandomGenesPolicy}
+# goal policies: name -> (uses a model, picks(post, space, measured, budget, rng))
+GOAL_POLICIES = {"variance": (True, _variance),
+                 "random_pairs": (False, lambda post, space, measured, budget, rng:
+                                  random_pair_picks(space, measured, budget, rng)),
+                 "specific": (True, _specific),
+                 "random_genes": (False, lambda post, space, measured, budget, rng:
+                                  random_gene_picks(space, measured, budget, rng))}
+
+
+class GoalPolicy:
+    """A policy of goal `matrix` or `specific` (module docstring), by name."""
+
+    def __init__(self, kind: str):
+        if kind not in GOAL_POLICIES:
+            raise ValueError(f"unknown goal policy {kind!r}; choose from {', '.join(GOAL_POLICIES)}")
+        self.name = kind
+        self.uses_model, self._picks = GOAL_POLICIES[kind]
+
+    def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
+              observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
+              rounds_left: int | None = None) -> list[ContextPick]:
+        return self._picks(post, space, measured, budget, rng)

@@ -202,12 +202,12 @@ def campaign_policy(config: CampaignConfig, world: World) -> AcquisitionPolicy:
 
 def context_policy(config: CampaignConfig):
     """The `[contexts]` campaign's policy `acquisition.kind` (acquisition.context_policies)."""
-    from acquisition.context_policies import (GOAL_POLICIES, CheapFirstPolicy, CostAwareContextPolicy,
+    from acquisition.context_policies import (GOAL_POLICIES, CheapFirstPolicy, CostAwareContextPolicy, GoalPolicy,
                                               RandomContextPolicy)
 
     t, kind = config.contexts, config.acquisition.kind
     if kind in GOAL_POLICIES:
-        return GOAL_POLICIES[kind]()
+        return GoalPolicy(kind)
     if kind == "random":
         return RandomContextPolicy(t.target, allowed=t.allowed)
     if kind == "cheap_first":
