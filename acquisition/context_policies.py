@@ -6,7 +6,7 @@ pairs measured, pending or excluded, `budget` the cost units of this round, `rou
 one (the last round measures the target only: a screen could not be followed up).
 
 * `cost_aware`: expected target hits per unit cost (`acquisition.cost_aware.CostAwareHitPolicy`) over the allowed
-  contexts.
+  contexts, its posterior draw seeded by the round's `rng`.
 * `random`: random genes in the target context (the baseline); random pairs in the allowed contexts when a round
   may not use the target.
 * `cheap_first`: the "K562 first, then T cells" heuristic: the first `max(1, R // 2)` of the `R` policy rounds buy
@@ -49,7 +49,11 @@ class CostAwareContextPolicy:
               rounds_left: int | None = None) -> list[ContextPick]:
         if post is None:  # fewer than two different values measured: nothing to rank by yet
             return random_allowed_picks(space, measured, budget, self.policy.target, self.allowed, rng)
-        return self.policy.select(post, space, measured, budget, allowed=self.allowed, rounds_left=rounds_left)
+        # the Thompson draw seeded by the round's `rng` (campaign seed, round): every seed of a benchmark draws anew,
+        # and a resumed campaign draws as an uninterrupted one
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        return self.policy.select(post, space, measured, budget, allowed=self.allowed, rounds_left=rounds_left,
+                                  generator=generator)
 
 
 def random_allowed_picks(space: ContextSpace, measured: np.ndarray, budget: float, target: str,
