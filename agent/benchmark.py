@@ -245,8 +245,11 @@ CHEAP_CONTEXT = "K562"  # the "K562 first, then T cells" heuristic runs where th
 def context_variants(config: CampaignConfig) -> list[str]:
     """The variants a campaign across contexts is benchmarked with by default. Goal `hits`: the multi-task model,
     both baselines (independent per-context GPs, one pooled GP) with the same cost-aware picks, random target picks,
-    and `cheap_first` where a K562 context exists; goals `matrix` and `specific`: every variant of the goal."""
+    and `cheap_first` where a K562 context exists; goals `matrix` and `specific`: every variant of the goal;
+    `contexts.variants` when the config names them."""
     goal = config.contexts.goal
+    if config.contexts.variants:
+        return list(config.contexts.variants)
     if goal != "hits":
         return list(CONTEXT_VARIANTS[goal])
     names = ["multitask", "independent", "pooled", "random"]

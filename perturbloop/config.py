@@ -567,6 +567,8 @@ class ContextsTable(_Strict):
         "context-specific genes found (strong in one context, weak in another)")
     test_genes: int = Field(90, ge=3, le=100_000, description="goal matrix: genes with one context held out (never "
                             "offered; contexts cycled), their other contexts known (measured free) from the start")
+    variants: list[str] | None = Field(None, description="`perturbloop benchmark --config`: the variants compared "
+                                       "(agent.benchmark.CONTEXT_VARIANTS of the goal; default the goal's standard set)")
 
     @model_validator(mode="after")
     def _consistent_contexts(self) -> ContextsTable:
