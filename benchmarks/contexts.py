@@ -28,52 +28,53 @@ OBJECTIVES = {"activation": "benchmarks/contexts_configs/activation.toml", "agin
               "matrix": "benchmarks/contexts_configs/matrix.toml", "specific": "benchmarks/contexts_configs/specific.toml",
               "campaign_loop": "examples/tcell_contexts.toml"}
 SEEDS = 10
-FINDINGS = """## What this shows (run of 2026-12-02: 10 seeds each; (c) with 2 rounds to fit the time available)
+# What the run of 2026-12-02 (10 seeds of every table, campaign loop) showed; rewrite after a new run.
+FINDINGS = """## What this shows (run of 2026-12-02, 10 seeds of every table, all through the campaign loop)
 
-**Why the multi-task policy lost to random picks (first run: activation 6.7 vs 8.4 hits, ageing 6.3 vs 10.1).**
-Diagnosed on the activation objective only (seeds 0-3); ageing, (c) and (d) were not used to choose anything
-(leave-one-objective-out: ageing is the held-out check of the defaults).
-- *Fit start (bug).* BoTorch's task covariance starts at random factors, correlations ~0.75, and 15 L-BFGS
-  iterations barely move it: from 16 genes x 3 timepoints the fitted correlations with 48 h were 0.16-0.66 (mean
-  ~0.5) whatever the sample said (-0.47..0.51; truth over all genes 0.13 Rest, 0.31 8 h); 200 iterations gave
-  0-0.26. So the policy believed in transfer and spent on 8 h (seed 0: 146 cost units, 3 hits). Now the first fit
-  starts near zero correlation (0.13-0.27 at 15 iterations), and the fit is reproducible.
-- *P(hit) ranking (poor default).* GO features do not rank 48 h hits (AUC of P(hit) among unmeasured genes
-  0.45-0.53), so P(hit) follows the posterior variance, which is largest at the edge of feature space (picks' mean
-  feature norm 7.5 vs 3.8 over the pool), and those genes are depleted of hits (top 2% by feature norm: 0 hits;
-  5% overall). Same seeds 0-3, after the fit fix: P(hit) order 4.0 +- 2.1 hits, random 9.5 +- 1.8, Thompson order
-  (a posterior draw hands out the same rates) 9.5 +- 3.2. Thompson is now the default.
-- *Screening rules (bugs).* A cheap context was valued as a screen in the last round, when no screened gene can
-  reach the target; and an uninformative context scored `p_g / (kappa_c + kappa_t)`, above other genes' direct
-  rates. Now: last round target only; a screen counts only where it beats the same gene's direct rate.
-- *The economics.* From the published tables, the top 5% at 8 h are 48 h hits 22% of the time (4.5x the 5% base
-  rate; Rest 7%); screening at 8 h (cost 1) and confirming at 48 h (cost 2) yields at most ~1.3 hits per 100 cost
-  against 2.5 for random picks at 48 h. Ageing: top 5% at 8 h 18%, Rest 14%, K562 11% -> at most ~0.9 per 100.
-  At these costs no context is worth screening in, whatever the model.
+Differences below are paired over seeds (same initial design per seed), mean +- standard error.
 
-**Where transfer helps and where it does not.**
-- (a), (b) hit discovery: transfer does not help. The multi-task policy never measured the cheap contexts beyond
-  the initial design (identical to `multitask_target` in all 20 campaigns), which is right by the economics above.
-  After the fixes no model policy is worse than random, and none is better: activation multitask 9.6 +- 4.4,
-  random 8.4 +- 2.0, target-only GP 8.5 +- 2.5, pooled 9.2 +- 3.1 (differences within one standard error, ~1.4);
-  ageing (held out) multitask 9.1 +- 3.0, random 10.1 +- 3.6, target GP 9.3 +- 3.0, pooled 7.0 +- 1.7 (pooled
-  wastes ~30 units on K562). The learned correlations with 48 h now sit at or below the truth (activation Rest 0.07,
-  8 h 0.21; ageing K562 0.06, Rest 0.09, 8 h 0.24 vs 0.08 / 0.48 / 0.50: underestimated, never acted on).
-- (c) the regulator x time matrix: transfer across time does help predict a gene at a timepoint from its other
-  timepoints: held-out Pearson r 0.43 +- 0.12 at 8 h and 0.29 +- 0.12 at 48 h (multitask) vs 0.08 and 0.00
-  (independent GPs, which can only use GO features and do worse than the mean, NRMSE 1.05-1.08) and 0.25 / 0.25
-  (pooled). The gain in error is small (NRMSE 0.95 at 8 h, ~1.0 at 48 h) because the timepoints correlate only
-  0.13-0.31; Rest is not predictable (r ~0.2). The kernel over time adds nothing measurable over the plain ICM
-  with three timepoints (8 h NRMSE 0.95 vs 0.93, r 0.43 either way); it matters where a timepoint has no data
-  (synthetic test: tests/test_multitask_time.py). Variance-per-cost picks match random pairs.
-- (d) context-specific regulators (the picks value a two-step plan, timepoint now and another later; a one-step
-  value is 0 for every unmeasured gene, which left the first version picking genes in list order): multitask
-  10.0 +- 2.4 of 337 found, pooled 10.0 +- 0.9, random genes at every timepoint 8.8 +- 1.8, independent GPs
-  4.4 +- 2.0. Transfer is what makes the posterior useful here (independent GPs, with no link between
-  timepoints, do worst), but the gain over random is within one standard error (~0.7); multitask screens
-  mostly at Rest (261 of 400 units) and confirms few at 48 h.
-- Seconds per round (34-77 s max) were measured on 2 cores under a load average of ~10 from other jobs (nice 15);
-  they say nothing about the 5 s target.
+**Where transfer between contexts helps.**
+- (c) predicting a gene at a timepoint from its other timepoints: every multi-task model beats independent GPs
+  (which can use only GO features and do worse than predicting the mean, NRMSE 1.02-1.07): held-out Pearson r at
+  8 h 0.39-0.43 vs 0.07 (+0.32 +- 0.06 for multitask vs independent, both on random pairs), at 48 h 0.24-0.33 vs
+  0.06 (+0.19 +- 0.04), at Rest 0.19-0.21 vs 0.00 (+0.19 +- 0.07). The pooled GP (full transfer) sits between
+  (r 0.10-0.24). The gain in error is small (NRMSE 0.93-0.96 at 8 h, ~1.0 elsewhere) because the timepoints
+  correlate only weakly (learned correlation with 48 h: Rest 0.05, 8 h 0.11). The kernel over time adds nothing
+  here: the plain ICM is level or slightly ahead (r at 48 h +0.08 +- 0.04 for the ICM); it matters where a
+  timepoint has no data (synthetic test: tests/test_multitask_time.py). Variance-per-cost picks match random pairs
+  (NRMSE difference 0.00 +- 0.02 at every timepoint), while spending mostly on the cheap timepoints.
+- (d) context-specific regulators: a link between timepoints is needed for model-based picks to work at all
+  (multitask 8.4 +- 2.5 of 337 found vs independent GPs 4.9 +- 1.6, +3.5 +- 0.65), but no model beats random whole
+  genes (9.8 +- 1.4): multitask -1.4 +- 0.9, pooled 10.0 +- 0.9 (+0.2 +- 0.4 over random). The multitask picks
+  screen at Rest (257 of 400 units) and confirm few at 48 h.
+
+**Where it does not.**
+- (a), (b) hit discovery at 48 h: the cost-aware multi-task policy never measures Rest, 8 h or K562 beyond the
+  initial design, so it is identical to the same model restricted to the target (`multitask_target`; likewise
+  `target_gp` = `independent`) in all 20 campaigns: no transfer happens, and none is worth its cost. From the
+  published tables, the top 5% at 8 h are 48 h hits 22% of the time (4.5x the 5% base rate; Rest 7%): screening at
+  8 h (cost 1) and confirming at 48 h (cost 2) yields at most ~1.3 hits per 100 cost, against ~2.5 for random
+  picks at 48 h; ageing: top 5% at 8 h 18%, Rest 14%, K562 11%, at most ~0.9 per 100. Activation: multitask
+  9.4 +- 3.9 hits, random 8.9 +- 2.8 (+0.5 +- 1.5), independent 9.3, pooled 9.3: no model beats random picks.
+  Ageing (never used to choose a default): random 10.5 +- 2.3 is ahead of multitask 9.0 +- 2.9 (-1.5 +- 1.1),
+  independent 7.7, pooled 7.4 (which spends ~23 units on K562 beyond the initial design); "K562 first, then T cells"
+  is worst, 5.9 +- 1.6 (-4.6 +- 0.6 vs random): K562 ranks 48 h hits too weakly to pay for its screening.
+  GO features do not rank 48 h hits (AUC 0.45-0.53 in the first diagnosis), so every model is near random here.
+- The example campaign (budget 128): multitask 3.5 +- 2.5 vs random 2.7 +- 1.8 (+0.8 +- 0.8), within noise.
+
+**History kept because it explains the defaults.** The first run lost to random (activation 6.7 vs 8.4 hits):
+BoTorch's task covariance started at correlations ~0.75 that 15 L-BFGS iterations barely moved (now it starts
+near zero), P(hit) followed the posterior variance to the edge of feature space, where hits are depleted (the
+target genes are now handed out in the order of one posterior draw, "Thompson order"), and cheap contexts were
+valued as screens in the last round and above other genes' direct rates (now: last round target only, a screen
+counts only where it beats the same gene's direct rate). This run also fixed a seeding bug in the loop's policy:
+the Thompson draw came from a generator seeded 0 at every campaign build, so every benchmark seed drew the same
+noise and a resumed campaign drew anew; it now follows the round's seeded rng (before the fix, ageing multitask
+was 4.0 +- 0.7 hits over 4 seeds, nearly the same genes every seed).
+
+**Seconds per round** in these tables (s/round max, 1.6-4.5 s for the model variants) were measured with one
+torch thread per campaign, four campaigns at a time plus other sessions' jobs (load average 2-9, nice 15); the
+round time over the whole ageing table with 2 threads is measured on its own (below).
 """
 
 
@@ -175,7 +176,30 @@ def table() -> str:
         res = _load(o)
         if res is not None and res["results"]:
             lines += [f"## {TITLES[o]}", "", *builders.get(o, hits_table)(res, o)]
-    return "\n".join(lines) + "\n" + FINDINGS
+    return "\n".join(lines + round_time_lines()) + "\n" + FINDINGS
+
+
+def round_time_lines() -> list[str]:
+    """The round time over the ageing table (results/contexts_round_time.json, benchmarks/contexts_round_time.py)."""
+    path = HERE / "results" / "contexts_round_time.json"
+    if not path.exists():
+        return []
+    res = json.loads(path.read_text())
+    runs = res["runs"]
+    rows = [r for run in runs for r in run["rounds"]]
+    loads = [x for run in runs for x in (run["load_before"][0], run["load_after"][0])]
+    lines = ["## Round time over the ageing table", "",
+             f"One round (fit + select, as the loop's `ModelFit` records them) of `{res['config']}` in the shipped loop: "
+             f"{runs[0]['n_genes']:,} regulators x 4 contexts ({runs[0]['n_pairs']:,} offered pairs), multi-task GP "
+             f"with the kernel over time, cost-aware picks; {res['threads']} torch threads, {len(runs)} campaigns "
+             f"(seeds), {len(rows)} policy rounds, nice 15 on the shared {res['cpu_count']}-core machine (1-minute "
+             f"load average {min(loads):.1f}-{max(loads):.1f} over the campaigns). Target: at most "
+             f"{res['target_s']:g} s a round on 2 cores.", "",
+             "| seed | pairs measured before the round | fit s | select s | round s |", "|---|---|---|---|---|"]
+    for run in runs:
+        lines += [f"| {run['seed']} | {r['n_measured_before']} | {r['fit_s']:.2f} | {r['select_s']:.2f} | "
+                  f"{r['round_s']:.2f} |" for r in run["rounds"]]
+    return lines + ["", f"Slowest round {res['max_round_s']:.2f} s, mean {res['mean_round_s']:.2f} s.", ""]
 
 
 def main() -> None:
