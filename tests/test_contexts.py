@@ -222,7 +222,8 @@ def test_campaign_spends_within_budget_and_counts_target_hits(gwt_slice, tmp_pat
     assert row["hits_found"] == len(target_picks & world.hits)
 
 
-def test_matrix_goal_holds_pairs_out_and_scores_them_through_the_loop(gwt_slice, tmp_path, data_dir):
+@pytest.mark.parametrize("variant", ["multitask_random", "multitask"])  # random pairs; variance-per-cost picks
+def test_matrix_goal_holds_pairs_out_and_scores_them_through_the_loop(gwt_slice, tmp_path, data_dir, variant):
     """Goal `matrix`: held-out pairs never measured, the test genes' other timepoints free in round 0, held-out
     NRMSE per timepoint after every round equal to the score of the model refit on what was measured."""
     from agent.benchmark import contexts_row
@@ -232,7 +233,7 @@ def test_matrix_goal_holds_pairs_out_and_scores_them_through_the_loop(gwt_slice,
     parts = campaign_parts(config, data_dir)
     test = set(parts.split.test)
     assert len(test) == 9 and {lab.split("@@")[1] for lab in test} == set(TIMES)
-    row = contexts_row(config, "multitask_random", 0, data_dir)
+    row = contexts_row(config, variant, 0, data_dir)
     picked = [lab for r in row["picks"] for lab in r]
     assert not test & set(picked)
     known = [lab for lab in row["picks"][0] if lab.split("@@")[0] in {t.split("@@")[0] for t in test}]
@@ -247,13 +248,14 @@ def test_matrix_goal_holds_pairs_out_and_scores_them_through_the_loop(gwt_slice,
     assert row["curve"][0]["errors"] != row["curve"][-1]["errors"]  # refit on more data each round
 
 
-def test_specific_goal_counts_the_specific_genes_measured_through_the_loop(gwt_slice, tmp_path, data_dir):
+@pytest.mark.parametrize("variant", ["random", "multitask"])  # random whole genes; expected evidence per cost
+def test_specific_goal_counts_the_specific_genes_measured_through_the_loop(gwt_slice, tmp_path, data_dir, variant):
     from agent.benchmark import contexts_row
     from perturbloop.context_objectives import context_specific, specific_found, specific_genes
     from perturbloop.contexts import ContextSpace as Space
 
     config = parse_config(_slice_config(gwt_slice.write_long(tmp_path / "s.csv"), goal="specific"))
-    row = contexts_row(config, "random", 2, data_dir)
+    row = contexts_row(config, variant, 2, data_dir)
     genes = gwt_slice.genes
     truth = gwt_slice.table.pivot(index="gene", columns="context", values="score").reindex(index=genes,
                                                                                            columns=TIMES).to_numpy()
@@ -262,6 +264,9 @@ def test_specific_goal_counts_the_specific_genes_measured_through_the_loop(gwt_s
     measured = space.measured_mask([lab for r in row["picks"] for lab in r])
     assert row["n_specific"] == len(specific_genes(strong, weak)) > 0
     assert row["found"] == len(specific_found(strong, weak, measured))
+    assert row["cost"] <= 60 and row["curve"][-1]["found"] == row["found"]
+    if variant != "random":
+        return
     # random genes are measured at every timepoint the screen measured them at
     later = [lab for r in row["picks"][1:] for lab in r]
     per_gene = pd.Series([lab.split("@@")[0] for lab in later]).value_counts()
