@@ -599,24 +599,3 @@ class ContextsTable(_Strict):
         if initial_cost > self.budget:
             raise ValueError(f"{field}: the initial design ({initial} genes in every context) costs {initial_cost:g}, "
                              f"more than the budget {self.budget:g}")
-
-
-class ContextsConfig(ContextsTable):
-    """The options of `perturbloop benchmark --screen F --contexts ...`: the `[contexts]` table plus rounds and the
-    initial design (a campaign config has them at its top level)."""
-
-    rounds: int = Field(4, ge=1, le=1000)
-    initial: int = Field(16, ge=0, le=100_000, description="genes measured in every context before round 1")
-
-    @model_validator(mode="after")
-    def _initial_fits(self) -> ContextsConfig:
-        self.check_initial(self.initial)
-        return self
-
-
-def parse_contexts_config(data: dict, source: str = "contexts") -> ContextsConfig:
-    """A ContextsConfig, or a ConfigError naming the field."""
-    try:
-        return ContextsConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None

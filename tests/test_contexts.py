@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from acquisition.cost_aware import CostAwareHitPolicy, hit_threshold, p_hit
-from perturbloop.config import parse_config, parse_contexts_config
+from perturbloop.config import parse_config
 from perturbloop.contexts import ContextScreen, ContextSpace, context_list, load_gwt, read_context_screen
 from perturbloop.errors import ConfigError, ScreenFormatError
 from simulators.context_replay import ContextReplay
@@ -111,13 +111,19 @@ def test_bad_contexts_costs_and_budgets_are_clear_errors(gwt_slice):
         context_list(TIMES, [1, 2])
     with pytest.raises(ConfigError, match="positive number.*Rest=0"):
         context_list(TIMES, [0, 1, 2])
-    base = {"contexts": TIMES, "costs": [1, 1, 2], "target": "Stim48hr", "budget": 100, "initial": 2}
-    assert parse_contexts_config(base).context_list()[2].hours == 48.0
-    for bad, match in [({"target": "K562"}, "target 'K562' is not among"), ({"budget": 0.5, "initial": 0},
-                       "smaller than one perturbation's cost"), ({"initial": 30}, "initial design.*costs 120"),
-                       ({"allowed": ["Stim72hr"]}, "allowed: unknown context")]:
+    table = {"contexts": TIMES, "costs": [1, 1, 2], "target": "Stim48hr", "budget": 100}
+
+    def config(initial: int = 2, **change) -> dict:
+        return {"name": "c", "initial": initial, "world": {"kind": "contexts", "dataset": "gwt_cd4_polarization"},
+                "contexts": {**table, **change}}
+
+    assert parse_config(config()).contexts.context_list()[2].hours == 48.0
+    for bad, match in [(config(target="K562"), "target 'K562' is not among"),
+                       (config(0, budget=0.5), "smaller than one perturbation's cost"),
+                       (config(30), "initial design.*costs 120"), (config(allowed=["Stim72hr"]), "allowed: unknown context"),
+                       (config(goal="heldout"), "goal"), (config(goal="matrix", test_genes=1), "test_genes")]:
         with pytest.raises(ConfigError, match=match):
-            parse_contexts_config({**base, **bad})
+            parse_config(bad)
 
 
 def _posterior(rho: float, m: int = 200, seed: int = 0) -> ContextPosterior:
