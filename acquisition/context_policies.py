@@ -6,12 +6,20 @@ pairs measured, pending or excluded, `budget` the cost units of this round, `rou
 one (the last round measures the target only: a screen could not be followed up).
 
 * `cost_aware`: expected target hits per unit cost (`acquisition.cost_aware.CostAwareHitPolicy`) over the allowed
-  contexts.
+  contexts, its posterior draw seeded by the round's `rng`.
 * `random`: random genes in the target context (the baseline); random pairs in the allowed contexts when a round
   may not use the target.
 * `cheap_first`: the "K562 first, then T cells" heuristic: the first `max(1, R // 2)` of the `R` policy rounds buy
   random genes in the cheapest allowed other context; later rounds measure in the target the genes with the
   largest |value| measured there, then random target genes with what is left.
+
+Learning the gene x context matrix (goal `matrix`) and finding context-specific genes (goal `specific`):
+
+* `variance`: the free pairs of largest posterior variance per unit cost (`acquisition.cost_aware.
+  variance_per_cost_picks`); `random_pairs`: random free pairs, one context per gene (its baseline).
+* `specific`: expected new evidence of context specificity per unit cost (`acquisition.cost_aware.
+  specificity_picks`, posterior draws seeded by the round); `random_genes`: random genes measured in every context
+  still free for them (its baseline).
 """
 
 from __future__ import annotations
@@ -20,7 +28,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from acquisition.cost_aware import ContextPick, CostAwareHitPolicy, random_pair_picks, random_target_picks
+import torch
+
+from acquisition.cost_aware import (ContextPick, CostAwareHitPolicy, random_gene_picks, random_pair_picks,
+                                    random_target_picks, specificity_picks, variance_per_cost_picks)
 from perturbloop.contexts import ContextSpace, split_label
 from surrogates.multitask import ContextPosterior
 
@@ -38,7 +49,11 @@ class CostAwareContextPolicy:
               rounds_left: int | None = None) -> list[ContextPick]:
         if post is None:  # fewer than two different values measured: nothing to rank by yet
             return random_allowed_picks(space, measured, budget, self.policy.target, self.allowed, rng)
-        return self.policy.select(post, space, measured, budget, allowed=self.allowed, rounds_left=rounds_left)
+        # the Thompson draw seeded by the round's `rng` (campaign seed, round): every seed of a benchmark draws anew,
+        # and a resumed campaign draws as an uninterrupted one
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        return self.policy.select(post, space, measured, budget, allowed=self.allowed, rounds_left=rounds_left,
+                                  generator=generator)
 
 
 def random_allowed_picks(space: ContextSpace, measured: np.ndarray, budget: float, target: str,
@@ -112,3 +127,45 @@ class CheapFirstPolicy:
                 taken[g, t] = True
             out += random_target_picks(space, taken, left, self.target, rng)
         return out
+
+
+def _variance(post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float,
+              rng: np.random.Generator) -> list[ContextPick]:
+    """Largest posterior variance per unit cost, `Sigma_gc,gc / kappa_c` (random pairs before a model exists)."""
+    if post is None:
+        return random_pair_picks(space, measured, budget, rng)
+    return variance_per_cost_picks(post, space, measured, budget)
+
+
+def _specific(post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float,
+              rng: np.random.Generator) -> list[ContextPick]:
+    """Expected new evidence of context specificity per unit cost, posterior draws seeded from `rng` (random whole
+    genes before a model exists)."""
+    if post is None:
+        return random_gene_picks(space, measured, budget, rng)
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    return specificity_picks(post, space, measured, budget, generator=generator)
+
+
+# goal policies: name -> (uses a model, picks(post, space, measured, budget, rng))
+GOAL_POLICIES = {"variance": (True, _variance),
+                 "random_pairs": (False, lambda post, space, measured, budget, rng:
+                                  random_pair_picks(space, measured, budget, rng)),
+                 "specific": (True, _specific),
+                 "random_genes": (False, lambda post, space, measured, budget, rng:
+                                  random_gene_picks(space, measured, budget, rng))}
+
+
+class GoalPolicy:
+    """A policy of goal `matrix` or `specific` (module docstring), by name."""
+
+    def __init__(self, kind: str):
+        if kind not in GOAL_POLICIES:
+            raise ValueError(f"unknown goal policy {kind!r}; choose from {', '.join(GOAL_POLICIES)}")
+        self.name = kind
+        self.uses_model, self._picks = GOAL_POLICIES[kind]
+
+    def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
+              observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
+              rounds_left: int | None = None) -> list[ContextPick]:
+        return self._picks(post, space, measured, budget, rng)

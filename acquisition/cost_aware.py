@@ -110,11 +110,13 @@ class CostAwareHitPolicy:
         self._gen = torch.Generator().manual_seed(seed)
 
     def select(self, post: ContextPosterior, space: ContextSpace, measured: np.ndarray, budget: float, *,
-               allowed: Sequence[str] | None = None, rounds_left: int | None = None) -> list[ContextPick]:
+               allowed: Sequence[str] | None = None, rounds_left: int | None = None,
+               generator: torch.Generator | None = None) -> list[ContextPick]:
         """Picks for one round. `post`: joint posterior of every gene of `space` (in order); `measured`: `G x C`
         bool, pairs measured or pending; `budget`: cost units this round may spend; `allowed`: context names a
         round may use (default all); `rounds_left`: rounds including this one (None: unknown, screening allowed;
-        1: the last round, target only when the target is allowed)."""
+        1: the last round, target only when the target is allowed); `generator`: the Thompson draw's (default the
+        policy's own stream, seeded once at construction)."""
         t = space.context_index(self.target)
         cols = space.check_allowed(allowed)
         if rounds_left is not None and rounds_left <= 1 and t in cols:
@@ -131,7 +133,8 @@ class CostAwareHitPolicy:
         free_t = torch.as_tensor(space.offered[:, t]) & ~done_t
         direct = torch.where(free_t, p / costs[t], torch.full_like(p, -1.0))
         if self.order == "thompson" and bool(free_t.any()):
-            draw = mu_t + var_t.sqrt() * torch.randn(mu_t.shape, generator=self._gen, dtype=mu_t.dtype)
+            draw = mu_t + var_t.sqrt() * torch.randn(mu_t.shape, generator=generator or self._gen,
+                                                  dtype=mu_t.dtype)
             who = torch.nonzero(free_t).squeeze(-1)
             by_draw = who[torch.argsort((draw[who] - mu_t.median()).abs(), descending=True)]
             direct[by_draw] = direct[who].sort(descending=True).values  # same rates, handed out in the draw's order

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -225,49 +225,105 @@ def campaign_for(config: CampaignConfig, policy_kind: str, seed: int, data_dir=N
             "failed": failed, "n_test": len(ctx.split.test), "n_candidates": len(ctx.space), "n_hits": len(ctx.hits)}
 
 
-# a campaign across contexts: (model, policy) of each benchmarked variant (None: the config's model, unused)
-CONTEXT_VARIANTS: dict[str, tuple[str | None, str]] = {
-    "multitask": ("multitask", "cost_aware"), "independent": ("independent", "cost_aware"),
-    "pooled": ("pooled", "cost_aware"), "random": (None, "random"), "cheap_first": (None, "cheap_first")}
+# a campaign across contexts, per goal (contexts.goal): variant -> (model, policy, target only); model None: the
+# config's model (unused by the policy). Target only: the rounds may use the target context alone (what the other
+# contexts' data, from the initial design, adds to the same model).
+CONTEXT_VARIANTS: dict[str, dict[str, tuple[str | None, str, bool]]] = {
+    "hits": {"multitask": ("multitask", "cost_aware", False), "multitask_target": ("multitask", "cost_aware", True),
+             "independent": ("independent", "cost_aware", False), "target_gp": ("independent", "cost_aware", True),
+             "pooled": ("pooled", "cost_aware", False), "random": (None, "random", False),
+             "cheap_first": (None, "cheap_first", False)},
+    "matrix": {"multitask": ("multitask", "variance", False), "multitask_random": ("multitask", "random_pairs", False),
+               "multitask_icm_random": ("multitask_icm", "random_pairs", False),
+               "independent_random": ("independent", "random_pairs", False),
+               "pooled_random": ("pooled", "random_pairs", False)},
+    "specific": {"multitask": ("multitask", "specific", False), "independent": ("independent", "specific", False),
+                 "pooled": ("pooled", "specific", False), "random": (None, "random_genes", False)}}
 CHEAP_CONTEXT = "K562"  # the "K562 first, then T cells" heuristic runs where the contexts include it
 
 
 def context_variants(config: CampaignConfig) -> list[str]:
-    """The variants a campaign across contexts is benchmarked with: the multi-task model, both baselines (independent
-    per-context GPs, one pooled GP) with the same cost-aware picks, random target picks, and `cheap_first` where a
-    K562 context exists."""
+    """The variants a campaign across contexts is benchmarked with by default. Goal `hits`: the multi-task model,
+    both baselines (independent per-context GPs, one pooled GP) with the same cost-aware picks, random target picks,
+    and `cheap_first` where a K562 context exists; goals `matrix` and `specific`: every variant of the goal;
+    `contexts.variants` when the config names them."""
+    goal = config.contexts.goal
+    if config.contexts.variants:
+        return list(config.contexts.variants)
+    if goal != "hits":
+        return list(CONTEXT_VARIANTS[goal])
     names = ["multitask", "independent", "pooled", "random"]
     return names + (["cheap_first"] if CHEAP_CONTEXT in config.contexts.contexts else [])
+
+
+def check_context_variants(config: CampaignConfig, variants: Sequence[str]) -> None:
+    """A ConfigError naming the variants the campaign's goal does not have."""
+    goal = config.contexts.goal
+    unknown = [v for v in variants if v not in CONTEXT_VARIANTS[goal]]
+    if unknown:
+        raise ConfigError(f"unknown contexts variant(s) {', '.join(map(repr, unknown))} for goal {goal!r}; choose from "
+                          f"{', '.join(CONTEXT_VARIANTS[goal])}")
+    if "cheap_first" in variants and len(config.contexts.contexts) < 2:
+        raise ConfigError("variant 'cheap_first' needs a context besides the target")
+
+
+def contexts_space(config: CampaignConfig, data_dir=None) -> DesignSpace:
+    """The (gene, context) design space of `config`, built once for every variant and seed of a sweep."""
+    with tempfile.TemporaryDirectory(prefix="perturbloop-benchmark-") as tmp:
+        return build_context(config, Store(str(Path(tmp) / "space.db")), data_dir).space
 
 
 def contexts_row(config: CampaignConfig, variant: str, seed: int, data_dir=None,
                  space: DesignSpace | None = None) -> dict:
     """One variant and seed of a campaign across contexts, run by the loop (`campaign_for`); the row of
-    `agent.contexts_benchmark.summarise` / `write_results`: target hits found and cost spent (per context) after the
-    initial design and after each round."""
-    if variant not in CONTEXT_VARIANTS:
-        raise ConfigError(f"unknown contexts variant {variant!r}; choose from {', '.join(CONTEXT_VARIANTS)}")
-    model, policy = CONTEXT_VARIANTS[variant]
+    `perturbloop.benchmark_report.summarise_contexts`: target hits found, cost spent (per context) and the goal's
+    scores (`errors` per context for `matrix`, `found` for `specific`) after the initial design and after each
+    round."""
+    check_context_variants(config, [variant])
+    model, policy, target_only = CONTEXT_VARIANTS[config.contexts.goal][variant]
+    if target_only:
+        config = config.model_copy(update={"contexts": config.contexts.model_copy(
+            update={"allowed": [config.contexts.target]})})
     raw = campaign_for(config, policy, seed, data_dir, space, surrogate_kind=model)
     m, names = raw["metrics"], config.contexts.contexts
-    curve = [{"round": i, "cost": m["cost_spent"][i], "hits_found": int(m["hits_found"][i]),
-              "spend": {c: m[f"spent:{c}"][i] for c in names}} for i in range(len(m["cost_spent"]))]
+    curve = []
+    for i in range(len(m["cost_spent"])):
+        pt = {"round": i, "cost": m["cost_spent"][i], "hits_found": int(m["hits_found"][i]),
+              "spend": {c: m[f"spent:{c}"][i] for c in names}}
+        if "specific_found" in m:
+            pt.update(found=int(m["specific_found"][i]), n_specific=int(m["n_specific"][i]))
+        errors = {c: {"nrmse": m[f"nrmse:{c}"][i], "pearson": m[f"pearson:{c}"][i]}
+                  for c in names if f"nrmse:{c}" in m and len(m[f"nrmse:{c}"]) == len(m["cost_spent"])}
+        if errors:
+            pt["errors"] = errors
+        curve.append(pt)
     last = curve[-1]
-    return {"policy": variant, "seed": seed, "n_hits": raw["n_hits"], "hits_found": last["hits_found"],
-            "hit_ratio": last["hits_found"] / max(1, raw["n_hits"]), "cost": last["cost"],
-            "hits_per_100_cost": 100 * last["hits_found"] / last["cost"] if last["cost"] else 0.0,
-            "spend": last["spend"], "failures": len(raw["failed"]), "curve": curve,
-            "round_seconds": raw["round_seconds"], "picks": raw["picks"]}
+    row = {"policy": variant, "seed": seed, "goal": config.contexts.goal, "n_hits": raw["n_hits"],
+           "hits_found": last["hits_found"], "hit_ratio": last["hits_found"] / max(1, raw["n_hits"]),
+           "cost": last["cost"], "hits_per_100_cost": 100 * last["hits_found"] / last["cost"] if last["cost"] else 0.0,
+           "spend": last["spend"], "failures": len(raw["failed"]), "curve": curve,
+           "round_seconds": raw["round_seconds"], "picks": raw["picks"]}
+    corr = {c: m[f"corr:{c}"][-1] for c in names if f"corr:{c}" in m}
+    if corr:
+        row["correlation_with_target"] = corr  # the multi-task model's, fitted for the last round
+    row.update({k: last[k] for k in ("found", "n_specific", "errors") if k in last})
+    return row
 
 
 def contexts_sweep(config: CampaignConfig, data_dir=None, *, variants: Sequence[str] | None = None,
-                   seeds: int | None = None) -> list[dict]:
+                   seeds: int | None = None, on_seed: Callable[[list[dict], int], None] | None = None) -> list[dict]:
     """Every variant x seed (seeds 0..`evaluation.seeds`-1) in this process, on one design space built once; rows
-    in (variant, seed) order."""
-    with tempfile.TemporaryDirectory(prefix="perturbloop-benchmark-") as tmp:
-        space = build_context(config, Store(str(Path(tmp) / "space.db")), data_dir).space
-    return [contexts_row(config, v, s, data_dir, space) for v in (variants or context_variants(config))
-            for s in range(seeds or config.evaluation.seeds)]
+    in (seed, variant) order, `on_seed(rows so far, seeds done)` after each seed (a run cut short keeps its whole
+    seeds)."""
+    variants = list(variants or context_variants(config))
+    check_context_variants(config, variants)
+    space = contexts_space(config, data_dir)
+    rows: list[dict] = []
+    for s in range(seeds or config.evaluation.seeds):
+        rows += [contexts_row(config, v, s, data_dir, space) for v in variants]
+        if on_seed is not None:
+            on_seed(rows, s + 1)
+    return rows
 
 
 PAIR_POLICIES = {"best": "program", "program": "program", "random": "random", "uncertainty": "uncertainty",

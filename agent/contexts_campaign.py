@@ -10,7 +10,13 @@ The nodes (agent.nodes) ask a `ContextCampaign` what they ask every campaign; it
   context's cost (the target can always be bought) and at most what is left (`round_budget`), `spent` summing the cost of every pair measured or
   failed so far; the campaign ends when what is left cannot pay the cheapest allowed context (`can_spend`), when
   the policy can afford nothing it would pick, or when its rounds run out;
-* after each round the store's fit record gets the cost spent (in total and per context) and the target hits found.
+* after each round the store's fit record gets the cost spent (in total and per context), the target hits found
+  and what the campaign's goal is scored on (perturbloop.context_objectives; truth for scoring only): goal `matrix`
+  the held-out NRMSE and Pearson r per context of the model refit on everything measured (`nrmse:<context>`,
+  `pearson:<context>`), goal `specific` the context-specific genes found (`specific_found`, `n_specific`).
+
+Goal `matrix` holds pairs out (`split.test`: never proposed nor offered to an approval edit); the test genes' other
+contexts are measured free in the initial design (`free_labels`: they cost nothing).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import numpy as np
 
 from acquisition.base import Proposal, ProposedItem
 from agent.context import CampaignContext
+from perturbloop.context_objectives import context_specific, matrix_errors, specific_found, specific_genes
 from perturbloop.contexts import ContextSpace, split_label
 
 
@@ -33,7 +40,16 @@ class ContextCampaign(CampaignContext):
     def candidate_labels(self) -> list[str]:
         """The (gene, context) pairs the design space offers (measured in the screen); approval edits are checked
         against these."""
-        return self.space.offered_labels
+        test = set(self.split.test)
+        return [lab for lab in self.space.offered_labels if lab not in test]
+
+    def free_labels(self) -> set[str]:
+        """Goal `matrix`: the held-out genes' other contexts, known from the start at no cost."""
+        if not self.split.test:
+            return set()
+        test = set(self.split.test)
+        genes = {split_label(lab)[0] for lab in test}
+        return {lab for lab in self.split.initial if split_label(lab)[0] in genes and lab not in test}
 
     @property
     def n_hits(self) -> int | None:
@@ -43,7 +59,10 @@ class ContextCampaign(CampaignContext):
         """Cost units spent per context: every pair measured or failed so far."""
         out = dict.fromkeys(self.space.context_names, 0.0)
         costs = dict(zip(self.space.context_names, self.space.costs))
+        free = self.free_labels()
         for o in self.store.observations(self.campaign_id, include_failed=True):
+            if o.perturbation in free:
+                continue
             ctx = split_label(o.perturbation)[1]
             out[ctx] = out.get(ctx, 0.0) + float(costs.get(ctx, 0.0))
         return out
@@ -70,7 +89,7 @@ class ContextCampaign(CampaignContext):
         if index == 0 and self.split.initial:
             return super().select(surrogate, observed, pending, index)
         space = self.space
-        measured = space.measured_mask([*observed, *pending])
+        measured = space.measured_mask([*observed, *pending, *self.split.test])
         post = surrogate.joint(space) if surrogate is not None else None
         rng = np.random.default_rng([self.config.seed, index])
         picks = self.policy.picks(post, space, measured, self.round_budget(index), observed=observed,
@@ -89,10 +108,40 @@ class ContextCampaign(CampaignContext):
         return Proposal(self.policy.name, items)
 
     def after_ingest(self, index: int) -> None:
-        """The round's fit record gets: measured pairs, cost spent (total and `spent:<context>`), target hits found."""
+        """The round's fit record gets: measured pairs, cost spent (total and `spent:<context>`), target hits found,
+        the learned correlation of each context with the target (`corr:<context>`, a multi-task model's), and the
+        goal's scores (module docstring)."""
         spent = self.spent()
         obs = self.store.observations(self.campaign_id)
         metrics = {"n_measured": float(len(obs)), "cost_spent": float(sum(spent.values())),
                    "hits_found": float(sum(1 for o in obs if o.perturbation in self.hits)),
                    **{f"spent:{c}": v for c, v in spent.items()}}
+        names = self.space.context_names
+        fitted = self.cache.get("model")
+        inner = getattr(fitted["model"], "model", None) if fitted and fitted["round"] == index else None
+        if getattr(inner, "model", None) is not None and hasattr(inner, "task_correlation"):
+            t = self.space.context_index(self.config.contexts.target)
+            corr = inner.task_correlation()
+            metrics.update({f"corr:{c}": float(corr[i, t]) for i, c in enumerate(names) if i != t})
+        goal = self.config.contexts.goal
+        if goal == "matrix":
+            model, _ = self._fitted(self.training_data(), index + 1)  # the next round's model, kept in the cache
+            if model is not None:
+                errors = matrix_errors(model.joint(self.space).mean.numpy(), self._truth(),
+                                       self.space.measured_mask(self.split.test), names)
+                for c, e in errors.items():
+                    metrics.update({f"nrmse:{c}": e["nrmse"], f"pearson:{c}": e["pearson"]})
+        elif goal == "specific":
+            strong, weak = context_specific(self._truth())
+            found = specific_found(strong, weak, self.space.measured_mask([o.perturbation for o in obs]))
+            metrics.update({"specific_found": float(len(found)),
+                            "n_specific": float(len(specific_genes(strong, weak)))})
         self.store.update_fit_metrics(self.store.get_round(self.campaign_id, index).id, metrics)
+
+    def _truth(self) -> np.ndarray:
+        """The world's published scores, `G x C` over the design space (NaN: not measured); scoring only."""
+        if "truth" not in self.cache:
+            space = self.space
+            labels = [space.label(g, c) for g in range(len(space.genes)) for c in range(len(space.contexts))]
+            self.cache["truth"] = self.world.truth(labels).to_numpy().reshape(len(space.genes), len(space.contexts))
+        return self.cache["truth"]

@@ -147,7 +147,10 @@ def contexts_parts(config: CampaignConfig, data_dir: str | None, space: DesignSp
     `design.genes` when given) replayed by `ContextReplay`, the design space of its (gene, context) pairs (offered =
     measured in the screen), the initial design (`initial` random genes in every context they were measured in,
     drawn among genes measured in every context when there are enough), and the hits: `GENE@@target` for the top
-    `contexts.hit_fraction` genes by |score| in the target. Nothing is held out."""
+    `contexts.hit_fraction` genes by |score| in the target (or `world.hits`). Goal `matrix` holds out one context of
+    `contexts.test_genes` genes (perturbloop.context_objectives.heldout_design, seeded by `10000 + seed`): those
+    pairs are never proposed and the genes' other contexts lead the initial design (measured free)."""
+    from perturbloop.context_objectives import heldout_design
     from perturbloop.contexts import context_space, load_context_screen, pair_label
     from simulators.context_replay import context_world
 
@@ -160,13 +163,27 @@ def contexts_parts(config: CampaignConfig, data_dir: str | None, space: DesignSp
     if space is None:
         space = context_space(world.screen, t.context_list(), features=config.design.features, data_dir=data_dir,
                               go_dims=config.design.go_dims)
+    test: list[str] = []
+    known: list[str] = []
+    taken = np.zeros(len(space.genes), bool)
+    if t.goal == "matrix":
+        try:
+            held = heldout_design(space.offered, t.test_genes, np.random.default_rng(10_000 + config.seed))
+        except ValueError as e:
+            raise ConfigError(f"contexts.test_genes: {e}") from None
+        taken = held.any(1)
+        test = [space.label(g, c) for g, c in zip(*np.nonzero(held))]
+        known = [space.label(g, c) for g in np.flatnonzero(taken) for c in range(len(names))
+                 if space.offered[g, c] and not held[g, c]]
     rng = np.random.default_rng(config.seed)
-    everywhere = np.flatnonzero(space.offered.all(1))
+    everywhere = np.flatnonzero(space.offered.all(1) & ~taken)
     n = config.initial or 0
-    pool = everywhere if len(everywhere) >= n else np.flatnonzero(space.offered[:, space.context_index(t.target)])
+    pool = everywhere if len(everywhere) >= n else \
+        np.flatnonzero(space.offered[:, space.context_index(t.target)] & ~taken)
     chosen = rng.choice(pool, size=min(n, len(pool)), replace=False) if n else []
-    initial = [space.label(g, c) for g in chosen for c in range(len(names)) if space.offered[g, c]]
-    return CampaignParts(world, space, Split([], initial), frozenset(pair_label(g, t.target) for g in world.hits), None)
+    initial = known + [space.label(g, c) for g in chosen for c in range(len(names)) if space.offered[g, c]]
+    return CampaignParts(world, space, Split(test, initial), frozenset(pair_label(g, t.target) for g in world.hits),
+                         None)
 
 
 def campaign_policy(config: CampaignConfig, world: World) -> AcquisitionPolicy:
@@ -185,9 +202,12 @@ def campaign_policy(config: CampaignConfig, world: World) -> AcquisitionPolicy:
 
 def context_policy(config: CampaignConfig):
     """The `[contexts]` campaign's policy `acquisition.kind` (acquisition.context_policies)."""
-    from acquisition.context_policies import CheapFirstPolicy, CostAwareContextPolicy, RandomContextPolicy
+    from acquisition.context_policies import (GOAL_POLICIES, CheapFirstPolicy, CostAwareContextPolicy, GoalPolicy,
+                                              RandomContextPolicy)
 
     t, kind = config.contexts, config.acquisition.kind
+    if kind in GOAL_POLICIES:
+        return GoalPolicy(kind)
     if kind == "random":
         return RandomContextPolicy(t.target, allowed=t.allowed)
     if kind == "cheap_first":

@@ -200,3 +200,69 @@ def summarise(rows: list[dict]) -> list[dict]:
                     "round_seconds_mean": float(secs.mean()), "round_seconds_max": float(secs.max()),
                     "campaign_seconds_mean": float(np.mean([sum(r["round_seconds"]) for r in rs])), "seeds": len(rs)})
     return out
+
+
+# campaigns across contexts (agent.benchmark.contexts_row): {"protocol", "screen", "summary", "results": [{"policy",
+# "seed", "hits_found", "cost", "spend", "curve", ...}]}, the goal's scores beside (`errors`, `found`)
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std())
+
+
+def summarise_contexts(rows: Sequence[dict]) -> list[dict]:
+    """Per variant, mean and sd over seeds: target hits found, hit ratio, hits per 100 cost units, cost and mean
+    spend per context, the slowest round; goal `matrix` adds NRMSE and Pearson r per context, goal `specific` the
+    context-specific genes found (and per 100 cost units)."""
+    out = []
+    for p in dict.fromkeys(r["policy"] for r in rows):
+        rs = [r for r in rows if r["policy"] == p]
+        (hf, hf_sd), (hpc, hpc_sd) = _mean_sd([r["hits_found"] for r in rs]), _mean_sd([r["hits_per_100_cost"] for r in rs])
+        s = {"policy": p, "seeds": len(rs), "hits_found_mean": hf, "hits_found_sd": hf_sd,
+             "hit_ratio_mean": float(np.mean([r["hit_ratio"] for r in rs])),
+             "hits_per_100_cost_mean": hpc, "hits_per_100_cost_sd": hpc_sd,
+             "cost_mean": float(np.mean([r["cost"] for r in rs])),
+             "spend_mean": {c: float(np.mean([r["spend"][c] for r in rs])) for c in rs[0]["spend"]},
+             "round_seconds_max": float(max((t for r in rs for t in r["round_seconds"]), default=0.0))}
+        if all("errors" in r for r in rs):
+            s["errors"] = {c: {f"{k}_{stat}": v for k in ("nrmse", "pearson")
+                               for stat, v in zip(("mean", "sd"), _mean_sd([r["errors"][c][k] for r in rs]))}
+                           for c in rs[0]["errors"]}
+        if all("found" in r for r in rs):
+            s["found_mean"], s["found_sd"] = _mean_sd([r["found"] for r in rs])
+            s["found_per_100_cost_mean"], s["found_per_100_cost_sd"] = _mean_sd(
+                [100 * r["found"] / r["cost"] if r["cost"] else 0.0 for r in rs])
+        corr = [r["correlation_with_target"] for r in rs if "correlation_with_target" in r]
+        if corr:
+            s["correlation_with_target_mean"] = {c: float(np.mean([x[c] for x in corr])) for c in corr[0]}
+        out.append(s)
+    return out
+
+
+def write_contexts_results(path: str | Path, protocol: dict, screen: str, rows: list[dict]) -> tuple[Path, Path]:
+    """`path` (JSON: protocol, screen, summary, results) and a PNG beside it: the goal's score (target hits found,
+    mean held-out NRMSE over the contexts, or context-specific genes found) against cost spent, mean +- sd over
+    seeds per variant."""
+    path = _write_json(path, {"protocol": protocol, "screen": screen, "summary": summarise_contexts(rows),
+                              "results": rows})
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    goal = rows[0].get("goal", "hits") if rows else "hits"
+    label = {"hits": f"hits found in {protocol.get('target')}", "matrix": "held-out NRMSE (mean over contexts)",
+             "specific": "context-specific genes found"}[goal]
+
+    def score(pt: dict) -> float:
+        if goal == "matrix":
+            return float(np.mean([e["nrmse"] for e in pt["errors"].values()])) if pt.get("errors") else np.nan
+        return float(pt["found"] if goal == "specific" else pt["hits_found"])
+
+    for p in dict.fromkeys(r["policy"] for r in rows):
+        rs = [r for r in rows if r["policy"] == p]
+        n = min(len(r["curve"]) for r in rs)
+        cost = np.mean([[pt["cost"] for pt in r["curve"][:n]] for r in rs], 0)
+        y = np.array([[score(pt) for pt in r["curve"][:n]] for r in rs], float)
+        ax.errorbar(cost, np.nanmean(y, 0), yerr=np.nanstd(y, 0), marker="o", capsize=3, label=p)
+    ax.set(xlabel="cost spent", ylabel=label, title=f"{screen}: budget {protocol.get('budget', 0):g}, "
+           f"{protocol.get('rounds')} rounds, {protocol.get('seeds')} seeds")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return path, save_figure(fig, path.with_suffix(".png"))

@@ -485,86 +485,106 @@ def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runn
 
 
 def _contexts_summary(title: str, rows: list[dict], names: list[str]):
-    """Per policy, mean +- sd over seeds: target hits found, hits per 100 cost units, mean spend per context."""
+    """Per variant, mean +- sd over seeds: target hits found, hits per 100 cost units, the goal's scores (held-out
+    NRMSE per context, or context-specific genes found), mean spend per context."""
     from rich.table import Table
 
-    from agent.contexts_benchmark import summarise
+    from perturbloop.benchmark_report import summarise_contexts
 
+    summary = summarise_contexts(rows)
+    errors = [c for c in names if summary and c in summary[0].get("errors", {})]
+    found = bool(summary) and "found_mean" in summary[0]
     t = Table(title=title, title_justify="left")
-    for col in ("policy", "hits found", "hits / 100 cost", *[f"spent {c}" for c in names], "s/round (max)"):
+    cols = ["policy", "hits found", "hits / 100 cost", *[f"NRMSE {c}" for c in errors],
+            *(["specific found"] if found else []), *[f"spent {c}" for c in names], "s/round (max)"]
+    for col in cols:
         t.add_column(col, justify="right")
-    for s in summarise(rows):
+    for s in summary:
         t.add_row(s["policy"], f"{s['hits_found_mean']:.1f} +- {s['hits_found_sd']:.1f}",
                   f"{s['hits_per_100_cost_mean']:.2f} +- {s['hits_per_100_cost_sd']:.2f}",
+                  *[f"{s['errors'][c]['nrmse_mean']:.2f} +- {s['errors'][c]['nrmse_sd']:.2f}" for c in errors],
+                  *([f"{s['found_mean']:.1f} +- {s['found_sd']:.1f}"] if found else []),
                   *[f"{s['spend_mean'][c]:.0f}" for c in names], f"{s['round_seconds_max']:.1f}")
     return t
 
 
-def _benchmark_contexts_config(config, out: Path, data_dir: str | None) -> None:
-    """A campaign across contexts (`[contexts]`): every variant (agent.benchmark.context_variants) x seed run by the
-    shipped loop; learning curves (target hits against cost spent) to JSON + PNG."""
-    from agent.benchmark import context_variants, contexts_sweep
-    from agent.contexts_benchmark import write_results
+def contexts_protocol(config, variants: list[str]) -> dict:
+    """What a contexts benchmark's results file records of its campaign (`protocol`)."""
+    t = config.contexts
+    return {"name": "campaigns across contexts (campaign loop)", "config": config.name, "goal": t.goal,
+            "contexts": t.contexts, "costs": [c.cost for c in t.context_list()], "target": t.target,
+            "budget": t.budget, "rounds": config.rounds, "initial": config.initial, "allowed": t.allowed,
+            "seeds": config.evaluation.seeds, "hits": config.world.hits or f"top {t.hit_fraction:.0%} by |score| in "
+            "the target", "test_genes": t.test_genes if t.goal == "matrix" else None,
+            "features": config.design.features, "max_iter": config.surrogate.max_iter, "variants": variants}
+
+
+def _benchmark_contexts_config(config, out: Path, data_dir: str | None, variants: list[str] | None = None) -> None:
+    """A campaign across contexts (`[contexts]`): every variant (agent.benchmark.context_variants, or `variants`) x
+    seed run by the shipped loop; learning curves (the goal's score against cost spent) to JSON + PNG, rewritten
+    after every seed."""
+    from agent.benchmark import check_context_variants, context_variants, contexts_sweep
+    from perturbloop.benchmark_report import write_contexts_results
 
     t = config.contexts
-    variants = context_variants(config)
+    variants = list(variants or context_variants(config))
+    check_context_variants(config, variants)
+    meta = contexts_protocol(config, variants)
+    dataset = str(config.world.dataset)
+
+    def save(rows: list[dict], done: int):
+        return write_contexts_results(out, {**meta, "seeds": done}, dataset, rows)
+
     console = _console()
-    with console.status(f"{len(variants)} variants x {config.evaluation.seeds} seeds on {config.world.dataset}, "
-                        f"target {t.target}, through the campaign loop"):
-        rows = contexts_sweep(config, data_dir, variants=variants)
-    meta = {"name": "hit discovery across contexts (campaign loop)", "config": config.name, "contexts": t.contexts,
-            "costs": [c.cost for c in t.context_list()], "target": t.target, "budget": t.budget,
-            "rounds": config.rounds, "initial": config.initial, "allowed": t.allowed, "seeds": config.evaluation.seeds,
-            "hits": f"top {t.hit_fraction:.0%} by |score| in the target", "features": config.design.features,
-            "variants": variants}
-    path, png = write_results(out, meta, str(config.world.dataset), rows)
-    console.print(_contexts_summary(f"{config.world.dataset}: target {t.target}, budget {t.budget:g}, "
+    with console.status(f"{len(variants)} variants x {config.evaluation.seeds} seeds on {dataset}, target {t.target}, "
+                        f"goal {t.goal}, through the campaign loop"):
+        rows = contexts_sweep(config, data_dir, variants=variants, on_seed=save)
+    path, png = save(rows, config.evaluation.seeds)
+    console.print(_contexts_summary(f"{dataset}: target {t.target}, budget {t.budget:g}, "
                                     f"{config.evaluation.seeds} seeds, {rows[0]['n_hits'] if rows else 0} hits",
                                     rows, t.contexts))
     console.print(f"results: {path}\ncurves: {png}")
 
 
-def _benchmark_contexts(screen, contexts, target_context, costs, budget, initial, allowed, hits, rounds, batch, seeds,
-                        policy, features, data_dir, out) -> None:
-    from agent.contexts_benchmark import DEFAULT_POLICIES, ContextProtocol, run_benchmark, write_results
-    from perturbloop.config import parse_contexts_config
-    from perturbloop.contexts import context_space, load_context_screen
-
+def contexts_benchmark_config(screen: str, contexts: str, target_context: str, costs: str | None, *,
+                              budget: float | None, initial: int, allowed: str | None, hits: str | None, rounds: int,
+                              batch: int, seeds: int, features: str | None, data_dir: str | None):
+    """The campaign across contexts that `benchmark --screen FILE --contexts A,B,C --target-context C` runs: a
+    `world.kind = "contexts"` config replaying `screen` (a file or a registry table), the hit-discovery goal in the
+    target, the multi-task model with cost-aware picks, `seeds` seeds; a ConfigError names a bad option."""
+    from perturbloop.config import parse_config
     names = [c.strip() for c in contexts.split(",")]
     try:
         cost_list = [float(c) for c in costs.split(",")] if costs else None
     except ValueError:
         raise PerturbloopError(f"--costs: {costs!r} is not a comma-separated list of numbers") from None
-    allowed_list = [c.strip() for c in allowed.split(",")] if allowed else None
     target_cost = cost_list[names.index(target_context)] if cost_list and target_context in names and \
         len(cost_list) == len(names) else 1.0
-    cfg = parse_contexts_config({"contexts": names, "costs": cost_list, "target": target_context,
-                                 "budget": budget if budget is not None else rounds * batch * target_cost,
-                                 "rounds": rounds, "initial": initial, "allowed": allowed_list}, "benchmark options")
-    data = load_context_screen(screen, data_dir)
-    data.check_contexts(names)
-    hit_set = None
-    if hits:
-        if not Path(hits).is_file():
-            raise PerturbloopError(f"--hits: file {hits!r} does not exist")
-        hit_set = {ln.strip().upper() for ln in Path(hits).read_text().splitlines() if ln.strip()}
+    path = Path(screen).expanduser()
+    if hits and not Path(hits).expanduser().is_file():
+        raise PerturbloopError(f"--hits: file {hits!r} does not exist")
     feats = ["go"] if features in (None, "go,screens") else [f.strip() for f in features.split(",") if f.strip()]
-    space = context_space(data, cfg.context_list(), features=feats, data_dir=data_dir, go_dims=16)
-    protocol = ContextProtocol(cfg.target, cfg.budget, cfg.rounds, cfg.initial, cfg.hit_fraction,
-                               tuple(cfg.allowed) if cfg.allowed else None)
-    policies = list(DEFAULT_POLICIES) if policy == "best,random" else \
-        ["multitask" if p.strip() == "best" else p.strip() for p in policy.split(",") if p.strip()]
-    console = _console()
-    with console.status(f"{len(policies)} policies x {seeds} seeds on {data.name}, target {cfg.target}"):
-        rows = run_benchmark(space, data, protocol, policies, seeds, hit_set)
-    meta = {"name": "hit discovery across contexts", "contexts": names, "costs": [c.cost for c in cfg.context_list()],
-            "target": cfg.target, "budget": cfg.budget, "rounds": cfg.rounds, "initial": cfg.initial,
-            "allowed": cfg.allowed, "seeds": seeds, "hits": hits or "top 5% by |score| in the target",
-            "features": feats, "n_genes": len(space.genes)}
-    path, png = write_results(out, meta, data.name, rows)
-    console.print(_contexts_summary(f"{data.name}: target {cfg.target}, budget {cfg.budget:g}, {seeds} seeds, "
-                                    f"{rows[0]['n_hits'] if rows else 0} hits", rows, names))
-    console.print(f"results: {path}\ncurves: {png}")
+    return parse_config({
+        "name": f"contexts-{path.stem}", "initial": initial, "rounds": rounds, "seed": 0,
+        "world": {"kind": "contexts", "dataset": str(path.resolve()) if path.is_file() else screen,
+                  "hits": str(Path(hits).expanduser().resolve()) if hits else None},
+        "contexts": {"contexts": names, "costs": cost_list, "target": target_context,
+                     "budget": budget if budget is not None else rounds * batch * target_cost,
+                     "allowed": [c.strip() for c in allowed.split(",")] if allowed else None},
+        "design": {"features": feats, "go_dims": 16}, "surrogate": {"kind": "multitask", "max_iter": 15},
+        "acquisition": {"kind": "cost_aware"}, "evaluation": {"seeds": seeds}}, "benchmark options")
+
+
+def _benchmark_contexts(screen, contexts, target_context, costs, budget, initial, allowed, hits, rounds, batch, seeds,
+                        policy, features, data_dir, out) -> None:
+    """`benchmark --screen FILE --contexts ...`: the config of `contexts_benchmark_config`, run as `benchmark
+    --config` runs one (`policy`: variant names, `best` = multitask; the default compares them all)."""
+    config = contexts_benchmark_config(screen, contexts, target_context, costs, budget=budget, initial=initial,
+                                       allowed=allowed, hits=hits, rounds=rounds, batch=batch, seeds=seeds,
+                                       features=features, data_dir=data_dir)
+    variants = None if policy == "best,random" else \
+        list(dict.fromkeys("multitask" if p.strip() == "best" else p.strip() for p in policy.split(",") if p.strip()))
+    _benchmark_contexts_config(config, out, data_dir, variants)
 
 
 @app.command()

@@ -108,14 +108,16 @@ class DesignConfig(_Strict):
         return bool(self.phenotype or self.prior_terms or self.known_positives)
 
 
-SurrogateKind = Literal["gp", "mean", "ensemble", "linear", "additive", "multitask", "independent", "pooled"]
+SurrogateKind = Literal["gp", "mean", "ensemble", "linear", "additive", "multitask", "multitask_icm", "independent",
+                        "pooled"]
 SCREEN_SURROGATES = ("gp", "mean")
-CONTEXT_SURROGATES = ("multitask", "independent", "pooled")  # surrogates/multitask.py
+CONTEXT_SURROGATES = ("multitask", "multitask_icm", "independent", "pooled")  # surrogates/context_model.py
 
 
 class SurrogateConfig(_Strict):
     kind: SurrogateKind = Field("gp", description="screens: gp | mean; responses: ensemble | gp (low-rank) | linear | "
-                                                  "mean | additive (pairs); contexts: multitask | independent | pooled")
+                                                  "mean | additive (pairs); contexts: multitask | multitask_icm (no "
+                                                  "kernel over time) | independent | pooled")
     max_iter: int = Field(10, ge=1, le=10_000, description="L-BFGS-B iterations per hyperparameter fit (warm-started)")
     members: int = Field(5, ge=2, le=100, description="ensemble members")
     hidden: int = Field(64, ge=4, le=4096, description="ensemble: hidden units")
@@ -153,13 +155,15 @@ SCREEN_POLICIES = ("random", "greedy", "ucb", "qlognei", "thompson", "prob_hit",
                    "rl_permuted")  # rl_permuted: the RL policy's shuffled-feedback control (benchmarks)
 RESPONSE_POLICIES = ("random", "uncertainty", "diversity", "coreset", "program")  # diversity = coreset
 # contexts: cost_aware (expected target hits per unit cost), random (random genes in the target), cheap_first (the
-# cheapest other context first, e.g. K562, then the target on the strongest genes there)
-CONTEXT_POLICIES = ("cost_aware", "random", "cheap_first")
+# cheapest other context first, e.g. K562, then the target on the strongest genes there); variance, random_pairs
+# (goal matrix), specific, random_genes (goal specific): acquisition/context_policies.py
+CONTEXT_POLICIES = ("cost_aware", "random", "cheap_first", "variance", "random_pairs", "specific", "random_genes")
 
 
 class AcquisitionConfig(_Strict):
     kind: Literal["random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl",
-                  "rl_permuted", "uncertainty", "diversity", "program", "cost_aware", "cheap_first"] = "ucb"
+                  "rl_permuted", "uncertainty", "diversity", "program", "cost_aware", "cheap_first", "variance",
+                  "random_pairs", "specific", "random_genes"] = "ucb"
     beta: float = Field(4.0, ge=0, description="UCB exploration weight: mu + sqrt(beta) sigma")
     policy_path: str | None = Field(None, description="kind 'rl': checkpoint from `perturbloop policy train`")
     program: list[str] | None = Field(None, description="program: genes whose mean LFC is the score")
@@ -194,7 +198,8 @@ class WorldConfig(_Strict):
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the world's draws (cells, failures, synthetic network)")
     params: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the simulator")
     readout: Literal["fitness", "gi"] = Field("fitness", description="pair_fitness: the pair phenotype modelled")
-    hits: str | None = Field(None, description="pair_screen: file of hit pairs, one A+B a line (default: top "
+    hits: str | None = Field(None, description="pair_screen: file of hit pairs, one A+B a line; contexts: file of "
+                             "hit genes in the target, one a line (default: top "
                              "evaluation.hit_fraction by |score|)")
 
     @model_validator(mode="after")
@@ -206,8 +211,8 @@ class WorldConfig(_Strict):
         if self.kind == "contexts" and not self.dataset:
             raise ValueError("world.dataset: a contexts world needs a multi-context screen (gwt_cd4_polarization, "
                              "gwt_cd4_aging, or a file)")
-        if self.hits and self.kind != "pair_screen":
-            raise ValueError("world.hits: a hits file applies to a pair_screen world")
+        if self.hits and self.kind not in ("pair_screen", "contexts"):
+            raise ValueError("world.hits: a hits file applies to a pair_screen or contexts world")
         return self
 
 
@@ -442,7 +447,8 @@ class CampaignConfig(_Strict):
         uses_program = self.acquisition.kind == "program" or "program" in self.evaluation.policies
         if uses_program and not self.acquisition.program and self.world.kind not in ("pair_fitness", "pair_screen"):
             raise ValueError("acquisition.program: list the program's genes (policy 'program')")
-        if self.surrogate.kind in CONTEXT_SURROGATES or self.acquisition.kind in ("cost_aware", "cheap_first"):
+        if self.surrogate.kind in CONTEXT_SURROGATES or (self.acquisition.kind in CONTEXT_POLICIES and
+                                                            self.acquisition.kind != "random"):
             raise ValueError(f"surrogate.kind / acquisition.kind: {self.surrogate.kind!r} / {self.acquisition.kind!r} "
                              "need world.kind = 'contexts'")
         if self.world.kind in ("pair_fitness", "pair_screen") and self.design.space != "pairs":
@@ -555,6 +561,14 @@ class ContextsTable(_Strict):
     budget: float = Field(gt=0, description="cost units the whole campaign may spend (initial design included)")
     allowed: list[str] | None = Field(None, description="contexts rounds may use (default all)")
     hit_fraction: float = Field(0.05, gt=0, lt=1, description="hits = this top fraction by |score| in the target")
+    goal: Literal["hits", "matrix", "specific"] = Field(
+        "hits", description="what the simulated campaign is scored on (perturbloop.context_objectives): hits = target "
+        "hits found; matrix = held-out error of the gene x context matrix after each round; specific = "
+        "context-specific genes found (strong in one context, weak in another)")
+    test_genes: int = Field(90, ge=3, le=100_000, description="goal matrix: genes with one context held out (never "
+                            "offered; contexts cycled), their other contexts known (measured free) from the start")
+    variants: list[str] | None = Field(None, description="`perturbloop benchmark --config`: the variants compared "
+                                       "(agent.benchmark.CONTEXT_VARIANTS of the goal; default the goal's standard set)")
 
     @model_validator(mode="after")
     def _consistent_contexts(self) -> ContextsTable:
@@ -585,24 +599,3 @@ class ContextsTable(_Strict):
         if initial_cost > self.budget:
             raise ValueError(f"{field}: the initial design ({initial} genes in every context) costs {initial_cost:g}, "
                              f"more than the budget {self.budget:g}")
-
-
-class ContextsConfig(ContextsTable):
-    """The options of `perturbloop benchmark --screen F --contexts ...`: the `[contexts]` table plus rounds and the
-    initial design (a campaign config has them at its top level)."""
-
-    rounds: int = Field(4, ge=1, le=1000)
-    initial: int = Field(16, ge=0, le=100_000, description="genes measured in every context before round 1")
-
-    @model_validator(mode="after")
-    def _initial_fits(self) -> ContextsConfig:
-        self.check_initial(self.initial)
-        return self
-
-
-def parse_contexts_config(data: dict, source: str = "contexts") -> ContextsConfig:
-    """A ContextsConfig, or a ConfigError naming the field."""
-    try:
-        return ContextsConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None

@@ -98,7 +98,8 @@ class ContextReplay:
 def context_world(config, data_dir=None, *, genes: Sequence[str] | None = None) -> ContextReplay:
     """The world of a campaign across contexts (`world.kind = "contexts"`): `world.dataset` (a registry table or a
     multi-context screen file) on the `[contexts]` contexts (and `genes` when given), noise seeded by `config.seed`,
-    hits the top `contexts.hit_fraction` in the target. An unknown context is a ConfigError naming the field."""
+    hits the genes of `world.hits` (one a line, `#` comments allowed), else the top `contexts.hit_fraction` in the
+    target. An unknown context, or a hit gene not measured in the target, is a ConfigError naming the field."""
     from perturbloop.contexts import load_context_screen
     from perturbloop.errors import ConfigError
 
@@ -109,4 +110,20 @@ def context_world(config, data_dir=None, *, genes: Sequence[str] | None = None) 
     if unknown:
         raise ConfigError(f"contexts.contexts: unknown context(s) {', '.join(map(repr, unknown))}: screen "
                           f"{screen.name!r} has {', '.join(screen.contexts)}")
-    return ContextReplay(screen.restrict(names, genes), names, t.target, seed=config.seed, hit_fraction=t.hit_fraction)
+    hits = None
+    if config.world.hits:
+        from pathlib import Path
+
+        from perturbloop.genes import read_gene_file
+
+        path = Path(config.world.hits).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"world.hits: file {config.world.hits!r} does not exist")
+        hits = {g.upper() for g in read_gene_file(path)}
+        if not hits:
+            raise ConfigError(f"world.hits: {config.world.hits} lists no genes")
+    try:
+        return ContextReplay(screen.restrict(names, genes), names, t.target, seed=config.seed,
+                             hit_fraction=t.hit_fraction, hits=hits)
+    except ValueError as e:
+        raise ConfigError(f"world.hits: {e}") from None

@@ -16,7 +16,9 @@ import torch
 from perturbloop.contexts import ContextSpace
 from surrogates.multitask import ContextPosterior, IndependentContextGP, MultiTaskContextGP, PooledContextGP
 
-CONTEXT_MODELS = {"multitask": MultiTaskContextGP, "independent": IndependentContextGP, "pooled": PooledContextGP}
+# multitask_icm: the multi-task GP without the kernel over time (a free ICM task covariance)
+CONTEXT_MODELS = {"multitask": MultiTaskContextGP, "multitask_icm": MultiTaskContextGP,
+                  "independent": IndependentContextGP, "pooled": PooledContextGP}
 
 
 class ContextModel:
@@ -26,7 +28,7 @@ class ContextModel:
         >>> m = ContextModel("multitask", space, max_iter=15); m.fit(space.features(idx), Y); m.joint(space)
     """
 
-    def __init__(self, kind: Literal["multitask", "independent", "pooled"], space: ContextSpace, *,
+    def __init__(self, kind: Literal["multitask", "multitask_icm", "independent", "pooled"], space: ContextSpace, *,
                  max_iter: int = 15, seed: int = 0):
         if kind not in CONTEXT_MODELS:
             raise ValueError(f"unknown context model {kind!r}; choose from {', '.join(CONTEXT_MODELS)}")

@@ -382,5 +382,3 @@ class PooledContextGP:
                                 post.variance[:, None, None].expand(-1, C, C).clone(),
                                 torch.full((C,), noise, dtype=torch.float64))
 
-
-CONTEXT_MODELS = {"multitask": MultiTaskContextGP, "independent": IndependentContextGP, "pooled": PooledContextGP}

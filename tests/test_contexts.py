@@ -16,8 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from acquisition.cost_aware import CostAwareHitPolicy, hit_threshold, p_hit
-from agent.contexts_benchmark import ContextProtocol, run_campaign
-from perturbloop.config import parse_contexts_config
+from perturbloop.config import parse_config
 from perturbloop.contexts import ContextScreen, ContextSpace, context_list, load_gwt, read_context_screen
 from perturbloop.errors import ConfigError, ScreenFormatError
 from simulators.context_replay import ContextReplay
@@ -112,13 +111,19 @@ def test_bad_contexts_costs_and_budgets_are_clear_errors(gwt_slice):
         context_list(TIMES, [1, 2])
     with pytest.raises(ConfigError, match="positive number.*Rest=0"):
         context_list(TIMES, [0, 1, 2])
-    base = {"contexts": TIMES, "costs": [1, 1, 2], "target": "Stim48hr", "budget": 100, "initial": 2}
-    assert parse_contexts_config(base).context_list()[2].hours == 48.0
-    for bad, match in [({"target": "K562"}, "target 'K562' is not among"), ({"budget": 0.5, "initial": 0},
-                       "smaller than one perturbation's cost"), ({"initial": 30}, "initial design.*costs 120"),
-                       ({"allowed": ["Stim72hr"]}, "allowed: unknown context")]:
+    table = {"contexts": TIMES, "costs": [1, 1, 2], "target": "Stim48hr", "budget": 100}
+
+    def config(initial: int = 2, **change) -> dict:
+        return {"name": "c", "initial": initial, "world": {"kind": "contexts", "dataset": "gwt_cd4_polarization"},
+                "contexts": {**table, **change}}
+
+    assert parse_config(config()).contexts.context_list()[2].hours == 48.0
+    for bad, match in [(config(target="K562"), "target 'K562' is not among"),
+                       (config(0, budget=0.5), "smaller than one perturbation's cost"),
+                       (config(30), "initial design.*costs 120"), (config(allowed=["Stim72hr"]), "allowed: unknown context"),
+                       (config(goal="heldout"), "goal"), (config(goal="matrix", test_genes=1), "test_genes")]:
         with pytest.raises(ConfigError, match=match):
-            parse_contexts_config({**base, **bad})
+            parse_config(bad)
 
 
 def _posterior(rho: float, m: int = 200, seed: int = 0) -> ContextPosterior:
@@ -201,24 +206,78 @@ def test_baselines_carry_no_transfer_or_full_transfer():
     torch.testing.assert_close(b.mean[:, 0], b.mean[:, 1])
 
 
-def test_campaign_spends_within_budget_and_counts_target_hits(gwt_slice):
-    from perturbloop.contexts import ContextSpace as Space
+def _slice_config(path, **contexts) -> dict:
+    return {"name": "slice", "initial": 4, "rounds": 3, "world": {"kind": "contexts", "dataset": str(path)},
+            "contexts": {"contexts": TIMES, "costs": [1, 1, 2], "target": "Stim48hr", "budget": 60, **contexts},
+            "surrogate": {"kind": "multitask", "max_iter": 5}}
 
-    ctx = context_list(TIMES, [1, 1, 2])
-    genes = gwt_slice.genes
-    offered = np.zeros((len(genes), 3), bool)
-    idx = {g: i for i, g in enumerate(genes)}
-    for g, c in zip(gwt_slice.table["gene"], gwt_slice.table["context"]):
-        offered[idx[g], TIMES.index(c)] = True
-    space = Space(genes, torch.zeros(len(genes), 1), ctx, offered)
-    protocol = ContextProtocol("Stim48hr", budget=60, rounds=3, initial=4)
-    row = run_campaign(space, gwt_slice, protocol, "random", seed=1)
+
+def test_campaign_spends_within_budget_and_counts_target_hits(gwt_slice, tmp_path, data_dir):
+    """A benchmark row comes from the campaign loop: random target picks within the budget, cost per round."""
+    from agent.benchmark import contexts_row
+
+    config = parse_config(_slice_config(gwt_slice.write_long(tmp_path / "s.csv")))
+    row = contexts_row(config, "random", 1, data_dir)
     assert row["cost"] <= 60 and sum(row["spend"].values()) == row["cost"]
     assert row["spend"]["Rest"] == row["spend"]["Stim8hr"] <= 4  # only the initial design uses them
     costs = [pt["cost"] for pt in row["curve"]]
     assert costs == sorted(costs) and costs[-1] == row["cost"] and len(costs) == 4
     world = ContextReplay(gwt_slice, TIMES, "Stim48hr")
     assert row["n_hits"] == len(world.hits) and 0 <= row["hits_found"] <= row["n_hits"]
+    target_picks = {p.split("@@")[0] for r in row["picks"] for p in r if p.endswith("@@Stim48hr")}
+    assert row["hits_found"] == len(target_picks & world.hits)
+
+
+@pytest.mark.parametrize("variant", ["multitask_random", "multitask"])  # random pairs; variance-per-cost picks
+def test_matrix_goal_holds_pairs_out_and_scores_them_through_the_loop(gwt_slice, tmp_path, data_dir, variant):
+    """Goal `matrix`: held-out pairs never measured, the test genes' other timepoints free in round 0, held-out
+    NRMSE per timepoint after every round equal to the score of the model refit on what was measured."""
+    from agent.benchmark import contexts_row
+    from agent.parts import campaign_parts
+
+    config = parse_config(_slice_config(gwt_slice.write_long(tmp_path / "s.csv"), goal="matrix", test_genes=9))
+    parts = campaign_parts(config, data_dir)
+    test = set(parts.split.test)
+    assert len(test) == 9 and {lab.split("@@")[1] for lab in test} == set(TIMES)
+    row = contexts_row(config, variant, 0, data_dir)
+    picked = [lab for r in row["picks"] for lab in r]
+    assert not test & set(picked)
+    known = [lab for lab in row["picks"][0] if lab.split("@@")[0] in {t.split("@@")[0] for t in test}]
+    assert len(known) == 18  # 9 test genes x their 2 other timepoints, at no cost
+    assert row["curve"][0]["cost"] == 4 * 4  # only the 4 initial genes in every context are paid for
+    assert len(row["curve"]) == 4 and all(set(pt["errors"]) == set(TIMES) for pt in row["curve"])
+    assert row["cost"] <= 60
+    for pt in row["curve"]:
+        for c in TIMES:
+            assert np.isfinite(pt["errors"][c]["nrmse"]) and pt["errors"][c]["nrmse"] > 0
+            assert -1 <= pt["errors"][c]["pearson"] <= 1
+    assert row["curve"][0]["errors"] != row["curve"][-1]["errors"]  # refit on more data each round
+
+
+@pytest.mark.parametrize("variant", ["random", "multitask"])  # random whole genes; expected evidence per cost
+def test_specific_goal_counts_the_specific_genes_measured_through_the_loop(gwt_slice, tmp_path, data_dir, variant):
+    from agent.benchmark import contexts_row
+    from perturbloop.context_objectives import context_specific, specific_found, specific_genes
+    from perturbloop.contexts import ContextSpace as Space
+
+    config = parse_config(_slice_config(gwt_slice.write_long(tmp_path / "s.csv"), goal="specific"))
+    row = contexts_row(config, variant, 2, data_dir)
+    genes = gwt_slice.genes
+    truth = gwt_slice.table.pivot(index="gene", columns="context", values="score").reindex(index=genes,
+                                                                                           columns=TIMES).to_numpy()
+    space = Space(genes, torch.zeros(len(genes), 1), context_list(TIMES, [1, 1, 2]))
+    strong, weak = context_specific(truth)
+    measured = space.measured_mask([lab for r in row["picks"] for lab in r])
+    assert row["n_specific"] == len(specific_genes(strong, weak)) > 0
+    assert row["found"] == len(specific_found(strong, weak, measured))
+    assert row["cost"] <= 60 and row["curve"][-1]["found"] == row["found"]
+    if variant != "random":
+        return
+    # random genes are measured at every timepoint the screen measured them at
+    later = [lab for r in row["picks"][1:] for lab in r]
+    per_gene = pd.Series([lab.split("@@")[0] for lab in later]).value_counts()
+    offered = gwt_slice.table.groupby("gene")["context"].nunique()
+    assert len(per_gene) > 5 and (per_gene == offered[per_gene.index]).all()
 
 
 def test_benchmark_command_refuses_bad_contexts(gwt_slice, tmp_path, data_dir):
@@ -242,23 +301,67 @@ def test_benchmark_command_refuses_bad_contexts(gwt_slice, tmp_path, data_dir):
     assert not (tmp_path / "r.json").exists()
 
 
+def test_benchmark_command_refuses_a_bad_hits_file(gwt_slice, tmp_path, data_dir):
+    from perturbloop.cli import app
+
+    path = gwt_slice.write_long(tmp_path / "gwt.csv")
+    hits = tmp_path / "hits.txt"
+    hits.write_text("NOT_A_GENE_XYZ\n")
+    base = ["benchmark", "--out", str(tmp_path / "r.json"), "--data-dir", str(data_dir), "--screen", str(path),
+            "--contexts", ",".join(TIMES), "--target-context", "Stim48hr"]
+    for extra, match in [(["--hits", str(hits)], "world.hits: hit gene.*not measured in the target.*NOT_A_GENE_XYZ"),
+                         (["--hits", str(tmp_path / "none.txt")], "--hits: file .* does not exist"),
+                         (["--policy", "multitask,bogus"], "unknown contexts variant.*'bogus'")]:
+        res = CliRunner().invoke(app, [*base, *extra])
+        assert res.exit_code == 2 and re.search(match, res.output), res.output
+    assert not (tmp_path / "r.json").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["long", "mageck"])
 def test_benchmark_command_end_to_end(gwt_slice, tmp_path, data_dir, fmt):
+    """`benchmark --screen FILE --contexts ...` runs the campaign loop (the rows of `benchmark --config`)."""
     path = gwt_slice.write_long(tmp_path / "gwt.csv") if fmt == "long" else gwt_slice.write_mageck(tmp_path / "gwt.txt")
     out = tmp_path / "r.json"
+    hits = tmp_path / "hits.txt"
+    hit_genes = sorted(gwt_slice.scores("Stim48hr").abs().sort_values(ascending=False).index[:10])
+    hits.write_text("\n".join(hit_genes) + "\n")
     proc = subprocess.run(
         [sys.executable, "-m", "perturbloop.cli", "benchmark", "--screen", str(path), "--contexts", ",".join(TIMES),
          "--target-context", "Stim48hr", "--costs", "1,1,2", "--budget", "60", "--rounds", "2", "--initial", "4",
-         "--seeds", "1", "--policy", "multitask,random", "--data-dir", str(data_dir), "--out", str(out)],
+         "--seeds", "1", "--policy", "best,random", "--data-dir", str(data_dir), "--out", str(out),
+         *(["--hits", str(hits)] if fmt == "long" else [])],
         capture_output=True, text=True, timeout=600, env=dict(os.environ), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     res = json.loads(out.read_text())
     assert res["protocol"]["target"] == "Stim48hr" and res["protocol"]["costs"] == [1.0, 1.0, 2.0]
-    assert [r["policy"] for r in res["results"]] == ["multitask", "random"]
+    assert res["protocol"]["name"] == "campaigns across contexts (campaign loop)" and res["protocol"]["seeds"] == 1
+    assert [r["policy"] for r in res["results"]] == ["multitask", "independent", "pooled", "random"]
     for r in res["results"]:
-        assert r["cost"] <= 60 and len(r["curve"]) == 3 and r["n_hits"] == 6
-        assert set(r["spend"]) == set(TIMES)
-    assert len(res["results"][0]["task_correlation"]) == 3
+        assert r["cost"] <= 60 and len(r["curve"]) == 3 and r["n_hits"] == (10 if fmt == "long" else 6)
+        assert set(r["spend"]) == set(TIMES) and r["curve"][0]["cost"] == 16
+        found = {lab.split("@@")[0] for rnd in r["picks"] for lab in rnd if lab.endswith("@@Stim48hr")}
+        assert r["hits_found"] == len(found & (set(hit_genes) if fmt == "long" else
+                                                  set(ContextReplay(gwt_slice, TIMES, "Stim48hr").hits)))
+    assert set(res["results"][0]["correlation_with_target"]) == {"Rest", "Stim8hr"}
+    assert [s["policy"] for s in res["summary"]] == ["multitask", "independent", "pooled", "random"]
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert "multitask" in proc.stdout and "hits / 100 cost" in proc.stdout
+
+
+def test_cost_aware_thompson_draw_follows_the_round_seed():
+    """The campaign's policy draws its Thompson order from the round's seeded `rng`: the same (seed, round) picks the
+    same pairs (a resumed campaign as an uninterrupted one), another seed draws anew."""
+    from acquisition.context_policies import CostAwareContextPolicy
+
+    space, post = _space(), _posterior(0.0, seed=1)
+    post.cov[:, 1, 1] = 4.0  # wide posteriors: the draw, not the mean, orders the target genes
+
+    def picks(seed: int) -> list[str]:
+        policy = CostAwareContextPolicy("target", hit_fraction=0.05)
+        out = policy.picks(post, space, np.zeros((200, 2), bool), 40, observed={}, round_index=1,
+                           rng=np.random.default_rng([seed, 1]), rounds_left=3)
+        return [p.label for p in out]
+
+    assert picks(0) == picks(0)
+    assert picks(0) != picks(1) and len(picks(0)) == len(picks(1)) == 10
