@@ -107,11 +107,17 @@ def evaluate(target: str, pol: Path, seeds: int, det_seeds: int, qlognei_seeds: 
     parts = RESULTS / "rl_parts"
     parts.mkdir(parents=True, exist_ok=True)
     runs = [("stochastic", seeds, f"random,rl_permuted:{pol}"), ("deterministic", det_seeds, f"best,ucb,prob_hit,rl:{pol}")]
-    if qlognei_seeds:
+    if qlognei_seeds or (parts / f"{target}.qlognei.json").is_file():  # 0 seeds: keep the earlier qlognei run
         runs.append(("qlognei", qlognei_seeds, "qlognei"))
     merged: dict = {"screen": target, "policy_checkpoint": str(pol.relative_to(HERE.parent)), "runs": {}, "results": []}
     for part, n, policies in runs:
         out = parts / f"{target}.{part}.json"
+        if not n:
+            res = json.loads(out.read_text())
+            merged["runs"][part] = {"seeds": len({r["seed"] for r in res["results"]}), "policies": policies,
+                                    "file": str(out.relative_to(HERE.parent)), "kept from an earlier run": True}
+            merged["results"] += res["results"]
+            continue
         cmd = ["benchmark", "--screen", target, "--rounds", "5", "--batch", "128", "--seeds", str(n), *FIT_ITER,
                "--policy", policies,
                "--out", str(out)]
@@ -198,7 +204,8 @@ def main() -> None:
     ap.add_argument("--screens", default=",".join(SCREENS))
     ap.add_argument("--seeds", type=int, default=10, help="seeds of the stochastic policies (random, rl_permuted)")
     ap.add_argument("--det-seeds", type=int, default=3, help="seeds of the deterministic policies (best, ucb, rl)")
-    ap.add_argument("--qlognei-seeds", type=int, default=1)
+    ap.add_argument("--qlognei-seeds", type=int, default=1,
+                    help="0: keep the qlognei results of an earlier run (30-260 s a round) where they exist")
     ap.add_argument("--data-dir", default=os.environ.get("PERTURBLOOP_DATA_DIR"))
     ap.add_argument("--retrain", action="store_true", help="train again even if the policy file exists")
     ap.add_argument("--train-only", action="store_true")
