@@ -32,10 +32,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from screens import SCREENS  # benchmarks/screens.py: the six registry screens
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "loso"
-SCREENS = ("schmidt2021_il2", "schmidt2021_ifng", "zhuang2019_nk", "sanchez2021_tau_up", "sanchez2021_tau_down",
-           "zhu2021_sarscov2")
 # run in this order (the most informative first, so a cut-short grid still answers "go or go + knowledge?")
 GRID = ("go+knowledge/best", "go/best", "go+knowledge/ucb", "go/ucb", "knowledge/best", "go+knowledge/prob_hit",
         "go/prob_hit", "knowledge/ucb", "knowledge/prob_hit")
@@ -45,7 +45,7 @@ TARGET = 3.0  # the issue's target: hit ratio >= 3x random
 
 def command(screen: str, setting: str, seeds: int) -> list[str]:
     """`perturbloop benchmark` arguments for one (screen, setting); setting = 'features/policy[+phenotype_half]'."""
-    from phenotype_prior import phenotypes
+    from phenotype_prior import phenotypes  # benchmarks/phenotype_prior.py: the sentences of phenotypes.toml
 
     features, policy = setting.split("/")
     policy, _, extra = policy.partition("+")
@@ -145,7 +145,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="BLAS / torch threads of each benchmark command")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
-    sys.path.insert(0, str(HERE))
     settings = args.settings.split(",")
     if not args.table_only:
         run(args.screens.split(","), settings, args.seeds, args.data_dir, args.threads)
