@@ -5,7 +5,8 @@ gene: the screen's score); a response campaign names the `[world]` that answers 
 (Perturb-seq: a transcriptome LFC vector per perturbation; a pair screen: the pair phenotype) and
 learns (objective `learn_response`) or drives (objective `maximize`) that response. `lab`,
 `approval`, `schedule` and `evaluation` apply to every kind. Defaults that differ by kind (batch
-size, model, policy, features) are filled in from `RESPONSE_DEFAULTS` for a `[world]` campaign.
+size, model, policy, features) are filled in from `RESPONSE_DEFAULTS` for a `[world]` campaign,
+`CONTEXTS_DEFAULTS` for a campaign across contexts and `SCREEN_DEFAULTS` for a pooled screen.
 
 Response example (examples/papalexi_learn.toml):
 
@@ -274,6 +275,13 @@ RESPONSE_DEFAULTS: dict[str, Any] = {
 }
 
 
+SCREEN_DEFAULTS: dict[str, Any] = {
+    # chosen by leave-one-screen-out over the six registry screens with no prior screens (benchmarks/loso.py,
+    # benchmarks/RESULTS.md): GO + the knowledge blocks beat GO alone with every policy on 5 of 6 screens
+    "design": {"features": ["go", "knowledge"]},
+}
+
+
 CONTEXTS_DEFAULTS: dict[str, Any] = {
     "objective": "hits", "initial": 8, "batch_size": 1,  # a round spends cost units, not a batch size
     "design": {"features": ["go"], "go_dims": 16},
@@ -323,6 +331,8 @@ class CampaignConfig(_Strict):
             return _with_defaults(data, CONTEXTS_DEFAULTS)
         if isinstance(data, dict) and data.get("world") is not None:
             return _with_defaults(data, RESPONSE_DEFAULTS)
+        if isinstance(data, dict):
+            return _with_defaults(data, SCREEN_DEFAULTS)
         return data
 
     @property

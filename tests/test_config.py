@@ -36,7 +36,7 @@ def test_minimal_config_defaults():
     assert c.name == "il2-test" and c.data.screen == "schmidt2021_il2"
     assert (c.rounds, c.batch_size, c.objective, c.approval) == (5, 128, "hits", "auto")
     assert c.acquisition.kind == "ucb" and c.acquisition.beta == 4.0
-    assert c.surrogate.kind == "gp" and c.design.features == ["go"] and c.design.space == "genes"
+    assert c.surrogate.kind == "gp" and c.design.features == ["go", "knowledge"] and c.design.space == "genes"
     assert c.data.hit_fraction == 0.05 and c.lab.noise == "none"
 
 
