@@ -119,6 +119,12 @@ def table(settings: list[str]) -> str:
             cells.append(f"{_ms(v)} ({statistics.mean(v) / statistics.mean(r):.1f}x, n={len(v)})" if v and r
                          else "-")
         lines.append(f"| {s} | {_ms(r) + f' (n={len(r)})' if r else '-'} | " + " | ".join(cells) + " |")
+    lines += ["", "## x random (mean hit ratio / mean random hit ratio)", "",
+              "| screen | " + " | ".join(present) + " |", "|" + "---|" * (1 + len(present))]
+    for s in SCREENS:
+        r = ratios(s, "random")
+        lines.append(f"| {s} | " + " | ".join(f"{statistics.mean(v) / statistics.mean(r):.2f}" if (v := ratios(s, g)) and r
+                                             else "-" for g in present) + " |")
     rows, done = loso([g for g in settings if g != PHENOTYPE_ARM])  # the sentence arm is reported, not chosen
     lines += ["", f"## Leave-one-screen-out (settings finished on all six screens: {', '.join(done) or 'none'})", "",
               "| held-out screen | chosen on the other screens | its hit ratio | x random | random | oracle (best on "
