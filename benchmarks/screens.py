@@ -1,7 +1,7 @@
 """Hit discovery on the six real screens (BioDiscoveryAgent protocol, 5 x 128, 10 seeds).
 
     python benchmarks/screens.py                 # run every screen, then write RESULTS.md
-    python benchmarks/screens.py --table-only    # regenerate RESULTS.md from results/*.json
+    python benchmarks/screens.py --table-only    # regenerate RESULTS.md's first table from results/*.json
     python benchmarks/screens.py --screens schmidt2021_il2 --seeds 3
 
 Each screen is one `perturbloop benchmark` command (printed before it runs), so any figure
@@ -121,8 +121,10 @@ def main() -> None:
     args = ap.parse_args()
     if not args.table_only:
         run(args.screens.split(","), args.seeds, args.policy, args.data_dir)
-    (HERE / "RESULTS.md").write_text(table())
-    print(table())
+    old = (HERE / "RESULTS.md").read_text() if (HERE / "RESULTS.md").is_file() else ""
+    text = table() + (old[old.index("\n## "):] if "\n## " in old else "")  # later sections are other scripts'
+    (HERE / "RESULTS.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

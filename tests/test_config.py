@@ -35,8 +35,8 @@ def test_minimal_config_defaults():
     assert isinstance(c, CampaignConfig)
     assert c.name == "il2-test" and c.data.screen == "schmidt2021_il2"
     assert (c.rounds, c.batch_size, c.objective, c.approval) == (5, 128, "hits", "auto")
-    assert c.acquisition.kind == "ucb" and c.acquisition.beta == 4.0
-    assert c.surrogate.kind == "gp" and c.design.features == ["go"] and c.design.space == "genes"
+    assert c.acquisition.kind == "greedy"  # SCREEN_DEFAULTS: chosen leave-one-screen-out (benchmarks/loso.py)
+    assert c.surrogate.kind == "gp" and c.design.features == ["go", "knowledge"] and c.design.space == "genes"
     assert c.data.hit_fraction == 0.05 and c.lab.noise == "none"
 
 
@@ -171,6 +171,7 @@ def test_response_world_seed_is_checked_and_ints_still_pass_as_floats():
         parse_config({"name": "r", "world": {"kind": "synthetic_grn", "seed": -3}})
     c = parse_config(_with("acquisition.beta", 2))  # TOML `beta = 2` is a float field written as an int
     assert c.acquisition.beta == 2.0 and parse_config(c.model_dump(mode="json")) == c
+    assert c.acquisition.kind == "ucb"  # a UCB weight without a kind names UCB, not the screen default (greedy)
     assert parse_config(_with("seed", 2**32 - 1)).seed == 2**32 - 1
 
 

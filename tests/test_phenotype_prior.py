@@ -216,6 +216,32 @@ def test_cli_benchmark_with_phenotype(slice_csv, data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_issues_one_line_runs_on_a_screen_file(slice_csv, data_dir, tmp_path):
+    """`perturbloop benchmark --screen FILE --hits FILE --features go,knowledge --phenotype "..." --policy
+    best,random --out r.json` (issue 11's line anyone can rerun), on a real screen slice; the hits are the file's."""
+    import json
+
+    import pandas as pd
+
+    scores = pd.read_csv(slice_csv).set_index("Gene")["Score"]
+    hits = list(scores.abs().sort_values(ascending=False).index[:40])
+    (tmp_path / "hits.txt").write_text("\n".join(hits) + "\n")
+    out = tmp_path / "r.json"
+    proc = _cli("benchmark", "--screen", str(slice_csv), "--hits", str(tmp_path / "hits.txt"), "--features",
+                "go,knowledge", "--phenotype", IL2_PHENOTYPE, "--policy", "best,random", "--out", str(out),
+                "--data-dir", str(data_dir), "--seeds", "2", "--rounds", "2", "--batch", "16", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(out.read_text())
+    assert res["protocol"]["features"] == ["go", "knowledge"] and res["protocol"]["phenotype"] == IL2_PHENOTYPE
+    assert res["protocol"]["n_hits"] == len(hits)
+    assert sorted((r["policy"], r["seed"]) for r in res["results"]) == [("best", 0), ("best", 1), ("random", 0),
+                                                                        ("random", 1)]
+    for r in res["results"]:
+        found = {g for batch in r["picks"] for g in batch} & set(hits)
+        assert r["hit_ratio"] == pytest.approx(len(found) / len(hits))
+
+
+@pytest.mark.slow
 def test_cli_benchmark_builds_the_screen_world_once(slice_csv, data_dir, tmp_path, monkeypatch):
     """The --phenotype warning pre-check, the sweep's fail-fast check and every run of the sweep (local runner,
     this process) share one build of the screen world (its pool, with the phenotype prior)."""
