@@ -16,7 +16,7 @@ from langgraph.types import Command
 
 from agent.context import CampaignContext, build_context
 from agent.graph import build_graph, open_checkpointer
-from perturbloop.config import CampaignConfig, stored_config_as_today
+from perturbloop.config import CampaignConfig, stored_config_as_today, with_campaign_defaults
 from perturbloop.store import Campaign, Store, sqlite_path
 
 RECURSION_LIMIT_PER_ROUND = 8
@@ -56,6 +56,13 @@ def check_stored_campaign(config: CampaignConfig, store: Store) -> Campaign:
     return campaign
 
 
+def with_stored_defaults(config: CampaignConfig, store: Store) -> CampaignConfig:
+    """The config a stored campaign runs under: fields its file leaves to today's defaults keep the values the
+    campaign started with (`perturbloop.config.with_campaign_defaults`); a new campaign takes today's."""
+    campaign = store.get_campaign(config.name)
+    return config if campaign is None else with_campaign_defaults(config, stored_config_as_today(campaign.config))
+
+
 def stale_checkpoint(values: dict, paused: bool, store_id: str, start: int) -> bool:
     """Whether a campaign's checkpointed state disagrees with the store: it names another store's campaign
     (`store_id`, the campaign's creation time; checkpoints written before it was recorded name none), or it is
@@ -82,6 +89,7 @@ def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_
     `resume` is a decision to hand to a paused approval step.
     """
     store = store if isinstance(store, Store) else Store(store)
+    config = with_stored_defaults(config, store)
     ctx = context or build_context(config, store, data_dir, on_round)
     campaign = check_stored_campaign(config, store)
     created = campaign.created_at

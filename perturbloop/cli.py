@@ -183,15 +183,18 @@ def _check_datasets(config) -> None:
             get_spec(name)  # UnknownDatasetError naming it and the known datasets
 
 
-def _check_before_flow(config, store, data_dir: str | None) -> None:
+def _check_before_flow(config, store, data_dir: str | None):
     """Bad input (an unknown dataset or gene, a malformed file, a config that differs from the stored one)
-    fails here, in seconds, before any Prefect machinery starts."""
+    fails here, in seconds, before any Prefect machinery starts. Returns the config the campaign runs under
+    (a stored campaign keeps the defaults it started with)."""
     from agent.context import build_context
-    from agent.runner import check_stored_campaign
+    from agent.runner import check_stored_campaign, with_stored_defaults
 
+    config = with_stored_defaults(config, store)
     if store.get_campaign(config.name) is not None:  # a new campaign is written only once its input is valid
         check_stored_campaign(config, store)
     build_context(config, store, data_dir)
+    return config
 
 
 def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: bool) -> None:
@@ -209,7 +212,7 @@ def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: b
 
     _preflight(store, screen=True)
     st = Store(store)
-    _check_before_flow(config, st, data_dir)
+    config = _check_before_flow(config, st, data_dir)
     console.print(
         f"[bold]{config.name}[/]: {config.objective} on [cyan]{config.data.screen}[/], {config.rounds} rounds x "
         f"{config.batch_size}, surrogate {config.surrogate.kind}, policy {config.acquisition.kind}; "

@@ -40,7 +40,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from perturbloop.errors import ConfigError
 
@@ -289,6 +289,26 @@ SCREEN_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _ucb_named(data: dict) -> dict:
+    """A pooled-screen table whose `acquisition.beta` (a UCB weight) names its policy when no kind is given."""
+    acq = data.get("acquisition")
+    if isinstance(acq, dict) and "beta" in acq and "kind" not in acq:
+        return {**data, "acquisition": {**acq, "kind": "ucb"}}
+    return data
+
+
+def _leaf_paths(table: dict, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    return [q for k, v in table.items() for q in (_leaf_paths(v, (*prefix, k)) if isinstance(v, dict) else [(*prefix, k)])]
+
+
+def _lookup(table: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
+    for key in path:
+        if not isinstance(table, dict) or key not in table:
+            return False, None
+        table = table[key]
+    return True, table
+
+
 CONTEXTS_DEFAULTS: dict[str, Any] = {
     "objective": "hits", "initial": 8, "batch_size": 1,  # a round spends cost units, not a batch size
     "design": {"features": ["go"], "go_dims": 16},
@@ -313,6 +333,10 @@ class CampaignConfig(_Strict):
     lab and approval step (see module docstring)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    _unset: tuple[tuple[str, ...], ...] = PrivateAttr(default=())  # SCREEN_DEFAULTS paths the file leaves unset
+
+    def __eq__(self, other: object) -> bool:  # the record of unset fields is not part of what the config says
+        return isinstance(other, CampaignConfig) and self.__dict__ == other.__dict__
     objective: Literal["hits", "maximize", "learn_response"] = "hits"
     initial: int | None = Field(None, ge=1, le=1_000_000,
                                 description="responses: perturbations run (random) before the first model fit")
@@ -339,10 +363,7 @@ class CampaignConfig(_Strict):
         if isinstance(data, dict) and data.get("world") is not None:
             return _with_defaults(data, RESPONSE_DEFAULTS)
         if isinstance(data, dict):
-            acq = data.get("acquisition")
-            if isinstance(acq, dict) and "beta" in acq and "kind" not in acq:  # a UCB weight names its policy
-                data = {**data, "acquisition": {**acq, "kind": "ucb"}}
-            return _with_defaults(data, SCREEN_DEFAULTS)
+            return _with_defaults(_ucb_named(data), SCREEN_DEFAULTS)
         return data
 
     @property
@@ -511,9 +532,27 @@ def format_validation_error(e: ValidationError, source: str = "config") -> str:
 
 def parse_config(data: dict, source: str = "config") -> CampaignConfig:
     try:
-        return CampaignConfig.model_validate(data)
+        config = CampaignConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
+    if not config.is_response and isinstance(data, dict):
+        given = _ucb_named(data)
+        config._unset = tuple(p for p in _leaf_paths(SCREEN_DEFAULTS) if not _lookup(given, p)[0])
+    return config
+
+
+def with_campaign_defaults(config: CampaignConfig, stored: dict) -> CampaignConfig:
+    """`config` with each field its file leaves to `SCREEN_DEFAULTS` taken from the campaign's stored config
+    (`stored`, in today's format): a campaign keeps the defaults it started with when the defaults change
+    (go + ucb until the leave-one-screen-out choice of go + knowledge + greedy)."""
+    data, changed = config.model_dump(mode="json"), False
+    for path in config._unset:
+        found, value = _lookup(stored, path)
+        if found and _lookup(data, path)[1] != value:
+            *parents, leaf = path
+            _lookup(data, tuple(parents))[1][leaf] = value
+            changed = True
+    return parse_config(data, "config with the campaign's stored defaults") if changed else config
 
 
 def read_toml(path: str | Path) -> dict:

@@ -193,3 +193,33 @@ def test_a_batch_larger_than_what_is_left_measures_it_and_the_campaign_finishes(
     assert sorted(o.perturbation for o in store.observations("small")) == sorted(genes)
     assert run_campaign(cfg, store, data_dir).status == "finished"  # a second run changes nothing
     assert len(store.rounds("small")) == 2
+
+
+def test_a_stored_campaign_keeps_the_defaults_it_started_with(tmp_path):
+    """The screen defaults changed (go + ucb -> go + knowledge + greedy, leave-one-screen-out): a campaign stored
+    under the old ones, resumed from the same file (which sets neither), runs on as it started instead of being
+    refused as a changed config; a new campaign takes today's defaults; a field the file does set is still compared."""
+    from agent.runner import check_stored_campaign, with_stored_defaults
+    from perturbloop.errors import StoreError
+    from perturbloop.store import Store
+
+    path = tmp_path / "c.toml"
+    path.write_text('name = "old"\nbatch_size = 8\n\n[data]\nscreen = "schmidt2021_il2"\n')
+    today = load_config(path)
+    assert today.design.features == ["go", "knowledge"] and today.acquisition.kind == "greedy"
+    stored = today.model_dump(mode="json")
+    stored["design"]["features"], stored["acquisition"]["kind"] = ["go"], "ucb"  # as the earlier defaults wrote it
+    store = Store(str(tmp_path / "pl.db"))
+    store.create_or_check_campaign("old", stored)
+    with pytest.raises(StoreError, match="different config"):
+        check_stored_campaign(today, store)  # what a resume did before: refused
+    resumed = with_stored_defaults(today, store)
+    assert resumed.design.features == ["go"] and resumed.acquisition.kind == "ucb"
+    check_stored_campaign(resumed, store)
+    assert with_stored_defaults(today, Store(str(tmp_path / "new.db"))) is today  # a new campaign: today's
+    path.write_text('name = "old"\nbatch_size = 8\n\n[data]\nscreen = "schmidt2021_il2"\n\n[design]\n'
+                    'features = ["go", "knowledge"]\n')
+    explicit = with_stored_defaults(load_config(path), store)
+    assert explicit.design.features == ["go", "knowledge"] and explicit.acquisition.kind == "ucb"
+    with pytest.raises(StoreError, match="different config"):
+        check_stored_campaign(explicit, store)
