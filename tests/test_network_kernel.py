@@ -126,7 +126,8 @@ def test_network_switch_end_to_end_on_the_il2_slice(il2_slice_1500, data_dir, tm
 
 def test_network_switch_needs_string_features_and_a_gp(il2_slice_1500):
     with pytest.raises(ConfigError, match="design.features"):
-        parse_config({"name": "n", "data": {"screen": str(il2_slice_1500)}, "surrogate": {"network": True}})
+        parse_config({"name": "n", "data": {"screen": str(il2_slice_1500)}, "design": {"features": ["go"]},
+                      "surrogate": {"network": True}})
     with pytest.raises(ConfigError, match="surrogate.kind = 'gp'"):
         parse_config({"name": "n", "data": {"screen": str(il2_slice_1500)}, "design": {"features": ["string"]},
                       "surrogate": {"kind": "mean", "network": True}})
