@@ -21,6 +21,8 @@ HERE = Path(__file__).resolve().parent
 SCREENS = ["schmidt2021_il2", "schmidt2021_ifng", "zhuang2019_nk", "sanchez2021_tau_up", "sanchez2021_tau_down",
            "zhu2021_sarscov2"]
 POLICIES = "best,random,ucb,prob_hit,thompson,coreset,ucb_batch"
+# the same picks for every seed (round 1 from the priors, then a deterministic GP and score): `--det-seeds` of them
+DETERMINISTIC = {"best", "ucb", "prob_hit", "ucb_batch", "greedy"}
 # Published BioDiscoveryAgent numbers (Roohani et al. 2024, 5 x 128): agent (Claude 3.5 Sonnet) and their random.
 PUBLISHED = {"schmidt2021_il2": {"agent": 0.104, "random": 0.034}, "schmidt2021_ifng": {"agent": 0.095}}
 
@@ -35,15 +37,29 @@ def _cmd(screen: str, seeds: int, out: Path, data_dir: str | None, extra: list[s
     return cmd + (["--data-dir", data_dir] if data_dir else [])
 
 
-def run(screens: list[str], seeds: int, policies: str, data_dir: str | None) -> None:
+def run(screens: list[str], seeds: int, policies: str, data_dir: str | None, det_seeds: int | None = None) -> None:
+    """One command per screen (and variant); with `det_seeds`, the deterministic policies run that many seeds in a
+    second command whose results are merged into the screen's file (the sd column shows they are deterministic)."""
     exe = Path(sys.executable).with_name("perturbloop")
+    names = policies.split(",")
+    det = [p for p in names if p in DETERMINISTIC] if det_seeds else []
+    groups = [(seeds, [p for p in names if p not in det])] + ([(det_seeds, det)] if det else [])
     for screen in screens:
-        cmds = [_cmd(screen, seeds, HERE / "results" / f"{screen}.json", data_dir, ["--policy", policies])]
-        cmds += [_cmd(screen, seeds, HERE / "results" / f"{screen}.{name}.json", data_dir, extra)
+        out = HERE / "results" / f"{screen}.json"
+        parts = [(n, out.with_suffix(f".part{i}.json"), ps) for i, (n, ps) in enumerate(groups) if ps]
+        cmds = [_cmd(screen, n, path, data_dir, ["--policy", ",".join(ps)]) for n, path, ps in parts]
+        cmds += [_cmd(screen, det_seeds or seeds, HERE / "results" / f"{screen}.{name}.json", data_dir, extra)
                  for name, (extra, _) in VARIANTS.items()]
         for cmd in cmds:
             print("$", " ".join(cmd), flush=True)
             subprocess.run([str(exe), *cmd[1:]], check=True)
+        merged = json.loads(parts[0][1].read_text())
+        for _, path, _ in parts[1:]:
+            merged["results"] += json.loads(path.read_text())["results"]
+        out.write_text(json.dumps(merged, indent=1))
+        for _, path, _ in parts:
+            path.unlink()
+            path.with_suffix(".png").unlink(missing_ok=True)
 
 
 def _load(screen: str) -> tuple[dict, dict[str, list[dict]]] | None:
@@ -116,11 +132,12 @@ def main() -> None:
     ap.add_argument("--screens", default=",".join(SCREENS))
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--policy", default=POLICIES)
+    ap.add_argument("--det-seeds", type=int, help="seeds of the deterministic policies (default: --seeds)")
     ap.add_argument("--data-dir", default=os.environ.get("PERTURBLOOP_DATA_DIR"))
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     if not args.table_only:
-        run(args.screens.split(","), args.seeds, args.policy, args.data_dir)
+        run(args.screens.split(","), args.seeds, args.policy, args.data_dir, args.det_seeds)
     old = (HERE / "RESULTS.md").read_text() if (HERE / "RESULTS.md").is_file() else ""
     text = table() + (old[old.index("\n## "):] if "\n## " in old else "")  # later sections are other scripts'
     (HERE / "RESULTS.md").write_text(text)
