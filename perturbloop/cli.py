@@ -511,7 +511,7 @@ def _contexts_summary(title: str, rows: list[dict], names: list[str]):
     return t
 
 
-def contexts_protocol(config, variants: list[str]) -> dict:
+def _contexts_protocol(config, variants: list[str]) -> dict:
     """What a contexts benchmark's results file records of its campaign (`protocol`)."""
     t = config.contexts
     return {"name": "campaigns across contexts (campaign loop)", "config": config.name, "goal": t.goal,
@@ -532,7 +532,7 @@ def _benchmark_contexts_config(config, out: Path, data_dir: str | None, variants
     t = config.contexts
     variants = list(variants or context_variants(config))
     check_context_variants(config, variants)
-    meta = contexts_protocol(config, variants)
+    meta = _contexts_protocol(config, variants)
     dataset = str(config.world.dataset)
 
     def save(rows: list[dict], done: int):
@@ -549,9 +549,9 @@ def _benchmark_contexts_config(config, out: Path, data_dir: str | None, variants
     console.print(f"results: {path}\ncurves: {png}")
 
 
-def contexts_benchmark_config(screen: str, contexts: str, target_context: str, costs: str | None, *,
+def _contexts_benchmark_config(screen: str, contexts: str, target_context: str, costs: str | None, *,
                               budget: float | None, initial: int, allowed: str | None, hits: str | None, rounds: int,
-                              batch: int, seeds: int, features: str | None, data_dir: str | None):
+                              batch: int, seeds: int, features: str | None):
     """The campaign across contexts that `benchmark --screen FILE --contexts A,B,C --target-context C` runs: a
     `world.kind = "contexts"` config replaying `screen` (a file or a registry table), the hit-discovery goal in the
     target, the multi-task model with cost-aware picks, `seeds` seeds; a ConfigError names a bad option."""
@@ -580,11 +580,11 @@ def contexts_benchmark_config(screen: str, contexts: str, target_context: str, c
 
 def _benchmark_contexts(screen, contexts, target_context, costs, budget, initial, allowed, hits, rounds, batch, seeds,
                         policy, features, data_dir, out) -> None:
-    """`benchmark --screen FILE --contexts ...`: the config of `contexts_benchmark_config`, run as `benchmark
+    """`benchmark --screen FILE --contexts ...`: the config of `_contexts_benchmark_config`, run as `benchmark
     --config` runs one (`policy`: variant names, `best` = multitask; the default compares them all)."""
-    config = contexts_benchmark_config(screen, contexts, target_context, costs, budget=budget, initial=initial,
+    config = _contexts_benchmark_config(screen, contexts, target_context, costs, budget=budget, initial=initial,
                                        allowed=allowed, hits=hits, rounds=rounds, batch=batch, seeds=seeds,
-                                       features=features, data_dir=data_dir)
+                                       features=features)
     variants = None if policy == "best,random" else \
         list(dict.fromkeys("multitask" if p.strip() == "best" else p.strip() for p in policy.split(",") if p.strip()))
     _benchmark_contexts_config(config, out, data_dir, variants)

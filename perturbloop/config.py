@@ -333,10 +333,6 @@ class CampaignConfig(_Strict):
     lab and approval step (see module docstring)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    _unset: tuple[tuple[str, ...], ...] = PrivateAttr(default=())  # SCREEN_DEFAULTS paths the file leaves unset
-
-    def __eq__(self, other: object) -> bool:  # the record of unset fields is not part of what the config says
-        return isinstance(other, CampaignConfig) and self.__dict__ == other.__dict__
     objective: Literal["hits", "maximize", "learn_response"] = "hits"
     initial: int | None = Field(None, ge=1, le=1_000_000,
                                 description="responses: perturbations run (random) before the first model fit")
@@ -354,6 +350,10 @@ class CampaignConfig(_Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     contexts: ContextsTable | None = Field(None, description="a campaign across contexts (world.kind = 'contexts'): "
                                            "contexts, costs, hours, target, budget, allowed contexts")
+    _unset: tuple[tuple[str, ...], ...] = PrivateAttr(default=())  # SCREEN_DEFAULTS paths the file leaves unset
+
+    def __eq__(self, other: object) -> bool:  # the record of unset fields is not part of what the config says
+        return isinstance(other, CampaignConfig) and self.__dict__ == other.__dict__
 
     @model_validator(mode="before")
     @classmethod
