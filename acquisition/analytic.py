@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from acquisition.base import Proposal, ProposedItem, make_items, pool_posterior, top_available
+from acquisition.base import Proposal, ProposedItem, check_batch, make_items, taken_mask, top_available
 from acquisition.prior import PriorScorePolicy
 from perturbloop.design_space import SingleSpace
 from surrogates.base import Surrogate, SurrogatePosterior
@@ -33,7 +33,7 @@ def ucb(post: SurrogatePosterior, beta: float = UCB_BETA) -> torch.Tensor:
 class PosteriorPolicy:
     """Base of the screen policies: round 1 (no surrogate) from priors alone (`acquisition.prior`), then
     `pick(surrogate, pool, observed, pending, mask, q, post)` on the availability mask, the capped batch size and the
-    marginal posterior over the pool (`pool_posterior`); by default the top `q` available by `score(post)`."""
+    marginal posterior over the pool; by default the top `q` available by `score(post)`."""
 
     name = "posterior"
     needs_model = False  # True: a surrogate without a BoTorch `model` (a baseline) also gets the round-1 picks
@@ -55,8 +55,9 @@ class PosteriorPolicy:
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
         if surrogate is None or (self.needs_model and getattr(surrogate, "model", None) is None):
             return Proposal(self.name, self.initial.select(surrogate, pool, observed, batch_size, pending).items)
-        return Proposal(self.name, self.pick(surrogate, pool, observed, pending,
-                                             *pool_posterior(surrogate, pool, observed, batch_size, pending)))
+        mask = ~taken_mask(pool, observed, pending)
+        q = check_batch(batch_size, int(mask.sum()))
+        return Proposal(self.name, self.pick(surrogate, pool, observed, pending, mask, q, surrogate.posterior(pool.X)))
 
 
 class UCBPolicy(PosteriorPolicy):

@@ -14,8 +14,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from perturbloop.design_space import DesignSpace, SingleSpace
-from surrogates.base import Surrogate, SurrogatePosterior
+from perturbloop.design_space import DesignSpace
+from surrogates.base import Surrogate
 
 RATIONALE_NEIGHBOURS = 3
 
@@ -56,23 +56,10 @@ class AcquisitionPolicy(Protocol):
                batch_size: int, pending: Sequence[str] = ()) -> Proposal: ...
 
 
-def available_mask(space: DesignSpace, observed: Mapping[str, object], pending: Sequence[str]) -> torch.Tensor:
-    """`n` bool: candidates that are neither observed nor pending (`~taken_mask`)."""
-    return ~taken_mask(space, observed, pending)
-
-
 def check_batch(batch_size: int, n_available: int) -> int:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return min(batch_size, n_available)
-
-
-def pool_posterior(surrogate: Surrogate, pool: SingleSpace, observed: Mapping[str, float], batch_size: int,
-                   pending: Sequence[str]) -> tuple[torch.Tensor, int, SurrogatePosterior]:
-    """What every model-based policy starts from: the `n` availability mask, the batch size capped
-    to what is available, and the marginal posterior over the whole pool."""
-    mask = available_mask(pool, observed, pending)
-    return mask, check_batch(batch_size, int(mask.sum())), surrogate.posterior(pool.X)
 
 
 def top_available(score: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
@@ -92,13 +79,9 @@ def known_indices(space: DesignSpace, labels: Sequence[str]) -> dict[str, int]:
     try:
         return dict(zip(labels, space.indices(list(labels)).tolist()))
     except KeyError:  # some labels are outside the space (e.g. singles measured beside a pair space)
-        out = {}
-        for lab in labels:
-            try:
-                out[lab] = int(space.indices([lab])[0])
-            except KeyError:
-                continue
-        return out
+        if len(labels) == 1:
+            return {}
+        return {lab: i for one in labels for lab, i in known_indices(space, [one]).items()}
 
 
 def seeded_generator(seed: int, observed: Mapping, pending: Sequence[str]) -> torch.Generator:
@@ -148,14 +131,13 @@ def make_items(space: DesignSpace, picks: Sequence[int], mean: torch.Tensor | Se
     position with `per_pick`), acquisition value (by position) and rationale (`prefix; near ...`)."""
     notes = nearest_observed(space, picks, observed)
     labels = space.labels_at(picks)
+
+    def num(values: torch.Tensor | Sequence[float | None] | None, at: int) -> float | None:
+        return None if values is None or values[at] is None else float(values[at])
+
     out = []
     for j, i in enumerate(picks):
         at = j if per_pick else i
-        out.append(ProposedItem(
-            labels[j],
-            None if mean is None or mean[at] is None else float(mean[at]),
-            None if sd is None or sd[at] is None else float(sd[at]),
-            None if acq is None or acq[j] is None else float(acq[j]),
-            "; ".join(x for x in (prefix, notes[j]) if x),
-        ))
+        note = "; ".join(x for x in (prefix, notes[j]) if x)
+        out.append(ProposedItem(labels[j], num(mean, at), num(sd, at), num(acq, j), note))
     return out

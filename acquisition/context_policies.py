@@ -36,38 +36,10 @@ from perturbloop.contexts import ContextSpace, split_label
 from surrogates.multitask import ContextPosterior
 
 
-class CostAwareContextPolicy:
-    name = "cost_aware"
-    uses_model = True
-
-    def __init__(self, target: str, *, hit_fraction: float, allowed: Sequence[str] | None = None):
-        self.allowed = list(allowed) if allowed else None
-        self.policy = CostAwareHitPolicy(target, hit_fraction=hit_fraction)
-
-    def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
-              observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
-              rounds_left: int | None = None) -> list[ContextPick]:
-        if post is None:  # fewer than two different values measured: nothing to rank by yet
-            return random_allowed_picks(space, measured, budget, self.policy.target, self.allowed, rng)
-        # the Thompson draw seeded by the round's `rng` (campaign seed, round): every seed of a benchmark draws anew,
-        # and a resumed campaign draws as an uninterrupted one
-        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        return self.policy.select(post, space, measured, budget, allowed=self.allowed, rounds_left=rounds_left,
-                                  generator=generator)
-
-
-def random_allowed_picks(space: ContextSpace, measured: np.ndarray, budget: float, target: str,
-                         allowed: Sequence[str] | None, rng: np.random.Generator) -> list[ContextPick]:
+class RandomContextPolicy:
     """Random target genes, or, when the round may not use the target (`allowed` without it), random free pairs in
     the allowed contexts (one context per gene), while their costs fit `budget`."""
-    if allowed is None or target in allowed:
-        return random_target_picks(space, measured, budget, target, rng)
-    barred = np.ones(len(space.contexts), dtype=bool)
-    barred[space.check_allowed(allowed)] = False
-    return random_pair_picks(space, measured | barred[None, :], budget, rng)
 
-
-class RandomContextPolicy:
     name = "random"
     uses_model = False
 
@@ -78,54 +50,68 @@ class RandomContextPolicy:
     def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
               observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
               rounds_left: int | None = None) -> list[ContextPick]:
-        return random_allowed_picks(space, measured, budget, self.target, self.allowed, rng)
+        if self.allowed is None or self.target in self.allowed:
+            return random_target_picks(space, measured, budget, self.target, rng)
+        barred = np.ones(len(space.contexts), dtype=bool)
+        barred[space.check_allowed(self.allowed)] = False
+        return random_pair_picks(space, measured | barred[None, :], budget, rng)
 
 
-class CheapFirstPolicy:
-    """The cheapest allowed other context first, then the target on the strongest genes there (module docstring)."""
+class CostAwareContextPolicy(RandomContextPolicy):
+    name = "cost_aware"
+    uses_model = True
 
-    name = "cheap_first"
-    uses_model = False
-
-    def __init__(self, target: str, rounds: int, *, first_round: int = 1, allowed: Sequence[str] | None = None):
-        self.target = target
-        self.allowed = list(allowed) if allowed else None
-        self.first_round = first_round  # the round index of the first policy round (1 after an initial design)
-        self.cheap_rounds = max(1, rounds // 2)
-
-    def _cheap(self, space: ContextSpace) -> int:
-        t = space.context_index(self.target)
-        others = [c for c in space.check_allowed(self.allowed) if c != t]
-        if not others:
-            raise ValueError(f"cheap_first needs an allowed context besides the target {self.target!r}")
-        return min(others, key=lambda c: space.costs[c])
+    def __init__(self, target: str, *, hit_fraction: float, allowed: Sequence[str] | None = None):
+        super().__init__(target, allowed=allowed)
+        self.policy = CostAwareHitPolicy(target, hit_fraction=hit_fraction)
 
     def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
               observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
               rounds_left: int | None = None) -> list[ContextPick]:
-        t, c = space.context_index(self.target), self._cheap(space)
+        if post is None:  # fewer than two different values measured: nothing to rank by yet
+            return super().picks(post, space, measured, budget, observed=observed, round_index=round_index, rng=rng)
+        # the Thompson draw seeded by the round's `rng` (campaign seed, round): every seed of a benchmark draws anew,
+        # and a resumed campaign draws as an uninterrupted one
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        return self.policy.select(post, space, measured, budget, allowed=self.allowed, rounds_left=rounds_left,
+                                  generator=generator)
+
+
+class CheapFirstPolicy(RandomContextPolicy):
+    """The cheapest allowed other context first, then the target on the strongest genes there (module docstring)."""
+
+    name = "cheap_first"
+
+    def __init__(self, target: str, rounds: int, *, first_round: int = 1, allowed: Sequence[str] | None = None):
+        super().__init__(target, allowed=allowed)
+        self.first_round = first_round  # the round index of the first policy round (1 after an initial design)
+        self.cheap_rounds = max(1, rounds // 2)
+
+    def picks(self, post: ContextPosterior | None, space: ContextSpace, measured: np.ndarray, budget: float, *,
+              observed: Mapping[str, float], round_index: int, rng: np.random.Generator,
+              rounds_left: int | None = None) -> list[ContextPick]:
+        t = space.context_index(self.target)
+        others = [c for c in space.check_allowed(self.allowed) if c != t]
+        if not others:
+            raise ValueError(f"cheap_first needs an allowed context besides the target {self.target!r}")
+        c = min(others, key=lambda c: space.costs[c])
         costs = space.costs
         if round_index - self.first_round < self.cheap_rounds:
             free = np.flatnonzero(space.offered[:, c] & ~measured[:, c] & space.offered[:, t] & ~measured[:, t])
             n = min(len(free), int(budget // costs[c]))
-            return [ContextPick(space.genes[g], space.contexts[c].name, float(costs[c]), float("nan"), float("nan"),
-                                space.label(g, c)) for g in (rng.choice(free, size=n, replace=False) if n else [])]
-        cheap_name = space.contexts[c].name
+            return [ContextPick.at(space, g, c) for g in (rng.choice(free, size=n, replace=False) if n else [])]
         strength: dict[int, float] = {}
         for lab, v in observed.items():
             gene, ctx = split_label(lab)
-            if ctx == cheap_name:
+            if ctx == space.contexts[c].name:
                 strength[space.gene_index(gene)] = abs(float(v))
         ranked = [g for g in sorted(strength, key=lambda g: -strength[g]) if space.offered[g, t] and not measured[g, t]]
         n = min(len(ranked), int(budget // costs[t]))
-        out = [ContextPick(space.genes[g], self.target, float(costs[t]), float("nan"), float("nan"), space.label(g, t))
-               for g in ranked[:n]]
-        left = budget - n * costs[t]
-        if left >= costs[t]:
-            taken = measured.copy()
-            for g in ranked[:n]:
-                taken[g, t] = True
-            out += random_target_picks(space, taken, left, self.target, rng)
+        taken = measured.copy()
+        taken[ranked[:n], t] = True
+        out = [ContextPick.at(space, g, t) for g in ranked[:n]]
+        if budget - n * costs[t] >= costs[t]:
+            out += random_target_picks(space, taken, budget - n * costs[t], self.target, rng)
         return out
 
 

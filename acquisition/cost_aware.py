@@ -55,6 +55,12 @@ class ContextPick:
     p_hit: float  # P(hit in the target) now
     label: str
 
+    @classmethod
+    def at(cls, space: ContextSpace, g: int, c: int, rate: float = float("nan"),
+           p_hit: float = float("nan")) -> ContextPick:
+        """Gene `g` in context `c` of `space` (rate and P(hit) unknown by default: a random pick)."""
+        return cls(space.genes[g], space.contexts[c].name, float(space.costs[c]), rate, p_hit, space.label(g, c))
+
 
 def p_hit(mean: torch.Tensor, var: torch.Tensor, tau: float) -> torch.Tensor:
     """`P(|f| > tau)` for `f ~ N(mean, var)` (elementwise)."""
@@ -123,15 +129,13 @@ class CostAwareHitPolicy:
             cols = [t]
         costs = space.costs
         if budget < costs[cols].min():
-            raise ValueError(f"round budget {budget:g} is below the cheapest allowed context's cost {costs[cols].min():g}")
+            raise ValueError(f"round budget {budget:g} is below the cheapest allowed context's cost "
+                             f"{costs[cols].min():g}")
         mu_t, var_t = post.marginal(t)
         tau = hit_threshold(mu_t, var_t, self.hit_fraction)
         p = p_hit(mu_t, var_t, tau)
-        done_t = torch.as_tensor(measured[:, t])
-        rates: list[torch.Tensor] = []
-        ctxs: list[int] = []
-        free_t = torch.as_tensor(space.offered[:, t]) & ~done_t
-        direct = torch.where(free_t, p / costs[t], torch.full_like(p, -1.0))
+        free_t = torch.as_tensor(space.offered[:, t] & ~measured[:, t])
+        direct = torch.where(free_t, p / costs[t], -1.0)
         if self.order == "thompson" and bool(free_t.any()):
             draw = mu_t + var_t.sqrt() * torch.randn(mu_t.shape, generator=generator or self._gen,
                                                   dtype=mu_t.dtype)
@@ -141,36 +145,19 @@ class CostAwareHitPolicy:
         n_direct = int(budget // costs[t])
         cand = p[free_t].sort(descending=True).values
         p_star = float(cand[n_direct - 1]) if 0 < n_direct <= len(cand) else 0.0
+        rates = []
         for c in cols:
             if c == t:
                 rates.append(direct)
-            else:
-                free = torch.as_tensor(space.offered[:, c] & ~measured[:, c]) & free_t
-                r = screening_rate(mu_t, var_t, post.cov[:, c, t], post.cov[:, c, c], float(post.noise[c]), tau,
-                                   p_star, float(costs[c]), float(costs[t]))
-                # screen only where it beats measuring the same gene in the target now: an uninformative context
-                # (p' = p_g) would otherwise still score p_g / (kappa_c + kappa_t) and beat other genes' direct rates
-                r = torch.where(r > p / costs[t], r, torch.full_like(r, -1.0))
-                rates.append(torch.where(free, r, torch.full_like(r, -1.0)))
-            ctxs.append(c)
-        R = torch.stack(rates, -1)  # G x len(cols)
-        order = torch.argsort(R.reshape(-1), descending=True, stable=True).tolist()
-        picks: list[ContextPick] = []
-        used_genes: set[int] = set()
-        left = budget
-        for flat in order:
-            g, j = divmod(flat, len(cols))
-            rate = float(R[g, j])
-            if rate < 0 or left < costs[cols].min():
-                break
-            c = ctxs[j]
-            if g in used_genes or costs[c] > left:
                 continue
-            picks.append(ContextPick(space.genes[g], space.contexts[c].name, float(costs[c]), rate, float(p[g]),
-                                     space.label(g, c)))
-            used_genes.add(g)
-            left -= costs[c]
-        return picks
+            r = screening_rate(mu_t, var_t, post.cov[:, c, t], post.cov[:, c, c], float(post.noise[c]), tau,
+                               p_star, float(costs[c]), float(costs[t]))
+            # screen only where it beats measuring the same gene in the target now: an uninformative context
+            # (p' = p_g) would otherwise still score p_g / (kappa_c + kappa_t) and beat other genes' direct rates
+            free = torch.as_tensor(space.offered[:, c] & ~measured[:, c]) & free_t & (r > p / costs[t])
+            rates.append(torch.where(free, r, -1.0))
+        R = torch.stack(rates, -1).numpy()  # G x len(cols)
+        return _greedy(R, np.broadcast_to(p.numpy()[:, None], R.shape), space, budget, cols)
 
 
 def random_target_picks(space: ContextSpace, measured: np.ndarray, budget: float, target: str,
@@ -179,9 +166,7 @@ def random_target_picks(space: ContextSpace, measured: np.ndarray, budget: float
     t = space.context_index(target)
     free = np.flatnonzero(space.offered[:, t] & ~measured[:, t])
     n = min(len(free), int(budget // space.costs[t]))
-    chosen = rng.choice(free, size=n, replace=False) if n else []
-    return [ContextPick(space.genes[g], target, float(space.costs[t]), float("nan"), float("nan"), space.label(g, t))
-            for g in chosen]
+    return [ContextPick.at(space, g, t) for g in (rng.choice(free, size=n, replace=False) if n else [])]
 
 
 def variance_per_cost_picks(post: ContextPosterior, space: ContextSpace, measured: np.ndarray,
@@ -232,23 +217,25 @@ def specificity_picks(post: ContextPosterior, space: ContextSpace, measured: np.
     return _greedy(rate, gain.numpy(), space, budget)
 
 
-def _greedy(rate: np.ndarray, value: np.ndarray, space: ContextSpace, budget: float) -> list[ContextPick]:
-    """Pairs in decreasing `rate` (`G x C`; negative = not available) while their costs fit `budget`, one context
-    per gene; `value` is recorded as the pick's `p_hit` field."""
-    costs = space.costs
+def _greedy(rate: np.ndarray, value: np.ndarray, space: ContextSpace, budget: float,
+            cols: Sequence[int] | None = None) -> list[ContextPick]:
+    """Pairs in decreasing `rate` (`G x len(cols)`, column `j` the context `cols[j]`, default every context;
+    negative = not available) while their costs fit `budget`, one context per gene; `value` (same shape) is
+    recorded as the pick's `p_hit` field."""
+    cols = list(range(rate.shape[1])) if cols is None else cols
+    costs = space.costs[cols]
     picks: list[ContextPick] = []
     used: set[int] = set()
     left = budget
     for flat in np.argsort(-rate.reshape(-1), kind="stable"):
-        g, c = divmod(int(flat), rate.shape[1])
-        if rate[g, c] < 0 or left < costs.min():
+        g, j = divmod(int(flat), rate.shape[1])
+        if rate[g, j] < 0 or left < costs.min():
             break
-        if g in used or costs[c] > left:
+        if g in used or costs[j] > left:
             continue
-        picks.append(ContextPick(space.genes[g], space.contexts[c].name, float(costs[c]), float(rate[g, c]),
-                                 float(value[g, c]), space.label(g, c)))
+        picks.append(ContextPick.at(space, g, cols[j], float(rate[g, j]), float(value[g, j])))
         used.add(g)
-        left -= costs[c]
+        left -= costs[j]
     return picks
 
 
@@ -270,8 +257,7 @@ def random_gene_picks(space: ContextSpace, measured: np.ndarray, budget: float,
         free = np.flatnonzero(space.offered[g] & ~measured[g])
         if not len(free) or costs[free].sum() > left:
             continue
-        picks += [ContextPick(space.genes[g], space.contexts[c].name, float(costs[c]), float("nan"), float("nan"),
-                              space.label(g, c)) for c in free]
+        picks += [ContextPick.at(space, g, c) for c in free]
         left -= costs[free].sum()
         if left < costs.min():
             break

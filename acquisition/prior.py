@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from acquisition.base import Proposal, available_mask, check_batch, make_items, top_available
+from acquisition.base import Proposal, check_batch, make_items, taken_mask, top_available
 from acquisition.random import RandomPolicy
 from perturbloop.design_space import SingleSpace
 from surrogates.base import Surrogate
@@ -43,16 +43,16 @@ class PriorScorePolicy:
         if prior is not None and prior.genes != pool.labels:
             prior = None  # a pool rebuilt without its prior's genes: the prior does not describe it
         notes = [f"warning: {w}" for w in (prior.warnings if prior is not None else [])]
+        from_prior = prior is not None and prior.informative
         cols = self.columns(pool)
-        if prior is not None and prior.informative:
+        if from_prior:
             score = torch.from_numpy(prior.score)
         elif cols:
             score = pool.X[:, cols].mean(dim=1)
         else:
             return _with_notes(self.fallback.select(surrogate, pool, observed, batch_size, pending), notes)
-        mask = available_mask(pool, observed, pending)
+        mask = ~taken_mask(pool, observed, pending)
         q = check_batch(batch_size, int(mask.sum()))
-        from_prior = prior is not None and prior.informative
         k = max(1, round(prior.round1_share * q)) if from_prior else q
         picks = top_available(score, mask, k).tolist()
         items = make_items(pool, picks, None, None, score[picks], observed, "strong in prior screens")
@@ -65,7 +65,6 @@ class PriorScorePolicy:
 
 
 def _with_notes(proposal: Proposal, notes: list[str]) -> Proposal:
-    if notes:
-        for item in proposal.items:
-            item.rationale = "; ".join([*notes, item.rationale] if item.rationale else notes)
+    for item in proposal.items:  # the notes first, then the pick's own rationale
+        item.rationale = "; ".join([*notes, item.rationale] if item.rationale else notes)
     return proposal

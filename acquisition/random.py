@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from acquisition.base import Proposal, available_mask, check_batch, make_items, predicted, seeded_generator
+from acquisition.base import Proposal, check_batch, make_items, predicted, seeded_generator, taken_mask
 from perturbloop.design_space import DesignSpace
 
 
@@ -25,7 +25,7 @@ class RandomPolicy:
 
     def select(self, surrogate, space: DesignSpace, observed: Mapping[str, object], batch_size: int,
                pending: Sequence[str] = ()) -> Proposal:
-        avail = available_mask(space, observed, pending).nonzero().squeeze(-1)
+        avail = (~taken_mask(space, observed, pending)).nonzero().squeeze(-1)
         q = check_batch(batch_size, avail.numel())
         gen = seeded_generator(self.seed, observed, pending)
         picks = avail[torch.randperm(avail.numel(), generator=gen)[:q]].tolist()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from acquisition.base import Proposal, available_mask, check_batch, make_items
+from acquisition.base import Proposal, check_batch, make_items, taken_mask
 from acquisition.rl.env import log_target
 from acquisition.rl.features import PoolStatic, pool_static, state_features
 from acquisition.rl.network import load_policy
@@ -59,7 +59,7 @@ class RLPolicy:
     def scores(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
                batch_size: int, pending: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor, object]:
         """`n` network scores, the `n` availability mask, and the posterior used (or None)."""
-        mask = available_mask(pool, observed, pending)
+        mask = ~taken_mask(pool, observed, pending)
         labels = [lab for lab in observed if lab in pool.index]
         obs_idx = pool.indices(labels)
         y = torch.tensor([float(observed[lab]) for lab in labels], dtype=torch.float64)
