@@ -49,7 +49,8 @@ class GPParams:
     def from_model(cls, model: torch.nn.Module) -> GPParams:
         """Read a fitted BoTorch `SingleTaskGP` (RBF-ARD kernel without outputscale, constant mean)."""
         ls = model.covar_module.lengthscale.detach().reshape(-1).cpu().tolist()
-        return cls(ls, float(model.likelihood.noise.detach().reshape(-1)[0]), float(model.mean_module.constant.detach().reshape(-1)[0]))
+        first = [float(p.detach().reshape(-1)[0]) for p in (model.likelihood.noise, model.mean_module.constant)]
+        return cls(ls, *first)
 
 
 def _unit(X: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
@@ -121,9 +122,8 @@ class TrainWorld:
 def hits_of(y: torch.Tensor, fraction: float = HIT_FRACTION) -> torch.Tensor:
     """`n` bool: the top `fraction` of genes by `y` (ties broken by position, as a stable sort)."""
     n = max(1, int(round(fraction * y.numel())))
-    order = torch.from_numpy(np.argsort(-y.numpy(), kind="stable").copy())
     out = torch.zeros(y.numel(), dtype=torch.bool)
-    out[order[:n]] = True
+    out[np.argsort(-y.numpy(), kind="stable")[:n]] = True
     return out
 
 
@@ -173,18 +173,17 @@ def run_episode(world: TrainWorld, net: PolicyNet, idx: torch.Tensor, *, rounds:
         feats = state_features(static, avail, obs_t, y_obs, mean, sd, progress=t / rounds, last_round=t == rounds - 1)
         if scorer is not None:
             scores = scorer(feats)
-            if imitate:
-                picks = scores.double().masked_fill(~avail, float("-inf")).topk(q).indices
-                ep.logps.append(plackett_luce_logp(net(feats.to(device)), avail.to(device), picks.to(device)))
         elif generator is None:
             with torch.no_grad():
                 scores = net(feats.to(device)).cpu()
         else:
             scores = net(feats.to(device))
-        if generator is None or scorer is not None:
-            picks = scores.detach().double().masked_fill(~avail.to(scores.device), float("-inf")).topk(q).indices.cpu()
+        av = avail.to(scores.device)
+        if generator is None or scorer is not None:  # greedy: the top `q` scores
+            picks = scores.detach().double().masked_fill(~av, float("-inf")).topk(q).indices.cpu()
+            if imitate:  # the network's log-probability of the scorer's ranked batch
+                ep.logps.append(plackett_luce_logp(net(feats.to(device)), avail.to(device), picks.to(device)))
         else:
-            av = avail.to(scores.device)
             picks = gumbel_topk(scores, av, q, generator).to(scores.device)
             ep.logps.append(plackett_luce_logp(scores, av, picks))
             picks = picks.cpu()
@@ -206,7 +205,8 @@ def subsample(n_world: int, pool_size: int, generator: torch.Generator) -> torch
 
 
 def prior_round(X: torch.Tensor, feature_names: Sequence[str], batch: int, generator: torch.Generator) -> torch.Tensor:
-    """Round-1 picks as every fixed policy makes them (`acquisition.prior`): top mean |z| over prior screens, else random."""
+    """Round-1 picks as every fixed policy makes them (`acquisition.prior`): top mean |z| over prior screens, else
+    random."""
     cols = [i for i, f in enumerate(feature_names) if f.endswith("_absz")]
     if cols:
         return X[:, cols].mean(dim=1).topk(batch).indices
@@ -220,7 +220,8 @@ def fit_world_gp(X: torch.Tensor, feature_names: Sequence[str], y: torch.Tensor,
 
     Round 1 picks by prior (as the fixed policies do), later rounds greedily by posterior mean;
     round `t`'s surrogate is `make_surrogate(bounds, previous params)` (`bounds` = `2 x d` pool
-    min / max) fitted on the `|y|` measured so far (the campaign's warm-started fits). Returns the `rounds - 1` fitted hyperparameter sets.
+    min / max) fitted on the `|y|` measured so far (the campaign's warm-started fits). Returns the `rounds - 1`
+    fitted hyperparameter sets.
     """
     gen = torch.Generator().manual_seed(seed)
     picked = prior_round(X, feature_names, batch, gen)

@@ -115,7 +115,8 @@ def pool_static(X: torch.Tensor, feature_names: list[str]) -> PoolStatic:
 
 
 def state_features(static: PoolStatic, avail: torch.Tensor, obs_idx: torch.Tensor, y_obs: torch.Tensor,
-                   mean: torch.Tensor | None, sd: torch.Tensor | None, *, progress: float, last_round: bool) -> torch.Tensor:
+                   mean: torch.Tensor | None, sd: torch.Tensor | None, *, progress: float,
+                   last_round: bool) -> torch.Tensor:
     """`n x F` float32 features (columns `FEATURES`; see module docstring).
 
     Args:
@@ -135,6 +136,7 @@ def state_features(static: PoolStatic, avail: torch.Tensor, obs_idx: torch.Tenso
     m = int(obs_idx.numel())
     y = y_obs.to(torch.float64).reshape(-1)
     y_sorted = y.sort().values
+    Xo = static.Xd[obs_idx]
     if mean is not None and sd is not None and a.numel():
         mu, s = mean.to(torch.float64), sd.to(torch.float64).clamp_min(1e-12)
         F[:, 2] = 1.0
@@ -152,7 +154,6 @@ def state_features(static: PoolStatic, avail: torch.Tensor, obs_idx: torch.Tenso
     if m and a.numel():
         y_rank = _ranks01(y) if m > 1 else torch.full((1,), 0.5)
         k = min(K_NEAREST, m)
-        Xo = static.Xd[obs_idx]
         dmin = torch.empty(a.numel())
         near = torch.empty(a.numel())
         knn = torch.empty(a.numel())
@@ -168,7 +169,6 @@ def state_features(static: PoolStatic, avail: torch.Tensor, obs_idx: torch.Tenso
     if m >= 3:
         if float(static.prior[0, 6]) > 0:
             F[:, 21] = spearman(static.prior[obs_idx, 0], y)
-        Xo = static.Xd[obs_idx]
         d = torch.cdist(Xo, Xo)
         d.fill_diagonal_(float("inf"))
         j = d.topk(min(K_NEAREST, m - 1), largest=False).indices
@@ -181,19 +181,15 @@ def subset_static(static: PoolStatic, idx: torch.Tensor) -> PoolStatic:
     return PoolStatic(static.prior[idx], static.Xd[idx])
 
 
-def _col(name: str) -> int:
-    return FEATURES.index(name)
-
-
 def reference_score(kind: str, feats: torch.Tensor) -> torch.Tensor:
     """A fixed acquisition expressed on the state features (`n x F` -> `n`), for imitation warm
     starts and reference runs in training worlds: `greedy` (posterior-mean rank), `ucb`
     (`mu + 2 sigma` rank), `prob_hit`, each with the prior score before a model exists, or
     `prior` (the prior score throughout)."""
-    prior = feats[:, _col("prior_q")]
+    prior = feats[:, FEATURES.index("prior_q")]
     if kind == "prior":
         return prior.clone()
     col = {"greedy": "mean_q", "ucb": "ucb_q", "prob_hit": "prob_hit"}.get(kind)
     if col is None:
         raise ValueError(f"unknown reference policy {kind!r}; choose greedy, ucb, prob_hit or prior")
-    return torch.where(feats[:, _col("has_model")] > 0, feats[:, _col(col)], prior)
+    return torch.where(feats[:, FEATURES.index("has_model")] > 0, feats[:, FEATURES.index(col)], prior)

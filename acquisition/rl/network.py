@@ -50,8 +50,10 @@ class PolicyNet(nn.Module):
         return self.mlp(feats).squeeze(-1)
 
 
-def gumbel_topk(scores: torch.Tensor, avail: torch.Tensor, q: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """`q` indices drawn without replacement from `softmax(scores)` restricted to `avail` (Plackett-Luce), in draw order."""
+def gumbel_topk(scores: torch.Tensor, avail: torch.Tensor, q: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """`q` indices drawn without replacement from `softmax(scores)` restricted to `avail` (Plackett-Luce), in draw
+    order."""
     u = torch.rand(scores.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12).to(scores.device)
     g = scores.detach().double() - torch.log(-torch.log(u))
     return g.masked_fill(~avail, float("-inf")).topk(q).indices
@@ -82,7 +84,8 @@ def save_policy(net: PolicyNet, config: PolicyConfig, path: str | Path) -> Path:
 
 
 def load_policy(path: str | Path, device: torch.device | str = "cpu") -> tuple[PolicyNet, PolicyConfig]:
-    """Read a checkpoint written by `save_policy` (`torch.load(..., weights_only=True)`: tensors and plain data only)."""
+    """Read a checkpoint written by `save_policy` (`torch.load(..., weights_only=True)`: tensors and plain data
+    only)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"policy checkpoint {str(path)!r} does not exist (train one with `perturbloop policy train`)")
@@ -90,8 +93,9 @@ def load_policy(path: str | Path, device: torch.device | str = "cpu") -> tuple[P
         blob = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our checkpoint"
         raise ConfigError(f"{path}: not a perturbloop RL policy checkpoint ({e})") from None
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path}: not a perturbloop RL policy checkpoint (format {blob.get('format') if isinstance(blob, dict) else None!r})")
+    fmt = blob.get("format") if isinstance(blob, dict) else None
+    if fmt != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path}: not a perturbloop RL policy checkpoint (format {fmt!r})")
     config = PolicyConfig(**json.loads(blob["config"]))
     if list(config.features) != list(FEATURES):
         raise ConfigError(f"{path}: trained on features {config.features}, this version computes {list(FEATURES)}")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from acquisition.base import Proposal, check_batch, make_items, taken_mask
+from acquisition.base import Proposal, check_batch, make_items, seeded_generator, taken_mask, top_available
 from acquisition.rl.env import log_target
 from acquisition.rl.features import PoolStatic, pool_static, state_features
 from acquisition.rl.network import load_policy
@@ -42,7 +42,8 @@ class RLPolicy:
 
     def __init__(self, policy_path: str | Path | None = None, seed: int = 0, rounds: int | None = None, **_: object):
         if not policy_path:
-            raise ConfigError("acquisition.kind = 'rl' needs acquisition.policy_path (a checkpoint from `perturbloop policy train`)")
+            raise ConfigError("acquisition.kind = 'rl' needs acquisition.policy_path "
+                              "(a checkpoint from `perturbloop policy train`)")
         self.policy_path = str(policy_path)
         self.net, self.config = load_policy(policy_path)
         self.rounds = int(rounds or self.config.rounds)
@@ -64,16 +65,12 @@ class RLPolicy:
         obs_idx = pool.indices(labels)
         y = torch.tensor([float(observed[lab]) for lab in labels], dtype=torch.float64)
         if self.permute_feedback and y.numel() > 1:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + len(observed) + len(pending))
-            y = y[torch.randperm(y.numel(), generator=gen)]
+            y = y[torch.randperm(y.numel(), generator=seeded_generator(self.seed, observed, pending))]
             if surrogate is not None:
                 with torch.enable_grad():  # hyperparameter fit
                     surrogate.fit(pool.X[obs_idx], y)
-        post = None
-        mean = sd = None
-        if surrogate is not None:
-            post = surrogate.posterior(pool.X)
-            mean, sd = post.mean, post.sd
+        post = None if surrogate is None else surrogate.posterior(pool.X)
+        mean, sd = (None, None) if post is None else (post.mean, post.sd)
         if getattr(surrogate, "target_transform", "none") == "log" and y.numel():
             y = log_target(y)  # the scale the surrogate's posterior is on
         t = (len(observed) + len(pending)) // max(1, batch_size)
@@ -85,9 +82,8 @@ class RLPolicy:
                batch_size: int, pending: Sequence[str] = ()) -> Proposal:
         scores, mask, post = self.scores(surrogate, pool, observed, batch_size, pending)
         q = check_batch(batch_size, int(mask.sum()))
-        picks = scores.masked_fill(~mask, float("-inf")).topk(q).indices.tolist()
-        mean = post.mean if post is not None else None
-        sd = post.sd if post is not None else None
+        picks = top_available(scores, mask, q).tolist()
+        mean, sd = (None, None) if post is None else (post.mean, post.sd)
         note = "RL policy score" + (" (permuted feedback)" if self.permute_feedback else "")
         return Proposal(self.name, make_items(pool, picks, mean, sd, scores[picks], observed, note))
 

@@ -75,20 +75,23 @@ def train_policy(worlds: Sequence[TrainWorld], *, rounds: int = 5, batch: int = 
         world = worlds[order.pop()]
         return world, subsample(len(world), pool_size, gen), training_batch(batch, pool_size, len(world))
 
+    def step(loss: torch.Tensor, row: dict) -> None:
+        """One clipped Adam step on `loss`; `row` (with the loss) goes to the history and `on_iteration`."""
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP)
+        opt.step()
+        history.append({**row, "loss": float(loss.detach())})
+        if on_iteration is not None:
+            on_iteration(row["iteration"], history[-1])
+
     if warm_start:
         teacher = partial(reference_score, warm_start)
         for it in range(bc_iterations):
             world, idx, q = next_world()
             ep = run_episode(world, net, idx, rounds=rounds, batch=q, device=device, scorer=teacher, imitate=True)
-            loss = -torch.cat(ep.logps).mean()
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP)
-            opt.step()
-            row = {"phase": "imitation", "iteration": it, "world": world.name, "return": sum(ep.rewards), "loss": float(loss.detach())}
-            history.append(row)
-            if on_iteration is not None:
-                on_iteration(it, row)
+            step(-torch.cat(ep.logps).mean(),
+                 {"phase": "imitation", "iteration": it, "world": world.name, "return": sum(ep.rewards)})
     for it in range(iterations):
         world, idx, q = next_world()
         eps = [run_episode(world, net, idx, rounds=rounds, batch=q, generator=gen, device=device) for _ in range(group)]
@@ -101,23 +104,16 @@ def train_policy(worlds: Sequence[TrainWorld], *, rounds: int = 5, batch: int = 
         adv = own + future[:, :, None]
         adv = adv / adv.std().clamp_min(1e-12)  # all zero (no hit anywhere in the group): no update
         logp = torch.stack([torch.stack(e.logps) for e in eps])  # K x T x q
-        loss = -(adv.to(logp) * logp).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP)
-        opt.step()
-        row = {"phase": "reinforce", "iteration": it, "world": world.name, "return": float(G[:, 0].mean()), "loss": float(loss.detach())}
-        history.append(row)
-        if on_iteration is not None:
-            on_iteration(it, row)
+        step(-(adv.to(logp) * logp).mean(),
+             {"phase": "reinforce", "iteration": it, "world": world.name, "return": float(G[:, 0].mean())})
     net.eval()
     seconds = time.perf_counter() - t0
     config = PolicyConfig(list(FEATURES), hidden, rounds, {
         "algorithm": "REINFORCE, leave-one-out group baseline, Plackett-Luce (Gumbel top-k) batches",
-        "worlds": [w.name for w in worlds], "warm_start": warm_start, "bc_iterations": bc_iterations if warm_start else 0,
-        "iterations": iterations, "group": group, "episodes": iterations * group,
-        "lr": lr, "seed": seed, "pool_size": pool_size, "batch": batch, "rounds": rounds, "seconds": round(seconds, 1),
-        "device": str(device), **(meta or {}),
+        "worlds": [w.name for w in worlds], "warm_start": warm_start,
+        "bc_iterations": bc_iterations if warm_start else 0, "iterations": iterations, "group": group,
+        "episodes": iterations * group, "lr": lr, "seed": seed, "pool_size": pool_size, "batch": batch,
+        "rounds": rounds, "seconds": round(seconds, 1), "device": str(device), **(meta or {}),
     })
     return TrainResult(net.cpu(), config, history, seconds)
 
@@ -131,7 +127,7 @@ def evaluate(worlds: Sequence[TrainWorld], net: PolicyNet | None = None, *, roun
     for w in worlds:
         gen = torch.Generator().manual_seed(seed)
         q = training_batch(batch, pool_size, len(w))
-        vals = [sum(run_episode(w, net, subsample(len(w), pool_size, gen), rounds=rounds, batch=q, scorer=scorer).rewards)
-                for _ in range(episodes)]
+        vals = [sum(run_episode(w, net, subsample(len(w), pool_size, gen), rounds=rounds, batch=q,
+                                scorer=scorer).rewards) for _ in range(episodes)]
         out[w.name] = sum(vals) / len(vals)
     return out

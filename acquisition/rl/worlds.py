@@ -56,39 +56,33 @@ def real_world(name: str, *, holdout: Sequence[str] = (), data_dir=None, make_su
                            data_dir=data_dir)
     y = torch.tensor(screen.scores.abs().reindex(pool.labels).to_numpy(), dtype=torch.float64)
     gp = _gp_cached(pool.X, pool.feature_names, y, make_surrogate, rounds, batch, seed)
-    world = TrainWorld(screen.name, pool.X, pool.feature_names, y, hits_of(y), gp)
-    world.prior_screens = priors  # type: ignore[attr-defined]
-    return world
+    return TrainWorld(screen.name, pool.X, pool.feature_names, y, hits_of(y), gp)
 
 
-def synthetic_world(base: TrainWorld, seed: int, *, make_surrogate: Callable, rounds: int = 5, batch: int = 128) -> TrainWorld:
+def synthetic_world(base: TrainWorld, seed: int, *, make_surrogate: Callable, rounds: int = 5,
+                    batch: int = 128) -> TrainWorld:
     """A synthetic screen (`env.synthetic_scores`) on the gene pool and prior features of `base`."""
-    s, recipe = synthetic_scores(base.X, base.feature_names, seed)
-    y = torch.tensor(np.abs(s), dtype=torch.float64)
+    y = torch.tensor(np.abs(synthetic_scores(base.X, base.feature_names, seed)[0]), dtype=torch.float64)
     gp = _gp_cached(base.X, base.feature_names, y, make_surrogate, rounds, batch, seed)
-    world = TrainWorld(f"synthetic{seed}@{base.name}", base.X, base.feature_names, y, hits_of(y), gp, synthetic=True)
-    world.recipe = recipe  # type: ignore[attr-defined]
-    return world
+    return TrainWorld(f"synthetic{seed}@{base.name}", base.X, base.feature_names, y, hits_of(y), gp, synthetic=True)
 
 
 def build_worlds(names: Sequence[str], *, holdout: Sequence[str] = (), synthetic: int = 0, data_dir=None,
                  make_surrogate: Callable, rounds: int = 5, batch: int = 128, seed: int = 0,
                  on_world: Callable[[TrainWorld], None] | None = None) -> list[TrainWorld]:
     """Real worlds `names` (minus anything held out) plus `synthetic` synthetic worlds spread over them."""
-    real = []
+    kw = {"make_surrogate": make_surrogate, "rounds": rounds, "batch": batch}
+    out: list[TrainWorld] = []
     for n in names:
-        if any(same_source(n, h) for h in holdout):
-            continue
-        w = real_world(n, holdout=holdout, data_dir=data_dir, make_surrogate=make_surrogate, rounds=rounds, batch=batch, seed=seed)
-        real.append(w)
-        if on_world:
-            on_world(w)
-    if not real:
+        if not any(same_source(n, h) for h in holdout):
+            out.append(real_world(n, holdout=holdout, data_dir=data_dir, seed=seed, **kw))
+            if on_world:
+                on_world(out[-1])
+    if not out:
         raise ConfigError("--worlds: no training screen is left once the held-out screens are removed")
-    out = list(real)
+    n_real = len(out)
     for i in range(synthetic):
-        w = synthetic_world(real[i % len(real)], seed * 1000 + i, make_surrogate=make_surrogate, rounds=rounds, batch=batch)
-        out.append(w)
+        out.append(synthetic_world(out[i % n_real], seed * 1000 + i, **kw))
         if on_world:
-            on_world(w)
+            on_world(out[-1])
     return out
