@@ -27,7 +27,8 @@ class QLogNEIPolicy(PosteriorPolicy):
     name = "qlognei"
     needs_model = True  # no BoTorch model (a baseline): the round-1 picks
 
-    def __init__(self, seed: int = 0, shortlist_per_pick: int = SHORTLIST_PER_PICK, mc_samples: int = MC_SAMPLES, **_: object):
+    def __init__(self, seed: int = 0, shortlist_per_pick: int = SHORTLIST_PER_PICK, mc_samples: int = MC_SAMPLES,
+                 **_: object):
         super().__init__(seed=seed)
         self.shortlist_per_pick = shortlist_per_pick
         self.mc_samples = mc_samples
@@ -44,7 +45,6 @@ class QLogNEIPolicy(PosteriorPolicy):
         )
         choices = pool.X[short].to(device, torch.float64)
         cand, values = optimize_acqf_discrete(acqf, q=q, choices=choices, unique=True)
-        # map chosen rows back to pool indices
         picks = _match_rows(cand.cpu(), pool.X[short], short)
         return make_items(pool, picks, post.mean, post.sd, values.reshape(-1).cpu(), observed, "qLogNEI")
 
@@ -52,13 +52,7 @@ class QLogNEIPolicy(PosteriorPolicy):
 def _match_rows(chosen: torch.Tensor, choices: torch.Tensor, index: torch.Tensor) -> list[int]:
     """Pool indices of the `chosen` rows; identical feature rows (e.g. genes without annotation)
     are matched to distinct candidates, in order."""
-    used: set[int] = set()
-    out = []
-    d = torch.cdist(chosen, choices)
-    for row in d:
-        for j in row.argsort().tolist():
-            if j not in used:
-                used.add(j)
-                out.append(int(index[j]))
-                break
-    return out
+    used: list[int] = []
+    for row in torch.cdist(chosen, choices):
+        used.append(next(j for j in row.argsort().tolist() if j not in used))
+    return index[used].tolist()

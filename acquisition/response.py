@@ -79,19 +79,22 @@ class _ScoredPolicy:
             return None
         if self.max_per_gene is not None:
             return self.max_per_gene
-        return max(2, -(-2 * q // max(len(space.genes), 1)) * 2)  # default: each gene in at most ~4 q / n_genes pairs (>= 2)
+        # default: each gene in at most ~4 q / n_genes pairs (>= 2)
+        return max(2, -(-2 * q // max(len(space.genes), 1)) * 2)
 
     def select(self, surrogate, space: DesignSpace, observed: Mapping[str, object], batch_size: int,
                pending: Sequence[str] = ()) -> Proposal:
         if surrogate is None:
-            raise ValueError(f"policy {self.name!r} needs a fitted surrogate (start the campaign with initial perturbations)")
+            raise ValueError(f"policy {self.name!r} needs a fitted surrogate "
+                             "(start the campaign with initial perturbations)")
         taken = taken_mask(space, observed, pending)
         n_avail = int((~taken).sum())
         q = check_batch(batch_size, n_avail)
         cap = self._cap(space, q)
         k = q if cap is None else min(n_avail, max(SHORTLIST_FACTOR * q, q + 4 * len(space.genes)))
         while True:
-            idx, scores = top_k(len(space), lambda i: self.score(surrogate, space, i), k, chunk=self.chunk, exclude=taken)
+            idx, scores = top_k(len(space), lambda i: self.score(surrogate, space, i), k, chunk=self.chunk,
+                                exclude=taken)
             picks = capped_batch(space, idx.tolist(), q, cap, strict=k < n_avail)
             if picks is not None:
                 break

@@ -62,7 +62,8 @@ class ThompsonPolicy(PosteriorPolicy):
         z = torch.randn(X_u.shape[0], q, generator=gen, dtype=torch.float64)  # u x q base samples
         model = getattr(surrogate, "model", None)
         if model is None:
-            rep = short[torch.full((X_u.shape[0],), k).scatter_reduce_(0, inverse, torch.arange(k), "amin")]  # a candidate per row
+            first = torch.full((X_u.shape[0],), k).scatter_reduce_(0, inverse, torch.arange(k), "amin")
+            rep = short[first]  # a candidate per row
             draws = post.mean[rep, None] + post.sd[rep, None] * z  # u x q, independent marginals
         else:
             draws = _joint_draws(model, X_u, z)
