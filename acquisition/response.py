@@ -74,14 +74,6 @@ class _ScoredPolicy:
     def score(self, surrogate, space: DesignSpace, idx: torch.Tensor) -> torch.Tensor:  # override
         raise NotImplementedError(f"{type(self).__name__}.score")
 
-    def _cap(self, space: DesignSpace, q: int) -> int | None:
-        if space.kind != "pairs":
-            return None
-        if self.max_per_gene is not None:
-            return self.max_per_gene
-        # default: each gene in at most ~4 q / n_genes pairs (>= 2)
-        return max(2, -(-2 * q // max(len(space.genes), 1)) * 2)
-
     def select(self, surrogate, space: DesignSpace, observed: Mapping[str, object], batch_size: int,
                pending: Sequence[str] = ()) -> Proposal:
         if surrogate is None:
@@ -90,7 +82,10 @@ class _ScoredPolicy:
         taken = taken_mask(space, observed, pending)
         n_avail = int((~taken).sum())
         q = check_batch(batch_size, n_avail)
-        cap = self._cap(space, q)
+        cap = None
+        if space.kind == "pairs":  # default: each gene in at most ~4 q / n_genes pairs (>= 2)
+            default = max(2, -(-2 * q // max(len(space.genes), 1)) * 2)
+            cap = default if self.max_per_gene is None else self.max_per_gene
         k = q if cap is None else min(n_avail, max(SHORTLIST_FACTOR * q, q + 4 * len(space.genes)))
         while True:
             idx, scores = top_k(len(space), lambda i: self.score(surrogate, space, i), k, chunk=self.chunk,
@@ -101,8 +96,8 @@ class _ScoredPolicy:
             k = min(n_avail, 8 * k)  # the shortlist could not meet the per-gene cap: widen it (rare)
         by_idx = dict(zip(idx.tolist(), scores.tolist()))
         mean, sd = predicted(surrogate, space, picks, getattr(self, "w", None))
-        return Proposal(self.name, make_items(space, picks, mean, sd, [by_idx[i] for i in picks], observed, self.prefix,
-                                              per_pick=True))
+        items = make_items(space, picks, mean, sd, [by_idx[i] for i in picks], observed, self.prefix, per_pick=True)
+        return Proposal(self.name, items)
 
 
 class UncertaintyPolicy(_ScoredPolicy):

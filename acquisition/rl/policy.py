@@ -44,7 +44,6 @@ class RLPolicy:
         if not policy_path:
             raise ConfigError("acquisition.kind = 'rl' needs acquisition.policy_path "
                               "(a checkpoint from `perturbloop policy train`)")
-        self.policy_path = str(policy_path)
         self.net, self.config = load_policy(policy_path)
         self.rounds = int(rounds or self.config.rounds)
         self.seed = seed
@@ -57,10 +56,10 @@ class RLPolicy:
         return self._static[2]
 
     @torch.no_grad()
-    def scores(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
-               batch_size: int, pending: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor, object]:
-        """`n` network scores, the `n` availability mask, and the posterior used (or None)."""
+    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
+               batch_size: int, pending: Sequence[str] = ()) -> Proposal:
         mask = ~taken_mask(pool, observed, pending)
+        q = check_batch(batch_size, int(mask.sum()))
         labels = [lab for lab in observed if lab in pool.index]
         obs_idx = pool.indices(labels)
         y = torch.tensor([float(observed[lab]) for lab in labels], dtype=torch.float64)
@@ -76,17 +75,10 @@ class RLPolicy:
         t = (len(observed) + len(pending)) // max(1, batch_size)
         feats = state_features(self._pool_static(pool), mask, obs_idx, y, mean, sd,
                                progress=min(t, self.rounds) / self.rounds, last_round=t >= self.rounds - 1)
-        return self.net(feats).double(), mask, post
-
-    def select(self, surrogate: Surrogate | None, pool: SingleSpace, observed: Mapping[str, float],
-               batch_size: int, pending: Sequence[str] = ()) -> Proposal:
-        scores, mask, post = self.scores(surrogate, pool, observed, batch_size, pending)
-        q = check_batch(batch_size, int(mask.sum()))
+        scores = self.net(feats).double()
         picks = top_available(scores, mask, q).tolist()
-        mean, sd = (None, None) if post is None else (post.mean, post.sd)
         note = "RL policy score" + (" (permuted feedback)" if self.permute_feedback else "")
         return Proposal(self.name, make_items(pool, picks, mean, sd, scores[picks], observed, note))
-
 
 class RLPermutedPolicy(RLPolicy):
     """Permuted-feedback control of `RLPolicy` (see module docstring)."""
