@@ -24,11 +24,6 @@ HIT_FRACTION = 0.05  # the top 5% of a genome-wide screen: the usual size of a h
 MIN_SD = 1e-12  # a zero posterior sd (a noiseless duplicate) must not divide by zero
 
 
-def prob_hit_z(post: SurrogatePosterior, tau: float) -> torch.Tensor:
-    """`n` z-scores `(mu - tau) / sigma`; `PH = Phi(z)`."""
-    return (post.mean - tau) / post.sd.clamp_min(MIN_SD)
-
-
 class ProbHitPolicy(PosteriorPolicy):
     """Probability that a perturbation is a hit.
 
@@ -56,7 +51,7 @@ class ProbHitPolicy(PosteriorPolicy):
 
     def pick(self, surrogate, pool, observed, pending, mask, q, post) -> list[ProposedItem]:
         tau = self.threshold(post)
-        z = prob_hit_z(post, tau)
+        z = (post.mean - tau) / post.sd.clamp_min(MIN_SD)  # `n` z-scores: PH = Phi(z)
         picks = top_available(z, mask, q).tolist()
         return make_items(pool, picks, post.mean, post.sd, torch.special.ndtr(z[picks]), observed,
                           f"P(hit), tau={tau:.3g}")
