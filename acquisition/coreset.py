@@ -73,17 +73,15 @@ class CoresetPolicy:
         scale = Standardizer().fit(X) if space.kind == "pairs" and X.shape[0] > 1 else (lambda rows: rows)
         X = scale(X)
         covered = taken.nonzero().squeeze(-1)
-        free = torch.ones(X.shape[0], dtype=torch.bool)
         local: list[int] = []
         dist: list[float | None] = []
         if covered.numel():
             d2 = min_sq_dist(X, scale(self._rows(space, covered)))
         else:  # nothing covered yet: a seeded random start
-            first = int(torch.randint(X.shape[0], (1,), generator=gen))
-            local.append(first)
-            dist.append(None)
-            free[first] = False
-            d2 = (X - X[first]).square().sum(dim=1)
+            local, dist = [int(torch.randint(X.shape[0], (1,), generator=gen))], [None]
+            d2 = (X - X[local[0]]).square().sum(dim=1)
+        free = torch.ones(X.shape[0], dtype=torch.bool)
+        free[local] = False
         while len(local) < q:
             i = int(d2.masked_fill(~free, -1.0).argmax())
             local.append(i)

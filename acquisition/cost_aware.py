@@ -86,13 +86,10 @@ def screening_rate(mu_t: torch.Tensor, var_t: torch.Tensor, cov_ct: torch.Tensor
     z, w = np.polynomial.hermite_e.hermegauss(GH_NODES)
     z = torch.as_tensor(z, dtype=torch.float64)
     w = torch.as_tensor(w / w.sum(), dtype=torch.float64)
-    s2 = cov_ct ** 2 / (var_c + noise_c).clamp_min(MIN_SD)
-    s2 = torch.minimum(s2, var_t)
+    s2 = torch.minimum(cov_ct ** 2 / (var_c + noise_c).clamp_min(MIN_SD), var_t)
     p = p_hit(mu_t[:, None] + s2.sqrt()[:, None] * z[None, :], (var_t - s2)[:, None], tau)  # m x nodes
     go = (p > p_star).to(p.dtype)
-    hits = (w * p * go).sum(-1)
-    cost = cost_c + cost_t * (w * go).sum(-1)
-    return hits / cost
+    return (w * p * go).sum(-1) / (cost_c + cost_t * (w * go).sum(-1))
 
 
 class CostAwareHitPolicy:
