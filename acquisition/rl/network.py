@@ -65,11 +65,9 @@ def plackett_luce_logp(scores: torch.Tensor, avail: torch.Tensor, picks: torch.T
     s = scores.double().masked_fill(~avail, float("-inf"))
     m = s.max().detach()
     e = torch.exp(s - m)  # 0 where unavailable
-    total = e.sum()
     ep = e[picks]
     before = torch.cumsum(ep, 0) - ep  # mass of the earlier picks
-    denom = (total - before).clamp_min(1e-300)
-    return s[picks] - m - torch.log(denom)
+    return s[picks] - m - torch.log((e.sum() - before).clamp_min(1e-300))
 
 
 def save_policy(net: PolicyNet, config: PolicyConfig, path: str | Path) -> Path:
