@@ -158,8 +158,7 @@ def run_episode(world: TrainWorld, net: PolicyNet, idx: torch.Tensor, *, rounds:
     y = world.y[idx]
     hits = world.hits[idx]
     n_hits = max(1, int(hits.sum()))
-    n = idx.numel()
-    avail = torch.ones(n, dtype=torch.bool)
+    avail = torch.ones(idx.numel(), dtype=torch.bool)
     obs: list[int] = []
     ep = Episode([], [])
     for t in range(rounds):
@@ -180,13 +179,13 @@ def run_episode(world: TrainWorld, net: PolicyNet, idx: torch.Tensor, *, rounds:
             scores = net(feats.to(device))
         av = avail.to(scores.device)
         if generator is None or scorer is not None:  # greedy: the top `q` scores
-            picks = scores.detach().double().masked_fill(~av, float("-inf")).topk(q).indices.cpu()
+            picks = scores.detach().double().masked_fill(~av, float("-inf")).topk(q).indices
             if imitate:  # the network's log-probability of the scorer's ranked batch
                 ep.logps.append(plackett_luce_logp(net(feats.to(device)), avail.to(device), picks.to(device)))
         else:
-            picks = gumbel_topk(scores, av, q, generator).to(scores.device)
+            picks = gumbel_topk(scores, av, q, generator)
             ep.logps.append(plackett_luce_logp(scores, av, picks))
-            picks = picks.cpu()
+        picks = picks.cpu()
         ep.pick_rewards.append(hits[picks].double() / n_hits)
         ep.rewards.append(float(ep.pick_rewards[-1].sum()))
         avail[picks] = False
