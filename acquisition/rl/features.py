@@ -154,18 +154,15 @@ def state_features(static: PoolStatic, avail: torch.Tensor, obs_idx: torch.Tenso
     if m and a.numel():
         y_rank = _ranks01(y) if m > 1 else torch.full((1,), 0.5)
         k = min(K_NEAREST, m)
-        dmin = torch.empty(a.numel())
-        near = torch.empty(a.numel())
-        knn = torch.empty(a.numel())
+        dmin, nearest = [], []  # per available candidate: distance to the nearest measured gene, k nearest
         for start in range(0, a.numel(), DIST_CHUNK):
-            rows = a[start:start + DIST_CHUNK]
-            d, j = torch.cdist(static.Xd[rows], Xo).topk(k, largest=False)
-            dmin[start:start + rows.numel()] = d[:, 0]
-            near[start:start + rows.numel()] = y_rank[j[:, 0]]
-            knn[start:start + rows.numel()] = y_rank[j].mean(dim=1)
-        F[a, 11] = _ranks01(dmin)
-        F[a, 12] = near
-        F[a, 13] = knn
+            top = torch.cdist(static.Xd[a[start:start + DIST_CHUNK]], Xo).topk(k, largest=False)
+            dmin.append(top.values[:, 0])
+            nearest.append(top.indices)
+        j = torch.cat(nearest)
+        F[a, 11] = _ranks01(torch.cat(dmin))
+        F[a, 12] = y_rank[j[:, 0]]
+        F[a, 13] = y_rank[j].mean(dim=1)
     if m >= 3:
         if float(static.prior[0, 6]) > 0:
             F[:, 21] = spearman(static.prior[obs_idx, 0], y)
