@@ -27,6 +27,8 @@ from perturbloop.errors import ConfigError, ScreenFormatError
 Aggregate = Literal["error", "mean", "first"]
 AGGREGATES: tuple[str, ...] = get_args(Aggregate)
 MAX_DUPLICATES_SHOWN = 10
+CONTROL_IDS = {"NO-TARGET", "NON-TARGETING", "NONTARGETING", "NON_TARGETING", "SAFE-TARGETING"}  # not CTRL: a real gene
+_EXCEL_DATE = r"^\d{1,2}[.-](JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)$"
 
 
 @dataclass
@@ -62,16 +64,16 @@ class Screen:
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    sep = "\t" if path.suffix in {".txt", ".tsv"} or path.name.endswith((".tsv.gz", ".txt.gz")) else ","
+    """Tab-separated for `.txt` / `.tsv` (gzipped too), else comma-separated unless the header holds tabs."""
+    tab = path.suffix in {".txt", ".tsv"} or path.name.endswith((".tsv.gz", ".txt.gz"))
     try:
-        df = pd.read_csv(path, sep=sep, encoding="utf-8-sig")
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise ScreenFormatError(f"{path}: cannot be parsed as a {'tab' if sep == chr(9) else 'comma'}-separated table ({e})") from e
-    if sep == "," and len(df.columns) == 1 and "\t" in str(df.columns[0]):
-        try:
+        df = pd.read_csv(path, sep="\t" if tab else ",", encoding="utf-8-sig")
+        if not tab and len(df.columns) == 1 and "\t" in str(df.columns[0]):
+            tab = True
             df = pd.read_csv(path, sep="\t", encoding="utf-8-sig")
-        except pd.errors.ParserError as e:
-            raise ScreenFormatError(f"{path}: cannot be parsed as a tab-separated table ({e})") from e
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise ScreenFormatError(f"{path}: cannot be parsed as a {'tab' if tab else 'comma'}-separated table "
+                                f"({e})") from e
     return df
 
 
@@ -151,21 +153,13 @@ def _read_screen(path: Path, *, loader: dict | None, name: str | None) -> tuple[
     if not np.isfinite(values.to_numpy()).all():
         raise ScreenFormatError(f"{path}: infinite score values")
     lines = df.index.to_numpy() + 2  # 1-based, after the header
-    keep = np.array([not _not_a_gene(g) for g in values.index], dtype=bool)
-    if not keep.all():  # non-targeting controls and spreadsheet-mangled symbols are not perturbable genes
+    # control guides (`NO-TARGET`) and gene names a spreadsheet turned into dates (`01.SEP`) are not genes
+    keep = ~(values.index.str.upper().isin(CONTROL_IDS) | values.index.str.match(_EXCEL_DATE, flags=re.IGNORECASE))
+    if not keep.all():
         values, lines = values[keep], lines[keep]
         reps = reps[keep] if reps is not None else None
     values.name = name or path.stem
     return values.astype(float), reps, lines
-
-
-CONTROL_IDS = {"NO-TARGET", "NON-TARGETING", "NONTARGETING", "NON_TARGETING", "SAFE-TARGETING"}  # not CTRL: a real gene
-_EXCEL_DATE = re.compile(r"^\d{1,2}[.-](JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)$", re.IGNORECASE)
-
-
-def _not_a_gene(symbol: str) -> bool:
-    """Control guides (`NO-TARGET`) and gene names a spreadsheet turned into dates (`01.SEP`)."""
-    return symbol.upper() in CONTROL_IDS or bool(_EXCEL_DATE.match(symbol))
 
 
 def _combine_duplicates(path: Path, values: pd.Series, reps: pd.DataFrame | None, lines: np.ndarray,
@@ -179,8 +173,10 @@ def _combine_duplicates(path: Path, values: pd.Series, reps: pd.DataFrame | None
         raise ConfigError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
     if aggregate == "mean":
         return values, reps
+    from perturbloop.genes import gene_index
+
     raw = [str(s) for s in values.index]
-    mapped = pd.Series(_current_symbols(raw, data_dir))
+    mapped = pd.Series(list(map(gene_index(data_dir).current, raw)))
     repeated = mapped.duplicated(keep=False).to_numpy()
     if not repeated.any():
         return values, reps
@@ -203,13 +199,6 @@ def _combine_duplicates(path: Path, values: pd.Series, reps: pd.DataFrame | None
             "them: aggregate 'mean' or 'first' (data.aggregate in a campaign config, --aggregate for "
             "perturbloop benchmark)")
     return values, reps  # repeated rows that agree: `_map_symbols` takes them as one
-
-
-def _current_symbols(raw: list[str], data_dir) -> list[str]:
-    """Each symbol's current HGNC symbol, or itself upper-cased when it has none."""
-    from perturbloop.genes import gene_index
-
-    return list(map(gene_index(data_dir).current, raw))
 
 
 def _map_symbols(scores: pd.Series, reps: pd.DataFrame | None, data_dir) -> tuple[pd.Series, pd.DataFrame | None, list[str]]:
