@@ -96,8 +96,7 @@ def read_screen_file(path: str | os.PathLike, *, loader: dict | None = None, nam
 
     Returns (scores indexed by symbol, replicate table or None); a symbol may repeat.
     """
-    values, reps, _ = _read_screen(Path(path), loader=loader, name=name)
-    return values, reps
+    return _read_screen(Path(path), loader=loader, name=name)[:2]
 
 
 def _read_screen(path: Path, *, loader: dict | None, name: str | None) -> tuple[pd.Series, pd.DataFrame | None, np.ndarray]:
@@ -148,16 +147,14 @@ def _read_screen(path: Path, *, loader: dict | None, name: str | None) -> tuple[
         values = -np.log(values)
     values = values * float(loader.get("sign", 1.0))
     if values.isna().any():
-        nan_genes = values.index[values.isna()].tolist()
-        raise ScreenFormatError(f"{path}: missing score for gene(s) {', '.join(nan_genes[:10])}")
+        raise ScreenFormatError(f"{path}: missing score for gene(s) {', '.join(values.index[values.isna()][:10])}")
     if not np.isfinite(values.to_numpy()).all():
         raise ScreenFormatError(f"{path}: infinite score values")
     lines = df.index.to_numpy() + 2  # 1-based, after the header
     # control guides (`NO-TARGET`) and gene names a spreadsheet turned into dates (`01.SEP`) are not genes
     keep = ~(values.index.str.upper().isin(CONTROL_IDS) | values.index.str.match(_EXCEL_DATE, flags=re.IGNORECASE))
-    if not keep.all():
-        values, lines = values[keep], lines[keep]
-        reps = reps[keep] if reps is not None else None
+    values, lines = values[keep], lines[keep]
+    reps = reps[keep] if reps is not None else None
     values.name = name or path.stem
     return values.astype(float), reps, lines
 
@@ -225,8 +222,7 @@ def load_screen(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | N
     """
     p = Path(name_or_path)
     if is_screen_file(name_or_path):
-        values, reps, lines = _read_screen(p, loader=None, name=None)  # a file path (a clear error if it does not exist)
-        scores, reps = _combine_duplicates(p, values, reps, lines, data_dir, aggregate or "error")
+        scores, reps = _combine_duplicates(p, *_read_screen(p, loader=None, name=None), data_dir, aggregate or "error")
         name = p.stem
     else:
         spec = get_spec(str(name_or_path))
