@@ -128,9 +128,7 @@ def incidence_embedding(A: sp.csr_matrix, *, dims: int, min_genes: int, max_gene
     W = sp.diags(np.where(missing, 0.0, 1.0 / np.maximum(norms, 1e-12))) @ W
     k = min(dims, min(W.shape) - 1)
     emb = TruncatedSVD(n_components=k, random_state=0, algorithm="randomized", n_iter=7).fit_transform(W)
-    if k < dims:
-        emb = np.pad(emb, ((0, 0), (0, dims - k)))
-    return np.hstack([emb, missing[:, None].astype(float)])
+    return np.hstack([np.pad(emb, ((0, 0), (0, dims - k))), missing[:, None].astype(float)])  # zero columns past k
 
 
 def save_array(path: Path, arr: np.ndarray) -> None:

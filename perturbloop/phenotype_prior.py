@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from perturbloop.genes import read_gene_file
+from perturbloop.genes import gene_index, read_gene_file
 from perturbloop.term_index import TermIndex, term_index, tokens
 
 MIN_TERM_COVERAGE = 0.5  # most of a term's name (by IDF weight) must be in the sentence
@@ -165,8 +165,6 @@ def phenotype_prior(genes: Sequence[str], *, phenotype: str | None = None, prior
     """The prior `p` over `genes` from the given inputs (module docstring). Bad input raises before any
     work is stored: an unknown term (ConfigError listing the closest names), a positive that is not a gene
     (UnknownGeneError), a missing knowledge file (KnowledgeMissingError naming it and how to fetch it)."""
-    from perturbloop.genes import gene_index
-
     genes = list(genes)
     # current HGNC symbols; a positive outside the pool is kept: it still seeds the network
     positives = list(dict.fromkeys(gene_index(data_dir).canonical(read_gene_list(known_positives),
@@ -181,8 +179,7 @@ def phenotype_prior(genes: Sequence[str], *, phenotype: str | None = None, prior
         if not s.any():
             notes.append(f"phenotype {phenotype.strip()!r} matches no GO / Reactome / Hallmark / HPO term name "
                          f"(words: {', '.join(tokens(phenotype)) or 'none'}); the prior uses the other inputs only")
-    named = index.find(list(prior_terms)) if prior_terms else []
-    for c in named:
+    for c in index.find(list(prior_terms)):
         s[c], why[c] = 1.0, "named"
     cols = _one_per_wording(index, np.flatnonzero(s > 0), s, why)
     n_all = index.A.shape[0]

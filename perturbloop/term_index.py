@@ -136,15 +136,14 @@ class TermIndex:
         """Columns of the named terms (an id such as `GO:0032623` / `HP:0001888`, a set name such as
         `HALLMARK_IL2_STAT5_SIGNALING`, or a term name, case-insensitive). An unknown one is a ConfigError
         listing the closest term names (difflib)."""
-        by_key = self.by_key
         out, bad = [], []
         for n in names:
             key = " ".join(str(n).strip().lower().split())
-            if key in by_key:
-                out.append(by_key[key])
+            if key in self.by_key:
+                out.append(self.by_key[key])
                 continue
-            close = difflib.get_close_matches(key, list(by_key), n=CLOSE_MATCHES, cutoff=0.6)
-            shown = [self.names[by_key[c]] if not c.startswith(("go:", "hp:")) else c.upper() for c in close]
+            close = difflib.get_close_matches(key, list(self.by_key), n=CLOSE_MATCHES, cutoff=0.6)
+            shown = [self.names[self.by_key[c]] if not c.startswith(("go:", "hp:")) else c.upper() for c in close]
             bad.append(f"{n!r} (closest: {', '.join(dict.fromkeys(shown))})" if shown else f"{n!r} (no close term)")
         if bad:
             raise ConfigError(f"{field}: unknown GO / Reactome / Hallmark / HPO term(s): {'; '.join(bad)}")
