@@ -525,13 +525,10 @@ def converter(origin: Origin):
 
 def content_sha256(path: Path) -> str:
     """sha256 of a file's uncompressed bytes (gunzipped first when it is gzip data)."""
-    h = hashlib.sha256()
     with open(path, "rb") as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
     with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _build_into_cache(f: DataFile, tmp: Path) -> Path:
