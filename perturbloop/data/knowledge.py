@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -181,8 +182,6 @@ def _read_rda(path: Path) -> object:
         import rdata
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise PerturbloopError(f"reading {path.name} needs the Python package `rdata` (pip install rdata)") from e
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Missing constructor for R class igraph": the raw list is what we read
         objs = rdata.read_rda(str(path))
