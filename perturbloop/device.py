@@ -9,10 +9,8 @@ import torch
 
 def default_device() -> torch.device:
     """`cuda` if a GPU is visible and PERTURBLOOP_DEVICE is not `cpu`; else `cpu`."""
-    want = os.environ.get("PERTURBLOOP_DEVICE", "auto").lower()
-    if want == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
+    cpu = os.environ.get("PERTURBLOOP_DEVICE", "auto").lower() == "cpu"
+    return torch.device("cuda" if not cpu and torch.cuda.is_available() else "cpu")
 
 
 class keep_torch_threads:

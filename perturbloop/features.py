@@ -35,13 +35,13 @@ GO_MIN_GENES = 3
 GO_MAX_GENES = 1000  # very broad terms ("protein binding") carry little signal
 
 
-def go_tables(data_dir) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
-    """The GO annotations (`gene_symbol`, `go_id`), the DAG edges (`go_id`, `parent_go_id`) and the annotation file."""
+def go_tables(data_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The GO annotations (`gene_symbol`, `go_id`) and the DAG edges (`go_id`, `parent_go_id`), along which
+    annotations propagate to ancestor terms."""
     go_path, = resolve("gene_go", data_dir)
-    ann = pd.read_csv(go_path, sep="\t", usecols=["gene_symbol", "go_id"], dtype=str)
-    parents_path, = resolve("go_parents", data_dir)  # the GO DAG: annotations propagate to ancestor terms
-    parents = pd.read_csv(parents_path, sep="\t", dtype=str)
-    return ann, parents, Path(go_path)
+    parents_path, = resolve("go_parents", data_dir)
+    return (pd.read_csv(go_path, sep="\t", usecols=["gene_symbol", "go_id"], dtype=str),
+            pd.read_csv(parents_path, sep="\t", dtype=str))
 
 
 def read_gaf(path: str | os.PathLike) -> pd.DataFrame:
@@ -88,7 +88,7 @@ def go_embedding(genes: Sequence[str], *, data_dir=None, dims: int = GO_DIMS, ga
         if gaf:
             ann, parents = read_gaf(gaf), pd.DataFrame(columns=["go_id", "parent_go_id"])
         else:
-            ann, parents, _ = go_tables(data_dir)
+            ann, parents = go_tables(data_dir)
         return incidence_embedding(go_incidence(ann, parents, genes)[0], dims=dims, min_genes=min_genes,
                                    max_genes=max_genes)
 
@@ -128,9 +128,7 @@ def incidence_embedding(A: sp.csr_matrix, *, dims: int, min_genes: int, max_gene
     W = sp.diags(np.where(missing, 0.0, 1.0 / np.maximum(norms, 1e-12))) @ W
     k = min(dims, min(W.shape) - 1)
     emb = TruncatedSVD(n_components=k, random_state=0, algorithm="randomized", n_iter=7).fit_transform(W)
-    if k < dims:
-        emb = np.pad(emb, ((0, 0), (0, dims - k)))
-    return np.hstack([emb, missing[:, None].astype(float)])
+    return np.hstack([np.pad(emb, ((0, 0), (0, dims - k))), missing[:, None].astype(float)])  # zero columns past k
 
 
 def save_array(path: Path, arr: np.ndarray) -> None:
@@ -161,11 +159,9 @@ def screen_features(genes: Sequence[str], screens: Sequence[Screen]) -> tuple[np
     """`(z, |z|, missing)` per prior screen (see module docstring)."""
     cols, names = [], []
     for s in screens:
-        z = (s.scores - s.scores.mean()) / s.scores.std()
-        v = z.reindex(list(genes))
-        miss = v.isna().to_numpy()
-        v = v.fillna(0.0).to_numpy()
-        cols += [v, np.abs(v), miss.astype(float)]
+        z = ((s.scores - s.scores.mean()) / s.scores.std()).reindex(list(genes))
+        v = z.fillna(0.0).to_numpy()
+        cols += [v, np.abs(v), z.isna().to_numpy(float)]
         names += [f"{s.name}_z", f"{s.name}_absz", f"{s.name}_missing"]
     return (np.column_stack(cols) if cols else np.zeros((len(genes), 0))), names
 

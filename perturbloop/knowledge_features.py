@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,16 +50,15 @@ Block = tuple[np.ndarray, list[str]]
 DataDir = str | os.PathLike | None
 
 
-def _sources(name: str, data_dir: DataDir) -> list[Path]:
-    datasets = {"string": ["string_v12"], "pathways": ["msigdb_hallmark", "msigdb_reactome"], "hpo": ["hpo"],
-                "literature": ["gene_pubmed_counts"], "depmap": ["depmap_dependency"], "paralogs": ["paralogs"]}
-    return [p for d in datasets[name] for p in kn.knowledge_paths(d, data_dir)]
+SOURCES = {"string": ["string_v12"], "pathways": ["msigdb_hallmark", "msigdb_reactome"], "hpo": ["hpo"],
+           "literature": ["gene_pubmed_counts"], "depmap": ["depmap_dependency"], "paralogs": ["paralogs"]}
 
 
 def _cached(name: str, genes: Sequence[str], data_dir: DataDir, params: str, build: Callable[[], np.ndarray],
             names: list[str]) -> Block:
-    """The block `build()` makes (`len(genes) x len(names)`), cached on disk by genes, source files and `params`."""
-    shas = ",".join(sha256_of(p) for p in _sources(name, data_dir))
+    """The block `build()` makes (`len(genes) x len(names)`), cached on disk by genes, the files of its
+    `SOURCES` datasets and `params`."""
+    shas = ",".join(sha256_of(p) for d in SOURCES[name] for p in kn.knowledge_paths(d, data_dir))
     return cached_array(name, "\n".join(genes) + f"|{shas}|{params}|v{CACHE_VERSION}", build), names
 
 
@@ -156,8 +154,7 @@ def literature_block(genes: Sequence[str], data_dir: DataDir = None) -> Block:
 
     def build() -> np.ndarray:
         n = kn.pubmed_counts(data_dir).reindex(list(genes))
-        miss = n.isna().to_numpy()
-        return np.column_stack([np.log1p(n.fillna(0.0).to_numpy(float)), miss.astype(float)])
+        return np.column_stack([np.log1p(n.fillna(0.0).to_numpy(float)), n.isna().to_numpy(float)])
 
     return _cached("literature", genes, data_dir, "", build, names)
 
@@ -189,9 +186,9 @@ def paralogs_block(genes: Sequence[str], data_dir: DataDir = None) -> Block:
         both["idcov"] = both["fident"] * np.minimum(both["qcov"], both["tcov"])
         agg = both.groupby("gene").agg(n=("other", "size"), ident=("fident", "max"), idcov=("idcov", "max"))
         agg = agg.reindex(list(genes))
-        none = agg["n"].isna().to_numpy()
+        none = agg["n"].isna().to_numpy(float)
         agg = agg.fillna(0.0)
-        return np.column_stack([np.log1p(agg["n"].to_numpy(float)), agg["ident"], agg["idcov"], none.astype(float)])
+        return np.column_stack([np.log1p(agg["n"].to_numpy(float)), agg["ident"], agg["idcov"], none])
 
     return _cached("paralogs", genes, data_dir, "", build, names)
 

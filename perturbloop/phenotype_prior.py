@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from perturbloop.genes import read_gene_file
+from perturbloop.genes import gene_index, read_gene_file
 from perturbloop.term_index import TermIndex, term_index, tokens
 
 MIN_TERM_COVERAGE = 0.5  # most of a term's name (by IDF weight) must be in the sentence
@@ -76,7 +76,6 @@ class PhenotypePrior:
     Attributes:
         genes: the pool's genes, in order.
         score: `len(genes)` prior `p` in [0, 1] (0 everywhere when no input said anything).
-        term_score: `len(genes)` term part `y` before propagation.
         matched: the terms used (phenotype matches and named terms), by weight `c_t`, largest first.
         membership: `len(genes) x len(matched)` binary: gene under term (DAG-propagated).
         positives: the known positives (current HGNC symbols).
@@ -86,7 +85,6 @@ class PhenotypePrior:
 
     genes: list[str]
     score: np.ndarray
-    term_score: np.ndarray
     matched: list[MatchedTerm]
     membership: sp.csr_matrix
     positives: list[str] = field(default_factory=list)
@@ -99,12 +97,10 @@ class PhenotypePrior:
         return bool(self.score.max() > self.score.min())
 
     def terms_for(self, gene: str, k: int = SHOWN_TERMS) -> list[MatchedTerm]:
-        """The `k` best-scoring matched terms the gene is under."""
-        try:
-            i = self.genes.index(gene)
-        except ValueError:
+        """The `k` best-scoring matched terms the gene is under (none for a gene outside the pool)."""
+        if gene not in self.genes:
             return []
-        cols = self.membership[i].indices
+        cols = self.membership[self.genes.index(gene)].indices
         return [self.matched[c] for c in sorted(cols)[:k]]  # matched is sorted by weight
 
     def rationale(self, gene: str) -> str:
@@ -129,14 +125,10 @@ def matching_terms(prior: PhenotypePrior, genes: Sequence[str], k: int = SHOWN_T
 def read_gene_list(value: str | Sequence[str] | None) -> list[str]:
     """Genes as given: a list, a comma-separated string, or a file with one gene a line (`#` comments,
     a first line `gene` is a header)."""
-    if value is None:
-        return []
-    if not isinstance(value, str):
-        return [str(v).strip() for v in value if str(v).strip()]
-    path = Path(value).expanduser()
-    if "," not in value and path.is_file():
-        return read_gene_file(path)
-    return [g.strip() for g in value.split(",") if g.strip()]
+    if isinstance(value, str) and "," not in value and Path(value).expanduser().is_file():
+        return read_gene_file(Path(value).expanduser())
+    items = value.split(",") if isinstance(value, str) else value or []
+    return [str(g).strip() for g in items if str(g).strip()]
 
 
 def match_phenotype(text: str, index: TermIndex) -> np.ndarray:
@@ -167,16 +159,6 @@ def propagate(W: sp.csr_matrix, x: np.ndarray, alpha: float = RESTART) -> np.nda
     return f
 
 
-def check_positives(positives: Sequence[str], genes: Sequence[str], data_dir: DataDir = None,
-                    field: str = "design.known_positives") -> list[str]:
-    """Current HGNC symbols of the known positives; one that is not a gene after alias mapping is an
-    UnknownGeneError naming it (a gene outside the pool is kept: it still seeds the network)."""
-    from perturbloop.genes import gene_index
-
-    mapped = gene_index(data_dir).canonical(list(positives), context=f"in {field}", allowed=genes)
-    return list(dict.fromkeys(mapped))
-
-
 def phenotype_prior(genes: Sequence[str], *, phenotype: str | None = None, prior_terms: Sequence[str] = (),
                     known_positives: str | Sequence[str] | None = None, data_dir: DataDir = None,
                     round1_share: float = 1.0) -> PhenotypePrior:
@@ -184,7 +166,9 @@ def phenotype_prior(genes: Sequence[str], *, phenotype: str | None = None, prior
     work is stored: an unknown term (ConfigError listing the closest names), a positive that is not a gene
     (UnknownGeneError), a missing knowledge file (KnowledgeMissingError naming it and how to fetch it)."""
     genes = list(genes)
-    positives = check_positives(read_gene_list(known_positives), genes, data_dir)
+    # current HGNC symbols; a positive outside the pool is kept: it still seeds the network
+    positives = list(dict.fromkeys(gene_index(data_dir).canonical(read_gene_list(known_positives),
+                                                                  context="in design.known_positives", allowed=genes)))
     index = term_index(data_dir)
     s = np.zeros(len(index.ids))
     why = np.full(len(index.ids), "", dtype=object)
@@ -195,8 +179,7 @@ def phenotype_prior(genes: Sequence[str], *, phenotype: str | None = None, prior
         if not s.any():
             notes.append(f"phenotype {phenotype.strip()!r} matches no GO / Reactome / Hallmark / HPO term name "
                          f"(words: {', '.join(tokens(phenotype)) or 'none'}); the prior uses the other inputs only")
-    named = index.find(list(prior_terms)) if prior_terms else []
-    for c in named:
+    for c in index.find(list(prior_terms)):
         s[c], why[c] = 1.0, "named"
     cols = _one_per_wording(index, np.flatnonzero(s > 0), s, why)
     n_all = index.A.shape[0]
@@ -213,7 +196,7 @@ def phenotype_prior(genes: Sequence[str], *, phenotype: str | None = None, prior
                for t, w in zip(cols, c)]
     for msg in notes:
         warnings.warn(msg, PhenotypePriorWarning, stacklevel=2)
-    return PhenotypePrior(genes, p, y, matched, member, positives, notes, round1_share)
+    return PhenotypePrior(genes, p, matched, member, positives, notes, round1_share)
 
 
 def _one_per_wording(index: TermIndex, cols: np.ndarray, s: np.ndarray, why: np.ndarray) -> np.ndarray:

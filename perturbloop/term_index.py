@@ -136,15 +136,14 @@ class TermIndex:
         """Columns of the named terms (an id such as `GO:0032623` / `HP:0001888`, a set name such as
         `HALLMARK_IL2_STAT5_SIGNALING`, or a term name, case-insensitive). An unknown one is a ConfigError
         listing the closest term names (difflib)."""
-        by_key = self.by_key
         out, bad = [], []
         for n in names:
             key = " ".join(str(n).strip().lower().split())
-            if key in by_key:
-                out.append(by_key[key])
+            if key in self.by_key:
+                out.append(self.by_key[key])
                 continue
-            close = difflib.get_close_matches(key, list(by_key), n=CLOSE_MATCHES, cutoff=0.6)
-            shown = [self.names[by_key[c]] if not c.startswith(("go:", "hp:")) else c.upper() for c in close]
+            close = difflib.get_close_matches(key, list(self.by_key), n=CLOSE_MATCHES, cutoff=0.6)
+            shown = [self.names[self.by_key[c]] if not c.startswith(("go:", "hp:")) else c.upper() for c in close]
             bad.append(f"{n!r} (closest: {', '.join(dict.fromkeys(shown))})" if shown else f"{n!r} (no close term)")
         if bad:
             raise ConfigError(f"{field}: unknown GO / Reactome / Hallmark / HPO term(s): {'; '.join(bad)}")
@@ -157,15 +156,10 @@ def _set_name(set_id: str) -> str:
     return " ".join(w if any(c.isdigit() for c in w) or len(w) <= 4 else w.lower() for w in words)
 
 
-def _source_paths(data_dir: DataDir) -> list:
-    paths = [*resolve("gene_go", data_dir), *resolve("go_terms", data_dir)]
-    return paths + [p for d in ("msigdb_hallmark", "msigdb_reactome", "hpo") for p in kn.knowledge_paths(d, data_dir)]
-
-
 def _build(data_dir: DataDir) -> tuple[sp.csr_matrix, list[str], list[str], list[str], list[str]]:
     from perturbloop.features import go_tables
 
-    ann, parents, _ = go_tables(data_dir)
+    ann, parents = go_tables(data_dir)
     go_names = pd.read_csv(resolve("go_terms", data_dir)[0], sep="\t", dtype=str).set_index("go_id")["term"]
     sets = kn.gene_sets(("hallmark", "reactome"), data_dir)
     hpo_ann = kn.hpo_annotations(data_dir)
@@ -190,7 +184,8 @@ def term_index(data_dir: DataDir = None) -> TermIndex:
     """The index over GO, Hallmark, Reactome and HPO (see module docstring); cached on disk and in memory.
 
     Raises KnowledgeMissingError (naming the dataset and how to fetch it) when a source file is missing."""
-    paths = _source_paths(data_dir)
+    paths = [*resolve("gene_go", data_dir), *resolve("go_terms", data_dir),
+             *(p for d in ("msigdb_hallmark", "msigdb_reactome", "hpo") for p in kn.knowledge_paths(d, data_dir))]
     key = hashlib.sha256((",".join(sha256_of(p) for p in paths) + f"|v{CACHE_VERSION}").encode()).hexdigest()[:20]
     return _term_index(key, str(data_dir) if data_dir else None)
 
@@ -207,12 +202,9 @@ def _term_index(key: str, data_dir: str | None) -> TermIndex:
         save_arrays(path, indices=A.indices.astype(np.int32), indptr=A.indptr.astype(np.int64), shape=np.array(A.shape),
                     genes=np.array(genes), ids=np.array(ids), names=np.array(names), sources=np.array(sources))
     term_words = [tokens(n) for n in names]
-    vocab: dict[str, int] = {}
-    rows, cols = [], []
-    for i, ws in enumerate(term_words):
-        for w in ws:
-            rows.append(i)
-            cols.append(vocab.setdefault(w, len(vocab)))
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(w for ws in term_words for w in ws))}  # by first appearance
+    rows = np.repeat(np.arange(len(names)), [len(ws) for ws in term_words])
+    cols = [vocab[w] for ws in term_words for w in ws]
     B = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(names), len(vocab)))
     df = np.asarray(B.sum(axis=0)).ravel()
     idf = np.log(len(names) / df)

@@ -18,7 +18,6 @@ function says which: a stable sort over the package's `_id` order), written as g
 from __future__ import annotations
 
 import gzip
-import hashlib
 import http.client
 import io
 import shutil
@@ -26,6 +25,7 @@ import sqlite3
 import subprocess
 import tarfile
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import BinaryIO
 
@@ -150,12 +150,8 @@ def extract_from_deb(deb: Path, members: Sequence[str], dest: Path) -> list[Path
 
 
 def _query(db: Path, sql: str) -> pd.DataFrame:
-    # read-only: the extracted file is never changed
-    con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-    try:
+    with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:  # never changes the file
         return pd.read_sql_query(sql, con, dtype=str)
-    finally:
-        con.close()
 
 
 def _genes(org: Path) -> pd.DataFrame:
@@ -225,14 +221,11 @@ def go_parents_table(go: Path) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def write_tsv_gz(df: pd.DataFrame, out: Path) -> str:
-    """Write `df` as a tab-separated table, gzip-compressed reproducibly (no timestamp); returns the sha256
-    of the uncompressed bytes."""
-    data = df.to_csv(sep="\t", index=False, lineterminator="\n").encode()
+def write_tsv_gz(df: pd.DataFrame, out: Path) -> None:
+    """Write `df` as a tab-separated table, gzip-compressed reproducibly (no timestamp)."""
     with open(out, "wb") as raw, gzip.GzipFile(filename=out.name.removesuffix(".gz"), mode="wb", fileobj=raw,
                                                compresslevel=9, mtime=0) as gz:
-        gz.write(data)
-    return hashlib.sha256(data).hexdigest()
+        gz.write(df.to_csv(sep="\t", index=False, lineterminator="\n").encode())
 
 
 def _converter(table: Callable[[Path], pd.DataFrame]) -> Callable[[Sequence[Path], Path], None]:

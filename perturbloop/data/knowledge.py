@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from perturbloop.data.registry import DatasetSpec, data_dirs, get_spec, resolve
+from perturbloop.data.registry import data_dirs, get_spec, resolve
 from perturbloop.errors import PerturbloopError
 
 STRING_CHANNELS = ("experiments", "experiments_transferred", "database", "database_transferred", "coexpression",
@@ -34,25 +35,19 @@ class KnowledgeMissingError(PerturbloopError, FileNotFoundError):
     """A knowledge dataset that is neither in the data directory nor in the cache."""
 
 
-def _how_to_fetch(spec: DatasetSpec) -> str:
-    if any(f.origin is not None for f in spec.files):
-        return f"run `perturbloop data fetch {spec.name}` (builds it from its pinned public source)"
-    return (f"it has no download route: copy {', '.join(Path(f.path).name for f in spec.files)} into "
-            f"<data dir>/knowledge/ and pass --data-dir or set PERTURBLOOP_DATA_DIR")
-
-
 def knowledge_paths(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Local paths of a knowledge dataset's files; never downloads.
 
-    Raises KnowledgeMissingError naming the dataset, where it was looked for and how to fetch it.
+    Raises KnowledgeMissingError naming the dataset, where it was looked for and how to fetch it (every
+    knowledge dataset is built from a pinned public source).
     """
-    spec = get_spec(name)
     try:
         return resolve(name, data_dir, download=False)
     except PerturbloopError:
-        where = ", ".join(map(str, data_dirs(data_dir)))
         raise KnowledgeMissingError(
-            f"knowledge dataset {name!r} ({spec.description}) is not in {where}; {_how_to_fetch(spec)}"
+            f"knowledge dataset {name!r} ({get_spec(name).description}) is not in "
+            f"{', '.join(map(str, data_dirs(data_dir)))}; run `perturbloop data fetch {name}` (builds it from its "
+            "pinned public source)"
         ) from None
 
 
@@ -62,6 +57,15 @@ def _map_column(values: pd.Series, data_dir: str | os.PathLike | None) -> pd.Ser
 
     idx, values = gene_index(data_dir), values.astype(str)
     return values.map({s: idx.current(s) for s in values.unique()})
+
+
+def _read_mapped(path: Path, data_dir: str | os.PathLike | None, genes: Sequence[str] = ("gene_symbol",),
+                 **read_csv) -> pd.DataFrame:
+    """A TSV whose `genes` columns are mapped to current HGNC symbols (rows lacking a symbol dropped)."""
+    df = pd.read_csv(path, sep="\t", dtype={c: str for c in genes}, **read_csv).dropna(subset=list(genes))
+    for c in genes:
+        df[c] = _map_column(df[c], data_dir)
+    return df
 
 
 # ---------------------------------------------------------------------------------------------- loaders
@@ -118,8 +122,7 @@ def gene_sets(collections: Sequence[str] = ("hallmark", "reactome"),
         if c not in ("hallmark", "reactome"):
             raise PerturbloopError(f"unknown gene-set collection {c!r}; choose from hallmark, reactome")
         path, = knowledge_paths(f"msigdb_{c}", data_dir)
-        for name, genes in read_gmt(path).items():
-            rows += [(name, g, c) for g in genes]
+        rows += [(name, g, c) for name, genes in read_gmt(path).items() for g in genes]
     df = pd.DataFrame(rows, columns=["set", "gene_symbol", "collection"])
     df["gene_symbol"] = _map_column(df["gene_symbol"], data_dir)
     return df.drop_duplicates(["set", "gene_symbol"]).reset_index(drop=True)
@@ -128,8 +131,7 @@ def gene_sets(collections: Sequence[str] = ("hallmark", "reactome"),
 def hpo_annotations(data_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """Gene -> HPO term pairs: `gene_symbol` (mapped), `hpo_id` (direct annotations, not propagated)."""
     path, _ = knowledge_paths("hpo", data_dir)
-    df = pd.read_csv(path, sep="\t", usecols=["gene_symbol", "hpo_id"], dtype=str)
-    df["gene_symbol"] = _map_column(df["gene_symbol"], data_dir)
+    df = _read_mapped(path, data_dir, usecols=["gene_symbol", "hpo_id"])
     return df.drop_duplicates().reset_index(drop=True)
 
 
@@ -151,10 +153,8 @@ def pubmed_counts(data_dir: str | os.PathLike | None = None) -> pd.Series:
     """Papers linked to each gene in Entrez Gene (2022-09-12), indexed by mapped symbol (the largest count
     when aliases merge two rows)."""
     path, = knowledge_paths("gene_pubmed_counts", data_dir)
-    df = pd.read_csv(path, sep="\t", usecols=["gene_symbol", "n_pubmed"], dtype={"gene_symbol": str})
-    df = df.dropna(subset=["gene_symbol"])
-    df["gene_symbol"] = _map_column(df["gene_symbol"], data_dir)
-    return df.groupby("gene_symbol")["n_pubmed"].max().rename("n_pubmed")
+    df = _read_mapped(path, data_dir, usecols=["gene_symbol", "n_pubmed"])
+    return df.groupby("gene_symbol")["n_pubmed"].max()
 
 
 def depmap_dependency(data_dir: str | os.PathLike | None = None) -> pd.DataFrame:
@@ -162,25 +162,15 @@ def depmap_dependency(data_dir: str | os.PathLike | None = None) -> pd.DataFrame
     `gene_effect` (mean Chronos effect; NaN where not measured), `blood_dependent_fraction` (of 141
     blood-lineage models; NaN where not measured)."""
     path, = knowledge_paths("depmap_dependency", data_dir)
-    df = pd.read_csv(path, sep="\t", dtype={"gene_symbol": str})
-    df["gene_symbol"] = _map_column(df["gene_symbol"], data_dir)
-    out = pd.DataFrame({
-        "gene_symbol": df["gene_symbol"],
-        "common_essential": df["official_common_essential"].astype(float),
-        "strongly_selective": df["strongly_selective"].astype(float),
-        "gene_effect": df["gene_effect"].astype(float),
-        "blood_dependent_fraction": df["blood_dependent_fraction"].astype(float),
-    })
-    return out.groupby("gene_symbol").max()
+    df = _read_mapped(path, data_dir).rename(columns={"official_common_essential": "common_essential"})
+    cols = ["common_essential", "strongly_selective", "gene_effect", "blood_dependent_fraction"]
+    return df[["gene_symbol", *cols]].astype({c: float for c in cols}).groupby("gene_symbol").max()
 
 
 def paralog_pairs(data_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """Paralog pairs `gene_a`, `gene_b` (mapped) with `fident` (sequence identity), `qcov`, `tcov`."""
     path, = knowledge_paths("paralogs", data_dir)
-    df = pd.read_csv(path, sep="\t", usecols=["gene_a", "gene_b", "fident", "qcov", "tcov"],
-                     dtype={"gene_a": str, "gene_b": str})
-    df = df.dropna(subset=["gene_a", "gene_b"])
-    df["gene_a"], df["gene_b"] = _map_column(df["gene_a"], data_dir), _map_column(df["gene_b"], data_dir)
+    df = _read_mapped(path, data_dir, ("gene_a", "gene_b"), usecols=["gene_a", "gene_b", "fident", "qcov", "tcov"])
     return df[df["gene_a"] != df["gene_b"]].reset_index(drop=True)
 
 
@@ -192,8 +182,6 @@ def _read_rda(path: Path) -> object:
         import rdata
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise PerturbloopError(f"reading {path.name} needs the Python package `rdata` (pip install rdata)") from e
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Missing constructor for R class igraph": the raw list is what we read
         objs = rdata.read_rda(str(path))

