@@ -40,6 +40,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class _Row(SQLModel):
+    """A table row keyed by an integer id (every table but Campaign)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+
+
 class Campaign(SQLModel, table=True):
     id: str = Field(primary_key=True)
     config: dict = Field(sa_column=Column(JSON, nullable=False))
@@ -48,9 +54,8 @@ class Campaign(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=_now)
 
 
-class Round(SQLModel, table=True):
+class Round(_Row, table=True):
     __table_args__ = (UniqueConstraint("campaign_id", "index"),)
-    id: int | None = Field(default=None, primary_key=True)
     campaign_id: str = Field(foreign_key="campaign.id", index=True)
     index: int
     # fitting | proposed | approved | dispatched | collected | ingested; `rejected`: a round given up on a
@@ -60,9 +65,8 @@ class Round(SQLModel, table=True):
     finished_at: datetime | None = None
 
 
-class Proposal(SQLModel, table=True):
+class Proposal(_Row, table=True):
     __table_args__ = (UniqueConstraint("round_id", "perturbation"),)
-    id: int | None = Field(default=None, primary_key=True)
     round_id: int = Field(foreign_key="round.id", index=True)
     rank: int
     perturbation: str
@@ -73,7 +77,7 @@ class Proposal(SQLModel, table=True):
     rationale: str = ""
 
 
-class ProposalRecord(SQLModel, table=True):
+class ProposalRecord(_Row, table=True):
     """One batch proposed for a round (a round has several when proposals are rejected): when it was made and
     when it was decided (approval wait = `decided_at - proposed_at`), how, and the scale of its predictions.
 
@@ -81,7 +85,6 @@ class ProposalRecord(SQLModel, table=True):
     `{"kind": "log", "offset": m, "hit_threshold": t}`; empty when they are in the campaign's units already.
     Added after the first stores were written: rounds proposed before it have no record."""
 
-    id: int | None = Field(default=None, primary_key=True)
     round_id: int = Field(foreign_key="round.id", index=True)
     proposed_at: datetime = Field(default_factory=_now)
     decided_at: datetime | None = None
@@ -89,8 +92,7 @@ class ProposalRecord(SQLModel, table=True):
     units: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
-class Decision(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+class Decision(_Row, table=True):
     round_id: int = Field(foreign_key="round.id", index=True, unique=True)
     action: str  # auto | approved | edited (rejections: the Rejection table; `rejected` in older stores)
     by: str = "auto"
@@ -101,11 +103,10 @@ class Decision(SQLModel, table=True):
     final: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
 
-class Rejection(SQLModel, table=True):
+class Rejection(_Row, table=True):
     """A rejected proposal: who rejected it, when and why, and the batch as it was proposed. A rejected
     proposal is not a measured round: the round is proposed again, without these perturbations."""
 
-    id: int | None = Field(default=None, primary_key=True)
     round_id: int = Field(foreign_key="round.id", index=True)
     by: str
     at: datetime = Field(default_factory=_now)
@@ -119,11 +120,10 @@ class Rejection(SQLModel, table=True):
         return [it["perturbation"] for it in self.items]
 
 
-class Veto(SQLModel, table=True):
+class Veto(_Row, table=True):
     """A perturbation the scientist ruled out for the rest of the campaign: never proposed again."""
 
     __table_args__ = (UniqueConstraint("campaign_id", "perturbation"),)
-    id: int | None = Field(default=None, primary_key=True)
     campaign_id: str = Field(foreign_key="campaign.id", index=True)
     perturbation: str
     round_id: int = Field(foreign_key="round.id")
@@ -132,20 +132,18 @@ class Veto(SQLModel, table=True):
     note: str = ""
 
 
-class CampaignFile(SQLModel, table=True):
+class CampaignFile(_Row, table=True):
     """A file the campaign's config names (a gene list, a screen, embeddings, ...) and its content hash when the
     campaign first ran: a file changed behind the campaign is refused like a changed config."""
 
     __table_args__ = (UniqueConstraint("campaign_id", "field"),)
-    id: int | None = Field(default=None, primary_key=True)
     campaign_id: str = Field(foreign_key="campaign.id", index=True)
     field: str  # the config field naming it, e.g. design.genes
     path: str
     sha256: str
 
 
-class LabJob(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+class LabJob(_Row, table=True):
     round_id: int = Field(foreign_key="round.id", index=True)
     adapter: str
     idempotency_key: str = Field(unique=True)
@@ -156,9 +154,8 @@ class LabJob(SQLModel, table=True):
     collected_at: datetime | None = None
 
 
-class Observation(SQLModel, table=True):
+class Observation(_Row, table=True):
     __table_args__ = (UniqueConstraint("campaign_id", "perturbation"),)
-    id: int | None = Field(default=None, primary_key=True)
     campaign_id: str = Field(foreign_key="campaign.id", index=True)
     round_id: int = Field(foreign_key="round.id", index=True)
     perturbation: str
@@ -169,19 +166,17 @@ class Observation(SQLModel, table=True):
     hit: bool | None = None
 
 
-class ResponseVector(SQLModel, table=True):
+class ResponseVector(_Row, table=True):
     """A response campaign's measured response of one perturbation (e.g. pseudobulk LFC over the
     readout genes, in the campaign's readout order); its Observation holds the magnitude."""
 
     __table_args__ = (UniqueConstraint("campaign_id", "perturbation"),)
-    id: int | None = Field(default=None, primary_key=True)
     campaign_id: str = Field(foreign_key="campaign.id", index=True)
     perturbation: str
     values: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
 
-class ModelFit(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+class ModelFit(_Row, table=True):
     round_id: int = Field(foreign_key="round.id", index=True, unique=True)
     surrogate: str
     policy: str
