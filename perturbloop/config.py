@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
@@ -67,16 +67,16 @@ class DataConfig(_Strict):
         "first (default: error for a file, the registry's declaration for a registry screen)")
 
 
-SCREEN_FEATURES = ("go", "screens", "essential", "embedding", "string", "pathways", "hpo", "literature", "depmap",
-                   "paralogs", "knowledge")
+ScreenFeature = Literal["go", "screens", "essential", "embedding", "string", "pathways", "hpo", "literature", "depmap",
+                        "paralogs", "knowledge"]
+SCREEN_FEATURES = get_args(ScreenFeature)
 RESPONSE_KNOWLEDGE = ("string", "pathways", "hpo", "literature", "depmap", "paralogs", "knowledge", "gwt")
 RESPONSE_FEATURES = ("go", "expression_pca", "none", *RESPONSE_KNOWLEDGE)  # gwt: perturbloop.response_knowledge
 
 
 class DesignConfig(_Strict):
     space: Literal["genes", "pairs"] = "genes"
-    features: list[Literal["go", "screens", "essential", "embedding", "string", "pathways", "hpo", "literature",
-                           "depmap", "paralogs", "knowledge", "expression_pca", "gwt", "none"]] = Field(
+    features: list[Literal[ScreenFeature, "expression_pca", "gwt", "none"]] = Field(
         default_factory=lambda: ["go"],
         description="gene features: GO embedding, prior screens, core-essential flag, user embeddings, prior knowledge "
                     "(STRING network, pathways, HPO, literature, DepMap, paralogs; `knowledge` = all six) for screens; "
@@ -109,10 +109,9 @@ class DesignConfig(_Strict):
         return bool(self.phenotype or self.prior_terms or self.known_positives)
 
 
-SurrogateKind = Literal["gp", "mean", "ensemble", "linear", "additive", "multitask", "multitask_icm", "independent",
-                        "pooled"]
-SCREEN_SURROGATES = ("gp", "mean")
-CONTEXT_SURROGATES = ("multitask", "multitask_icm", "independent", "pooled")  # surrogates/context_model.py
+ContextSurrogate = Literal["multitask", "multitask_icm", "independent", "pooled"]  # surrogates/context_model.py
+SurrogateKind = Literal["gp", "mean", "ensemble", "linear", "additive", ContextSurrogate]
+SCREEN_SURROGATES, CONTEXT_SURROGATES = ("gp", "mean"), get_args(ContextSurrogate)
 
 
 class SurrogateConfig(_Strict):
@@ -151,20 +150,18 @@ class SurrogateConfig(_Strict):
         return self
 
 
-ResponsePolicyKind = Literal["random", "uncertainty", "diversity", "coreset", "program"]
-SCREEN_POLICIES = ("random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl",
-                   "rl_permuted")  # rl_permuted: the RL policy's shuffled-feedback control (benchmarks)
-RESPONSE_POLICIES = ("random", "uncertainty", "diversity", "coreset", "program")  # diversity = coreset
+ScreenPolicy = Literal["random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl",
+                       "rl_permuted"]  # rl_permuted: the RL policy's shuffled-feedback control (benchmarks)
+ResponsePolicyKind = Literal["random", "uncertainty", "diversity", "coreset", "program"]  # diversity = coreset
 # contexts: cost_aware (expected target hits per unit cost), random (random genes in the target), cheap_first (the
 # cheapest other context first, e.g. K562, then the target on the strongest genes there); variance, random_pairs
 # (goal matrix), specific, random_genes (goal specific): acquisition/context_policies.py
-CONTEXT_POLICIES = ("cost_aware", "random", "cheap_first", "variance", "random_pairs", "specific", "random_genes")
+ContextPolicy = Literal["cost_aware", "random", "cheap_first", "variance", "random_pairs", "specific", "random_genes"]
+SCREEN_POLICIES, RESPONSE_POLICIES, CONTEXT_POLICIES = map(get_args, (ScreenPolicy, ResponsePolicyKind, ContextPolicy))
 
 
 class AcquisitionConfig(_Strict):
-    kind: Literal["random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl",
-                  "rl_permuted", "uncertainty", "diversity", "program", "cost_aware", "cheap_first", "variance",
-                  "random_pairs", "specific", "random_genes"] = "ucb"
+    kind: Literal[ScreenPolicy, ResponsePolicyKind, ContextPolicy] = "ucb"  # every policy, each once
     beta: float = Field(4.0, ge=0, description="UCB exploration weight: mu + sqrt(beta) sigma")
     policy_path: str | None = Field(None, description="kind 'rl': checkpoint from `perturbloop policy train`")
     program: list[str] | None = Field(None, description="program: genes whose mean LFC is the score")
@@ -358,13 +355,12 @@ class CampaignConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _kind_defaults(cls, data: object) -> object:
-        if isinstance(data, dict) and isinstance(data.get("world"), dict) and data["world"].get("kind") == "contexts":
-            return _with_defaults(data, CONTEXTS_DEFAULTS)
-        if isinstance(data, dict) and data.get("world") is not None:
-            return _with_defaults(data, RESPONSE_DEFAULTS)
-        if isinstance(data, dict):
+        if not isinstance(data, dict):
+            return data
+        if data.get("world") is None:
             return _with_defaults(_ucb_named(data), SCREEN_DEFAULTS)
-        return data
+        contexts = isinstance(data["world"], dict) and data["world"].get("kind") == "contexts"
+        return _with_defaults(data, CONTEXTS_DEFAULTS if contexts else RESPONSE_DEFAULTS)
 
     @property
     def is_response(self) -> bool:
