@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
@@ -67,16 +67,16 @@ class DataConfig(_Strict):
         "first (default: error for a file, the registry's declaration for a registry screen)")
 
 
-SCREEN_FEATURES = ("go", "screens", "essential", "embedding", "string", "pathways", "hpo", "literature", "depmap",
-                   "paralogs", "knowledge")
+ScreenFeature = Literal["go", "screens", "essential", "embedding", "string", "pathways", "hpo", "literature", "depmap",
+                        "paralogs", "knowledge"]
+SCREEN_FEATURES = get_args(ScreenFeature)
 RESPONSE_KNOWLEDGE = ("string", "pathways", "hpo", "literature", "depmap", "paralogs", "knowledge", "gwt")
 RESPONSE_FEATURES = ("go", "expression_pca", "none", *RESPONSE_KNOWLEDGE)  # gwt: perturbloop.response_knowledge
 
 
 class DesignConfig(_Strict):
     space: Literal["genes", "pairs"] = "genes"
-    features: list[Literal["go", "screens", "essential", "embedding", "string", "pathways", "hpo", "literature",
-                           "depmap", "paralogs", "knowledge", "expression_pca", "gwt", "none"]] = Field(
+    features: list[Literal[ScreenFeature, "expression_pca", "gwt", "none"]] = Field(
         default_factory=lambda: ["go"],
         description="gene features: GO embedding, prior screens, core-essential flag, user embeddings, prior knowledge "
                     "(STRING network, pathways, HPO, literature, DepMap, paralogs; `knowledge` = all six) for screens; "
@@ -109,10 +109,9 @@ class DesignConfig(_Strict):
         return bool(self.phenotype or self.prior_terms or self.known_positives)
 
 
-SurrogateKind = Literal["gp", "mean", "ensemble", "linear", "additive", "multitask", "multitask_icm", "independent",
-                        "pooled"]
-SCREEN_SURROGATES = ("gp", "mean")
-CONTEXT_SURROGATES = ("multitask", "multitask_icm", "independent", "pooled")  # surrogates/context_model.py
+ContextSurrogate = Literal["multitask", "multitask_icm", "independent", "pooled"]  # surrogates/context_model.py
+SurrogateKind = Literal["gp", "mean", "ensemble", "linear", "additive", ContextSurrogate]
+SCREEN_SURROGATES, CONTEXT_SURROGATES = ("gp", "mean"), get_args(ContextSurrogate)
 
 
 class SurrogateConfig(_Strict):
@@ -151,20 +150,18 @@ class SurrogateConfig(_Strict):
         return self
 
 
-ResponsePolicyKind = Literal["random", "uncertainty", "diversity", "coreset", "program"]
-SCREEN_POLICIES = ("random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl",
-                   "rl_permuted")  # rl_permuted: the RL policy's shuffled-feedback control (benchmarks)
-RESPONSE_POLICIES = ("random", "uncertainty", "diversity", "coreset", "program")  # diversity = coreset
+ScreenPolicy = Literal["random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl",
+                       "rl_permuted"]  # rl_permuted: the RL policy's shuffled-feedback control (benchmarks)
+ResponsePolicyKind = Literal["random", "uncertainty", "diversity", "coreset", "program"]  # diversity = coreset
 # contexts: cost_aware (expected target hits per unit cost), random (random genes in the target), cheap_first (the
 # cheapest other context first, e.g. K562, then the target on the strongest genes there); variance, random_pairs
 # (goal matrix), specific, random_genes (goal specific): acquisition/context_policies.py
-CONTEXT_POLICIES = ("cost_aware", "random", "cheap_first", "variance", "random_pairs", "specific", "random_genes")
+ContextPolicy = Literal["cost_aware", "random", "cheap_first", "variance", "random_pairs", "specific", "random_genes"]
+SCREEN_POLICIES, RESPONSE_POLICIES, CONTEXT_POLICIES = map(get_args, (ScreenPolicy, ResponsePolicyKind, ContextPolicy))
 
 
 class AcquisitionConfig(_Strict):
-    kind: Literal["random", "greedy", "ucb", "qlognei", "thompson", "prob_hit", "coreset", "ucb_batch", "rl",
-                  "rl_permuted", "uncertainty", "diversity", "program", "cost_aware", "cheap_first", "variance",
-                  "random_pairs", "specific", "random_genes"] = "ucb"
+    kind: Literal[ScreenPolicy, ResponsePolicyKind, ContextPolicy] = "ucb"  # every policy, each once
     beta: float = Field(4.0, ge=0, description="UCB exploration weight: mu + sqrt(beta) sigma")
     policy_path: str | None = Field(None, description="kind 'rl': checkpoint from `perturbloop policy train`")
     program: list[str] | None = Field(None, description="program: genes whose mean LFC is the score")
@@ -178,6 +175,11 @@ class AcquisitionConfig(_Strict):
         if self.kind in ("rl", "rl_permuted") and not self.policy_path:
             raise ValueError("kind 'rl' needs policy_path (a checkpoint from `perturbloop policy train`)")
         return self
+
+
+_WORLD_DATASETS = {"perturbseq": "a dataset (registry name or .h5ad path)",
+                   "pair_screen": "its pair screen file",
+                   "contexts": "a multi-context screen (gwt_cd4_polarization, gwt_cd4_aging, or a file)"}
 
 
 class WorldConfig(_Strict):
@@ -205,13 +207,8 @@ class WorldConfig(_Strict):
 
     @model_validator(mode="after")
     def _dataset_needed(self) -> WorldConfig:
-        if self.kind == "perturbseq" and not self.dataset:
-            raise ValueError("world.dataset: a perturbseq world needs a dataset (registry name or .h5ad path)")
-        if self.kind == "pair_screen" and not self.dataset:
-            raise ValueError("world.dataset: a pair_screen world needs its pair screen file")
-        if self.kind == "contexts" and not self.dataset:
-            raise ValueError("world.dataset: a contexts world needs a multi-context screen (gwt_cd4_polarization, "
-                             "gwt_cd4_aging, or a file)")
+        if self.kind in _WORLD_DATASETS and not self.dataset:
+            raise ValueError(f"world.dataset: a {self.kind} world needs {_WORLD_DATASETS[self.kind]}")
         if self.hits and self.kind not in ("pair_screen", "contexts"):
             raise ValueError("world.hits: a hits file applies to a pair_screen or contexts world")
         return self
@@ -358,13 +355,12 @@ class CampaignConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _kind_defaults(cls, data: object) -> object:
-        if isinstance(data, dict) and isinstance(data.get("world"), dict) and data["world"].get("kind") == "contexts":
-            return _with_defaults(data, CONTEXTS_DEFAULTS)
-        if isinstance(data, dict) and data.get("world") is not None:
-            return _with_defaults(data, RESPONSE_DEFAULTS)
-        if isinstance(data, dict):
+        if not isinstance(data, dict):
+            return data
+        if data.get("world") is None:
             return _with_defaults(_ucb_named(data), SCREEN_DEFAULTS)
-        return data
+        contexts = isinstance(data["world"], dict) and data["world"].get("kind") == "contexts"
+        return _with_defaults(data, CONTEXTS_DEFAULTS if contexts else RESPONSE_DEFAULTS)
 
     @property
     def is_response(self) -> bool:
@@ -376,26 +372,30 @@ class CampaignConfig(_Strict):
         """A campaign across contexts: (gene, context) pairs, labelled `GENE@@context`, within a cost budget."""
         return self.world is not None and self.world.kind == "contexts"
 
+    def file_fields(self, *, datasets: bool = False) -> dict[str, str]:
+        """The fields that name a file, `field -> path as written`: design.genes and design.known_positives (when
+        not a list), design.gaf, design.embeddings, acquisition.policy_path; `datasets` adds data.screen and
+        world.dataset, which may also be registry names."""
+        d = self.design
+        named = {"data.screen": datasets and self.data and self.data.screen,
+                 "design.genes": d.genes if isinstance(d.genes, str) else None, "design.gaf": d.gaf,
+                 "design.embeddings": d.embeddings,
+                 "design.known_positives": d.known_positives if isinstance(d.known_positives, str) else None,
+                 "world.dataset": datasets and self.world and self.world.dataset,
+                 "acquisition.policy_path": self.acquisition.policy_path}
+        return {k: v for k, v in named.items() if v}
+
     def named_files(self) -> dict[str, tuple[str, str]]:
         """Every existing file the config names, `field -> (path, sha256 of its content)` (registry names and
         other values that are not files are left out)."""
         import hashlib
 
-        fields = {"data.screen": self.data.screen if self.data else None,
-                  "design.genes": self.design.genes if isinstance(self.design.genes, str) else None,
-                  "design.gaf": self.design.gaf, "design.embeddings": self.design.embeddings,
-                  "design.known_positives": self.design.known_positives if isinstance(self.design.known_positives, str) else None,
-                  "world.dataset": self.world.dataset if self.world else None,
-                  "acquisition.policy_path": self.acquisition.policy_path}
         out: dict[str, tuple[str, str]] = {}
-        for field, value in fields.items():
-            path = Path(value).expanduser() if value else None
-            if path is not None and path.is_file():
-                h = hashlib.sha256()
+        for field, value in self.file_fields(datasets=True).items():
+            path = Path(value).expanduser()
+            if path.is_file():
                 with path.open("rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
-                out[field] = (str(path.resolve()), h.hexdigest())
+                    out[field] = (str(path.resolve()), hashlib.file_digest(f, "sha256").hexdigest())
         return out
 
     @property
@@ -445,7 +445,11 @@ class CampaignConfig(_Strict):
                              "(design.space = 'genes', no phenotype prior)")
         if self.surrogate.target != "value" or self.surrogate.target_transform != "none" or self.surrogate.network:
             raise ValueError("surrogate.target / target_transform / network apply to pooled screens only")
-        self.contexts.check_initial(self.initial or 0)
+        initial, budget = self.initial or 0, self.contexts.budget
+        initial_cost = initial * sum(c.cost for c in self.contexts.context_list())
+        if initial_cost > budget:
+            raise ValueError(f"initial: the initial design ({initial} genes in every context) costs {initial_cost:g}, "
+                             f"more than the budget {budget:g}")
 
     def _check_screen(self) -> None:
         if self.data is None:
@@ -500,31 +504,22 @@ def _only(field: str, values: list[str], allowed: tuple[str, ...]) -> None:
                          f"choose from {', '.join(allowed)}")
 
 
+_MESSAGES = {"extra_forbidden": "unknown field", "missing": "required field is missing"}
 _SHOW_INPUT = {"int_type", "bool_type", "float_type", "finite_number", "greater_than_equal", "less_than_equal",
                "greater_than", "less_than", "string_type"}
 
 
 def _toml_repr(value: object) -> str:
-    """A value as it was written in the TOML file (`true`, `inf`, 2.5, "text")."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and value != value:
-        return "nan"
-    if isinstance(value, float) and value in (float("inf"), float("-inf")):
-        return "inf" if value > 0 else "-inf"
-    return repr(value)
+    """A value as it was written in the TOML file (`true`, `inf`, 2.5, "text"; a float's repr is its TOML)."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def format_validation_error(e: ValidationError, source: str = "config") -> str:
     lines = []
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        elif err["type"] in _SHOW_INPUT:
+        msg = _MESSAGES.get(err["type"], err["msg"])
+        if err["type"] in _SHOW_INPUT:
             msg = f"{msg} (got {_toml_repr(err['input'])})"
         lines.append(f"  {loc}: {msg}")
     return f"invalid {source}:\n" + "\n".join(lines)
@@ -571,19 +566,9 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
 
 
-def named_files(config: CampaignConfig) -> dict[str, str]:
-    """The files a config names (field -> path as written): design.genes (a file), design.gaf,
-    design.embeddings, acquisition.policy_path."""
-    d = config.design
-    named = {"design.genes": d.genes if isinstance(d.genes, str) else None, "design.gaf": d.gaf,
-             "design.embeddings": d.embeddings, "acquisition.policy_path": config.acquisition.policy_path,
-             "design.known_positives": d.known_positives if isinstance(d.known_positives, str) else None}
-    return {k: v for k, v in named.items() if v}
-
-
 def check_named_files(config: CampaignConfig, source: str = "config") -> None:
     """A ConfigError naming each field whose file does not exist (paths relative to the working directory)."""
-    missing = [f"  {field}: file {path!r} does not exist" for field, path in named_files(config).items()
+    missing = [f"  {field}: file {path!r} does not exist" for field, path in config.file_fields().items()
                if not Path(path).expanduser().is_file()]
     if missing:
         raise ConfigError(f"invalid {source}:\n" + "\n".join(missing))
@@ -632,11 +617,8 @@ class ContextsTable(_Strict):
         unknown = [a for a in self.allowed or [] if a not in names]
         if unknown:
             raise ValueError(f"allowed: unknown context(s) {', '.join(unknown)}; contexts are {', '.join(names)}")
-        try:
-            ctx = self.context_list()
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
-        cheapest = min(c.cost for c in ctx if self.allowed is None or c.name in self.allowed)
+        # a ConfigError (a ValueError) from `context_list` becomes a validation error naming its field
+        cheapest = min(c.cost for c in self.context_list() if self.allowed is None or c.name in self.allowed)
         if self.budget < cheapest:
             raise ValueError(f"budget {self.budget:g} is smaller than one perturbation's cost ({cheapest:g})")
         return self
@@ -646,10 +628,3 @@ class ContextsTable(_Strict):
         from perturbloop.contexts import GWT_HOURS, context_list
 
         return context_list(self.contexts, self.costs, {**GWT_HOURS, **self.hours})
-
-    def check_initial(self, initial: int, field: str = "initial") -> None:
-        """A ValueError when `initial` genes measured in every context cost more than the budget."""
-        initial_cost = initial * sum(c.cost for c in self.context_list())
-        if initial_cost > self.budget:
-            raise ValueError(f"{field}: the initial design ({initial} genes in every context) costs {initial_cost:g}, "
-                             f"more than the budget {self.budget:g}")

@@ -76,7 +76,7 @@ class ContextScreen:
         return pd.Series(t["score"].to_numpy(), index=t["gene"].to_numpy(), name=context)
 
     def check_contexts(self, contexts: Sequence[str]) -> None:
-        unknown = [c for c in contexts if c not in set(self.table["context"])]
+        unknown = [c for c in contexts if c not in self.contexts]
         if unknown:
             raise ConfigError(f"unknown context(s) {', '.join(map(repr, unknown))} in screen {self.name!r}; "
                               f"its contexts: {', '.join(self.contexts)}")
@@ -293,7 +293,7 @@ class ContextSpace:
         for lab in labels:
             try:
                 g, c = self.parse(lab)
-            except (KeyError, ValueError, ConfigError) as e:
+            except (KeyError, ValueError) as e:  # a ConfigError is a ValueError
                 raise KeyError(f"{lab!r} is not in the design space ({e})") from None
             out.append(g * len(self.contexts) + c)
         return torch.tensor(out, dtype=torch.long)
@@ -316,7 +316,7 @@ class ContextSpace:
         for lab in labels:
             try:
                 g, c = self.parse(lab)
-            except (KeyError, ValueError, ConfigError):
+            except (KeyError, ValueError):
                 continue
             out[g, c] = True
         return out
@@ -340,11 +340,8 @@ def context_space(screen: ContextScreen, contexts: Sequence[Context], *, feature
     sub = screen.restrict(names)
     genes = sub.genes
     pool = build_gene_pool(genes, features=features, data_dir=data_dir, go_dims=go_dims)
-    measured = sub.table.assign(gi=sub.table["gene"].map({g: i for i, g in enumerate(genes)}),
-                                ci=sub.table["context"].map({c: i for i, c in enumerate(names)}))
-    offered = np.zeros((len(genes), len(names)), bool)
-    offered[measured["gi"].to_numpy(), measured["ci"].to_numpy()] = True
-    return ContextSpace(genes, pool.X, contexts, offered)
+    offered = pd.crosstab(sub.table["gene"], sub.table["context"]).reindex(index=genes, columns=names, fill_value=0)
+    return ContextSpace(genes, pool.X, contexts, offered.to_numpy() > 0)
 
 
 def load_context_screen(name_or_path: str | os.PathLike, data_dir=None) -> ContextScreen:

@@ -59,23 +59,10 @@ class GeneIndex:
         """
         symbols = [str(s) for s in symbols]
         extra = {a.upper() for a in allowed} if allowed is not None else set()
-        out, unknown = [], []
-        for s in symbols:
-            m = self.map(s)
-            if m is None and s.strip().upper() in extra:
-                m = s.strip().upper()
-            if m is None:
-                unknown.append(s)
-            out.append(m)
+        unknown = [s for s in symbols if self.map(s) is None and s.strip().upper() not in extra]
         if unknown:
             raise UnknownGeneError(unknown, context)
-        return out  # type: ignore[return-value]
-
-
-def _index_cache_path(info_path: Path, alias_path: Path) -> Path:
-    """The cache file of the index built from these two tables (a changed table gets a new key, so a stale
-    index is never read)."""
-    return cache_file("genes", "gene_index", (info_path, alias_path), f"v{INDEX_CACHE_VERSION}")
+        return [self.current(s) for s in symbols]
 
 
 def _read_index_cache(path: Path) -> GeneIndex | None:
@@ -91,10 +78,6 @@ def _read_index_cache(path: Path) -> GeneIndex | None:
     return GeneIndex._from_cache(symbols, aliases)
 
 
-def _write_index_cache(path: Path, idx: GeneIndex) -> None:
-    write_json(path, {"symbols": sorted(idx.symbols), "aliases": idx.aliases})
-
-
 def _build_index(info_path: Path, alias_path: Path) -> GeneIndex:
     import pandas as pd
 
@@ -107,11 +90,12 @@ def _build_index(info_path: Path, alias_path: Path) -> GeneIndex:
 def _gene_index(data_dir: str | None) -> GeneIndex:
     info_path, = resolve("gene_info", data_dir)
     alias_path, = resolve("gene_alias", data_dir)
-    path = _index_cache_path(info_path, alias_path)
+    # keyed by the two tables: a changed table gets a new cache file, so a stale index is never read
+    path = cache_file("genes", "gene_index", (info_path, alias_path), f"v{INDEX_CACHE_VERSION}")
     idx = _read_index_cache(path)
     if idx is None:
         idx = _build_index(info_path, alias_path)
-        _write_index_cache(path, idx)
+        write_json(path, {"symbols": sorted(idx.symbols), "aliases": idx.aliases})
     return idx
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -72,10 +71,8 @@ def canonical_label(
         >>> canonical_label("non-targeting", control="non-targeting")
         'ctrl'
     """
-    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
-        return None
     s = str(raw).strip()
-    if not s or s.lower() in {"nan", "none"}:
+    if not s or s.lower() in {"nan", "none"}:  # also None and a float NaN
         return None
     extra = {c.lower() for c in label_set(control) if c != CONTROL}
 

@@ -40,6 +40,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class _Row(SQLModel):
+    """A table row keyed by an integer id (every table but Campaign)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+
+
 class Campaign(SQLModel, table=True):
     id: str = Field(primary_key=True)
     config: dict = Field(sa_column=Column(JSON, nullable=False))
@@ -48,9 +54,8 @@ class Campaign(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=_now)
 
 
-class Round(SQLModel, table=True):
+class Round(_Row, table=True):
     __table_args__ = (UniqueConstraint("campaign_id", "index"),)
-    id: int | None = Field(default=None, primary_key=True)
     campaign_id: str = Field(foreign_key="campaign.id", index=True)
     index: int
     # fitting | proposed | approved | dispatched | collected | ingested; `rejected`: a round given up on a
@@ -60,9 +65,8 @@ class Round(SQLModel, table=True):
     finished_at: datetime | None = None
 
 
-class Proposal(SQLModel, table=True):
+class Proposal(_Row, table=True):
     __table_args__ = (UniqueConstraint("round_id", "perturbation"),)
-    id: int | None = Field(default=None, primary_key=True)
     round_id: int = Field(foreign_key="round.id", index=True)
     rank: int
     perturbation: str
@@ -73,7 +77,7 @@ class Proposal(SQLModel, table=True):
     rationale: str = ""
 
 
-class ProposalRecord(SQLModel, table=True):
+class ProposalRecord(_Row, table=True):
     """One batch proposed for a round (a round has several when proposals are rejected): when it was made and
     when it was decided (approval wait = `decided_at - proposed_at`), how, and the scale of its predictions.
 
@@ -81,7 +85,6 @@ class ProposalRecord(SQLModel, table=True):
     `{"kind": "log", "offset": m, "hit_threshold": t}`; empty when they are in the campaign's units already.
     Added after the first stores were written: rounds proposed before it have no record."""
 
-    id: int | None = Field(default=None, primary_key=True)
     round_id: int = Field(foreign_key="round.id", index=True)
     proposed_at: datetime = Field(default_factory=_now)
     decided_at: datetime | None = None
@@ -89,8 +92,7 @@ class ProposalRecord(SQLModel, table=True):
     units: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
-class Decision(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+class Decision(_Row, table=True):
     round_id: int = Field(foreign_key="round.id", index=True, unique=True)
     action: str  # auto | approved | edited (rejections: the Rejection table; `rejected` in older stores)
     by: str = "auto"
@@ -101,11 +103,10 @@ class Decision(SQLModel, table=True):
     final: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
 
-class Rejection(SQLModel, table=True):
+class Rejection(_Row, table=True):
     """A rejected proposal: who rejected it, when and why, and the batch as it was proposed. A rejected
     proposal is not a measured round: the round is proposed again, without these perturbations."""
 
-    id: int | None = Field(default=None, primary_key=True)
     round_id: int = Field(foreign_key="round.id", index=True)
     by: str
     at: datetime = Field(default_factory=_now)
@@ -119,11 +120,10 @@ class Rejection(SQLModel, table=True):
         return [it["perturbation"] for it in self.items]
 
 
-class Veto(SQLModel, table=True):
+class Veto(_Row, table=True):
     """A perturbation the scientist ruled out for the rest of the campaign: never proposed again."""
 
     __table_args__ = (UniqueConstraint("campaign_id", "perturbation"),)
-    id: int | None = Field(default=None, primary_key=True)
     campaign_id: str = Field(foreign_key="campaign.id", index=True)
     perturbation: str
     round_id: int = Field(foreign_key="round.id")
@@ -132,20 +132,18 @@ class Veto(SQLModel, table=True):
     note: str = ""
 
 
-class CampaignFile(SQLModel, table=True):
+class CampaignFile(_Row, table=True):
     """A file the campaign's config names (a gene list, a screen, embeddings, ...) and its content hash when the
     campaign first ran: a file changed behind the campaign is refused like a changed config."""
 
     __table_args__ = (UniqueConstraint("campaign_id", "field"),)
-    id: int | None = Field(default=None, primary_key=True)
     campaign_id: str = Field(foreign_key="campaign.id", index=True)
     field: str  # the config field naming it, e.g. design.genes
     path: str
     sha256: str
 
 
-class LabJob(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+class LabJob(_Row, table=True):
     round_id: int = Field(foreign_key="round.id", index=True)
     adapter: str
     idempotency_key: str = Field(unique=True)
@@ -156,9 +154,8 @@ class LabJob(SQLModel, table=True):
     collected_at: datetime | None = None
 
 
-class Observation(SQLModel, table=True):
+class Observation(_Row, table=True):
     __table_args__ = (UniqueConstraint("campaign_id", "perturbation"),)
-    id: int | None = Field(default=None, primary_key=True)
     campaign_id: str = Field(foreign_key="campaign.id", index=True)
     round_id: int = Field(foreign_key="round.id", index=True)
     perturbation: str
@@ -169,19 +166,17 @@ class Observation(SQLModel, table=True):
     hit: bool | None = None
 
 
-class ResponseVector(SQLModel, table=True):
+class ResponseVector(_Row, table=True):
     """A response campaign's measured response of one perturbation (e.g. pseudobulk LFC over the
     readout genes, in the campaign's readout order); its Observation holds the magnitude."""
 
     __table_args__ = (UniqueConstraint("campaign_id", "perturbation"),)
-    id: int | None = Field(default=None, primary_key=True)
     campaign_id: str = Field(foreign_key="campaign.id", index=True)
     perturbation: str
     values: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
 
-class ModelFit(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+class ModelFit(_Row, table=True):
     round_id: int = Field(foreign_key="round.id", index=True, unique=True)
     surrogate: str
     policy: str
@@ -366,19 +361,28 @@ class Store:
             try:
                 yield s
                 s.commit()
-            except OperationalError as e:
+            except BaseException as e:
                 s.rollback()
-                if _readonly_error(e):
-                    raise StoreReadOnlyError(f"store {display_url(self.url)} is read-only: nothing was written") from None
+                if isinstance(e, OperationalError) and _readonly_error(e):
+                    raise StoreReadOnlyError(f"store {display_url(self.url)} is read-only: "
+                                             "nothing was written") from None
                 raise
-            except BaseException:
-                s.rollback()
-                raise
+
+    def _all(self, query: Any, table: type[SQLModel] | None = None) -> list:
+        """Every row `query` selects; none when the store, opened read-only, predates `table` (`has_table`)."""
+        if table is not None and not self.has_table(table):
+            return []
+        with self.session() as s:
+            return list(s.exec(query))
+
+    def _first(self, query: Any) -> Any:
+        """The first row `query` selects, or None."""
+        with self.session() as s:
+            return s.exec(query).first()
 
     # campaigns -----------------------------------------------------------------------------
     def get_campaign(self, campaign_id: str) -> Campaign | None:
-        with self.session() as s:
-            return s.get(Campaign, campaign_id)
+        return self._first(select(Campaign).where(Campaign.id == campaign_id))
 
     def create_or_check_campaign(self, campaign_id: str, config: dict,
                                  normalise: Callable[[dict], dict] | None = None) -> Campaign:
@@ -408,8 +412,7 @@ class Store:
             return c
 
     def list_campaigns(self) -> list[Campaign]:
-        with self.session() as s:
-            return list(s.exec(select(Campaign).order_by(Campaign.created_at)))
+        return self._all(select(Campaign).order_by(Campaign.created_at))
 
     def set_campaign_status(self, campaign_id: str, status: str) -> None:
         with self.session() as s:
@@ -421,8 +424,7 @@ class Store:
 
     # rounds --------------------------------------------------------------------------------
     def get_round(self, campaign_id: str, index: int) -> Round | None:
-        with self.session() as s:
-            return s.exec(select(Round).where(Round.campaign_id == campaign_id, Round.index == index)).first()
+        return self._first(select(Round).where(Round.campaign_id == campaign_id, Round.index == index))
 
     def get_or_create_round(self, campaign_id: str, index: int) -> Round:
         with self.session() as s:
@@ -434,8 +436,7 @@ class Store:
             return r
 
     def rounds(self, campaign_id: str) -> list[Round]:
-        with self.session() as s:
-            return list(s.exec(select(Round).where(Round.campaign_id == campaign_id).order_by(Round.index)))
+        return self._all(select(Round).where(Round.campaign_id == campaign_id).order_by(Round.index))
 
     def drop_unused_round(self, round_id: int) -> bool:
         """Delete round `round_id` if it is still `fitting` and no row refers to it (a round the campaign ended in
@@ -450,18 +451,13 @@ class Store:
             s.delete(r)
             return True
 
-    def set_round_status(self, round_id: int, status: str, *, session: Session | None = None) -> None:
-        def _do(s: Session) -> None:
-            r = s.get(Round, round_id)
-            r.status = status
-            if status in ("ingested", "rejected"):
-                r.finished_at = _now()
-            s.add(r)
-        if session is not None:
-            _do(session)
-        else:
-            with self.session() as s:
-                _do(s)
+    @staticmethod
+    def _set_round_status(s: Session, round_id: int, status: str) -> None:
+        r = s.get(Round, round_id)
+        r.status = status
+        if status == "ingested":
+            r.finished_at = _now()
+        s.add(r)
 
     # model fits and proposals ----------------------------------------------------------------
     def save_proposal(self, round_id: int, items: Sequence[Any], policy: str, fit: ModelFit, *,
@@ -476,28 +472,24 @@ class Store:
                                mean=it.mean, sd=it.sd, acq_value=it.acq_value, rationale=it.rationale))
             s.add(fit)
             s.add(ProposalRecord(round_id=round_id, units=dict(units or {})))
-            self.set_round_status(round_id, "proposed", session=s)
+            self._set_round_status(s, round_id, "proposed")
 
     def proposals(self, round_id: int) -> list[Proposal]:
-        with self.session() as s:
-            return list(s.exec(select(Proposal).where(Proposal.round_id == round_id).order_by(Proposal.rank)))
+        return self._all(select(Proposal).where(Proposal.round_id == round_id).order_by(Proposal.rank))
 
     def latest_params(self, campaign_id: str, surrogate: str) -> dict:
         """Hyperparameters of the campaign's most recent fit of `surrogate` (warm start), or {}."""
-        with self.session() as s:
-            q = (select(ModelFit).join(Round, ModelFit.round_id == Round.id)
-                 .where(Round.campaign_id == campaign_id, ModelFit.surrogate == surrogate).order_by(Round.index.desc()))
-            fit = s.exec(q).first()
-            return dict(fit.params) if fit is not None else {}
+        fit = self._first(select(ModelFit).join(Round, ModelFit.round_id == Round.id)
+                          .where(Round.campaign_id == campaign_id, ModelFit.surrogate == surrogate)
+                          .order_by(Round.index.desc()))
+        return dict(fit.params) if fit is not None else {}
 
     def model_fit(self, round_id: int) -> ModelFit | None:
-        with self.session() as s:
-            return s.exec(select(ModelFit).where(ModelFit.round_id == round_id)).first()
+        return self._first(select(ModelFit).where(ModelFit.round_id == round_id))
 
     # decisions -----------------------------------------------------------------------------
     def decision(self, round_id: int) -> Decision | None:
-        with self.session() as s:
-            return s.exec(select(Decision).where(Decision.round_id == round_id)).first()
+        return self._first(select(Decision).where(Decision.round_id == round_id))
 
     def save_decision(self, decision: Decision, *, vetoed: Sequence[str] = (),
                       seen: Sequence[str] | None = None) -> Decision:
@@ -564,18 +556,12 @@ class Store:
     def proposal_records(self, round_id: int) -> list[ProposalRecord]:
         """The round's proposals as made and decided (timestamps, outcome, units), oldest first; none for rounds
         proposed before records were kept."""
-        if not self.has_table(ProposalRecord):
-            return []
-        with self.session() as s:
-            return list(s.exec(select(ProposalRecord).where(ProposalRecord.round_id == round_id)
-                               .order_by(ProposalRecord.id)))
+        return self._all(select(ProposalRecord).where(ProposalRecord.round_id == round_id).order_by(ProposalRecord.id),
+                         ProposalRecord)
 
     def rejections(self, round_id: int) -> list[Rejection]:
         """The round's rejected proposals, oldest first."""
-        if not self.has_table(Rejection):
-            return []
-        with self.session() as s:
-            return list(s.exec(select(Rejection).where(Rejection.round_id == round_id).order_by(Rejection.id)))
+        return self._all(select(Rejection).where(Rejection.round_id == round_id).order_by(Rejection.id), Rejection)
 
     def check_files(self, campaign_id: str, files: dict[str, tuple[str, str]]) -> None:
         """Record the content hash of every file the campaign's config names (`field -> (path, sha256)`), or, for a
@@ -595,26 +581,20 @@ class Store:
 
     def vetoes(self, campaign_id: str) -> list[Veto]:
         """Perturbations vetoed in the campaign (never proposed again), oldest first."""
-        if not self.has_table(Veto):
-            return []
-        with self.session() as s:
-            return list(s.exec(select(Veto).where(Veto.campaign_id == campaign_id).order_by(Veto.id)))
+        return self._all(select(Veto).where(Veto.campaign_id == campaign_id).order_by(Veto.id), Veto)
 
     def decisions(self, campaign_id: str) -> list[tuple[Round, Decision]]:
         """Every round of the campaign that has a decision, with it, in round order."""
-        with self.session() as s:
-            q = (select(Round, Decision).join(Decision, Decision.round_id == Round.id)
-                 .where(Round.campaign_id == campaign_id).order_by(Round.index))
-            return [(r, d) for r, d in s.exec(q)]
+        q = (select(Round, Decision).join(Decision, Decision.round_id == Round.id)
+             .where(Round.campaign_id == campaign_id).order_by(Round.index))
+        return [(r, d) for r, d in self._all(q)]
 
     # lab jobs ------------------------------------------------------------------------------
     def lab_job(self, idempotency_key: str) -> LabJob | None:
-        with self.session() as s:
-            return s.exec(select(LabJob).where(LabJob.idempotency_key == idempotency_key)).first()
+        return self._first(select(LabJob).where(LabJob.idempotency_key == idempotency_key))
 
     def lab_jobs(self, round_id: int) -> list[LabJob]:
-        with self.session() as s:
-            return list(s.exec(select(LabJob).where(LabJob.round_id == round_id)))
+        return self._all(select(LabJob).where(LabJob.round_id == round_id))
 
     @staticmethod
     def _job(s: Session, key: str) -> LabJob:
@@ -639,7 +619,7 @@ class Store:
             if job.status == "submitting":
                 job.status, job.external_id, job.submitted_at = "submitted", external_id, _now()
                 s.add(job)
-                self.set_round_status(job.round_id, "dispatched", session=s)
+                self._set_round_status(s, job.round_id, "dispatched")
 
     # observations --------------------------------------------------------------------------
     def ingest(self, campaign_id: str, round_id: int, key: str, rows: Sequence[Observation], *,
@@ -666,7 +646,7 @@ class Store:
             job = self._job(s, key)
             if complete:
                 job.status, job.collected_at = "collected", _now()
-                self.set_round_status(round_id, "ingested", session=s)
+                self._set_round_status(s, round_id, "ingested")
             elif job.status != "collected":
                 job.status = "partial"
             s.add(job)
@@ -674,14 +654,12 @@ class Store:
 
     def observed(self, campaign_id: str) -> set[str]:
         """Perturbations with an observation (measured or failed) in the campaign."""
-        with self.session() as s:
-            return set(s.exec(select(Observation.perturbation).where(Observation.campaign_id == campaign_id)))
+        return set(self._all(select(Observation.perturbation).where(Observation.campaign_id == campaign_id)))
 
     def responses(self, campaign_id: str) -> dict[str, list[float]]:
         """A response campaign's measured response vectors, by perturbation (in ingest order)."""
-        with self.session() as s:
-            q = select(ResponseVector).where(ResponseVector.campaign_id == campaign_id).order_by(ResponseVector.id)
-            return {v.perturbation: list(v.values) for v in s.exec(q)}
+        q = select(ResponseVector).where(ResponseVector.campaign_id == campaign_id).order_by(ResponseVector.id)
+        return {v.perturbation: list(v.values) for v in self._all(q)}
 
     def update_fit_metrics(self, round_id: int, metrics: dict[str, float]) -> None:
         """Merge `metrics` into the round's ModelFit record (scores computed after the round is ingested)."""
@@ -693,8 +671,7 @@ class Store:
             s.add(fit)
 
     def observations(self, campaign_id: str, *, include_failed: bool = False) -> list[Observation]:
-        with self.session() as s:
-            q = select(Observation).where(Observation.campaign_id == campaign_id)
-            if not include_failed:
-                q = q.where(Observation.failed == False)  # noqa: E712
-            return list(s.exec(q.order_by(Observation.id)))
+        q = select(Observation).where(Observation.campaign_id == campaign_id)
+        if not include_failed:
+            q = q.where(Observation.failed == False)  # noqa: E712
+        return self._all(q.order_by(Observation.id))
