@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 
-from perturbloop.context_labels import PAIR_SEP, pair_label
+from perturbloop.context_labels import PAIR_SEP, pair_label, split_label
 from perturbloop.errors import PerturbloopError, UnknownGeneError
 from perturbloop.store import Decision, Proposal, Round, Store, display_url
 
@@ -32,21 +32,6 @@ def proposal_id(r: Round, props: Sequence[Proposal]) -> str:
     return f"{r.id}-{hashlib.sha256(content.encode()).hexdigest()[:16]}"
 
 
-def check_proposal(store: Store, campaign_id: str, expected: str) -> tuple[Round, list[Proposal]]:
-    """The pending round and its proposal if its id is `expected`; else DecisionConflictError naming what is pending."""
-    r = pending_round(store, campaign_id)
-    if r is None:
-        c = store.get_campaign(campaign_id)
-        raise DecisionConflictError(f"campaign {campaign_id!r} has no proposal awaiting approval any more "
-                                    f"(status: {c.status}): reload to see what was decided")
-    props = store.proposals(r.id)
-    if proposal_id(r, props) != expected:
-        raise DecisionConflictError(f"this decision was made on a proposal that is no longer pending: campaign "
-                                    f"{campaign_id!r} now awaits a decision on its round {r.index + 1} proposal "
-                                    f"(id {proposal_id(r, props)}); reload and review it first")
-    return r, props
-
-
 def pending_round(store: Store, campaign_id: str) -> Round | None:
     """The round whose proposal waits for a decision, if any."""
     if store.get_campaign(campaign_id) is None:
@@ -57,12 +42,22 @@ def pending_round(store: Store, campaign_id: str) -> Round | None:
     return None
 
 
-def pending_proposal(store: Store, campaign_id: str) -> tuple[Round, list[Proposal]]:
+def pending_proposal(store: Store, campaign_id: str, expected: str | None = None) -> tuple[Round, list[Proposal]]:
+    """The pending round and its proposal. `expected`: the id (`proposal_id`) a decision was made on; a
+    DecisionConflictError names what is pending when it is not that one, or when nothing is pending any more."""
     r = pending_round(store, campaign_id)
     if r is None:
-        c = store.get_campaign(campaign_id)
-        raise PerturbloopError(f"campaign {campaign_id!r} has no proposal awaiting approval (status: {c.status})")
-    return r, store.proposals(r.id)
+        status = store.get_campaign(campaign_id).status
+        if expected is None:
+            raise PerturbloopError(f"campaign {campaign_id!r} has no proposal awaiting approval (status: {status})")
+        raise DecisionConflictError(f"campaign {campaign_id!r} has no proposal awaiting approval any more "
+                                    f"(status: {status}): reload to see what was decided")
+    props = store.proposals(r.id)
+    if expected is not None and proposal_id(r, props) != expected:
+        raise DecisionConflictError(f"this decision was made on a proposal that is no longer pending: campaign "
+                                    f"{campaign_id!r} now awaits a decision on its round {r.index + 1} proposal "
+                                    f"(id {proposal_id(r, props)}); reload and review it first")
+    return r, props
 
 
 def canonical_labels(items: Sequence[str], candidates: Sequence[str], context: str, data_dir=None) -> list[str]:
@@ -77,16 +72,11 @@ def canonical_labels(items: Sequence[str], candidates: Sequence[str], context: s
     parts = [[p for p in str(item).split("+") if p.strip()] or [str(item)] for item in items]
     from perturbloop.genes import gene_index  # pandas: not imported by `review` and `status`
 
-    mapped = gene_index(data_dir).canonical([g for ps in parts for g in ps], context=context, allowed=genes)
-    out, i = [], 0
-    for ps in parts:
-        out.append("+".join(sorted(set(mapped[i:i + len(ps)]))))
-        i += len(ps)
+    mapped = iter(gene_index(data_dir).canonical([g for ps in parts for g in ps], context=context, allowed=genes))
+    out = ["+".join(sorted({next(mapped) for _ in ps})) for ps in parts]  # each item's genes, mapped in turn
     pairs = bool(candidates) and all("+" in c for c in candidates)
-    wrong = [item for item, lab in zip(items, out) if ("+" in lab) != pairs]
-    if wrong:
-        what = "a single gene in a pairs campaign (name a pair, e.g. A+B)" if pairs else "a pair in a single-gene campaign"
-        raise PerturbloopError(f"{context}: {what}: {', '.join(wrong)}")
+    what = "a single gene in a pairs campaign (name a pair, e.g. A+B)" if pairs else "a pair in a single-gene campaign"
+    _refuse(f"{context}: {what}", [item for item, lab in zip(items, out) if ("+" in lab) != pairs])
     return out
 
 
@@ -94,7 +84,6 @@ def context_labels(items: Sequence[str], candidates: Sequence[str], context: str
     """(gene, context) pairs as a scientist typed them, `GENE@@context` (gene symbols mapped to HGNC), in their
     canonical labels. Raises, naming them, for an item that is not `GENE@@context`, an unknown context, an unknown
     gene, and a gene the design space does not offer in that context (not measured there)."""
-    from perturbloop.contexts import split_label
     from perturbloop.genes import gene_index
 
     pairs = [split_label(c) for c in candidates]
@@ -111,14 +100,17 @@ def context_labels(items: Sequence[str], candidates: Sequence[str], context: str
     genes = sorted({g for g, _ in pairs})
     mapped = gene_index(data_dir).canonical([g for g, _ in parts], context=context, allowed=genes)
     out = [pair_label(g, c) for g, (_, c) in zip(mapped, parts)]
-    offered = set(candidates)
-    known = set(genes)
-    absent = [f"{item} ({g} is not in the design space)" if g not in known else
-              f"{item} (the design space does not offer {g} in {c}: not measured there)"
-              for item, g, (_, c), lab in zip(items, mapped, parts, out) if lab not in offered]
-    if absent:
-        raise PerturbloopError(f"{context}: {', '.join(absent)}")
+    offered, known = set(candidates), set(genes)
+    _refuse(context, [f"{item} ({g} is not in the design space)" if g not in known else
+                      f"{item} (the design space does not offer {g} in {c}: not measured there)"
+                      for item, g, (_, c), lab in zip(items, mapped, parts, out) if lab not in offered])
     return out
+
+
+def _refuse(what: str, named: Sequence[str]) -> None:
+    """A PerturbloopError `what: a, b, ...` naming the items of a decision that cannot be taken, if any."""
+    if named:
+        raise PerturbloopError(f"{what}: {', '.join(named)}")
 
 
 def decide(store: Store, campaign_id: str, candidates: Sequence[str], *, drop: Sequence[str] = (), add: Sequence[str] = (),
@@ -134,8 +126,7 @@ def decide(store: Store, campaign_id: str, candidates: Sequence[str], *, drop: S
     added gene that is already measured, already proposed, vetoed, or vetoed in the same decision. The
     decision's `seen` is the batch it was made on (`Store.save_decision` takes it for that batch only).
     """
-    _, props = pending_proposal(store, campaign_id) if proposal is None else check_proposal(store, campaign_id, proposal)
-    proposed = [p.perturbation for p in props]
+    proposed = [p.perturbation for p in pending_proposal(store, campaign_id, proposal)[1]]
     offered = set(candidates)
     veto_c = canonical_labels(veto, candidates, "in --veto", data_dir)
     outside = [v for v, c in zip(veto, veto_c) if c not in offered]
@@ -149,36 +140,27 @@ def decide(store: Store, campaign_id: str, candidates: Sequence[str], *, drop: S
                 "vetoed": vetoed, "seen": proposed}
     pairs_in_contexts = bool(proposed) and PAIR_SEP in proposed[0]  # GENE@@context: any offered pair may be named
     drop_c = canonical_labels(drop, candidates if pairs_in_contexts else proposed, "in --drop", data_dir)
-    not_proposed = [d for d, c in zip(drop, drop_c) if c not in proposed]
-    if not_proposed:
-        raise PerturbloopError(f"--drop: not in the pending proposal: {', '.join(not_proposed)}")
+    _refuse("--drop: not in the pending proposal", [d for d, c in zip(drop, drop_c) if c not in proposed])
     add_c = canonical_labels(add, candidates, "in --add", data_dir)
     outside = [a for a, c in zip(add, add_c) if c not in offered]
     if outside:
         raise UnknownGeneError(outside, "in --add (outside the campaign's design space)")
     measured = {o.perturbation for o in store.observations(campaign_id, include_failed=True)}
-    again = [a for a, c in zip(add, add_c) if c in measured]
-    if again:
-        raise PerturbloopError(f"--add: already measured in this campaign: {', '.join(again)}")
+    _refuse("--add: already measured in this campaign", [a for a, c in zip(add, add_c) if c in measured])
     earlier = {v.perturbation: v for v in store.vetoes(campaign_id)}
-    ruled_out = [f"{a} (vetoed by {earlier[c].by}{': ' + earlier[c].note if earlier[c].note else ''})"
-                 for a, c in zip(add, add_c) if c in earlier]
-    if ruled_out:
-        raise PerturbloopError(f"--add: vetoed in this campaign: {', '.join(ruled_out)}")
-    both = [a for a, c in zip(add, add_c) if c in set(vetoed)]
-    if both:
-        raise PerturbloopError(f"--add and --veto name the same perturbation: {', '.join(both)}")
-    dup = [a for a, c in zip(add, add_c) if c in proposed and c not in drop_c]
-    if dup:
-        raise PerturbloopError(f"--add: already in the proposal: {', '.join(dup)}")
+    _refuse("--add: vetoed in this campaign", [f"{a} (vetoed by {earlier[c].by}"
+                                               f"{': ' + earlier[c].note if earlier[c].note else ''})"
+                                               for a, c in zip(add, add_c) if c in earlier])
+    _refuse("--add and --veto name the same perturbation", [a for a, c in zip(add, add_c) if c in vetoed])
+    _refuse("--add: already in the proposal", [a for a, c in zip(add, add_c) if c in proposed and c not in drop_c])
     out = set(drop_c) | set(vetoed)
     dropped = [p for p in proposed if p in out]
-    final = [p for p in proposed if p not in out] + [c for c in dict.fromkeys(add_c)]
+    added = list(dict.fromkeys(add_c))
+    final = [p for p in proposed if p not in out] + added
     if not final:
         raise PerturbloopError("the edited batch is empty: use --reject to reject the proposal")
-    action = "edited" if (dropped or add_c) else "approved"
-    return {"action": action, "by": by, "note": note, "added": list(dict.fromkeys(add_c)), "dropped": dropped,
-            "final": final, "vetoed": vetoed, "seen": proposed}
+    return {"action": "edited" if (dropped or add_c) else "approved", "by": by, "note": note, "added": added,
+            "dropped": dropped, "final": final, "vetoed": vetoed, "seen": proposed}
 
 
 def record_decision(store: Store, round_id: int, decision: dict) -> tuple[Decision, bool]:

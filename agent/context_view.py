@@ -17,6 +17,7 @@ stored config dict are enough, so old stores and stores written by any version r
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -37,33 +38,31 @@ def gene_and_context(label: str) -> tuple[str, str] | None:
         return None
 
 
+def _positive(x: object) -> bool:
+    """Whether a stored config value is a finite, positive number (not a bool)."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
 def _config_contexts(config: dict | None) -> tuple[list[str], dict[str, float]]:
     """(context names, cost per context) from a stored config dict's `contexts` section, read defensively: a
     section that is absent or not the expected shape gives ([], {}); costs only when there is one finite,
     positive number per context."""
-    section = (config or {}).get("contexts") if isinstance(config, dict) else None
-    if isinstance(section, list):
-        section = {"contexts": section}
-    if not isinstance(section, dict):
-        return [], {}
-    names = section.get("contexts")
+    section = config.get("contexts") if isinstance(config, dict) else None
+    section = {"contexts": section} if isinstance(section, list) else section
+    names = section.get("contexts") if isinstance(section, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
         return [], {}
     names = [n.strip() for n in names]
     costs = section.get("costs")
-    if costs is None:
-        return names, {}
-    ok = (isinstance(costs, list) and len(costs) == len(names)
-          and all(isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c) and c > 0 for c in costs))
+    ok = isinstance(costs, list) and len(costs) == len(names) and all(map(_positive, costs))
     return names, (dict(zip(names, map(float, costs))) if ok else {})
 
 
 def context_budget(config: dict | None) -> float | None:
     """The campaign's budget in cost units (`contexts.budget` of the stored config), or None."""
-    section = (config or {}).get("contexts") if isinstance(config, dict) else None
+    section = config.get("contexts") if isinstance(config, dict) else None
     budget = section.get("budget") if isinstance(section, dict) else None
-    ok = isinstance(budget, int | float) and not isinstance(budget, bool) and math.isfinite(budget) and budget > 0
-    return float(budget) if ok else None
+    return float(budget) if _positive(budget) else None
 
 
 def context_order(config: dict | None, labels: Iterable[str]) -> list[str]:
@@ -89,11 +88,9 @@ def context_spend(config: dict | None, observations: Sequence[Observation]) -> l
         gc = gene_and_context(o.perturbation)
         if gc is not None:
             rows[gc[1]]["failed" if o.failed else "measured"] += 1
-    for c, row in rows.items():
-        if costs:
-            cost = costs.get(c)
-            row["cost"] = cost
-            row["spent"] = None if cost is None else (row["measured"] + row["failed"]) * cost
+    for c, row in rows.items() if costs else ():
+        cost = costs.get(c)
+        row["cost"], row["spent"] = cost, None if cost is None else (row["measured"] + row["failed"]) * cost
     return list(rows.values())
 
 
@@ -122,9 +119,7 @@ def context_grid(store: Store, campaign_id: str, pending: dict | None) -> dict |
         if gc is not None and gc not in cells:
             cells[gc] = {"state": "proposed", "shown": i.get("shown") if i.get("predicted") is not None else None,
                          "p_hit": i.get("p_hit"), "rank": i.get("rank"), "label": i["perturbation"]}
-    genes = sorted({g for g, _ in cells})
+    states, genes = Counter(x["state"] for x in cells.values()), sorted({g for g, _ in cells})
     return {"contexts": contexts,
             "rows": [{"gene": g, "cells": [cells.get((g, ctx)) for ctx in contexts]} for g in genes],
-            "measured": sum(1 for x in cells.values() if x["state"] == "measured"),
-            "failed": sum(1 for x in cells.values() if x["state"] == "failed"),
-            "proposed": sum(1 for x in cells.values() if x["state"] == "proposed")}
+            **{state: states[state] for state in ("measured", "failed", "proposed")}}

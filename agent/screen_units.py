@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Literal
 
 from perturbloop.config import CampaignConfig
@@ -28,9 +29,7 @@ Kind = Literal["identity", "log", "hit_call", "campaign"]
 MIN_SD = 1e-12  # below it a prediction is taken as exact: P(hit) is 0 or 1
 
 
-def normal_cdf(x: float) -> float:
-    """`Phi(x)`, the standard normal CDF."""
-    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+normal_cdf = NormalDist().cdf  # `Phi(x)`, the standard normal CDF
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -64,12 +65,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from pydantic import BaseModel, Field
 
-from agent.approval import (
-    DecisionConflictError,
-    check_proposal,
-    decide,
-    record_decision,
-)
+from agent.approval import DecisionConflictError, decide, pending_proposal, record_decision
 from agent.context_view import context_grid
 from agent.report import campaign_overview, pending_view
 from perturbloop.config import parse_config
@@ -190,35 +186,28 @@ class LoginLimiter:
             self._failures.pop(address, None)
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling: an API client with the bearer token (`session` None) or a browser session."""
-
-    session: WebSession | None
-
-    def check_csrf(self, sent: str | None) -> None:
-        """A write made with the session cookie must carry the session's CSRF token (403 if not)."""
-        if self.session is None:
-            return
-        if not (sent and hmac.compare_digest(sent.encode(), self.session.csrf.encode())):
-            raise HTTPException(403, "the request's CSRF token is missing or does not match this session: "
-                                     "reload the page and submit it again")
+def check_csrf(session: WebSession | None, sent: str | None) -> None:
+    """A write made with the session cookie (`session`; None for an API client with the bearer token) must carry
+    the session's CSRF token (403 if not)."""
+    if session is not None and not (sent and hmac.compare_digest(sent.encode(), session.csrf.encode())):
+        raise HTTPException(403, "the request's CSRF token is missing or does not match this session: "
+                                 "reload the page and submit it again")
 
 
-def _cross_site(request: Request) -> str | None:
-    """Why `request` comes from another site, or None. Browsers that send `Sec-Fetch-Site` are
-    believed (`same-site` is refused too: another port on this host is another origin); for older
-    ones a present `Origin` must name this host."""
-    site = request.headers.get("sec-fetch-site")
-    if site is not None:
-        return None if site in ("same-origin", "none") else f"Sec-Fetch-Site: {site}"
-    origin = request.headers.get("origin")
-    if origin is None:
-        return None  # not sent by a browser (API clients, curl)
-    host = request.headers.get("host", "")
-    return None if origin.split("://", 1)[-1] == host else f"Origin: {origin}"
-
-
+def _same_origin(request: Request) -> None:
+    """Every unsafe request (POST) must come from this app's own pages or a non-browser client, else 403. Browsers
+    that send `Sec-Fetch-Site` are believed (`same-site` is refused too: another port on this host is another
+    origin); for older ones a present `Origin` must name this host (no `Origin`: not sent by a browser, e.g. curl)."""
+    site, origin = request.headers.get("sec-fetch-site"), request.headers.get("origin")
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    if site is not None and site not in ("same-origin", "none"):
+        why = f"Sec-Fetch-Site: {site}"
+    elif site is None and origin is not None and origin.split("://", 1)[-1] != request.headers.get("host", ""):
+        why = f"Origin: {origin}"
+    else:
+        return
+    raise HTTPException(403, f"cross-site request refused ({why}): decide from this app's own pages")
 
 
 @dataclass
@@ -277,16 +266,8 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
     advancer = Advancer(store, data_dir)
     sessions, limiter = Sessions(), LoginLimiter()
 
-    def same_origin(request: Request) -> None:
-        """Every unsafe request (POST) must come from this app's own pages or a non-browser client."""
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
-            why = _cross_site(request)
-            if why is not None:
-                raise HTTPException(403, f"cross-site request refused ({why}): "
-                                         "decide from this app's own pages")
-
     app = FastAPI(title="perturbloop review", docs_url=None, redoc_url=None, openapi_url=None,
-                  dependencies=[Depends(same_origin)])
+                  dependencies=[Depends(_same_origin)])
     app.state.advancer, app.state.sessions, app.state.login_limiter = advancer, sessions, limiter
 
     def _ok(candidate: str | None) -> bool:
@@ -301,22 +282,20 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
             raise HTTPException(429, f"too many wrong access tokens from this address: try again in {wait} s",
                                 headers={"Retry-After": str(wait)})
 
-    def authorised(request: Request) -> Caller:
+    def authorised(request: Request) -> WebSession | None:
+        """The browser session of the caller, or None for an API client with the bearer token; else 401."""
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):
             _not_blocked(request)
             if _ok(header[7:]):
-                return Caller(session=None)
+                return None
             limiter.failed(_address(request))
-        else:
-            session = sessions.get(request.cookies.get(COOKIE))
-            if session is not None:
-                return Caller(session=session)
+        elif (session := sessions.get(request.cookies.get(COOKIE))) is not None:
+            return session
         raise HTTPException(401, "a valid access token is required", headers={"WWW-Authenticate": "Bearer"})
 
-    def page(request: Request, template: str, caller: Caller, context: dict) -> HTMLResponse:
-        csrf = caller.session.csrf if caller.session is not None else None
-        return TEMPLATES.TemplateResponse(request, template, {**context, "csrf": csrf})
+    def page(request: Request, template: str, session: WebSession | None, context: dict) -> HTMLResponse:
+        return TEMPLATES.TemplateResponse(request, template, {**context, "csrf": session and session.csrf})
 
     def campaign_or_404(campaign_id: str) -> None:
         if store.get_campaign(campaign_id) is None:
@@ -324,31 +303,31 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
 
     def pending_or_404(campaign_id: str) -> dict:
         campaign_or_404(campaign_id)
-        p = pending(campaign_id)
+        p = pending_view(store, campaign_id)
         if p is None:
             raise HTTPException(404, f"campaign {campaign_id!r} has no pending proposal")
         return p
 
-    def pending(campaign_id: str) -> dict | None:
-        return pending_view(store, campaign_id)
-
     def record(campaign_id: str, d: DecisionIn) -> dict:
         """Check the proposal id, validate, store (atomically), then advance in the background.
 
-        Raises DecisionConflictError (409) for a proposal that is not the pending one or a decision
-        that lost to a concurrent one, PerturbloopError (400) for bad input."""
-        if advancer.busy(campaign_id):
-            raise DecisionConflictError(f"campaign {campaign_id!r} is still advancing after the last decision: "
-                                        "reload in a moment")
-        r, _ = check_proposal(store, campaign_id, d.proposal)
-        ctx = advancer.context(campaign_id)
-        store.check_files(campaign_id, ctx.config.named_files())  # a file changed behind the campaign: nothing stored
-        decision = decide(store, campaign_id, ctx.candidate_labels(), drop=d.drop, add=d.add, veto=d.veto,
-                          reject=d.reject, note=d.note, by=d.by, data_dir=data_dir, proposal=d.proposal)
-        stored, won = record_decision(store, r.id, decision)  # on the batch it was made on (`seen`) only
-        if not won:
-            raise DecisionConflictError(f"another decision on this proposal was recorded first: {stored.action} "
-                                        f"by {stored.by}; reload to see it")
+        Raises 409 for a proposal that is not the pending one or a decision that lost to a concurrent one,
+        PerturbloopError (400) for bad input."""
+        try:
+            if advancer.busy(campaign_id):
+                raise DecisionConflictError(f"campaign {campaign_id!r} is still advancing after the last decision: "
+                                            "reload in a moment")
+            r, _ = pending_proposal(store, campaign_id, d.proposal)
+            ctx = advancer.context(campaign_id)
+            store.check_files(campaign_id, ctx.config.named_files())  # a file changed behind the campaign: no write
+            decision = decide(store, campaign_id, ctx.candidate_labels(), drop=d.drop, add=d.add, veto=d.veto,
+                              reject=d.reject, note=d.note, by=d.by, data_dir=data_dir, proposal=d.proposal)
+            stored, won = record_decision(store, r.id, decision)  # on the batch it was made on (`seen`) only
+            if not won:
+                raise DecisionConflictError(f"another decision on this proposal was recorded first: {stored.action} "
+                                            f"by {stored.by}; reload to see it")
+        except DecisionConflictError as e:
+            raise HTTPException(409, str(e)) from None
         advancer.start(campaign_id, decision)
         return decision
 
@@ -365,7 +344,7 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
         path = request.url.path
         if exc.status_code == 401 and request.method == "GET" and "authorization" not in request.headers:
-            return RedirectResponse(f"/login?{_query(next=path)}", status_code=303)  # a browser: log in first
+            return RedirectResponse(f"/login?{urlencode({'next': path})}", status_code=303)  # a browser: log in first
         back = path.removesuffix("/decision") if exc.status_code == 409 and path.endswith("/decision") else None
         return TEMPLATES.TemplateResponse(request, "error.html",
                                           {"status": exc.status_code, "detail": exc.detail, "back": back},
@@ -398,44 +377,42 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
         session_id = request.cookies.get(COOKIE)
         session = sessions.get(session_id)
         if session is not None:
-            Caller(session=session).check_csrf(csrf)
+            check_csrf(session, csrf)
             sessions.end(session_id)
         resp = RedirectResponse("/login", status_code=303)
         resp.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=request.url.scheme == "https")
         return resp
 
     @app.get("/", response_class=HTMLResponse)
-    def index(request: Request, caller: Caller = Depends(authorised)):  # noqa: ANN202
-        return page(request, "index.html", caller, {"campaigns": campaign_overview(store),
+    def index(request: Request, session: WebSession | None = Depends(authorised)):  # noqa: ANN202
+        return page(request, "index.html", session, {"campaigns": campaign_overview(store),
                                                     "store": display_url(store.url)})
 
     @app.get("/campaigns/{campaign_id}", response_class=HTMLResponse)
     def campaign_page(request: Request, campaign_id: str, error: str | None = None,
-                      caller: Caller = Depends(authorised)):  # noqa: ANN202
+                      session: WebSession | None = Depends(authorised)):  # noqa: ANN202
         campaign_or_404(campaign_id)
         overview = next(c for c in campaign_overview(store) if c["campaign"] == campaign_id)
         curve = overview["hit_curve"]
         svg = Markup(hit_curve_svg(curve, caption=f"{campaign_id}: hits found so far, per round")) if curve else None
-        waiting = pending(campaign_id)
-        return page(request, "campaign.html", caller, {
+        waiting = pending_view(store, campaign_id)
+        return page(request, "campaign.html", session, {
             "c": overview, "pending": waiting, "busy": advancer.busy(campaign_id),
             "error": error, "advance_error": advancer.errors.get(campaign_id), "hit_curve": svg,
             "grid": context_grid(store, campaign_id, waiting)})
 
-    @app.get("/campaigns/{campaign_id}/proposal.svg", dependencies=[Depends(authorised)])
-    def proposal_svg(campaign_id: str) -> Response:
-        return Response(_proposal_plot(campaign_id, pending_or_404(campaign_id), "svg"), media_type="image/svg+xml")
-
-    @app.get("/campaigns/{campaign_id}/proposal.png", dependencies=[Depends(authorised)])
-    def proposal_png(campaign_id: str) -> Response:
-        return Response(_proposal_plot(campaign_id, pending_or_404(campaign_id), "png"), media_type="image/png")
+    @app.get("/campaigns/{campaign_id}/proposal.{fmt}", dependencies=[Depends(authorised)])
+    def proposal_plot(campaign_id: str, fmt: str) -> Response:
+        if fmt not in PLOT_MEDIA_TYPES:
+            raise HTTPException(404, f"no plot format {fmt!r} (svg or png)")
+        return Response(_proposal_plot(campaign_id, pending_or_404(campaign_id), fmt), media_type=PLOT_MEDIA_TYPES[fmt])
 
     @app.post("/campaigns/{campaign_id}/decision")
     def decision_form(campaign_id: str, action: str = Form(...), by: str = Form(...), note: str = Form(""),
                       add: str = Form(""), drop: list[str] = Form(default_factory=list),
                       veto: list[str] = Form(default_factory=list), proposal: str = Form(""),
-                      csrf: str = Form(""), caller: Caller = Depends(authorised)):  # noqa: ANN202
-        caller.check_csrf(csrf)
+                      csrf: str = Form(""), session: WebSession | None = Depends(authorised)):  # noqa: ANN202
+        check_csrf(session, csrf)
         campaign_or_404(campaign_id)
         if action not in ("approve", "reject"):
             raise HTTPException(400, f"unknown action {action!r}")
@@ -445,10 +422,8 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
             d = DecisionIn(drop=[] if action == "reject" else drop, add=[] if action == "reject" else _split_genes(add),
                            veto=veto, reject=action == "reject", note=note, by=by.strip(), proposal=proposal)
             record(campaign_id, d)
-        except DecisionConflictError as e:
-            raise HTTPException(409, str(e)) from None
         except (PerturbloopError, ValueError) as e:
-            return RedirectResponse(f"/campaigns/{campaign_id}?{_query(error=str(e))}", status_code=303)
+            return RedirectResponse(f"/campaigns/{campaign_id}?{urlencode({'error': str(e)})}", status_code=303)
         return RedirectResponse(f"/campaigns/{campaign_id}", status_code=303)
 
     @app.get("/api/campaigns", dependencies=[Depends(authorised)])
@@ -461,23 +436,15 @@ def create_app(store: Store | str | None, token: str, data_dir: str | None = Non
 
     @app.post("/api/campaigns/{campaign_id}/decision")
     def api_decision(request: Request, campaign_id: str, body: DecisionIn,
-                     caller: Caller = Depends(authorised)) -> dict:
-        caller.check_csrf(request.headers.get(CSRF_HEADER))
+                     session: WebSession | None = Depends(authorised)) -> dict:
+        check_csrf(session, request.headers.get(CSRF_HEADER))
         campaign_or_404(campaign_id)
         try:
             return record(campaign_id, body)
-        except DecisionConflictError as e:
-            raise HTTPException(409, str(e)) from None
         except PerturbloopError as e:
             raise HTTPException(400, str(e)) from None
 
     return app
-
-
-def _query(**kw: str) -> str:
-    from urllib.parse import urlencode
-
-    return urlencode(kw)
 
 
 def _local_path(path: str) -> str:
@@ -487,6 +454,7 @@ def _local_path(path: str) -> str:
 
 PLOT_WIDTH_IN = 9.0  # the figure's width; the page scales it to its own width (SVG, `width: 100%`)
 PLOT_MAX_TICK_LABELS = 48  # more picks than this: the x axis shows ranks, the table below names them
+PLOT_MEDIA_TYPES = {"svg": "image/svg+xml", "png": "image/png"}
 
 
 def _proposal_plot(campaign_id: str, p: dict, fmt: str = "svg") -> bytes:

@@ -35,11 +35,10 @@ def make_lab(config: LabConfig, world: World | None = None) -> LabAdapter:
     if config.kind == "http":
         from lab_adapters.http import HttpLab
 
-        token = None
-        if config.token_env:
-            token = os.environ.get(config.token_env)
-            if not token:
-                raise ConfigError(f"lab.token_env: environment variable {config.token_env} is not set (it holds the lab's token)")
+        token = os.environ.get(config.token_env) if config.token_env else None
+        if config.token_env and not token:
+            raise ConfigError(f"lab.token_env: environment variable {config.token_env} is not set "
+                              "(it holds the lab's token)")
         return HttpLab(config.url, token, timeout=config.timeout, retries=config.retries,  # type: ignore[arg-type]
                        token_hint=config.token_env or "")
     raise ConfigError(f"lab.kind {config.kind!r} is not available")

@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
+from perturbloop.errors import LabResultError
 
 JobStatus = Literal["submitted", "running", "partial", "complete", "failed"]
-JOB_STATUSES: tuple[str, ...] = ("submitted", "running", "partial", "complete", "failed")
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
+MAX_PROBLEMS_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,19 @@ class LabResult:
 def response_value(response: Sequence[float]) -> float:
     """The scalar a response vector stands for when the lab gives none: its one element, or its L2 norm."""
     return float(response[0]) if len(response) == 1 else math.sqrt(math.fsum(float(v) ** 2 for v in response))
+
+
+def shown(items: Sequence[str]) -> str:
+    """The first `MAX_PROBLEMS_SHOWN` items, comma-separated, and how many more."""
+    more = len(items) - MAX_PROBLEMS_SHOWN
+    return ", ".join(items[:MAX_PROBLEMS_SHOWN]) + (f" (+{more} more)" if more > 0 else "")
+
+
+def problems_error(source: str, problems: Sequence[str], nothing: str) -> LabResultError:
+    """One error for every problem of a results file or payload, one a line (the first `MAX_PROBLEMS_SHOWN`)."""
+    more = len(problems) - MAX_PROBLEMS_SHOWN
+    listed = "\n  ".join(problems[:MAX_PROBLEMS_SHOWN]) + (f"\n  ... and {more} more" if more > 0 else "")
+    return LabResultError(f"{source}: {len(problems)} problem(s){nothing}:\n  {listed}")
 
 
 @dataclass

@@ -88,7 +88,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lab_adapters.base import JobRef, JobStatus, LabError, LabResult
+from lab_adapters.base import JobRef, JobStatus, LabError, LabResult, problems_error, shown
 from lab_adapters.context_columns import context_batch, contexts_of, lab_key, result_key
 from perturbloop.errors import ConfigError, LabAdapterError, LabKeyConflictError, LabResultError, LabSubmissionError
 from perturbloop.contexts import pair_label, split_label
@@ -101,7 +101,6 @@ CONTEXT_ORDER_COLUMNS = ("round", "perturbation", "gene", "context", "idempotenc
 LEDGER_DIR = ".perturbloop"  # inside the outbox: perturbloop's own copy of every order sheet
 RESULT_SUFFIXES = (".csv", ".h5ad")
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~")  # files still being written
-MAX_PROBLEMS_SHOWN = 20
 # A results file modified more recently than this may still be being written (a copy over a network
 # share, a slow save); it is read at a later run. Tests pass 0.
 DEFAULT_MIN_AGE = 5.0
@@ -119,11 +118,7 @@ def job_id(round_key: str) -> str:
 
 
 def parse_result_name(name: str) -> tuple[str, str] | None:
-    """(job id, kind) that a results file name stands for, or None when it is not a results file name.
-
-    ``<job>.<kind>.csv|.h5ad``, the kind being the last dot-separated part: ``results``, or
-    ``partial`` plus letters, digits, ``_`` and ``-``. An older name with a dot after ``partial``
-    belongs to the job before its last ``.partial``. Each name stands for at most one job.
+    """(job id, kind) that a results file name stands for (module docstring), or None for another name.
 
     Example:
         >>> parse_result_name("a_round-1.partial-x_round-0.results.csv")
@@ -155,6 +150,7 @@ def unescape_cell(text: str) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write(text)
@@ -257,7 +253,6 @@ class FileDropLab:
                 break  # the sheet went out, its copy did not (a crash between the two): keep it as is
         else:
             _atomic_write(self.order_path(jid), self._sheet(round_key, batch))
-        self.ledger.mkdir(exist_ok=True)
         _atomic_write(kept, self._sheet(round_key, batch))
         return ref
 
@@ -285,9 +280,8 @@ class FileDropLab:
             parsed = parse_result_name(p.name)
             if parsed is not None and parsed[0] != stem:
                 continue  # another job's file (e.g. of a campaign whose name starts like this one's)
-            rest = p.name[len(stem) + 1:]
             if parsed is None:
-                if not rest.startswith(("results", "partial")):
+                if not p.name[len(stem) + 1:].startswith(("results", "partial")):
                     continue
                 if not p.name.endswith(RESULT_SUFFIXES):
                     raise LabResultError(f"{p}: unsupported results format (expected .csv for screens or .h5ad for Perturb-seq)")
@@ -345,8 +339,11 @@ class FileDropLab:
         for path in self.result_files(job):
             rows = _read_h5ad(path, by_canon) if path.suffix == ".h5ad" else _read_csv(path, by_canon, contexts)
             for label, (res, line) in rows.items():
-                if label == CONTROL and label in merged:  # control cells arrive with every delivery
-                    merged[label] = _concat_cells(merged[label], res)
+                if label == CONTROL and label in merged:  # control cells arrive with every delivery (.h5ad only)
+                    import anndata as ad
+
+                    cells = ad.concat([merged[label].cells, res.cells], index_unique="-")  # type: ignore[union-attr]
+                    merged[label] = LabResult(label, None, [], cells=cells)
                     continue
                 if label in merged and not _same(merged[label], res):
                     raise LabResultError(f"{path}: {line} ({label}): conflicts with the result for it in "
@@ -369,7 +366,7 @@ class FileDropLab:
             missing = [label for label in order if label not in merged]
             if missing:
                 raise LabResultError(
-                    f"{final}: no result for {len(missing)} ordered perturbation(s): {_shown(missing)}; "
+                    f"{final}: no result for {len(missing)} ordered perturbation(s): {shown(missing)}; "
                     "add a row for each (with the reason in the `error` column if it failed), or deliver part of "
                     f"the batch as {job.external_id}.partial-<N>.csv")
         return merged, final is not None, order, where
@@ -392,7 +389,6 @@ class FileDropLab:
         new = {label: {"file": where[label][0].name, "line": where[label][1], "result": _record(res)}
                for label, res in results.items() if label not in earlier and _record(res) is not None}
         if new:
-            self.ledger.mkdir(exist_ok=True)
             _atomic_write(self.read_log(job), json.dumps({**earlier, **new}, indent=1))
         return results
 
@@ -415,22 +411,9 @@ def _describe(rec: dict | None) -> str:
     return f"value {rec['value']}{reps}"
 
 
-def _shown(items: Sequence[str]) -> str:
-    return ", ".join(items[:MAX_PROBLEMS_SHOWN]) + (f" (+{len(items) - MAX_PROBLEMS_SHOWN} more)" if len(items) > MAX_PROBLEMS_SHOWN else "")
-
-
 def _same(a: LabResult | LabError, b: LabResult | LabError) -> bool:
-    if isinstance(a, LabError) or isinstance(b, LabError):
-        return a == b
-    return a.cells is None and b.cells is None and a.value == b.value and a.replicates == b.replicates
-
-
-def _concat_cells(a: LabResult | LabError, b: LabResult | LabError) -> LabResult | LabError:
-    import anndata as ad
-
-    if isinstance(a, LabResult) and isinstance(b, LabResult) and a.cells is not None and b.cells is not None:
-        return LabResult(a.perturbation, None, [], cells=ad.concat([a.cells, b.cells], index_unique="-"))
-    return a
+    """Whether two results of one perturbation agree (cells never do: they are not compared)."""
+    return _record(a) is not None and _record(a) == _record(b)
 
 
 def _number(text: str) -> float | None:
@@ -439,13 +422,6 @@ def _number(text: str) -> float | None:
     except ValueError:
         return None
     return v if math.isfinite(v) else None
-
-
-def _fail(path: Path, problems: list[str]) -> None:
-    shown = problems[:MAX_PROBLEMS_SHOWN]
-    more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
-    raise LabResultError(f"{path}: {len(problems)} problem(s), nothing from this job was ingested:\n  "
-                         + "\n  ".join(shown) + more)
 
 
 def _row_result(label: str, error: str, value_text: str, replicates: list[tuple[str, str]]
@@ -458,20 +434,16 @@ def _row_result(label: str, error: str, value_text: str, replicates: list[tuple[
         if not value_text:
             return None, "value is empty (fill it in, or give the reason in the `error` column to mark it failed)"
         return None, f"value {value_text!r} is not a finite number"
-    reps = []
-    for h, t in replicates:
-        if t:
-            v = _number(t)
-            if v is None:
-                return None, f"{h} {t!r} is not a finite number"
-            reps.append(v)
-    return LabResult(label, value, reps), None
+    reps = {h: _number(t) for h, t in replicates if t}
+    bad = [f"{h} {t!r} is not a finite number" for h, t in replicates if t and reps[h] is None]
+    return (None, bad[0]) if bad else (LabResult(label, value, [v for v in reps.values() if v is not None]), None)
 
 
 def _read_csv(path: Path, by_canon: dict[str, str], contexts: Sequence[str] = ()
               ) -> dict[str, tuple[LabResult | LabError, str]]:
-    """Rows of a results CSV, validated against the order: label -> (result, 'line N'). `contexts`: the order's
-    contexts when it is of (gene, context) pairs (its rows may then name them by `gene` and `context` columns)."""
+    """Rows of a results CSV, validated against the order: label -> (result, 'line N'); every problem is gathered,
+    then raised. `contexts`: the order's contexts when it is of (gene, context) pairs (its rows may then name them
+    by `gene` and `context` columns)."""
     with _open_results(path) as f:
         data = f.read()
     try:
@@ -480,23 +452,53 @@ def _read_csv(path: Path, by_canon: dict[str, str], contexts: Sequence[str] = ()
         raise LabResultError(f"{path}: not a UTF-8 text file (save it as CSV, UTF-8)") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
-        return _parse_csv(path, reader, by_canon, contexts)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        col, reps = _columns(path, header, contexts)
+        reader.fieldnames = header
+        rows = [(f"line {reader.line_num}", row) for row in reader]
     except csv.Error as e:  # e.g. a field over the csv module's limit (131,072 characters)
         # the reader counts a line once it is parsed: the failing one is the next
         raise LabResultError(f"{path}: line {reader.line_num + 1}: not readable as CSV ({e}); "
                              "is it a results file?") from None
+    out: dict[str, tuple[LabResult | LabError, str]] = {}
+    problems: list[str] = []
+    for line, row in rows:
+        if None in row:
+            problems.append(f"{line}: more fields than the header has columns")
+            continue
+        raw, gene, context, error, value = ((row.get(col[c]) or "").strip() if c in col else ""
+                                            for c in ("perturbation", "gene", "context", "error", "value"))
+        raw, gene, context = unescape_cell(raw), unescape_cell(gene), unescape_cell(context)
+        if not (raw or gene or context) and not any((v or "").strip() for v in row.values()):
+            continue  # blank line
+        if contexts:
+            key, problem = result_key(raw, gene, context, contexts)
+            who = raw or (pair_label(gene, context) if gene and context else gene or context or "no gene")
+        else:
+            key, problem, who = lab_key(raw), None, raw or "no perturbation"
+        label = by_canon.get(key) if raw or gene else None
+        if problem is None and label is None:
+            problem = "perturbation is empty" if not (raw or gene) else "not in the order for this job"
+        if problem is None:
+            res, problem = _row_result(label, error, value, [(h, (row[h] or "").strip()) for h in reps])
+        if problem is None and label in out and not _same(out[label][0], res):
+            problem = f"conflicts with {out[label][1]} for the same perturbation"
+        if problem is not None:
+            problems.append(f"{line} ({who}): {problem}")
+            continue
+        out.setdefault(label, (res, line))
+    if problems:
+        raise problems_error(str(path), problems, ", nothing from this job was ingested")
+    return out
 
 
-def _parse_csv(path: Path, reader: csv.DictReader, by_canon: dict[str, str], contexts: Sequence[str] = ()
-               ) -> dict[str, tuple[LabResult | LabError, str]]:
-    """`_read_csv` past decoding: header checks, then every row (problems gathered, then raised)."""
-    header = [h.strip() for h in (reader.fieldnames or [])]
+def _columns(path: Path, header: list[str], contexts: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """The columns of a results CSV's header: name (lower case) -> as written, and the replicate columns."""
     if not header:
         raise LabResultError(f"{path}: empty file (expected a header row: perturbation,value[,replicate_1,...][,error])")
     if len(header) == 1 and any(sep in header[0] for sep in (";", "\t")):
         sep = "';'" if ";" in header[0] else "tabs"
         raise LabResultError(f"{path}: columns are separated by {sep}; save it as comma-separated CSV")
-    reader.fieldnames = header
     lower = [h.lower() for h in header]
     named = ("perturbation", "gene", "context") if contexts else ("perturbation",)
     missing = [c for c in ("perturbation", "value") if c not in lower]
@@ -504,55 +506,16 @@ def _parse_csv(path: Path, reader: csv.DictReader, by_canon: dict[str, str], con
         missing = [c for c in missing if c != "perturbation"]
     elif contexts and "perturbation" in missing:
         missing[missing.index("perturbation")] = "perturbation (or gene and context)"
-    unknown = [h for h, lo in zip(header, lower)
+    unknown = [h or "(unnamed)" for h, lo in zip(header, lower)
                if lo not in (*named, "value", "error", "note") and not lo.startswith("replicate")]
     dup = sorted({h for h in lower if lower.count(h) > 1})
-    if missing or unknown or dup:
-        parts = ([f"missing column(s) {', '.join(missing)}"] if missing else []) + \
-                ([f"unknown column(s) {', '.join(h or '(unnamed)' for h in unknown)}"] if unknown else []) + \
-                ([f"repeated column(s) {', '.join(dup)}"] if dup else [])
+    parts = [f"{what} column(s) {', '.join(names)}"
+             for what, names in (("missing", missing), ("unknown", unknown), ("repeated", dup)) if names]
+    if parts:
         expected = "perturbation (or gene,context),value" if contexts else "perturbation,value"
         raise LabResultError(f"{path}: {'; '.join(parts)} (found: {', '.join(header)}; expected {expected}, "
                              "optional replicate_1,replicate_2,..., error, note)")
-    col = dict(zip(lower, header))
-    reps = [h for h, lo in zip(header, lower) if lo.startswith("replicate")]
-    out: dict[str, tuple[LabResult | LabError, str]] = {}
-    problems: list[str] = []
-    for row in reader:
-        line = f"line {reader.line_num}"
-        if None in row:
-            problems.append(f"{line}: more fields than the header has columns")
-            continue
-        raw, gene, context = (unescape_cell((row.get(col[c]) or "").strip()) if c in col else ""
-                              for c in ("perturbation", "gene", "context"))
-        if not (raw or gene or context) and not any((v or "").strip() for v in row.values()):
-            continue  # blank line
-        if contexts:
-            key, problem = result_key(raw, gene, context, contexts)
-            shown = raw or (pair_label(gene, context) if gene and context else gene or context or "no gene")
-            if problem:
-                problems.append(f"{line} ({shown}): {problem}")
-                continue
-        else:
-            key, shown = lab_key(raw), raw or "no perturbation"
-        label = by_canon.get(key) if raw or gene else None
-        where = f"{line} ({shown})"
-        if label is None:
-            problems.append(f"{where}: " + ("perturbation is empty" if not (raw or gene) else "not in the order for this job"))
-            continue
-        error = (row.get(col["error"]) or "").strip() if "error" in col else ""
-        res, problem = _row_result(label, error, (row.get(col["value"]) or "").strip(),
-                                   [(h, (row.get(h) or "").strip()) for h in reps])
-        if problem:
-            problems.append(f"{where}: {problem}")
-            continue
-        if label in out and not _same(out[label][0], res):
-            problems.append(f"{where}: conflicts with {out[label][1]} for the same perturbation")
-            continue
-        out.setdefault(label, (res, line))
-    if problems:
-        _fail(path, problems)
-    return out
+    return dict(zip(lower, header)), [h for h, lo in zip(header, lower) if lo.startswith("replicate")]
 
 
 def _read_h5ad(path: Path, by_canon: dict[str, str]) -> dict[str, tuple[LabResult | LabError, str]]:
@@ -569,7 +532,7 @@ def _read_h5ad(path: Path, by_canon: dict[str, str]) -> dict[str, tuple[LabResul
     unknown = sorted(set(labels) - set(by_canon) - {CONTROL})
     if unknown:
         hint = f" (label control cells exactly {CONTROL!r}, lower case: CTRL is a gene)" if CONTROL.upper() in unknown else ""
-        raise LabResultError(f"{path}: cells of perturbation(s) not in the order for this job: {_shown(unknown)}{hint}")
+        raise LabResultError(f"{path}: cells of perturbation(s) not in the order for this job: {shown(unknown)}{hint}")
     out: dict[str, tuple[LabResult | LabError, str]] = {}
     for canon in [*by_canon, CONTROL]:
         mask = (labels == canon).to_numpy()

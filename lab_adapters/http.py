@@ -30,12 +30,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from lab_adapters.base import JOB_STATUSES, JobRef, JobStatus, LabError, LabResult, response_value
+from lab_adapters.base import (JOB_STATUSES, MAX_PROBLEMS_SHOWN, JobRef, JobStatus, LabError, LabResult,
+                               problems_error, response_value)
 from lab_adapters.context_columns import context_batch, contexts_of, lab_key, result_key
 from perturbloop.contexts import PAIR_SEP, split_label
 from perturbloop.errors import LabKeyConflictError, LabRequestError, LabResultError, LabUnavailableError
@@ -46,17 +48,14 @@ DEFAULT_RETRIES = 3
 DEFAULT_BACKOFF = 0.5  # seconds before the first retry, doubled each time
 MAX_BACKOFF = 30.0
 RETRY_STATUSES = frozenset({429})  # and every 5xx
-MAX_PROBLEMS_SHOWN = 20
 
 
 def _detail(resp: httpx.Response) -> str:
     """The server's own explanation of an error response, kept short."""
-    try:
+    with suppress(ValueError):
         body = resp.json()
         if isinstance(body, dict) and ("error" in body or "detail" in body):
             return str(body.get("error") or body.get("detail"))[:300]
-    except ValueError:
-        pass
     return (resp.text or resp.reason_phrase or "").strip()[:300]
 
 
@@ -152,8 +151,7 @@ class HttpLab:
     def collect(self, job: JobRef) -> dict[str, LabResult | LabError]:
         """The results received so far, validated (see module docstring)."""
         path = self._path(job) + "/results"
-        out = self._request("GET", path)
-        return parse_results(out, f"GET {self.base_url}{path}")
+        return parse_results(self._request("GET", path), f"GET {self.base_url}{path}")
 
 
 def _number(v: Any) -> float | None:
@@ -174,6 +172,21 @@ def _vector(raw: Any) -> tuple[list[float] | None, str | None]:
         shown = ", ".join(f"[{i}] = {raw[i]!r}" for i in bad[:3]) + (", ..." if len(bad) > 3 else "")
         return None, f"response has {len(bad)} of {len(raw)} entries that are not finite numbers ({shown})"
     return [v for v in values if v is not None], None
+
+
+def _item_result(label: str, item: dict) -> tuple[LabResult | LabError | None, str | None]:
+    """One item of the results JSON as a result, or the problem with it."""
+    if item.get("error") not in (None, ""):
+        return LabError(label, str(item["error"])), None
+    response, problem = _vector(item.get("response"))
+    given, reps_raw = item.get("value"), item.get("replicates") or []
+    value = response_value(response) if given is None and response is not None else _number(given)
+    reps = [_number(r) for r in reps_raw if r is not None] if isinstance(reps_raw, list) else [None]
+    if problem is None and value is None:
+        problem = f"value {given!r} is not a finite number"
+    if problem is None and None in reps:
+        problem = f"replicates {reps_raw!r} are not all finite numbers"
+    return (None, problem) if problem else (LabResult(label, value, reps, response=response), None)  # type: ignore[arg-type]
 
 
 def parse_results(payload: Any, source: str) -> dict[str, LabResult | LabError]:
@@ -200,39 +213,16 @@ def parse_results(payload: Any, source: str) -> dict[str, LabResult | LabError]:
                             + (" (or a gene and a context)" if pair else ""))
             continue
         where = f"result {i} ({raw or gene + PAIR_SEP + context})"
-        if pair:
-            key, problem = result_key(raw, gene, context, contexts or None)
-            if problem:
-                problems.append(f"{where}: {problem}")
-                continue
-        else:
-            key = lab_key(raw)
-        label = key if by_canon is None else by_canon.get(key)
-        if label is None or label == CONTROL:
-            problems.append(f"{where}: not in the batch of this job")
-            continue
-        error = item.get("error")
-        res: LabResult | LabError
-        if error not in (None, ""):
-            res = LabError(label, str(error))
-        else:
-            response, bad_response = _vector(item.get("response"))
-            if bad_response:
-                problems.append(f"{where}: {bad_response}")
-                continue
-            given = item.get("value")
-            value = response_value(response) if given is None and response is not None else _number(given)
-            reps_raw = item.get("replicates") or []
-            reps = [_number(r) for r in reps_raw if r is not None] if isinstance(reps_raw, list) else [None]
-            if value is None:
-                problems.append(f"{where}: value {given!r} is not a finite number")
-                continue
-            if any(r is None for r in reps):
-                problems.append(f"{where}: replicates {reps_raw!r} are not all finite numbers")
-                continue
-            res = LabResult(label, value, [r for r in reps if r is not None], response=response)
-        if label in out and out[label] != res:
-            problems.append(f"{where}: a second, different result for {label}")
+        key, problem = result_key(raw, gene, context, contexts or None) if pair else (lab_key(raw), None)
+        label = key if by_canon is None else by_canon.get(key or "")
+        if problem is None and (label is None or label == CONTROL):
+            problem = "not in the batch of this job"
+        if problem is None:
+            res, problem = _item_result(label, item)
+        if problem is None and label in out and out[label] != res:
+            problem = f"a second, different result for {label}"
+        if problem is not None:
+            problems.append(f"{where}: {problem}")
             continue
         out[label] = res
     if by_canon is not None and payload.get("status") == "complete" and not problems:
@@ -241,7 +231,5 @@ def parse_results(payload: Any, source: str) -> dict[str, LabResult | LabError]:
             problems.append(f"the job is complete but {len(missing)} perturbation(s) have no result: "
                             + ", ".join(missing[:MAX_PROBLEMS_SHOWN]))
     if problems:
-        shown = "\n  ".join(problems[:MAX_PROBLEMS_SHOWN])
-        more = f"\n  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more" if len(problems) > MAX_PROBLEMS_SHOWN else ""
-        raise LabResultError(f"{source}: {len(problems)} problem(s) in the lab's results, nothing was ingested:\n  {shown}{more}")
+        raise problems_error(source, problems, " in the lab's results, nothing was ingested")
     return out

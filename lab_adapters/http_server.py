@@ -26,6 +26,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -110,8 +111,35 @@ class _Job:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    lab: LabServer
 
     def handle_error(self, request, client_address) -> None:  # noqa: ANN001 - a client that gave up is not an error
+        pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 - as do_POST: `self.command` is the method
+        lab = self.server.lab
+        n = int(self.headers.get("Content-Length") or 0)
+        status, payload = lab._handle(self.command, self.path, self.headers, self.rfile.read(n) if n else b"")
+        with lab._lock:
+            lab.requests.append((self.command, self.path, status))
+        data = json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client timed out meanwhile
+            pass
+
+    do_POST = do_GET  # noqa: N815
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
         pass
 
 
@@ -136,8 +164,8 @@ class LabServer:
         self.delay_next = 0  # answer the next N requests after `delay_seconds`
         self.delay_seconds = 0.0
         self._lock = threading.Lock()
-        self._httpd = _Server((host, port), self._handler())
-        self._thread: threading.Thread | None = None
+        self._httpd = _Server((host, port), _Handler)
+        self._httpd.lab = self
 
     @property
     def url(self) -> str:
@@ -145,8 +173,7 @@ class LabServer:
         return f"http://{host}:{port}"
 
     def start(self) -> LabServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -189,9 +216,8 @@ class LabServer:
                 return 401, {"error": "missing or wrong token"}
         parts = [unquote(p) for p in path.split("?", 1)[0].strip("/").split("/") if p]
         if method == "GET" and not parts:
-            about: dict[str, Any] = {"name": "perturbloop-compatible lab API", "jobs": len(self.jobs),
-                                     "readouts": list(self.world.readouts)}
-            return 200, about
+            return 200, {"name": "perturbloop-compatible lab API", "jobs": len(self.jobs),
+                         "readouts": list(self.world.readouts)}
         if method == "POST" and parts == ["jobs"]:
             return self._submit(headers, body)
         if method == "GET" and len(parts) in (2, 3) and parts[0] == "jobs" and parts[2:] in ([], ["results"]):
@@ -199,11 +225,10 @@ class LabServer:
                 job = self.jobs.get(parts[1])
                 if job is None:
                     return 404, {"error": f"no job {parts[1]!r}"}
+                about = {"job_id": job.job_id, "status": job.status, "perturbations": job.perturbations}
                 if len(parts) == 2:
-                    return 200, {"job_id": job.job_id, "status": job.status, "idempotency_key": job.key,
-                                 "perturbations": job.perturbations, "error": job.failed}
-                return 200, {"job_id": job.job_id, "status": job.status, "perturbations": job.perturbations,
-                             "results": job.results()}
+                    return 200, {**about, "idempotency_key": job.key, "error": job.failed}
+                return 200, {**about, "results": job.results()}
         return 404, {"error": f"no endpoint {method} {path}"}
 
     def _submit(self, headers: Any, body: bytes) -> tuple[int, dict]:
@@ -215,11 +240,9 @@ class LabServer:
         batch = data.get("perturbations") if isinstance(data, dict) else None
         if not isinstance(key, str) or not key or not isinstance(batch, list) or not all(isinstance(p, str) for p in batch):
             return 400, {"error": "expected {idempotency_key: str, perturbations: [str, ...]}"}
-        header_key = headers.get("Idempotency-Key")
-        if header_key is not None and header_key != key:
+        if headers.get("Idempotency-Key") not in (None, key):
             return 400, {"error": "Idempotency-Key header and body idempotency_key differ"}
-        wrong = _items_disagree(data.get("items"), batch)
-        if wrong:
+        if wrong := _items_disagree(data.get("items"), batch):
             return 400, {"error": wrong}
         with self._lock:
             if key in self.keys:
@@ -228,44 +251,10 @@ class LabServer:
                     return 409, {"error": f"idempotency key {key!r} was already used for a different batch"}
                 return 200, {"job_id": job.job_id, "status": job.status}
             job_id = f"job-{len(self.jobs) + 1:05d}"
-            job = _Job(job_id, key, list(batch), run_batch(self.world, list(batch)))
-            if self.auto_release:
-                job.released = set(batch)
+            job = _Job(job_id, key, list(batch), run_batch(self.world, list(batch)),
+                       released=set(batch) if self.auto_release else set())
             self.jobs[job_id], self.keys[key] = job, job_id
             return 201, {"job_id": job_id, "status": job.status}
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _serve(self, method: str) -> None:
-                n = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(n) if n else b""
-                status, payload = server._handle(method, self.path, self.headers, body)
-                with server._lock:
-                    server.requests.append((method, self.path, status))
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out meanwhile
-                    pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._serve("GET")
-
-            def do_POST(self) -> None:  # noqa: N802
-                self._serve("POST")
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
-                pass
-
-        return Handler
 
 
 def world_for(config_path: str, data_dir: str | None, *, noise: str = "none") -> tuple[World, str]:
@@ -308,11 +297,8 @@ def main(argv: list[str] | None = None) -> None:
         world, name = ScreenReplay(load_screen(args.screen, args.data_dir), noise=args.noise), args.screen
     with LabServer(world, port=args.port, token=token) as server:
         print(f"perturbloop-compatible lab API for {name} on {server.url} (Ctrl-C stops)", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        with suppress(KeyboardInterrupt):
+            threading.Event().wait()
 
 
 if __name__ == "__main__":

@@ -59,8 +59,8 @@ class SimulatorLab:
                 y = None if m.response is None else np.asarray(m.response, dtype=np.float64).ravel()
                 if y is None or not np.all(np.isfinite(y)):
                     out[label] = LabError(label, m.error or "non-finite response")
-                    continue
-                out[label] = LabResult(label, response_value(y.tolist()), list(m.replicates),
-                                       response=y.tolist() if y.size > 1 else None)
+                else:
+                    out[label] = LabResult(label, response_value(y.tolist()), list(m.replicates),
+                                           response=y.tolist() if y.size > 1 else None)
             self._results[job.external_id] = out
         return dict(self._results[job.external_id])

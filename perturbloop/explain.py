@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -62,30 +63,20 @@ class GeneKnowledge:
         from perturbloop.data import knowledge as kn
 
         kb: dict = {}
-        try:
+        with suppress(KnowledgeMissingError):
             kb["network"], kb["network_genes"] = kn.string_adjacency(data_dir)
-        except KnowledgeMissingError:
-            pass
-        try:
+        with suppress(KnowledgeMissingError):
             sets = kn.gene_sets(("hallmark", "reactome"), data_dir)
             kb["gene_sets"] = sets.groupby("gene_symbol")["set"].agg(list).to_dict()
             kb["set_members"] = {s: frozenset(g) for s, g in sets.groupby("set")["gene_symbol"]}
-        except KnowledgeMissingError:
-            pass
-        try:
+        with suppress(KnowledgeMissingError):
             kb["pubmed"] = kn.pubmed_counts(data_dir).astype(int).to_dict()
-        except KnowledgeMissingError:
-            pass
-        absz = {}
-        for s in prior_screens:
-            z = (s.scores - s.scores.mean()) / s.scores.std()
-            absz[s.name] = z.abs().to_dict()
+        absz = {s.name: ((s.scores - s.scores.mean()) / s.scores.std()).abs().to_dict() for s in prior_screens}
         return cls(**kb, prior_absz=absz)
 
     def neighbours(self, gene: str) -> tuple[list[str], np.ndarray]:
         """`gene`'s STRING neighbours and edge scores (empty outside the network)."""
-        i = self._row.get(gene)
-        if i is None:
+        if (i := self._row.get(gene)) is None:
             return [], np.zeros(0)
         row = self.network[i]
         return [self.network_genes[j] for j in row.indices], row.data
@@ -159,8 +150,7 @@ def explain(genes: Sequence[str], kb: GeneKnowledge, observed: Mapping[str, floa
         if z:
             v, s = max(z)
             parts.append(f"prior screens: |z| {v:.1f} in {s}")
-        terms = list((matched_terms or {}).get(g, ()))
-        if terms:
+        if terms := list((matched_terms or {}).get(g, ())):
             parts.append("phenotype: " + _first(terms, MAX_TERMS))
         out.append("; ".join(p for p in parts if p))
     return out
