@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from perturbloop.contexts import ContextScreen, pair_label, split_label
-from simulators.world import Measurement
+from simulators.world import Measurement, top_by_magnitude
 
 
 class ContextReplay:
@@ -43,12 +43,9 @@ class ContextReplay:
         self._attempts: dict[str, int] = {}
         target_scores = self.screen.scores(target)
         if hits is None:
-            n = max(1, int(round(hit_fraction * len(target_scores))))
-            hits = set(target_scores.abs().sort_values(ascending=False, kind="stable").index[:n])
-        else:
-            missing = sorted(set(hits) - set(target_scores.index))
-            if missing:
-                raise ValueError(f"hit gene(s) not measured in the target context {target!r}: {', '.join(missing[:10])}")
+            hits = set(top_by_magnitude(target_scores, hit_fraction).index)
+        elif missing := sorted(set(hits) - set(target_scores.index)):
+            raise ValueError(f"hit gene(s) not measured in the target context {target!r}: {', '.join(missing[:10])}")
         self._hits = frozenset(hits)
 
     @property

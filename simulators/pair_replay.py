@@ -36,6 +36,7 @@ import pandas as pd
 from perturbloop.data.registry import resolve
 from perturbloop.perturbation import canonical_label
 from perturbloop.perturbseq import UnknownPerturbationError, _symbol_map
+from simulators.world import top_by_magnitude
 
 NORMAN_CONTROL = "negative"
 HIT_FRACTION = 0.05  # hits = the top 5% of pairs by |GI| (as the screen benchmarks use for genes)
@@ -109,10 +110,9 @@ class PairReplay:
             raise ValueError(f"genes of pairs without a single fitness: {', '.join(no_single[:10])}")
         df["additive"] = self._singles.reindex(df["gene_a"]).to_numpy() + self._singles.reindex(df["gene_b"]).to_numpy()
         self._pairs = df.sort_index()
-        score = self._pairs[objective].abs().sort_values(ascending=False, kind="stable")
-        n = max(1, int(round(hit_fraction * len(score))))
-        self.hits = frozenset(score.index[:n])  # the top `hit_fraction` of pairs by |objective| (evaluation only)
-        self.hit_threshold = float(score.iloc[n - 1])
+        top = top_by_magnitude(self._pairs[objective], hit_fraction)
+        self.hits = frozenset(top.index)  # the top `hit_fraction` of pairs by |objective| (evaluation only)
+        self.hit_threshold = float(top.iloc[-1])
         self.extra = dict(extra or {})
         self.symbol_map: dict[str, str] = {}  # source symbol -> current symbol, where they differ
         self._attempts: dict[str, int] = {}

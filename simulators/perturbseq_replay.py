@@ -51,8 +51,6 @@ class PerturbSeqReading:
     perturbation: str
     cells: ad.AnnData | None
     error: str | None = None
-    n_requested: int = 0
-    attempt: int = 0
     note: str | None = None
     replicates: list = field(default_factory=list)
 
@@ -175,40 +173,41 @@ class PerturbSeqReplay:
         canon = [self._canon(lab) for lab in labels]
         unknown = [lab for lab, c in zip(labels, canon) if c not in self._groups]
         if unknown:
-            hint = "the control is not run: use control()" if CONTROL in canon else f"{len(self._offered)} perturbations are offered"
+            hint = "the control is not run: use control()" if CONTROL in canon \
+                else f"{len(self._offered)} perturbations are offered"
             raise UnknownPerturbationError([str(u) for u in unknown], "this Perturb-seq replay", hint)
-        return [self._run_one(c) for c in canon]
-
-    def _run_one(self, label: str) -> PerturbSeqReading:
-        attempt = self._attempts.get(label, 0)
-        self._attempts[label] = attempt + 1
-        reading = self._draw(label, attempt)
-        self.history.append({"perturbation": label, "attempt": attempt, "n_cells": reading.n_cells, "error": reading.error})
-        return reading
+        out = []
+        for label in canon:
+            attempt = self._attempts.get(label, 0)
+            self._attempts[label] = attempt + 1
+            out.append(self._draw(label, attempt))
+            self.history.append({"perturbation": label, "attempt": attempt, "n_cells": out[-1].n_cells,
+                                 "error": out[-1].error})
+        return out
 
     def _draw(self, label: str, attempt: int) -> PerturbSeqReading:
         n_req = self.cells_per_run
         total = len(self._groups[label])
         if label not in self._offered:
-            return PerturbSeqReading(label, None, f"only {total} cells of {label} in the data (min_cells={self.min_cells})",
-                                     n_req, attempt)
+            return PerturbSeqReading(label, None,
+                                     f"only {total} cells of {label} in the data (min_cells={self.min_cells})")
         rng = _stream(self.seed, label, attempt)
         if label in self._fail or rng.random() < self.failure_rate:
-            return PerturbSeqReading(label, None, f"run of {label} failed in the lab (simulated; attempt {attempt + 1})",
-                                     n_req, attempt)
+            return PerturbSeqReading(label, None,
+                                     f"run of {label} failed in the lab (simulated; attempt {attempt + 1})")
         n = n_req
         if self.cell_count_cv > 0:
             k = 1.0 / self.cell_count_cv**2
             n = int(round(n_req * rng.gamma(k, 1.0 / k)))
         if n == 0:
-            return PerturbSeqReading(label, None, f"no cells of {label} recovered (simulated low cell count)", n_req, attempt)
+            return PerturbSeqReading(label, None, f"no cells of {label} recovered (simulated low cell count)")
         if label not in self._order:
             self._order[label] = _stream(self.seed, label).permutation(self._groups[label])
             self._cursor[label] = 0
         start = self._cursor[label]
         remaining = total - start
         if remaining == 0:
-            return PerturbSeqReading(label, None, f"all {total} cells of {label} were returned by earlier runs", n_req, attempt)
+            return PerturbSeqReading(label, None, f"all {total} cells of {label} were returned by earlier runs")
         take = min(n, remaining)
         idx = np.sort(self._order[label][start:start + take])
         self._cursor[label] = start + take
@@ -218,7 +217,7 @@ class PerturbSeqReplay:
         if take < n_req:
             why = "cells ran out" if take == remaining else "simulated low cell count"
             note = f"low cell count: {take} of {n_req} requested ({why})"
-        return PerturbSeqReading(label, cells, None, n_req, attempt, note)
+        return PerturbSeqReading(label, cells, None, note)
 
     # --- evaluation only ----------------------------------------------------------------------
 

@@ -47,10 +47,6 @@ class ResponseWorld(World, Protocol):
     def expressed(self, n: int) -> list[int]: ...
 
 
-def _dense(m) -> np.ndarray:
-    return m.toarray() if hasattr(m, "toarray") else np.asarray(m)
-
-
 class CellWorld:
     """A lab that returns cells (`PerturbSeqReplay`, `SyntheticGRN`: `genes`, `perturbations`,
     `control()`, `run(labels)`) seen as LFC vectors: each run's cells are pseudobulked against the
@@ -79,17 +75,6 @@ class CellWorld:
         self._ctrl_expr: np.ndarray | None = None
         self._truth: dict[str, np.ndarray] = {}
         self._de: dict[str, list[str]] = {}
-
-    @classmethod
-    def from_replay(cls, replay, adata=None, *, name: str, de_method: str = "t-test", pairs: bool = False) -> CellWorld:
-        table = _cached_truth(replay, adata)
-        return cls(replay, lambda labels: table.loc[labels].to_numpy(dtype=np.float64), name=name, pairs=pairs,
-                   adata=adata, de_method=de_method)
-
-    @classmethod
-    def from_grn(cls, grn, *, name: str = "synthetic_grn", pairs: bool = True) -> CellWorld:
-        return cls(grn, lambda labels: grn.true_lfc(labels).to_numpy(dtype=np.float64), name=name, synthetic=True,
-                   pairs=pairs)
 
     @property
     def readouts(self) -> list[str]:
@@ -121,7 +106,8 @@ class CellWorld:
             from perturbloop.responses import log_normalised
 
             with keep_torch_threads():
-                self._ctrl_expr = _dense(log_normalised(self._ctrl).X).astype(np.float64)
+                X = log_normalised(self._ctrl).X
+            self._ctrl_expr = (X.toarray() if hasattr(X, "toarray") else np.asarray(X)).astype(np.float64)
         return self._ctrl_expr
 
     def truth(self, labels: Sequence[str]) -> np.ndarray:
@@ -160,11 +146,6 @@ def _memo(key: tuple, build: Callable[[], object]):
         with keep_torch_threads():
             _TRUTH_CACHE[key] = build()
     return _TRUTH_CACHE[key]
-
-
-def _cached_truth(replay, adata):
-    """The replay's full-data pseudobulk (it does not depend on the replay's seed): once per AnnData."""
-    return replay.truth_lfc() if adata is None else _memo(("truth", id(adata), replay.min_cells), replay.truth_lfc)
 
 
 def _cached_de(adata, n: int, method: str) -> dict[str, list[str]]:
@@ -234,8 +215,10 @@ def build_world(config: CampaignConfig, data_dir=None) -> ResponseWorld:
         adata = _load_adata(w.dataset, str(data_dir) if data_dir else None, w.key, w.control)
         replay = PerturbSeqReplay(adata, "perturbation", "ctrl", cells_per_run=w.cells_per_run,
                                   failure_rate=w.failure_rate, min_cells=w.min_cells, seed=w.seed, **w.params)
-        return CellWorld.from_replay(replay, adata, name=Path(w.dataset).stem, de_method=config.evaluation.de_method,
-                                     pairs=pairs)
+        # the full-data pseudobulk does not depend on the replay's seed: once per AnnData
+        table = _memo(("truth", id(adata), replay.min_cells), replay.truth_lfc)
+        return CellWorld(replay, lambda labels: table.loc[labels].to_numpy(dtype=np.float64),
+                         name=Path(w.dataset).stem, pairs=pairs, adata=adata, de_method=config.evaluation.de_method)
     if w.kind == "synthetic_grn":
         from simulators.synthetic_grn import SyntheticGRN
 
@@ -243,7 +226,8 @@ def build_world(config: CampaignConfig, data_dir=None) -> ResponseWorld:
             grn = SyntheticGRN(seed=w.seed, cells_per_run=w.cells_per_run, failure_rate=w.failure_rate, **w.params)
         except TypeError as e:
             raise ConfigError(f"world.params: {e}") from None
-        return CellWorld.from_grn(grn, name="synthetic_grn", pairs=pairs)
+        return CellWorld(grn, lambda labels: grn.true_lfc(labels).to_numpy(dtype=np.float64), name="synthetic_grn",
+                         synthetic=True, pairs=pairs)
     if w.kind == "pair_fitness":
         from simulators.pair_replay import PairReplay
 

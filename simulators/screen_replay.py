@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from perturbloop.data.screens import Screen
-from simulators.world import Measurement
+from simulators.world import Measurement, top_by_magnitude
 
 
 @dataclass
@@ -48,12 +48,11 @@ class ScreenReplay:
         scores = screen.scores
         if exclude_from_hits:
             scores = scores.drop(index=[g for g in exclude_from_hits if g in scores.index])
-        n = max(1, int(round(hit_fraction * len(scores))))
-        ranked = scores.abs().sort_values(ascending=False, kind="stable")
         # the hits (evaluation only): a given hit list (e.g. the paper's) replaces the top-fraction rule
-        self.hits = frozenset(hits) if hits is not None else frozenset(ranked.index[:n])
+        self.hits = frozenset(top_by_magnitude(scores, hit_fraction).index if hits is None else hits)
         # smallest |score| among the hits (evaluation only)
-        self.hit_threshold = float(ranked[ranked.index.isin(list(self.hits))].min()) if self.hits else float("nan")
+        size = scores.abs()
+        self.hit_threshold = float(size[size.index.isin(list(self.hits))].min()) if self.hits else float("nan")
 
     readouts = ["score"]  # a pooled screen's response: one readout per gene
 

@@ -169,13 +169,9 @@ class SyntheticGRN:
         G, R = n_genes, n_regulators
         # internal layout: regulators, effector pairs, modules, private targets, background targets
         self._R = np.arange(R)
-        pos = R
-        self._planted: list[dict] = []
-        for kind in INTERACTION_TYPES:
-            for _ in range(pairs_per_type):
-                a, b = pos, pos + 1
-                pos += 2
-                self._planted.append({"type": kind, "a": a, "b": b})
+        kinds = [kind for kind in INTERACTION_TYPES for _ in range(pairs_per_type)]
+        self._planted = [{"type": kind, "a": R + 2 * i, "b": R + 2 * i + 1} for i, kind in enumerate(kinds)]
+        pos = R + 2 * len(kinds)
         for p in self._planted:
             p["module"] = np.arange(pos, pos + module_size)
             pos += module_size
@@ -390,7 +386,7 @@ class SyntheticGRN:
         out = ad.AnnData(X=X.copy(), obs=obs, var=pd.DataFrame(index=self.genes))
         out.layers["counts"] = X
         out.uns["synthetic"] = True
-        out.uns["synthetic_grn"] = {**{k: v for k, v in self.params.items()}, **extra}
+        out.uns["synthetic_grn"] = {**self.params, **extra}
         return out
 
     # --- the world as a lab (same reading type as PerturbSeqReplay) ---------------------------
@@ -410,11 +406,10 @@ class SyntheticGRN:
             self._attempts[lab] = attempt + 1
             rng = np.random.default_rng([self.seed, 2, zlib.crc32(lab.encode()), attempt])
             if rng.random() < self.failure_rate:
-                out.append(PerturbSeqReading(lab, None, f"run of {lab} failed in the lab (simulated; attempt {attempt + 1})",
-                                             self.cells_per_run, attempt))
-                continue
-            cells = self._draw(self._parse([lab]), self.cells_per_run, (2, attempt))
-            out.append(PerturbSeqReading(lab, cells, None, self.cells_per_run, attempt))
+                out.append(PerturbSeqReading(lab, None,
+                                             f"run of {lab} failed in the lab (simulated; attempt {attempt + 1})"))
+            else:
+                out.append(PerturbSeqReading(lab, self._draw(self._parse([lab]), self.cells_per_run, (2, attempt))))
         return out
 
     # --- ground truth -------------------------------------------------------------------------

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,13 @@ class Measurement:
     @property
     def ok(self) -> bool:
         return self.response is not None
+
+
+def top_by_magnitude(scores: pd.Series, fraction: float) -> pd.Series:
+    """|scores| of the top `fraction` (at least one) by |score|, largest first, ties in index order: a world's
+    hits (evaluation only)."""
+    ranked = scores.abs().sort_values(ascending=False, kind="stable")
+    return ranked.iloc[:max(1, int(round(fraction * len(ranked))))]
 
 
 @runtime_checkable
