@@ -33,6 +33,7 @@ class ContextReplay:
         if target not in contexts:
             raise ValueError(f"target context {target!r} is not among the contexts {', '.join(contexts)}")
         self.screen = screen.restrict(list(contexts))
+        self.name = self.screen.name
         self.contexts = list(contexts)
         self.target = target
         self.seed = seed
@@ -46,21 +47,12 @@ class ContextReplay:
             hits = set(top_by_magnitude(target_scores, hit_fraction).index)
         elif missing := sorted(set(hits) - set(target_scores.index)):
             raise ValueError(f"hit gene(s) not measured in the target context {target!r}: {', '.join(missing[:10])}")
-        self._hits = frozenset(hits)
-
-    @property
-    def name(self) -> str:
-        return self.screen.name
+        self.hits = frozenset(hits)  # hit genes in the target context (scoring only)
 
     @property
     def candidates(self) -> list[str]:
         """Every measured (gene, context) pair, as `GENE@@context`."""
         return list(self._score)
-
-    @property
-    def hits(self) -> frozenset[str]:
-        """Hit genes in the target context (scoring only)."""
-        return self._hits
 
     def measure(self, labels: Sequence[str]) -> dict[str, Measurement]:
         out: dict[str, Measurement] = {}

@@ -246,15 +246,11 @@ class SyntheticGRN:
         out, unknown = [], []
         for lab in labels:
             c = canonical_label(lab)
-            if c is None:
+            genes = [] if c in (None, CONTROL) else c.split("+")
+            if c is None or any(g not in self._index for g in genes):
                 unknown.append(str(lab))
-                continue
-            genes = [] if c == CONTROL else c.split("+")
-            missing = [g for g in genes if g not in self._index]
-            if missing:
-                unknown.append(str(lab))
-                continue
-            out.append((c, np.array([self._index[g] for g in genes], dtype=int)))
+            else:
+                out.append((c, np.array([self._index[g] for g in genes], dtype=int)))
         if unknown:
             raise UnknownPerturbationError(unknown, "this synthetic world", "genes are named SYN0001...")
         return out
@@ -297,15 +293,14 @@ class SyntheticGRN:
         """
         parsed = self._parse(labels)
         la = self._steady_state([idx for _, idx in parsed])[:, self._cols]
-        names = [lab for lab, _ in parsed]
-        if scale == "log_mean":
-            return pd.DataFrame(la, index=pd.Index(names, name="perturbation"), columns=pd.Index(self.genes, name="gene"))
-        if scale != "pseudobulk":
+        if scale == "pseudobulk":
+            e_ctrl = self._expected_lognorm(np.zeros((1, la.shape[1])), target_sum)[0]
+            la = np.vstack([self._expected_lognorm(la[i:i + 64], target_sum) for i in range(0, len(la), 64)]) - e_ctrl \
+                if len(la) else np.zeros((0, la.shape[1]))
+        elif scale != "log_mean":
             raise ValueError(f"scale must be 'pseudobulk' or 'log_mean', got {scale!r}")
-        e_ctrl = self._expected_lognorm(np.zeros((1, la.shape[1])), target_sum)[0]
-        out = np.vstack([self._expected_lognorm(la[i:i + 64], target_sum) for i in range(0, len(la), 64)]) - e_ctrl \
-            if len(la) else np.zeros((0, la.shape[1]))
-        return pd.DataFrame(out, index=pd.Index(names, name="perturbation"), columns=pd.Index(self.genes, name="gene"))
+        return pd.DataFrame(la, index=pd.Index([lab for lab, _ in parsed], name="perturbation"),
+                            columns=pd.Index(self.genes, name="gene"))
 
     def _expected_lognorm(self, la: np.ndarray, target_sum: float) -> np.ndarray:
         """E[log1p(target_sum * x / L)] with x ~ NB(m, phi), m = mu * exp(la), L = sum(m).
@@ -355,7 +350,8 @@ class SyntheticGRN:
             self._calls += 1
         return self._draw(parsed, cells_per_perturbation, (1, seed))
 
-    def _draw(self, parsed: list[tuple[str, np.ndarray]], cells: int | Mapping[str, int], stream: tuple[int, ...]) -> ad.AnnData:
+    def _draw(self, parsed: list[tuple[str, np.ndarray]], cells: int | Mapping[str, int],
+              stream: tuple[int, ...]) -> ad.AnnData:
         la = self._steady_state([idx for _, idx in parsed])
         blocks, obs_labels, names = [], [], []
         tag = ".".join(map(str, stream))
@@ -367,7 +363,15 @@ class SyntheticGRN:
             blocks.append(self._cells(la[i], n, rng))
             obs_labels += [lab] * n
             names += [f"{lab}:{tag}:{i}:{j}" for j in range(n)]
-        return self._adata(blocks, obs_labels, names, {"draw": tag})
+        X = sp.vstack(blocks).tocsr() if blocks else sp.csr_matrix((0, len(self._names)), dtype=np.float32)
+        cats = sorted(set(obs_labels), key=lambda x: (x != CONTROL, x))
+        obs = pd.DataFrame({"perturbation": pd.Categorical(obs_labels, categories=cats)},
+                           index=pd.Index(names, dtype=str))
+        out = ad.AnnData(X=X.copy(), obs=obs, var=pd.DataFrame(index=self.genes))
+        out.layers["counts"] = X
+        out.uns["synthetic"] = True
+        out.uns["synthetic_grn"] = {**self.params, "draw": tag}
+        return out
 
     def _cells(self, la: np.ndarray, n: int, rng: np.random.Generator) -> sp.csr_matrix:
         size = np.exp(rng.normal(0.0, self.size_factor_sd, n))
@@ -376,18 +380,6 @@ class SyntheticGRN:
         r = 1.0 / self._phi
         lam = rng.gamma(r[None, :], mean / r[None, :])
         return sp.csr_matrix(rng.poisson(lam)[:, self._cols].astype(np.float32))
-
-    def _adata(self, blocks: list, obs_labels: list[str], names: list[str], extra: dict) -> ad.AnnData:
-        G = len(self._names)
-        X = sp.vstack(blocks).tocsr() if blocks else sp.csr_matrix((0, G), dtype=np.float32)
-        cats = sorted(set(obs_labels), key=lambda x: (x != CONTROL, x))
-        obs = pd.DataFrame({"perturbation": pd.Categorical(obs_labels, categories=cats)},
-                           index=pd.Index(names, dtype=str))
-        out = ad.AnnData(X=X.copy(), obs=obs, var=pd.DataFrame(index=self.genes))
-        out.layers["counts"] = X
-        out.uns["synthetic"] = True
-        out.uns["synthetic_grn"] = {**self.params, **extra}
-        return out
 
     # --- the world as a lab (same reading type as PerturbSeqReplay) ---------------------------
 
