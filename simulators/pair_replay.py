@@ -142,8 +142,6 @@ class PairReplay:
         world.symbol_map = symbol_map
         return world
 
-    # --- what a campaign may know up front ---------------------------------------------------
-
     @property
     def singles(self) -> pd.Series:
         """Gene -> single-gene fitness (the prior; known before any pair is run)."""
@@ -174,8 +172,6 @@ class PairReplay:
             return float(self._singles[genes[0]] + self._singles[genes[1]])
         return pd.Series({c: self.additive(c) for c in (canonical_label(x) or str(x) for x in label)}, dtype=float)
 
-    # --- running ------------------------------------------------------------------------------
-
     def run(self, labels: Sequence[str]) -> list[PairReading]:
         """Measured values of a batch of pairs, in order.
 
@@ -199,8 +195,6 @@ class PairReplay:
                 value += float(rng.normal(0.0, self.noise_sd))
             out.append(PairReading(c, value, float(row["fitness"]), float(row["gi"])))
         return out
-
-    # --- evaluation only ----------------------------------------------------------------------
 
     @property
     def pairs(self) -> pd.DataFrame:

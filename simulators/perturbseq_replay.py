@@ -130,8 +130,6 @@ class PerturbSeqReplay:
         self._truth: pd.DataFrame | None = None
         self.history: list[dict] = []  # one entry per run: perturbation, attempt, n_cells, error
 
-    # --- what a campaign may know up front ---------------------------------------------------
-
     @property
     def perturbations(self) -> list[str]:
         """The perturbations this world can run (held out until run), sorted."""
@@ -157,8 +155,6 @@ class PerturbSeqReplay:
         out = self._data[idx].copy()
         out.uns["perturbseq_replay"] = {"seed": self.seed, "control": True}
         return out
-
-    # --- running ------------------------------------------------------------------------------
 
     @staticmethod
     def _canon(label: str) -> str:
@@ -218,8 +214,6 @@ class PerturbSeqReplay:
             why = "cells ran out" if take == remaining else "simulated low cell count"
             note = f"low cell count: {take} of {n_req} requested ({why})"
         return PerturbSeqReading(label, cells, None, note)
-
-    # --- evaluation only ----------------------------------------------------------------------
 
     def truth_lfc(self, target_sum: float = TARGET_SUM) -> pd.DataFrame:
         """Pseudobulk LFC of every offered perturbation on all its cells (evaluation only)."""

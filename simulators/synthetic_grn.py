@@ -221,8 +221,6 @@ class SyntheticGRN:
         self._attempts: dict[str, int] = {}
         self._interactions: pd.DataFrame | None = None
 
-    # --- names ------------------------------------------------------------------------------
-
     @property
     def genes(self) -> list[str]:
         """All simulated (measured) genes, sorted: the column order of every AnnData and LFC table."""
@@ -254,8 +252,6 @@ class SyntheticGRN:
         if unknown:
             raise UnknownPerturbationError(unknown, "this synthetic world", "genes are named SYN0001...")
         return out
-
-    # --- the model ----------------------------------------------------------------------------
 
     def _steady_state(self, perturbed: Sequence[np.ndarray]) -> np.ndarray:
         """Log activities (L x G) for L perturbations given as arrays of gene indices."""
@@ -329,8 +325,6 @@ class SyntheticGRN:
             out[sel] = (np.exp(logp) * np.log1p(cc * k)).sum(axis=1)
         return out
 
-    # --- cells --------------------------------------------------------------------------------
-
     def simulate(self, labels: Sequence[str], cells_per_perturbation: int | Mapping[str, int] = 100, *,
                  seed: int | None = None) -> ad.AnnData:
         """Cells (raw counts) for each label (``ctrl``, ``A`` or ``A+B``...).
@@ -381,8 +375,6 @@ class SyntheticGRN:
         lam = rng.gamma(r[None, :], mean / r[None, :])
         return sp.csr_matrix(rng.poisson(lam)[:, self._cols].astype(np.float32))
 
-    # --- the world as a lab (same reading type as PerturbSeqReplay) ---------------------------
-
     def control(self, n: int | None = None) -> ad.AnnData:
         """`n` control cells (default `cells_per_run` x 10), the same on every call."""
         return self._draw(self._parse([CONTROL]), n or 10 * self.cells_per_run, (3,))
@@ -403,8 +395,6 @@ class SyntheticGRN:
             else:
                 out.append(PerturbSeqReading(lab, self._draw(self._parse([lab]), self.cells_per_run, (2, attempt))))
         return out
-
-    # --- ground truth -------------------------------------------------------------------------
 
     @property
     def interactions(self) -> pd.DataFrame:
