@@ -154,7 +154,7 @@ class PairScreenWorld(OneReadoutWorld):
     def __init__(self, screen: PairScreen, hits: frozenset[str] | None = None):
         self.screen = screen
         self.name = screen.name
-        self.genes = ["score"]
+        self.genes = self.readouts = ["score"]
         self.candidates = list(screen.pairs.index)
         self.hits = hits
 

@@ -66,7 +66,7 @@ class CellWorld:
         self._truth_fn = truth
         self.adata = adata
         self.de_method = de_method if adata is not None else "abs_lfc"
-        self.genes = [str(g) for g in lab.genes]
+        self.genes = self.readouts = [str(g) for g in lab.genes]
         offered = list(lab.perturbations)
         self.pairs = pairs
         self.candidates = [p for p in offered if p.count("+") == 1] if pairs else [p for p in offered if "+" not in p]
@@ -75,10 +75,6 @@ class CellWorld:
         self._ctrl_expr: np.ndarray | None = None
         self._truth: dict[str, np.ndarray] = {}
         self._de: dict[str, list[str]] = {}
-
-    @property
-    def readouts(self) -> list[str]:
-        return self.genes
 
     def measure(self, labels: Sequence[str]) -> dict[str, Measurement]:
         import anndata as ad
@@ -125,7 +121,9 @@ class CellWorld:
 
         key = f"{self.de_method}:{n}"
         if key not in self._de:
-            self._de[key] = {} if self.de_method == "abs_lfc" else _cached_de(self.adata, n, self.de_method)
+            self._de[key] = {} if self.de_method == "abs_lfc" else dict(_memo(
+                ("de", id(self.adata), n, self.de_method),
+                lambda: top_de_genes(self.adata, n, key="perturbation", control="ctrl", method=self.de_method)))
         lists = self._de[key]
         need = [lab for lab in labels if lab not in lists]
         if need:  # abs_lfc, or perturbations the t-test could not rank: largest |truth LFC|
@@ -148,13 +146,6 @@ def _memo(key: tuple, build: Callable[[], object]):
     return _TRUTH_CACHE[key]
 
 
-def _cached_de(adata, n: int, method: str) -> dict[str, list[str]]:
-    from perturbloop.responses import top_de_genes
-
-    return dict(_memo(("de", id(adata), n, method),
-                      lambda: top_de_genes(adata, n, key="perturbation", control="ctrl", method=method)))
-
-
 class PairFitnessWorld(OneReadoutWorld):
     """A `simulators.PairReplay` (Norman 2019 pair screen) seen as one-gene responses.
 
@@ -169,7 +160,7 @@ class PairFitnessWorld(OneReadoutWorld):
         self.replay = replay
         self.readout = readout
         self.name = name
-        self.genes = [readout]
+        self.genes = self.readouts = [readout]
         self.candidates = list(replay.candidates)
         self._table = replay.pairs
 

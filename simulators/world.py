@@ -58,14 +58,11 @@ class World(Protocol):
 class OneReadoutWorld:
     """What a one-readout response world without cells shares (`PairFitnessWorld`, `PairScreenWorld`):
     `readouts` = `genes` (the readout's name), no control expression, and its readout (index 0) as every
-    perturbation's DE gene and the expressed gene. A subclass sets `genes` and defines the rest."""
+    perturbation's DE gene and the expressed gene. A subclass sets `genes` and `readouts` and defines the rest."""
 
     synthetic = False
     genes: list[str]
-
-    @property
-    def readouts(self) -> list[str]:
-        return self.genes
+    readouts: list[str]
 
     def control_expression(self) -> None:
         return None
