@@ -158,9 +158,6 @@ class PCAOutput:
         R = R.to(torch.float64)
         self.center = R.mean(0)
         Rc = R - self.center
-        if R.shape[0] < 2:
-            self.basis = R.new_zeros((0, R.shape[1]))
-            return R.new_zeros((R.shape[0], 0))
         _, S, Vt = torch.linalg.svd(Rc, full_matrices=False)
         keep = int((S > self.tol * S[0].clamp_min(SD_FLOOR)).sum()) if S.numel() else 0
         k = min(self.rank, R.shape[0] - 1, keep)
@@ -295,7 +292,7 @@ class EnsembleResponse(LowRankResponse):
         self.net = self.prior = None
         if k == 0:
             return
-        self.z_scale = float(Z.std().clamp_min(SD_FLOOR)) if Z.numel() > 1 else 1.0
+        self.z_scale = float(Z.std().clamp_min(SD_FLOOR))  # k >= 1 needs n >= 2: Z has two or more entries
         gen = torch.Generator().manual_seed(self.seed)
         dev, dt = self.device, torch.float32
         net = _BatchedMLP(self.members, X.shape[1], self.hidden, self.layers, k, gen).to(dev, dt)
