@@ -116,14 +116,13 @@ class PerturbSeqReplay:
         self.cell_count_cv = float(cell_count_cv)
         self._data = prepare_perturbseq(adata, key, control, layer=layer, separators=separators)
         labels = self._data.obs[DEFAULT_KEY].astype(str).to_numpy()
-        codes, uniques = pd.factorize(labels)
-        groups = {str(u): np.flatnonzero(codes == i) for i, u in enumerate(uniques)}
+        groups = pd.Series(labels).groupby(labels).indices  # label -> its cells' rows
         if CONTROL not in groups:
             raise PerturbloopError(f"the AnnData has no control cells (obs[{key!r}] == {control!r})")
         self._ctrl = groups.pop(CONTROL)
         self._groups = groups
         self._offered = sorted(lab for lab, idx in groups.items() if len(idx) >= self.min_cells)
-        self._fail = {self._canon(f) for f in fail}
+        self._fail = {canonical_label(f) for f in fail}
         self._order: dict[str, np.ndarray] = {}
         self._cursor: dict[str, int] = {}
         self._attempts: dict[str, int] = {}
@@ -141,7 +140,7 @@ class PerturbSeqReplay:
         return [str(g) for g in self._data.var_names]
 
     def __contains__(self, label: str) -> bool:
-        return self._canon(label) in self._offered
+        return canonical_label(label) in self._offered
 
     def control(self, n: int | None = None) -> ad.AnnData:
         """Control cells (available before any run): all of them, or `n` drawn with the world's
@@ -156,17 +155,13 @@ class PerturbSeqReplay:
         out.uns["perturbseq_replay"] = {"seed": self.seed, "control": True}
         return out
 
-    @staticmethod
-    def _canon(label: str) -> str:
-        return canonical_label(label) or ""
-
     def run(self, labels: Sequence[str]) -> list[PerturbSeqReading]:
         """Run a batch; one reading per label, in order (a label twice = two runs, new cells).
 
         Raises UnknownPerturbationError, before anything is run, for labels not in the data
         (and for the control, which `control()` returns).
         """
-        canon = [self._canon(lab) for lab in labels]
+        canon = [canonical_label(lab) or "" for lab in labels]
         unknown = [lab for lab, c in zip(labels, canon) if c not in self._groups]
         if unknown:
             hint = "the control is not run: use control()" if CONTROL in canon \

@@ -179,29 +179,26 @@ class SyntheticGRN:
             p["private_a"] = np.arange(pos, pos + n_private)
             p["private_b"] = np.arange(pos + n_private, pos + 2 * n_private)
             pos += 2 * n_private
-        effectors = np.array([[p["a"], p["b"]] for p in self._planted], dtype=int).ravel()
-        self._effectors = effectors
+        self._effectors = np.array([[p["a"], p["b"]] for p in self._planted], dtype=int).ravel()
         self._background = np.arange(pos, G)
-        networked = np.concatenate([effectors, self._background]).astype(int)  # targets of regulators
-        self._networked = networked
+        self._networked = np.concatenate([self._effectors, self._background]).astype(int)  # targets of regulators
 
         def weights(shape):
             return rng.choice([-1.0, 1.0], size=shape) * rng.uniform(0.5, 1.5, size=shape)
 
         # W[g, j]: regulator j -> gene g; regulators only take input from earlier regulators (acyclic)
-        W = np.zeros((G, R))
         mask = rng.random((G, R)) < density
         reg_block = mask[:R]  # a view: regulator i only hears regulators j < i
         reg_block[np.triu_indices(R)] = False
-        rows = np.concatenate([self._R, networked])
+        rows = np.concatenate([self._R, self._networked])
         full = np.zeros((G, R), dtype=bool)
         full[rows] = mask[rows]
         # every regulator reaches at least two background genes, so its single has an effect
         for j in range(R):
             if full[self._background, j].sum() < 2 and len(self._background) >= 2:
                 full[rng.choice(self._background, 2, replace=False), j] = True
-        W[full] = weights(int(full.sum()))
-        self._W = W
+        self._W = np.zeros((G, R))
+        self._W[full] = weights(int(full.sum()))
         for p in self._planted:
             p["w_module"] = weights(module_size)
             p["w_private_a"] = weights(n_private)
@@ -213,8 +210,7 @@ class SyntheticGRN:
         self.size_factor_sd = size_factor_sd
         # names: a random order, so a gene's role is not visible from its name
         width = max(4, len(str(G)))
-        perm = rng.permutation(G)
-        self._names = np.array([f"SYN{perm[i] + 1:0{width}d}" for i in range(G)])
+        self._names = np.array([f"SYN{k + 1:0{width}d}" for k in rng.permutation(G)])
         self._index = {n: i for i, n in enumerate(self._names)}
         self._cols = np.argsort(self._names)  # output columns in name order: the layout stays hidden
         self._calls = 0
