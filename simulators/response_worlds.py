@@ -166,14 +166,10 @@ class PairFitnessWorld(OneReadoutWorld):
 
     def measure(self, labels: Sequence[str]) -> dict[str, Measurement]:
         out: dict[str, Measurement] = {}
-        for r in self.replay.run(list(labels)):
-            v = getattr(r, self.readout) if r.error is None else None
-            if v is not None and self.replay.noise_sd > 0 and self.readout == self.replay.objective:
-                v = r.value  # the noisy measurement
-            if v is None or not np.isfinite(v):
-                out[r.perturbation] = Measurement.failed(r.error or f"no finite {self.readout} for this pair")
-            else:
-                out[r.perturbation] = Measurement(np.array([float(v)]))
+        for r in self.replay.run(list(labels)):  # a run's value is the objective's (noisy) measurement
+            v = r.value if self.readout == self.replay.objective else getattr(r, self.readout)
+            out[r.perturbation] = Measurement(np.array([float(v)])) if np.isfinite(v) \
+                else Measurement.failed(f"no finite {self.readout} for this pair")
         return out
 
     def singles(self) -> dict[str, np.ndarray]:
