@@ -102,8 +102,8 @@ class NetworkSpec:
 
     def kernel(self) -> ScaleKernel:
         """`s * k_net`, reading the string columns of the (normalised) inputs."""
-        return ScaleKernel(SpectralCoordinateKernel(self.eigvals, self.scale, self.shift, mean_sq_norm=self.mean_sq_norm,
-                                                    kind=self.kind, active_dims=list(self.columns)))
+        return ScaleKernel(SpectralCoordinateKernel(self.eigvals, self.scale, self.shift, kind=self.kind,
+                                                    mean_sq_norm=self.mean_sq_norm, active_dims=list(self.columns)))
 
 
 class GPSurrogate:
@@ -127,9 +127,7 @@ class GPSurrogate:
     @property
     def params(self) -> dict[str, list]:
         """Fitted hyperparameters (raw values), JSON-serialisable, for warm starts after a restart."""
-        if self.model is None:
-            return {}
-        return {k: v.detach().cpu().tolist() for k, v in self.model.named_parameters()}
+        return {} if self.model is None else {k: v.detach().cpu().tolist() for k, v in self.model.named_parameters()}
 
     def fit(self, X: torch.Tensor, Y: torch.Tensor) -> None:
         if X.shape[0] < 2:
@@ -146,19 +144,17 @@ class GPSurrogate:
             if bounds is None:
                 raise ValueError("a GP with the network kernel needs the design space's bounds")
             covar = get_covar_module_with_dim_scaled_prior(ard_num_dims=X.shape[-1]) + self.network.kernel().to(X)
-        model = SingleTaskGP(
-            X, Y, covar_module=covar, input_transform=Normalize(d=X.shape[-1], bounds=bounds),
-            outcome_transform=Standardize(m=1)
-        )
+        model = SingleTaskGP(X, Y, covar_module=covar, input_transform=Normalize(d=X.shape[-1], bounds=bounds),
+                             outcome_transform=Standardize(m=1))
         if self._init:
             with torch.no_grad():
                 for k, p in model.named_parameters():
                     if k in self._init and torch.tensor(self._init[k]).shape == p.shape:
                         p.copy_(torch.tensor(self._init[k], dtype=p.dtype))
-        mll = ExactMarginalLogLikelihood(model.likelihood, model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.max_iter}})
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model),
+                             optimizer_kwargs={"options": {"maxiter": self.max_iter}})
         model.eval()
         self.model = model
 
