@@ -166,8 +166,7 @@ class PairReplay:
         if isinstance(label, str):
             c = canonical_label(label) or ""
             genes = c.split("+")
-            missing = [g for g in genes if g not in self._singles.index]
-            if c.count("+") != 1 or missing:
+            if c.count("+") != 1 or any(g not in self._singles.index for g in genes):
                 raise UnknownPerturbationError([label], self.name, "a pair of two measured genes is needed")
             return float(self._singles[genes[0]] + self._singles[genes[1]])
         return pd.Series({c: self.additive(c) for c in (canonical_label(x) or str(x) for x in label)}, dtype=float)
@@ -236,8 +235,7 @@ def read_norman2019(
     sym = [symbol_map.get(g, g).upper() for g in genes]
     singles = pd.Series(single.reindex(genes).to_numpy(), index=sym, name="fitness")
     iu = np.triu_indices(len(genes), 1)
-    a, b = np.asarray(sym)[iu[0]], np.asarray(sym)[iu[1]]
-    labels = ["+".join(sorted((x, y))) for x, y in zip(a, b)]
+    labels = ["+".join(sorted((sym[i], sym[j]))) for i, j in zip(*iu)]
     pairs = pd.DataFrame({"fitness": fit.to_numpy()[iu], "gi": emap.to_numpy()[iu]},
                          index=pd.Index(labels, name="perturbation"))
     return singles, pairs, symbol_map
