@@ -150,7 +150,7 @@ class PerturbSeqReplay:
             if n < 1:
                 raise ValueError(f"n must be >= 1, got {n}")
             order = np.random.default_rng([self.seed, _CONTROL_STREAM]).permutation(idx)
-            idx = np.sort(order[: min(n, len(order))])
+            idx = np.sort(order[:n])
         out = self._data[idx].copy()
         out.uns["perturbseq_replay"] = {"seed": self.seed, "control": True}
         return out
