@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from perturbloop.contexts import ContextScreen, pair_label, split_label
-from simulators.world import Measurement
+from simulators.world import Measurement, top_by_magnitude
 
 
 class ContextReplay:
@@ -33,6 +33,7 @@ class ContextReplay:
         if target not in contexts:
             raise ValueError(f"target context {target!r} is not among the contexts {', '.join(contexts)}")
         self.screen = screen.restrict(list(contexts))
+        self.name = self.screen.name
         self.contexts = list(contexts)
         self.target = target
         self.seed = seed
@@ -43,27 +44,15 @@ class ContextReplay:
         self._attempts: dict[str, int] = {}
         target_scores = self.screen.scores(target)
         if hits is None:
-            n = max(1, int(round(hit_fraction * len(target_scores))))
-            hits = set(target_scores.abs().sort_values(ascending=False, kind="stable").index[:n])
-        else:
-            missing = sorted(set(hits) - set(target_scores.index))
-            if missing:
-                raise ValueError(f"hit gene(s) not measured in the target context {target!r}: {', '.join(missing[:10])}")
-        self._hits = frozenset(hits)
-
-    @property
-    def name(self) -> str:
-        return self.screen.name
+            hits = set(top_by_magnitude(target_scores, hit_fraction).index)
+        elif missing := sorted(set(hits) - set(target_scores.index)):
+            raise ValueError(f"hit gene(s) not measured in the target context {target!r}: {', '.join(missing[:10])}")
+        self.hits = frozenset(hits)  # hit genes in the target context (scoring only)
 
     @property
     def candidates(self) -> list[str]:
         """Every measured (gene, context) pair, as `GENE@@context`."""
         return list(self._score)
-
-    @property
-    def hits(self) -> frozenset[str]:
-        """Hit genes in the target context (scoring only)."""
-        return self._hits
 
     def measure(self, labels: Sequence[str]) -> dict[str, Measurement]:
         out: dict[str, Measurement] = {}

@@ -36,6 +36,7 @@ import pandas as pd
 from perturbloop.data.registry import resolve
 from perturbloop.perturbation import canonical_label
 from perturbloop.perturbseq import UnknownPerturbationError, _symbol_map
+from simulators.world import top_by_magnitude
 
 NORMAN_CONTROL = "negative"
 HIT_FRACTION = 0.05  # hits = the top 5% of pairs by |GI| (as the screen benchmarks use for genes)
@@ -109,10 +110,9 @@ class PairReplay:
             raise ValueError(f"genes of pairs without a single fitness: {', '.join(no_single[:10])}")
         df["additive"] = self._singles.reindex(df["gene_a"]).to_numpy() + self._singles.reindex(df["gene_b"]).to_numpy()
         self._pairs = df.sort_index()
-        score = self._pairs[objective].abs().sort_values(ascending=False, kind="stable")
-        n = max(1, int(round(hit_fraction * len(score))))
-        self.hits = frozenset(score.index[:n])  # the top `hit_fraction` of pairs by |objective| (evaluation only)
-        self.hit_threshold = float(score.iloc[n - 1])
+        top = top_by_magnitude(self._pairs[objective], hit_fraction)
+        self.hits = frozenset(top.index)  # the top `hit_fraction` of pairs by |objective| (evaluation only)
+        self.hit_threshold = float(top.iloc[-1])
         self.extra = dict(extra or {})
         self.symbol_map: dict[str, str] = {}  # source symbol -> current symbol, where they differ
         self._attempts: dict[str, int] = {}
@@ -142,8 +142,6 @@ class PairReplay:
         world.symbol_map = symbol_map
         return world
 
-    # --- what a campaign may know up front ---------------------------------------------------
-
     @property
     def singles(self) -> pd.Series:
         """Gene -> single-gene fitness (the prior; known before any pair is run)."""
@@ -168,13 +166,10 @@ class PairReplay:
         if isinstance(label, str):
             c = canonical_label(label) or ""
             genes = c.split("+")
-            missing = [g for g in genes if g not in self._singles.index]
-            if c.count("+") != 1 or missing:
+            if c.count("+") != 1 or any(g not in self._singles.index for g in genes):
                 raise UnknownPerturbationError([label], self.name, "a pair of two measured genes is needed")
             return float(self._singles[genes[0]] + self._singles[genes[1]])
         return pd.Series({c: self.additive(c) for c in (canonical_label(x) or str(x) for x in label)}, dtype=float)
-
-    # --- running ------------------------------------------------------------------------------
 
     def run(self, labels: Sequence[str]) -> list[PairReading]:
         """Measured values of a batch of pairs, in order.
@@ -199,8 +194,6 @@ class PairReplay:
                 value += float(rng.normal(0.0, self.noise_sd))
             out.append(PairReading(c, value, float(row["fitness"]), float(row["gi"])))
         return out
-
-    # --- evaluation only ----------------------------------------------------------------------
 
     @property
     def pairs(self) -> pd.DataFrame:
@@ -242,8 +235,7 @@ def read_norman2019(
     sym = [symbol_map.get(g, g).upper() for g in genes]
     singles = pd.Series(single.reindex(genes).to_numpy(), index=sym, name="fitness")
     iu = np.triu_indices(len(genes), 1)
-    a, b = np.asarray(sym)[iu[0]], np.asarray(sym)[iu[1]]
-    labels = ["+".join(sorted((x, y))) for x, y in zip(a, b)]
+    labels = ["+".join(sorted((sym[i], sym[j]))) for i, j in zip(*iu)]
     pairs = pd.DataFrame({"fitness": fit.to_numpy()[iu], "gi": emap.to_numpy()[iu]},
                          index=pd.Index(labels, name="perturbation"))
     return singles, pairs, symbol_map

@@ -49,7 +49,7 @@ def _parse_label(raw: str, where: str) -> str:
     """The canonical label of ``A+B`` or ``A``; anything else (empty, 3+ genes, ``A+A``) names `where`."""
     parts = [p.strip() for p in str(raw).split("+")]
     canon = canonical_label(raw)
-    if not parts or any(not p for p in parts) or len(parts) > 2 or canon is None or canon.count("+") != len(parts) - 1:
+    if not all(parts) or len(parts) > 2 or canon is None or canon.count("+") != len(parts) - 1:
         raise ScreenFormatError(f"{where}: malformed label {raw!r} (expected a pair A+B of two different genes, "
                                 "or one gene)")
     return canon
@@ -96,23 +96,17 @@ def read_pair_screen(path: str | os.PathLike) -> PairScreen:
                                     "'label' (A+B) or give gene_a,gene_b columns")
         raw = list(df[label_col])
     seen: dict[str, tuple[int, float]] = {}
-    for i, (lab, s) in enumerate(zip(raw, df[cols["score"]])):
-        line = i + 2  # line 1 is the header
-        where = f"{p.name} line {line}"
+    score = df[cols["score"]]
+    for line, lab, s, value in zip(range(2, len(df) + 2), raw, score, pd.to_numeric(score, errors="coerce")):
+        where = f"{p.name} line {line}"  # line 1 is the header
         canon = _parse_label(lab, where)
-        try:
-            value = float(s)
-        except ValueError:
-            value = math.nan
         if not math.isfinite(value):
             raise ScreenFormatError(f"{where}: score {s!r} of {canon} is not a finite number")
-        if canon in seen:
-            first, old = seen[canon]
-            if not math.isclose(old, value, rel_tol=1e-9, abs_tol=1e-12):
-                raise ScreenFormatError(f"{p.name}: {canon} is listed twice with different scores: line {first} "
-                                        f"({old:g}) and line {line} ({value:g})")
-            continue
-        seen[canon] = (line, value)
+        if canon not in seen:
+            seen[canon] = (line, float(value))
+        elif not math.isclose(seen[canon][1], value, rel_tol=1e-9, abs_tol=1e-12):
+            raise ScreenFormatError(f"{p.name}: {canon} is listed twice with different scores: line {seen[canon][0]} "
+                                    f"({seen[canon][1]:g}) and line {line} ({value:g})")
     pairs = pd.Series({k: v for k, (_, v) in seen.items() if "+" in k}, dtype=float).sort_index()
     singles = pd.Series({k: v for k, (_, v) in seen.items() if "+" not in k}, dtype=float).sort_index()
     if len(pairs) < 2:
@@ -160,7 +154,7 @@ class PairScreenWorld(OneReadoutWorld):
     def __init__(self, screen: PairScreen, hits: frozenset[str] | None = None):
         self.screen = screen
         self.name = screen.name
-        self.genes = ["score"]
+        self.genes = self.readouts = ["score"]
         self.candidates = list(screen.pairs.index)
         self.hits = hits
 

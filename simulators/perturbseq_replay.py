@@ -51,8 +51,6 @@ class PerturbSeqReading:
     perturbation: str
     cells: ad.AnnData | None
     error: str | None = None
-    n_requested: int = 0
-    attempt: int = 0
     note: str | None = None
     replicates: list = field(default_factory=list)
 
@@ -118,21 +116,18 @@ class PerturbSeqReplay:
         self.cell_count_cv = float(cell_count_cv)
         self._data = prepare_perturbseq(adata, key, control, layer=layer, separators=separators)
         labels = self._data.obs[DEFAULT_KEY].astype(str).to_numpy()
-        codes, uniques = pd.factorize(labels)
-        groups = {str(u): np.flatnonzero(codes == i) for i, u in enumerate(uniques)}
+        groups = pd.Series(labels).groupby(labels).indices  # label -> its cells' rows
         if CONTROL not in groups:
             raise PerturbloopError(f"the AnnData has no control cells (obs[{key!r}] == {control!r})")
         self._ctrl = groups.pop(CONTROL)
         self._groups = groups
         self._offered = sorted(lab for lab, idx in groups.items() if len(idx) >= self.min_cells)
-        self._fail = {self._canon(f) for f in fail}
+        self._fail = {canonical_label(f) for f in fail}
         self._order: dict[str, np.ndarray] = {}
         self._cursor: dict[str, int] = {}
         self._attempts: dict[str, int] = {}
         self._truth: pd.DataFrame | None = None
         self.history: list[dict] = []  # one entry per run: perturbation, attempt, n_cells, error
-
-    # --- what a campaign may know up front ---------------------------------------------------
 
     @property
     def perturbations(self) -> list[str]:
@@ -145,7 +140,7 @@ class PerturbSeqReplay:
         return [str(g) for g in self._data.var_names]
 
     def __contains__(self, label: str) -> bool:
-        return self._canon(label) in self._offered
+        return canonical_label(label) in self._offered
 
     def control(self, n: int | None = None) -> ad.AnnData:
         """Control cells (available before any run): all of them, or `n` drawn with the world's
@@ -155,16 +150,10 @@ class PerturbSeqReplay:
             if n < 1:
                 raise ValueError(f"n must be >= 1, got {n}")
             order = np.random.default_rng([self.seed, _CONTROL_STREAM]).permutation(idx)
-            idx = np.sort(order[: min(n, len(order))])
+            idx = np.sort(order[:n])
         out = self._data[idx].copy()
         out.uns["perturbseq_replay"] = {"seed": self.seed, "control": True}
         return out
-
-    # --- running ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _canon(label: str) -> str:
-        return canonical_label(label) or ""
 
     def run(self, labels: Sequence[str]) -> list[PerturbSeqReading]:
         """Run a batch; one reading per label, in order (a label twice = two runs, new cells).
@@ -172,43 +161,44 @@ class PerturbSeqReplay:
         Raises UnknownPerturbationError, before anything is run, for labels not in the data
         (and for the control, which `control()` returns).
         """
-        canon = [self._canon(lab) for lab in labels]
+        canon = [canonical_label(lab) or "" for lab in labels]
         unknown = [lab for lab, c in zip(labels, canon) if c not in self._groups]
         if unknown:
-            hint = "the control is not run: use control()" if CONTROL in canon else f"{len(self._offered)} perturbations are offered"
+            hint = "the control is not run: use control()" if CONTROL in canon \
+                else f"{len(self._offered)} perturbations are offered"
             raise UnknownPerturbationError([str(u) for u in unknown], "this Perturb-seq replay", hint)
-        return [self._run_one(c) for c in canon]
-
-    def _run_one(self, label: str) -> PerturbSeqReading:
-        attempt = self._attempts.get(label, 0)
-        self._attempts[label] = attempt + 1
-        reading = self._draw(label, attempt)
-        self.history.append({"perturbation": label, "attempt": attempt, "n_cells": reading.n_cells, "error": reading.error})
-        return reading
+        out = []
+        for label in canon:
+            attempt = self._attempts.get(label, 0)
+            self._attempts[label] = attempt + 1
+            out.append(self._draw(label, attempt))
+            self.history.append({"perturbation": label, "attempt": attempt, "n_cells": out[-1].n_cells,
+                                 "error": out[-1].error})
+        return out
 
     def _draw(self, label: str, attempt: int) -> PerturbSeqReading:
         n_req = self.cells_per_run
         total = len(self._groups[label])
         if label not in self._offered:
-            return PerturbSeqReading(label, None, f"only {total} cells of {label} in the data (min_cells={self.min_cells})",
-                                     n_req, attempt)
+            return PerturbSeqReading(label, None,
+                                     f"only {total} cells of {label} in the data (min_cells={self.min_cells})")
         rng = _stream(self.seed, label, attempt)
         if label in self._fail or rng.random() < self.failure_rate:
-            return PerturbSeqReading(label, None, f"run of {label} failed in the lab (simulated; attempt {attempt + 1})",
-                                     n_req, attempt)
+            return PerturbSeqReading(label, None,
+                                     f"run of {label} failed in the lab (simulated; attempt {attempt + 1})")
         n = n_req
         if self.cell_count_cv > 0:
             k = 1.0 / self.cell_count_cv**2
             n = int(round(n_req * rng.gamma(k, 1.0 / k)))
         if n == 0:
-            return PerturbSeqReading(label, None, f"no cells of {label} recovered (simulated low cell count)", n_req, attempt)
+            return PerturbSeqReading(label, None, f"no cells of {label} recovered (simulated low cell count)")
         if label not in self._order:
             self._order[label] = _stream(self.seed, label).permutation(self._groups[label])
             self._cursor[label] = 0
         start = self._cursor[label]
         remaining = total - start
         if remaining == 0:
-            return PerturbSeqReading(label, None, f"all {total} cells of {label} were returned by earlier runs", n_req, attempt)
+            return PerturbSeqReading(label, None, f"all {total} cells of {label} were returned by earlier runs")
         take = min(n, remaining)
         idx = np.sort(self._order[label][start:start + take])
         self._cursor[label] = start + take
@@ -218,9 +208,7 @@ class PerturbSeqReplay:
         if take < n_req:
             why = "cells ran out" if take == remaining else "simulated low cell count"
             note = f"low cell count: {take} of {n_req} requested ({why})"
-        return PerturbSeqReading(label, cells, None, n_req, attempt, note)
-
-    # --- evaluation only ----------------------------------------------------------------------
+        return PerturbSeqReading(label, cells, None, note)
 
     def truth_lfc(self, target_sum: float = TARGET_SUM) -> pd.DataFrame:
         """Pseudobulk LFC of every offered perturbation on all its cells (evaluation only)."""

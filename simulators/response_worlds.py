@@ -47,10 +47,6 @@ class ResponseWorld(World, Protocol):
     def expressed(self, n: int) -> list[int]: ...
 
 
-def _dense(m) -> np.ndarray:
-    return m.toarray() if hasattr(m, "toarray") else np.asarray(m)
-
-
 class CellWorld:
     """A lab that returns cells (`PerturbSeqReplay`, `SyntheticGRN`: `genes`, `perturbations`,
     `control()`, `run(labels)`) seen as LFC vectors: each run's cells are pseudobulked against the
@@ -70,7 +66,7 @@ class CellWorld:
         self._truth_fn = truth
         self.adata = adata
         self.de_method = de_method if adata is not None else "abs_lfc"
-        self.genes = [str(g) for g in lab.genes]
+        self.genes = self.readouts = [str(g) for g in lab.genes]
         offered = list(lab.perturbations)
         self.pairs = pairs
         self.candidates = [p for p in offered if p.count("+") == 1] if pairs else [p for p in offered if "+" not in p]
@@ -79,21 +75,6 @@ class CellWorld:
         self._ctrl_expr: np.ndarray | None = None
         self._truth: dict[str, np.ndarray] = {}
         self._de: dict[str, list[str]] = {}
-
-    @classmethod
-    def from_replay(cls, replay, adata=None, *, name: str, de_method: str = "t-test", pairs: bool = False) -> CellWorld:
-        table = _cached_truth(replay, adata)
-        return cls(replay, lambda labels: table.loc[labels].to_numpy(dtype=np.float64), name=name, pairs=pairs,
-                   adata=adata, de_method=de_method)
-
-    @classmethod
-    def from_grn(cls, grn, *, name: str = "synthetic_grn", pairs: bool = True) -> CellWorld:
-        return cls(grn, lambda labels: grn.true_lfc(labels).to_numpy(dtype=np.float64), name=name, synthetic=True,
-                   pairs=pairs)
-
-    @property
-    def readouts(self) -> list[str]:
-        return self.genes
 
     def measure(self, labels: Sequence[str]) -> dict[str, Measurement]:
         import anndata as ad
@@ -121,7 +102,8 @@ class CellWorld:
             from perturbloop.responses import log_normalised
 
             with keep_torch_threads():
-                self._ctrl_expr = _dense(log_normalised(self._ctrl).X).astype(np.float64)
+                X = log_normalised(self._ctrl).X
+            self._ctrl_expr = (X.toarray() if hasattr(X, "toarray") else np.asarray(X)).astype(np.float64)
         return self._ctrl_expr
 
     def truth(self, labels: Sequence[str]) -> np.ndarray:
@@ -139,7 +121,9 @@ class CellWorld:
 
         key = f"{self.de_method}:{n}"
         if key not in self._de:
-            self._de[key] = {} if self.de_method == "abs_lfc" else _cached_de(self.adata, n, self.de_method)
+            self._de[key] = {} if self.de_method == "abs_lfc" else dict(_memo(
+                ("de", id(self.adata), n, self.de_method),
+                lambda: top_de_genes(self.adata, n, key="perturbation", control="ctrl", method=self.de_method)))
         lists = self._de[key]
         need = [lab for lab in labels if lab not in lists]
         if need:  # abs_lfc, or perturbations the t-test could not rank: largest |truth LFC|
@@ -162,18 +146,6 @@ def _memo(key: tuple, build: Callable[[], object]):
     return _TRUTH_CACHE[key]
 
 
-def _cached_truth(replay, adata):
-    """The replay's full-data pseudobulk (it does not depend on the replay's seed): once per AnnData."""
-    return replay.truth_lfc() if adata is None else _memo(("truth", id(adata), replay.min_cells), replay.truth_lfc)
-
-
-def _cached_de(adata, n: int, method: str) -> dict[str, list[str]]:
-    from perturbloop.responses import top_de_genes
-
-    return dict(_memo(("de", id(adata), n, method),
-                      lambda: top_de_genes(adata, n, key="perturbation", control="ctrl", method=method)))
-
-
 class PairFitnessWorld(OneReadoutWorld):
     """A `simulators.PairReplay` (Norman 2019 pair screen) seen as one-gene responses.
 
@@ -188,20 +160,16 @@ class PairFitnessWorld(OneReadoutWorld):
         self.replay = replay
         self.readout = readout
         self.name = name
-        self.genes = [readout]
+        self.genes = self.readouts = [readout]
         self.candidates = list(replay.candidates)
         self._table = replay.pairs
 
     def measure(self, labels: Sequence[str]) -> dict[str, Measurement]:
         out: dict[str, Measurement] = {}
-        for r in self.replay.run(list(labels)):
-            v = getattr(r, self.readout) if r.error is None else None
-            if v is not None and self.replay.noise_sd > 0 and self.readout == self.replay.objective:
-                v = r.value  # the noisy measurement
-            if v is None or not np.isfinite(v):
-                out[r.perturbation] = Measurement.failed(r.error or f"no finite {self.readout} for this pair")
-            else:
-                out[r.perturbation] = Measurement(np.array([float(v)]))
+        for r in self.replay.run(list(labels)):  # a run's value is the objective's (noisy) measurement
+            v = r.value if self.readout == self.replay.objective else getattr(r, self.readout)
+            out[r.perturbation] = Measurement(np.array([float(v)])) if np.isfinite(v) \
+                else Measurement.failed(f"no finite {self.readout} for this pair")
         return out
 
     def singles(self) -> dict[str, np.ndarray]:
@@ -234,8 +202,10 @@ def build_world(config: CampaignConfig, data_dir=None) -> ResponseWorld:
         adata = _load_adata(w.dataset, str(data_dir) if data_dir else None, w.key, w.control)
         replay = PerturbSeqReplay(adata, "perturbation", "ctrl", cells_per_run=w.cells_per_run,
                                   failure_rate=w.failure_rate, min_cells=w.min_cells, seed=w.seed, **w.params)
-        return CellWorld.from_replay(replay, adata, name=Path(w.dataset).stem, de_method=config.evaluation.de_method,
-                                     pairs=pairs)
+        # the full-data pseudobulk does not depend on the replay's seed: once per AnnData
+        table = _memo(("truth", id(adata), replay.min_cells), replay.truth_lfc)
+        return CellWorld(replay, lambda labels: table.loc[labels].to_numpy(dtype=np.float64),
+                         name=Path(w.dataset).stem, pairs=pairs, adata=adata, de_method=config.evaluation.de_method)
     if w.kind == "synthetic_grn":
         from simulators.synthetic_grn import SyntheticGRN
 
@@ -243,7 +213,8 @@ def build_world(config: CampaignConfig, data_dir=None) -> ResponseWorld:
             grn = SyntheticGRN(seed=w.seed, cells_per_run=w.cells_per_run, failure_rate=w.failure_rate, **w.params)
         except TypeError as e:
             raise ConfigError(f"world.params: {e}") from None
-        return CellWorld.from_grn(grn, name="synthetic_grn", pairs=pairs)
+        return CellWorld(grn, lambda labels: grn.true_lfc(labels).to_numpy(dtype=np.float64), name="synthetic_grn",
+                         synthetic=True, pairs=pairs)
     if w.kind == "pair_fitness":
         from simulators.pair_replay import PairReplay
 

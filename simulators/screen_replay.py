@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from perturbloop.data.screens import Screen
-from simulators.world import Measurement
+from simulators.world import Measurement, top_by_magnitude
 
 
 @dataclass
@@ -43,56 +43,40 @@ class ScreenReplay:
         if noise == "donor" and (screen.replicates is None or screen.replicates.shape[1] < 2):
             raise ValueError(f"screen {screen.name!r} has no replicates: noise='donor' needs at least two")
         self.screen = screen
+        self.name = screen.name
+        self.genes = self.candidates = screen.genes
         self.noise = noise
         self.seed = seed
         scores = screen.scores
         if exclude_from_hits:
             scores = scores.drop(index=[g for g in exclude_from_hits if g in scores.index])
-        n = max(1, int(round(hit_fraction * len(scores))))
-        ranked = scores.abs().sort_values(ascending=False, kind="stable")
         # the hits (evaluation only): a given hit list (e.g. the paper's) replaces the top-fraction rule
-        self.hits = frozenset(hits) if hits is not None else frozenset(ranked.index[:n])
+        self.hits = frozenset(top_by_magnitude(scores, hit_fraction).index if hits is None else hits)
         # smallest |score| among the hits (evaluation only)
-        self.hit_threshold = float(ranked[ranked.index.isin(list(self.hits))].min()) if self.hits else float("nan")
+        size = scores.abs()
+        self.hit_threshold = float(size[size.index.isin(list(self.hits))].min()) if self.hits else float("nan")
 
     readouts = ["score"]  # a pooled screen's response: one readout per gene
-
-    @property
-    def name(self) -> str:
-        return self.screen.name
-
-    @property
-    def genes(self) -> list[str]:
-        return self.screen.genes
-
-    @property
-    def candidates(self) -> list[str]:
-        return self.screen.genes
 
     def measure(self, labels: Sequence[str]) -> dict[str, Measurement]:
         """The World protocol: each gene's readout as a length-1 response, with the screen's replicates."""
         return {r.perturbation: Measurement.failed(r.error or "no readout") if r.value is None
                 else Measurement(np.array([r.value]), None, tuple(r.replicates)) for r in self.run(labels)}
 
-    def _donor(self, gene: str) -> int:
-        # per-gene seeded draw: the same gene gives the same donor in every (re)run
-        rng = np.random.default_rng([self.seed, zlib.crc32(gene.encode())])
-        return int(rng.integers(self.screen.replicates.shape[1]))  # type: ignore[union-attr]
-
     def run(self, perturbations: Sequence[str]) -> list[ScreenReading]:
-        out = []
-        scores = self.screen.scores
-        for label in perturbations:
-            if "+" in label:
-                out.append(ScreenReading(label, None, error="pooled-screen replay runs single genes only"))
-                continue
-            if label not in scores.index:
-                out.append(ScreenReading(label, None, error=f"gene {label} was not measured in screen {self.screen.name}"))
-                continue
-            reps = [] if self.screen.replicates is None else [float(v) for v in self.screen.replicates.loc[label]]
-            value = float(scores.loc[label]) if self.noise == "none" else reps[self._donor(label)]
-            out.append(ScreenReading(label, value, reps))
-        return out
+        return [self._read(label) for label in perturbations]
+
+    def _read(self, label: str) -> ScreenReading:
+        if "+" in label:
+            return ScreenReading(label, None, error="pooled-screen replay runs single genes only")
+        if label not in self.screen.scores.index:
+            return ScreenReading(label, None, error=f"gene {label} was not measured in screen {self.name}")
+        reps = [] if self.screen.replicates is None else [float(v) for v in self.screen.replicates.loc[label]]
+        if self.noise == "none":
+            return ScreenReading(label, float(self.screen.scores.loc[label]), reps)
+        # per-gene seeded draw of one donor: the same gene gives the same donor in every (re)run
+        donor = np.random.default_rng([self.seed, zlib.crc32(label.encode())]).integers(len(reps))
+        return ScreenReading(label, reps[int(donor)], reps)
 
     def truth(self, perturbations: Sequence[str]) -> pd.Series:
         """True scores (evaluation only)."""

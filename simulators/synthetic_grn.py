@@ -169,13 +169,9 @@ class SyntheticGRN:
         G, R = n_genes, n_regulators
         # internal layout: regulators, effector pairs, modules, private targets, background targets
         self._R = np.arange(R)
-        pos = R
-        self._planted: list[dict] = []
-        for kind in INTERACTION_TYPES:
-            for _ in range(pairs_per_type):
-                a, b = pos, pos + 1
-                pos += 2
-                self._planted.append({"type": kind, "a": a, "b": b})
+        kinds = [kind for kind in INTERACTION_TYPES for _ in range(pairs_per_type)]
+        self._planted = [{"type": kind, "a": R + 2 * i, "b": R + 2 * i + 1} for i, kind in enumerate(kinds)]
+        pos = R + 2 * len(kinds)
         for p in self._planted:
             p["module"] = np.arange(pos, pos + module_size)
             pos += module_size
@@ -183,29 +179,26 @@ class SyntheticGRN:
             p["private_a"] = np.arange(pos, pos + n_private)
             p["private_b"] = np.arange(pos + n_private, pos + 2 * n_private)
             pos += 2 * n_private
-        effectors = np.array([[p["a"], p["b"]] for p in self._planted], dtype=int).ravel()
-        self._effectors = effectors
+        self._effectors = np.array([[p["a"], p["b"]] for p in self._planted], dtype=int).ravel()
         self._background = np.arange(pos, G)
-        networked = np.concatenate([effectors, self._background]).astype(int)  # targets of regulators
-        self._networked = networked
+        self._networked = np.concatenate([self._effectors, self._background]).astype(int)  # targets of regulators
 
         def weights(shape):
             return rng.choice([-1.0, 1.0], size=shape) * rng.uniform(0.5, 1.5, size=shape)
 
         # W[g, j]: regulator j -> gene g; regulators only take input from earlier regulators (acyclic)
-        W = np.zeros((G, R))
         mask = rng.random((G, R)) < density
         reg_block = mask[:R]  # a view: regulator i only hears regulators j < i
         reg_block[np.triu_indices(R)] = False
-        rows = np.concatenate([self._R, networked])
+        rows = np.concatenate([self._R, self._networked])
         full = np.zeros((G, R), dtype=bool)
         full[rows] = mask[rows]
         # every regulator reaches at least two background genes, so its single has an effect
         for j in range(R):
             if full[self._background, j].sum() < 2 and len(self._background) >= 2:
                 full[rng.choice(self._background, 2, replace=False), j] = True
-        W[full] = weights(int(full.sum()))
-        self._W = W
+        self._W = np.zeros((G, R))
+        self._W[full] = weights(int(full.sum()))
         for p in self._planted:
             p["w_module"] = weights(module_size)
             p["w_private_a"] = weights(n_private)
@@ -217,15 +210,12 @@ class SyntheticGRN:
         self.size_factor_sd = size_factor_sd
         # names: a random order, so a gene's role is not visible from its name
         width = max(4, len(str(G)))
-        perm = rng.permutation(G)
-        self._names = np.array([f"SYN{perm[i] + 1:0{width}d}" for i in range(G)])
+        self._names = np.array([f"SYN{k + 1:0{width}d}" for k in rng.permutation(G)])
         self._index = {n: i for i, n in enumerate(self._names)}
         self._cols = np.argsort(self._names)  # output columns in name order: the layout stays hidden
         self._calls = 0
         self._attempts: dict[str, int] = {}
         self._interactions: pd.DataFrame | None = None
-
-    # --- names ------------------------------------------------------------------------------
 
     @property
     def genes(self) -> list[str]:
@@ -250,20 +240,14 @@ class SyntheticGRN:
         out, unknown = [], []
         for lab in labels:
             c = canonical_label(lab)
-            if c is None:
+            genes = [] if c in (None, CONTROL) else c.split("+")
+            if c is None or any(g not in self._index for g in genes):
                 unknown.append(str(lab))
-                continue
-            genes = [] if c == CONTROL else c.split("+")
-            missing = [g for g in genes if g not in self._index]
-            if missing:
-                unknown.append(str(lab))
-                continue
-            out.append((c, np.array([self._index[g] for g in genes], dtype=int)))
+            else:
+                out.append((c, np.array([self._index[g] for g in genes], dtype=int)))
         if unknown:
             raise UnknownPerturbationError(unknown, "this synthetic world", "genes are named SYN0001...")
         return out
-
-    # --- the model ----------------------------------------------------------------------------
 
     def _steady_state(self, perturbed: Sequence[np.ndarray]) -> np.ndarray:
         """Log activities (L x G) for L perturbations given as arrays of gene indices."""
@@ -301,15 +285,14 @@ class SyntheticGRN:
         """
         parsed = self._parse(labels)
         la = self._steady_state([idx for _, idx in parsed])[:, self._cols]
-        names = [lab for lab, _ in parsed]
-        if scale == "log_mean":
-            return pd.DataFrame(la, index=pd.Index(names, name="perturbation"), columns=pd.Index(self.genes, name="gene"))
-        if scale != "pseudobulk":
+        if scale == "pseudobulk":
+            e_ctrl = self._expected_lognorm(np.zeros((1, la.shape[1])), target_sum)[0]
+            la = np.vstack([self._expected_lognorm(la[i:i + 64], target_sum) for i in range(0, len(la), 64)]) - e_ctrl \
+                if len(la) else np.zeros((0, la.shape[1]))
+        elif scale != "log_mean":
             raise ValueError(f"scale must be 'pseudobulk' or 'log_mean', got {scale!r}")
-        e_ctrl = self._expected_lognorm(np.zeros((1, la.shape[1])), target_sum)[0]
-        out = np.vstack([self._expected_lognorm(la[i:i + 64], target_sum) for i in range(0, len(la), 64)]) - e_ctrl \
-            if len(la) else np.zeros((0, la.shape[1]))
-        return pd.DataFrame(out, index=pd.Index(names, name="perturbation"), columns=pd.Index(self.genes, name="gene"))
+        return pd.DataFrame(la, index=pd.Index([lab for lab, _ in parsed], name="perturbation"),
+                            columns=pd.Index(self.genes, name="gene"))
 
     def _expected_lognorm(self, la: np.ndarray, target_sum: float) -> np.ndarray:
         """E[log1p(target_sum * x / L)] with x ~ NB(m, phi), m = mu * exp(la), L = sum(m).
@@ -338,8 +321,6 @@ class SyntheticGRN:
             out[sel] = (np.exp(logp) * np.log1p(cc * k)).sum(axis=1)
         return out
 
-    # --- cells --------------------------------------------------------------------------------
-
     def simulate(self, labels: Sequence[str], cells_per_perturbation: int | Mapping[str, int] = 100, *,
                  seed: int | None = None) -> ad.AnnData:
         """Cells (raw counts) for each label (``ctrl``, ``A`` or ``A+B``...).
@@ -359,7 +340,8 @@ class SyntheticGRN:
             self._calls += 1
         return self._draw(parsed, cells_per_perturbation, (1, seed))
 
-    def _draw(self, parsed: list[tuple[str, np.ndarray]], cells: int | Mapping[str, int], stream: tuple[int, ...]) -> ad.AnnData:
+    def _draw(self, parsed: list[tuple[str, np.ndarray]], cells: int | Mapping[str, int],
+              stream: tuple[int, ...]) -> ad.AnnData:
         la = self._steady_state([idx for _, idx in parsed])
         blocks, obs_labels, names = [], [], []
         tag = ".".join(map(str, stream))
@@ -371,7 +353,15 @@ class SyntheticGRN:
             blocks.append(self._cells(la[i], n, rng))
             obs_labels += [lab] * n
             names += [f"{lab}:{tag}:{i}:{j}" for j in range(n)]
-        return self._adata(blocks, obs_labels, names, {"draw": tag})
+        X = sp.vstack(blocks).tocsr() if blocks else sp.csr_matrix((0, len(self._names)), dtype=np.float32)
+        cats = sorted(set(obs_labels), key=lambda x: (x != CONTROL, x))
+        obs = pd.DataFrame({"perturbation": pd.Categorical(obs_labels, categories=cats)},
+                           index=pd.Index(names, dtype=str))
+        out = ad.AnnData(X=X.copy(), obs=obs, var=pd.DataFrame(index=self.genes))
+        out.layers["counts"] = X
+        out.uns["synthetic"] = True
+        out.uns["synthetic_grn"] = {**self.params, "draw": tag}
+        return out
 
     def _cells(self, la: np.ndarray, n: int, rng: np.random.Generator) -> sp.csr_matrix:
         size = np.exp(rng.normal(0.0, self.size_factor_sd, n))
@@ -380,20 +370,6 @@ class SyntheticGRN:
         r = 1.0 / self._phi
         lam = rng.gamma(r[None, :], mean / r[None, :])
         return sp.csr_matrix(rng.poisson(lam)[:, self._cols].astype(np.float32))
-
-    def _adata(self, blocks: list, obs_labels: list[str], names: list[str], extra: dict) -> ad.AnnData:
-        G = len(self._names)
-        X = sp.vstack(blocks).tocsr() if blocks else sp.csr_matrix((0, G), dtype=np.float32)
-        cats = sorted(set(obs_labels), key=lambda x: (x != CONTROL, x))
-        obs = pd.DataFrame({"perturbation": pd.Categorical(obs_labels, categories=cats)},
-                           index=pd.Index(names, dtype=str))
-        out = ad.AnnData(X=X.copy(), obs=obs, var=pd.DataFrame(index=self.genes))
-        out.layers["counts"] = X
-        out.uns["synthetic"] = True
-        out.uns["synthetic_grn"] = {**{k: v for k, v in self.params.items()}, **extra}
-        return out
-
-    # --- the world as a lab (same reading type as PerturbSeqReplay) ---------------------------
 
     def control(self, n: int | None = None) -> ad.AnnData:
         """`n` control cells (default `cells_per_run` x 10), the same on every call."""
@@ -410,14 +386,11 @@ class SyntheticGRN:
             self._attempts[lab] = attempt + 1
             rng = np.random.default_rng([self.seed, 2, zlib.crc32(lab.encode()), attempt])
             if rng.random() < self.failure_rate:
-                out.append(PerturbSeqReading(lab, None, f"run of {lab} failed in the lab (simulated; attempt {attempt + 1})",
-                                             self.cells_per_run, attempt))
-                continue
-            cells = self._draw(self._parse([lab]), self.cells_per_run, (2, attempt))
-            out.append(PerturbSeqReading(lab, cells, None, self.cells_per_run, attempt))
+                out.append(PerturbSeqReading(lab, None,
+                                             f"run of {lab} failed in the lab (simulated; attempt {attempt + 1})"))
+            else:
+                out.append(PerturbSeqReading(lab, self._draw(self._parse([lab]), self.cells_per_run, (2, attempt))))
         return out
-
-    # --- ground truth -------------------------------------------------------------------------
 
     @property
     def interactions(self) -> pd.DataFrame:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,13 @@ class Measurement:
         return self.response is not None
 
 
+def top_by_magnitude(scores: pd.Series, fraction: float) -> pd.Series:
+    """|scores| of the top `fraction` (at least one) by |score|, largest first, ties in index order: a world's
+    hits (evaluation only)."""
+    ranked = scores.abs().sort_values(ascending=False, kind="stable")
+    return ranked.iloc[:max(1, int(round(fraction * len(ranked))))]
+
+
 @runtime_checkable
 class World(Protocol):
     """`readouts`: the names of a response's entries; `candidates`: the labels it can run;
@@ -51,14 +58,11 @@ class World(Protocol):
 class OneReadoutWorld:
     """What a one-readout response world without cells shares (`PairFitnessWorld`, `PairScreenWorld`):
     `readouts` = `genes` (the readout's name), no control expression, and its readout (index 0) as every
-    perturbation's DE gene and the expressed gene. A subclass sets `genes` and defines the rest."""
+    perturbation's DE gene and the expressed gene. A subclass sets `genes` and `readouts` and defines the rest."""
 
     synthetic = False
     genes: list[str]
-
-    @property
-    def readouts(self) -> list[str]:
-        return self.genes
+    readouts: list[str]
 
     def control_expression(self) -> None:
         return None

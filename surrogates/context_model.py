@@ -34,7 +34,6 @@ class ContextModel:
             raise ValueError(f"unknown context model {kind!r}; choose from {', '.join(CONTEXT_MODELS)}")
         self.name = kind
         self.seed = seed  # seeds BoTorch's retries (a failed L-BFGS-B start is retried from parameters drawn from priors)
-        self.params: dict = {}
         bounds = torch.stack([space.gene_X.min(0).values, space.gene_X.max(0).values])
         extra = {"hours": [c.hours for c in space.contexts]} if kind == "multitask" else {}  # the kernel over time
         self.model = CONTEXT_MODELS[kind](len(space.contexts), bounds=bounds, max_iter=max_iter, **extra)

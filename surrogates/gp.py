@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
@@ -38,14 +37,13 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 from perturbloop.device import default_device
 from perturbloop.errors import ConfigError
 from surrogates.base import SurrogatePosterior
-from surrogates.network_kernel import SpectralCoordinateKernel
+from surrogates.network_kernel import SpectralCoordinateKernel, mean_sq_row_norm, string_eigvecs
 
 # L-BFGS-B iterations per fit. A round adds 128 genes to a few hundred: 10 warm-started steps keep the
 # fit near the previous round's (and, at the first fit, the length-scale prior's) mode. On the six
 # real screens (benchmarks/RESULTS.md) 10 is 2-3x faster than 75 (rounds <= 1.2 s over 19k genes on
 # 2 cores) with hit ratios better on 3 of 6, within a hit on 2, 3 hits worse on tau up (the early stop
-# regularises the fit);
-# measured on those same screens.
+# regularises the fit).
 MAX_FIT_ITER = 10
 POSTERIOR_CHUNK = 256  # rows per posterior call: gpytorch builds the chunk's dense covariance, so cost ~ n * chunk
 
@@ -81,41 +79,31 @@ class NetworkSpec:
         The eigenpairs are the cached Lanczos solve (`perturbloop.knowledge_features.string_spectrum`, on disk);
         the affine map per column is fitted by least squares over the design space's genes and must be exact.
         """
-        from perturbloop.knowledge_features import string_spectrum
-
-        cols = [(int(m.group(1)), j) for j, name in enumerate(feature_names) if (m := STRING_COLUMN.match(name))]
+        cols = sorted((int(m.group(1)), j) for j, name in enumerate(feature_names) if (m := STRING_COLUMN.match(name)))
         if not cols:
             raise ConfigError("surrogate.network needs the STRING feature columns: add 'string' (or 'knowledge') "
                               "to design.features")
-        cols.sort()
         dims = len(cols)
         if [k for k, _ in cols] != list(range(dims)):
             raise ConfigError(f"surrogate.network: the string feature columns are not string_eig0..{dims - 1}")
-        lam, U, net_genes, _ = string_spectrum(data_dir, dims=dims)
-        rows = pd.Index(net_genes).get_indexer(list(genes))
-        u = np.zeros((len(genes), dims))
-        u[rows >= 0] = U[rows[rows >= 0]]
+        lam, u = string_eigvecs(genes, data_dir, dims)
         lo, hi = unit_bounds(bounds.to(torch.float64))
         idx = [j for _, j in cols]
         xn = ((X[:, idx].to(torch.float64) - lo[idx]) / (hi[idx] - lo[idx])).numpy()
-        scale, shift = np.zeros(dims), np.zeros(dims)
-        for k in range(dims):
-            xc = xn[:, k] - xn[:, k].mean()
-            scale[k] = (xc @ (u[:, k] - u[:, k].mean())) / max(float(xc @ xc), 1e-300)
-            shift[k] = u[:, k].mean() - scale[k] * xn[:, k].mean()
+        xc = xn - xn.mean(0)
+        scale = (xc * (u - u.mean(0))).sum(0) / np.maximum((xc * xc).sum(0), 1e-300)
+        shift = u.mean(0) - scale * xn.mean(0)
         err = np.abs(xn * scale + shift - u).max() if len(genes) else 0.0
         if err > AFFINE_TOL * max(np.abs(u).max(), 1e-12):
             raise ConfigError("surrogate.network: the design space's string features do not match the cached STRING "
                               f"eigenvectors (max error {err:.2g}); rebuild the feature cache")
-        norms = (u ** 2).sum(1)
-        msn = float(norms[norms > 0].mean()) if (norms > 0).any() else 1.0
         return cls(tuple(idx), torch.from_numpy(np.asarray(lam, dtype=np.float64)), torch.from_numpy(scale),
-                   torch.from_numpy(shift), msn, kind)
+                   torch.from_numpy(shift), float(mean_sq_row_norm(torch.from_numpy(u))), kind)
 
     def kernel(self) -> ScaleKernel:
         """`s * k_net`, reading the string columns of the (normalised) inputs."""
-        return ScaleKernel(SpectralCoordinateKernel(self.eigvals, self.scale, self.shift, mean_sq_norm=self.mean_sq_norm,
-                                                    kind=self.kind, active_dims=list(self.columns)))
+        return ScaleKernel(SpectralCoordinateKernel(self.eigvals, self.scale, self.shift, kind=self.kind,
+                                                    mean_sq_norm=self.mean_sq_norm, active_dims=list(self.columns)))
 
 
 class GPSurrogate:
@@ -139,9 +127,7 @@ class GPSurrogate:
     @property
     def params(self) -> dict[str, list]:
         """Fitted hyperparameters (raw values), JSON-serialisable, for warm starts after a restart."""
-        if self.model is None:
-            return {}
-        return {k: v.detach().cpu().tolist() for k, v in self.model.named_parameters()}
+        return {} if self.model is None else {k: v.detach().cpu().tolist() for k, v in self.model.named_parameters()}
 
     def fit(self, X: torch.Tensor, Y: torch.Tensor) -> None:
         if X.shape[0] < 2:
@@ -158,19 +144,17 @@ class GPSurrogate:
             if bounds is None:
                 raise ValueError("a GP with the network kernel needs the design space's bounds")
             covar = get_covar_module_with_dim_scaled_prior(ard_num_dims=X.shape[-1]) + self.network.kernel().to(X)
-        model = SingleTaskGP(
-            X, Y, covar_module=covar, input_transform=Normalize(d=X.shape[-1], bounds=bounds),
-            outcome_transform=Standardize(m=1)
-        )
+        model = SingleTaskGP(X, Y, covar_module=covar, input_transform=Normalize(d=X.shape[-1], bounds=bounds),
+                             outcome_transform=Standardize(m=1))
         if self._init:
             with torch.no_grad():
                 for k, p in model.named_parameters():
                     if k in self._init and torch.tensor(self._init[k]).shape == p.shape:
                         p.copy_(torch.tensor(self._init[k], dtype=p.dtype))
-        mll = ExactMarginalLogLikelihood(model.likelihood, model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.max_iter}})
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model),
+                             optimizer_kwargs={"options": {"maxiter": self.max_iter}})
         model.eval()
         self.model = model
 

@@ -10,7 +10,7 @@ know how much a measurement in context `c` tells about the same gene in the targ
   (mapped to the unit cube with the pool's bounds), `1(g = g')` the gene's own effect (`SameGeneKernel`), `B` a
   learned positive task covariance (BoTorch's `PositiveIndexKernel`, full rank unless `rank` is given), a
   constant mean and a noise variance per context;
-  hyperparameters by `fit_gpytorch_mll`, warm-started from the previous fit. `B` is how contexts relate,
+  hyperparameters by `fit_gpytorch_mll`. `B` is how contexts relate,
   learned from the data (`task_correlation()`). Prior on the correlations (`task_prior`): `"weak"` (default),
   `Beta(1, 3)` (mode 0, mean 0.25: transfer must be shown by the data); `"botorch"`, BoTorch's default
   `Beta(2.5, 1.5)` (mean 0.63); `"none"`. On 40 genes in two uncorrelated contexts (sample correlation -0.06)
@@ -18,7 +18,7 @@ know how much a measurement in context `c` tells about the same gene in the targ
   no prior, 16 genes gave 0.41 and 0.67 for contexts correlated 0 and 0.3 (sample 0.35, 0.66), which sent the
   cost-aware policy to the cheap contexts of the GWT table, correlated only 0.13-0.31 with 48 h; `"weak"` gave
   0.34 and 0.62 there, and 0.04 / 0.29 / 0.92 on 40 genes correlated 0 / 0.3 / 0.95 (these numbers with BoTorch's
-  random start of `B`; the first fit now starts near zero correlation, `INIT_TASK_FACTOR`).
+  random start of `B`; a fit now starts near zero correlation, `INIT_TASK_FACTOR`).
   With `hours` (one entry per context, `None` for a context that is not a timepoint, e.g. K562), `B` gets a smooth
   part over time (`TimeIndexKernel`): `B = W W^T + diag(v) + s k_M(u_c, u_c') 1(c, c' timepoints)`,
   `u = log(1 + hours)`, `k_M` a Matern-5/2 kernel, `W` of rank `TIME_RANK` (default 1) unless `rank` is given:
@@ -58,7 +58,7 @@ from gpytorch.priors import GammaPrior, LogNormalPrior
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from perturbloop.device import default_device
-from surrogates.gp import GPSurrogate
+from surrogates.gp import GPSurrogate, unit_bounds
 
 # keyword arguments of MultiTaskGP for each `task_prior` (module docstring)
 TASK_PRIORS: dict[str, Callable[[], dict]] = {
@@ -66,12 +66,12 @@ TASK_PRIORS: dict[str, Callable[[], dict]] = {
     "botorch": lambda: {},
     "none": lambda: {"task_covar_prior": None},
 }
-# First fit's task covariance: factor 0.3 and unit variances, correlations ~0.08 (0.08 x rank). BoTorch's default
+# Initial task covariance: factor 0.3 and unit variances, correlations ~0.08 (0.08 x rank). BoTorch's default
 # (factor ~ U(0, 1), random) starts at correlations ~0.75, which 15 L-BFGS iterations barely move: on 16 GWT genes x
 # 3 timepoints (sample correlations with 48 h -0.47..0.51) the fitted correlations were 0.16-0.66, mean 0.5;
 # 200 iterations gave 0-0.26 (measured, 5 seeds). A fixed start also makes the fit reproducible.
 INIT_TASK_FACTOR = 0.3
-MAX_FIT_ITER = 15  # L-BFGS-B iterations per fit, warm-started: a fit of ~300 points stays within seconds
+MAX_FIT_ITER = 15  # L-BFGS-B iterations per fit: a fit of ~300 points stays within seconds
 MIN_OBS = 3  # IndependentContextGP: fewer observations in a context -> that context keeps the pooled prior
 TIME_RANK = 1  # rank of W beside the time kernel: one shared "regulator strength" axis, time does the rest
 # Matern length scale over u = log(1 + hours): median e^0.7 ~ 2 log-units (8 h -> 48 h is 1.7 apart, rest -> 8 h 2.2)
@@ -129,7 +129,6 @@ class MultiTaskContextGP:
         self.max_iter = max_iter
         self.device = device or default_device()
         self.model: MultiTaskGP | None = None
-        self._init: dict[str, torch.Tensor] = {}
 
     def fit(self, X: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor, genes: torch.Tensor | None = None) -> None:
         """`X`: `n x d` gene features, `ctx`: `n` context indices, `y`: `n` values, `genes`: `n` gene ids (which
@@ -137,13 +136,8 @@ class MultiTaskContextGP:
         _check(X, ctx, y, self.n_contexts)
         dev = self.device
         d = X.shape[-1]
-        genes = _gene_ids(X) if genes is None else genes
-        train_X = torch.cat([X.to(dev, torch.float64), genes.to(dev, torch.float64).reshape(-1, 1),
-                             ctx.to(dev, torch.float64).reshape(-1, 1)], -1)
-        bounds = None
-        if self.bounds is not None:
-            lo, hi = self.bounds.to(dev, torch.float64)
-            bounds = torch.stack([lo, torch.where(hi - lo > 1e-8, hi, lo + 1.0)])  # constant columns: no 0/0
+        train_X = torch.cat([self._with_genes(X, genes), ctx.to(dev, torch.float64).reshape(-1, 1)], -1)
+        bounds = None if self.bounds is None else unit_bounds(self.bounds.to(dev, torch.float64))
         data_kernel = ScaleKernel(get_covar_module_with_dim_scaled_prior(ard_num_dims=d, active_dims=list(range(d)))) \
             + ScaleKernel(SameGeneKernel(active_dims=[d]))
         kwargs = dict(task_feature=-1, covar_module=data_kernel,
@@ -154,33 +148,29 @@ class MultiTaskContextGP:
             model = MultiTaskGP(train_X, y2, rank=self.rank, **kwargs)
         else:
             model = TimeMultiTaskGP(train_X, y2, hours=self.hours, rank=self.rank or TIME_RANK, **kwargs)
-        with torch.no_grad():
-            if self._init:
-                for k, p in model.named_parameters():
-                    if k in self._init and self._init[k].shape == p.shape:
-                        p.copy_(self._init[k])
-            else:  # contexts start nearly unrelated (INIT_TASK_FACTOR): transfer has to be shown by the data
-                task = model.covar_module.kernels[1]
-                task.covar_factor = torch.full_like(task.covar_factor, INIT_TASK_FACTOR)
-                task.initialize(raw_var=task.raw_var_constraint.inverse_transform(torch.ones_like(task.var)))
+        with torch.no_grad():  # contexts start nearly unrelated (INIT_TASK_FACTOR): transfer must be shown by the data
+            task = model.covar_module.kernels[1]
+            task.covar_factor = torch.full_like(task.covar_factor, INIT_TASK_FACTOR)
+            task.initialize(raw_var=task.raw_var_constraint.inverse_transform(torch.ones_like(task.var)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model),
                              optimizer_kwargs={"options": {"maxiter": self.max_iter}})
         model.eval()
-        self._init = {k: p.detach().clone() for k, p in model.named_parameters()}
         self.model = model
 
-    def task_covariance(self) -> torch.Tensor:
-        """`C x C` learned context covariance `B` (standardised outcome scale; with `hours`, its time part included)."""
+    def _with_genes(self, X: torch.Tensor, genes: torch.Tensor | None) -> torch.Tensor:
+        """`n x (d + 1)`: the features and the gene-id column (default ids: `_gene_ids(X)`), on the device."""
+        genes = _gene_ids(X) if genes is None else genes
+        return torch.cat([X.to(self.device, torch.float64), genes.to(self.device, torch.float64).reshape(-1, 1)], -1)
+
+    def task_correlation(self) -> torch.Tensor:
+        """`C x C` correlation between contexts, `B_cc' / sqrt(B_cc B_c'c')`, from the learned context covariance
+        `B` (with `hours`, its time part included)."""
         if self.model is None:
             raise RuntimeError("MultiTaskContextGP: fit first")
         with torch.no_grad():
-            return self.model.covar_module.kernels[1].covar_matrix.to_dense().cpu()
-
-    def task_correlation(self) -> torch.Tensor:
-        """`C x C` correlation between contexts, `B_cc' / sqrt(B_cc B_c'c')`."""
-        B = self.task_covariance()
+            B = self.model.covar_module.kernels[1].covar_matrix.to_dense().cpu()
         s = B.diagonal().clamp_min(1e-12).sqrt()
         return B / s[:, None] / s[None, :]
 
@@ -189,9 +179,7 @@ class MultiTaskContextGP:
         """`X`: `m x d` gene features, `genes`: their `m` gene ids (as in `fit`)."""
         if self.model is None:
             raise RuntimeError("MultiTaskContextGP.joint called before fit")
-        genes = _gene_ids(X) if genes is None else genes
-        Xg = torch.cat([X.to(self.device, torch.float64), genes.to(self.device, torch.float64).reshape(-1, 1)], -1)
-        return _icm_joint(self.model, Xg, self.n_contexts)
+        return _icm_joint(self.model, self._with_genes(X, genes), self.n_contexts)
 
 
 class TimeIndexKernel(PositiveIndexKernel):
@@ -312,46 +300,35 @@ class IndependentContextGP:
     name = "independent"
 
     def __init__(self, n_contexts: int, *, bounds: torch.Tensor | None = None, max_iter: int = MAX_FIT_ITER,
-                 device: torch.device | None = None, fit_contexts: list[int] | None = None):
+                 device: torch.device | None = None):
         self.n_contexts = n_contexts
         self.bounds = bounds
         self.max_iter = max_iter
         self.device = device
-        self.fit_contexts = list(range(n_contexts)) if fit_contexts is None else list(fit_contexts)  # others: prior
         self.models: dict[int, GPSurrogate] = {}
-        self._prior = (0.0, 1.0, 1.0)  # mean, variance, noise for contexts without a model
+        self._prior = (0.0, 1.0)  # mean and variance (also the noise) for contexts without a model
 
     def fit(self, X: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor, genes: torch.Tensor | None = None) -> None:
         _check(X, ctx, y, self.n_contexts)
         y = y.to(torch.float64)
-        var = float(y.var()) if len(y) > 1 else 1.0
-        self._prior = (float(y.mean()), var, var)
+        self._prior = (float(y.mean()), float(y.var()))
+        self.models = {}
         for c in range(self.n_contexts):
             sel = ctx == c
-            if int(sel.sum()) < MIN_OBS or c not in self.fit_contexts:
-                self.models.pop(c, None)
-                continue
-            old = self.models.get(c)
-            gp = GPSurrogate(self.bounds, max_iter=self.max_iter, init_params=old.params if old else None,
-                             device=self.device)
-            gp.fit(X[sel], y[sel])
-            self.models[c] = gp
+            if int(sel.sum()) >= MIN_OBS:
+                self.models[c] = GPSurrogate(self.bounds, max_iter=self.max_iter, device=self.device)
+                self.models[c].fit(X[sel], y[sel])
 
     @torch.no_grad()
     def joint(self, X: torch.Tensor, genes: torch.Tensor | None = None) -> ContextPosterior:
         m, C = X.shape[0], self.n_contexts
         mean = torch.full((m, C), self._prior[0], dtype=torch.float64)
-        cov = torch.zeros(m, C, C, dtype=torch.float64)
-        noise = torch.full((C,), self._prior[2], dtype=torch.float64)
-        for c in range(C):
-            gp = self.models.get(c)
-            if gp is None:
-                cov[:, c, c] = self._prior[1]
-                continue
+        cov = torch.diag_embed(torch.full((m, C), self._prior[1], dtype=torch.float64))
+        noise = torch.full((C,), self._prior[1], dtype=torch.float64)
+        for c, gp in self.models.items():
             post = gp.posterior(X)
             mean[:, c], cov[:, c, c] = post.mean, post.variance
-            noise[c] = float(gp.model.posterior(X[:1].to(gp.device), observation_noise=True).variance.reshape(()) -
-                             gp.model.posterior(X[:1].to(gp.device)).variance.reshape(()))
+            noise[c] = _noise(gp, X)
         return ContextPosterior(mean, cov, noise)
 
 
@@ -367,18 +344,19 @@ class PooledContextGP:
 
     def fit(self, X: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor, genes: torch.Tensor | None = None) -> None:
         _check(X, ctx, y, self.n_contexts)
-        self.gp = GPSurrogate(self.gp.bounds, max_iter=self.gp.max_iter, init_params=self.gp.params or None,
-                              device=self.gp.device)
         self.gp.fit(X, y.to(torch.float64))
 
     @torch.no_grad()
     def joint(self, X: torch.Tensor, genes: torch.Tensor | None = None) -> ContextPosterior:
         post = self.gp.posterior(X)
         C = self.n_contexts
-        model = self.gp.model
-        x1 = X[:1].to(self.gp.device, torch.float64)
-        noise = float(model.posterior(x1, observation_noise=True).variance.reshape(()) - model.posterior(x1).variance.reshape(()))
         return ContextPosterior(post.mean[:, None].expand(-1, C).clone(),
                                 post.variance[:, None, None].expand(-1, C, C).clone(),
-                                torch.full((C,), noise, dtype=torch.float64))
+                                torch.full((C,), _noise(self.gp, X), dtype=torch.float64))
 
+
+def _noise(gp: GPSurrogate, X: torch.Tensor) -> float:
+    """The fitted observation-noise variance of `gp` in original units: predictive minus latent variance at `X[0]`."""
+    x1 = X[:1].to(gp.device, torch.float64)
+    return float(gp.model.posterior(x1, observation_noise=True).variance.reshape(())
+                 - gp.model.posterior(x1).variance.reshape(()))

@@ -59,7 +59,7 @@ class NetworkKernel(Kernel):
         eigvecs, eigvals = torch.as_tensor(eigvecs, dtype=torch.float64), torch.as_tensor(eigvals, dtype=torch.float64)
         if eigvecs.ndim != 2 or eigvals.shape != (eigvecs.shape[1],):
             raise ValueError(f"eigvecs must be n x r and eigvals r, got {tuple(eigvecs.shape)} and {tuple(eigvals.shape)}")
-        scale = _mean_sq_norm(eigvecs)
+        scale = mean_sq_row_norm(eigvecs)
         # row n (index -1) is the zero row of a gene outside the network
         phi = torch.cat([eigvecs / scale.sqrt(), torch.zeros(1, eigvecs.shape[1], dtype=torch.float64)])
         self.register_buffer("phi", phi)
@@ -114,16 +114,23 @@ class NetworkKernel(Kernel):
     def for_genes(cls, genes: Sequence[str], *, data_dir: str | os.PathLike | None = None, dims: int | None = None,
                   kind: Kind = "diffusion", **kwargs) -> NetworkKernel:
         """The STRING v12 kernel over `genes` (pool order), from the cached Lanczos eigenpairs."""
-        from perturbloop.knowledge_features import STRING_DIMS, string_spectrum
-
-        lam, U, net_genes, _ = string_spectrum(data_dir, dims=dims or STRING_DIMS)
-        rows = pd.Index(net_genes).get_indexer(list(genes))
-        vecs = np.zeros((len(rows), U.shape[1]))
-        vecs[rows >= 0] = U[rows[rows >= 0]]
+        lam, vecs = string_eigvecs(genes, data_dir, dims)
         return cls(torch.from_numpy(vecs), torch.from_numpy(lam), kind=kind, **kwargs)
 
 
-def _mean_sq_norm(U: torch.Tensor) -> torch.Tensor:
+def string_eigvecs(genes: Sequence[str], data_dir: str | os.PathLike | None = None,
+                   dims: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The cached STRING eigenvalues (`r`) and each gene's eigenvector row (`len(genes) x r`, zero outside STRING)."""
+    from perturbloop.knowledge_features import STRING_DIMS, string_spectrum
+
+    lam, U, net_genes, _ = string_spectrum(data_dir, dims=dims or STRING_DIMS)
+    rows = pd.Index(net_genes).get_indexer(list(genes))
+    vecs = np.zeros((len(rows), U.shape[1]))
+    vecs[rows >= 0] = U[rows[rows >= 0]]
+    return lam, vecs
+
+
+def mean_sq_row_norm(U: torch.Tensor) -> torch.Tensor:
     """`mean_i ||u(i)||^2` over the rows that are not zero (genes in the network); 1 when there are none."""
     norms = (U ** 2).sum(-1)
     return norms[norms > 0].mean() if (norms > 0).any() else torch.tensor(1.0, dtype=torch.float64)

@@ -24,7 +24,6 @@ from surrogates.response import EnsembleResponse, LowRankGPResponse
 from surrogates.response_baselines import AdditiveResponse, LinearResponse, MeanResponse
 
 
-
 class ScreenGP(OneReadout, GPSurrogate):
     """The exact GP of one readout (surrogates.gp) as the `G = 1` response surrogate."""
 

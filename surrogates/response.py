@@ -33,6 +33,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from linear_operator.utils.cholesky import psd_safe_cholesky
 
 from perturbloop.device import default_device
 from surrogates.base import SurrogatePosterior
@@ -157,9 +158,6 @@ class PCAOutput:
         R = R.to(torch.float64)
         self.center = R.mean(0)
         Rc = R - self.center
-        if R.shape[0] < 2:
-            self.basis = R.new_zeros((0, R.shape[1]))
-            return R.new_zeros((R.shape[0], 0))
         _, S, Vt = torch.linalg.svd(Rc, full_matrices=False)
         keep = int((S > self.tol * S[0].clamp_min(SD_FLOOR)).sum()) if S.numel() else 0
         k = min(self.rank, R.shape[0] - 1, keep)
@@ -294,7 +292,7 @@ class EnsembleResponse(LowRankResponse):
         self.net = self.prior = None
         if k == 0:
             return
-        self.z_scale = float(Z.std().clamp_min(SD_FLOOR)) if Z.numel() > 1 else 1.0
+        self.z_scale = float(Z.std().clamp_min(SD_FLOOR))  # k >= 1 needs n >= 2: Z has two or more entries
         gen = torch.Generator().manual_seed(self.seed)
         dev, dt = self.device, torch.float32
         net = _BatchedMLP(self.members, X.shape[1], self.hidden, self.layers, k, gen).to(dev, dt)
@@ -328,21 +326,16 @@ class EnsembleResponse(LowRankResponse):
             self.shrinkage = torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(den)).clamp(0.0, 1.0)
 
     @torch.no_grad()
-    def member_latents(self, X: torch.Tensor) -> torch.Tensor:
-        """`M x m x k` latent predictions of every member (CPU float64), chunked."""
-        if self.net is None:
-            return torch.zeros(self.members, X.shape[0], 0, dtype=torch.float64)
+    def latent(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`m x k` shrunk mean and variance over the members of their PC-score predictions (chunked)."""
+        if self.net is None:  # nothing beyond the mean to model (one observation, or constant residuals)
+            zero = torch.zeros(X.shape[0], 0, dtype=torch.float64)
+            return zero, zero.clone()
         outs = []
         for start in range(0, X.shape[0], POSTERIOR_CHUNK):
             xs = self.std(X[start:start + POSTERIOR_CHUNK].to(torch.float64)).to(self.device, torch.float32)
             outs.append(((self.net(xs) + self.prior_scale * self.prior(xs)) * self.z_scale).to("cpu", torch.float64))
-        return torch.cat(outs, dim=1)
-
-    def latent(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`m x k` shrunk member mean and member variance of the PC scores."""
-        Zm = self.member_latents(X)
-        if Zm.shape[-1] == 0:  # nothing beyond the mean to model (one observation, or constant residuals)
-            return Zm.new_zeros(X.shape[0], 0), Zm.new_zeros(X.shape[0], 0)
+        Zm = torch.cat(outs, dim=1)  # M x m x k
         return Zm.mean(0) * self.shrinkage, Zm.var(0)
 
 
@@ -398,13 +391,8 @@ class LowRankGPResponse(LowRankResponse):
             Xtr, ytr = Xtr.unsqueeze(0), ytr.unsqueeze(0)
         c = m.mean_module.constant.reshape(-1, 1)
         K = m.covar_module(Xtr, Xtr).to_dense()
-        noise = m.likelihood.noise.reshape(-1, 1, 1)
         eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
-        L, info = torch.linalg.cholesky_ex(K + noise * eye)
-        jitter = 1e-8
-        while bool((info > 0).any()) and jitter < 1e-2:
-            L, info = torch.linalg.cholesky_ex(K + (noise + jitter) * eye)
-            jitter *= 10
+        L = psd_safe_cholesky(K + m.likelihood.noise.reshape(-1, 1, 1) * eye, max_tries=6)  # jitter 1e-8 .. 1e-3
         alpha = torch.cholesky_solve((ytr - c).unsqueeze(-1), L)
         tf = m.outcome_transform
         self._gp = (Xtr, L, alpha, c, tf.means.reshape(-1, 1), tf.stdvs.reshape(-1, 1))

@@ -84,13 +84,7 @@ class LinearResponse(LowRankResponse):
     def fit(self, X: torch.Tensor, Y: torch.Tensor, offset: torch.Tensor | None = None) -> None:
         X, Z = self._encode(X, Y, offset)
         Xs = self.std(X)
-        n, k = Z.shape
-        if k == 0:
-            self.coef = torch.zeros(X.shape[1], 0, dtype=torch.float64)
-            self.alpha, self.noise = 1.0, torch.zeros(0, dtype=torch.float64)
-            self._V = torch.zeros(X.shape[1], 0, dtype=torch.float64)
-            self._s2 = torch.zeros(0, dtype=torch.float64)
-            return
+        n = Z.shape[0]
         U, s, Vt = torch.linalg.svd(Xs, full_matrices=False)
         UtZ = U.T @ Z
         best = None
