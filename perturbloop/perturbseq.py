@@ -66,11 +66,9 @@ def canonical_labels(
     symbol_map: Mapping[str, str] | None = None,
 ) -> pd.Series:
     """`canonical_label` over many values (computed once per distinct value); None where missing."""
-    s = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
-    s = s.astype(object)
-    uniq = pd.unique(s)
-    mapping = {u: canonical_label(u, control=control, separators=separators, symbol_map=symbol_map) for u in uniq}
-    return s.map(mapping)
+    s = (values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)).astype(object)
+    return s.map({u: canonical_label(u, control=control, separators=separators, symbol_map=symbol_map)
+                  for u in pd.unique(s)})
 
 
 def _symbol_map(genes: Iterable[str], data_dir) -> dict[str, str]:
@@ -94,18 +92,13 @@ def counts_matrix(adata: ad.AnnData, layer: str | None = None) -> sp.csr_matrix 
     Raises PerturbSeqFormatError when the matrix has negative or non-integer values (e.g. a
     log-normalised `X` with no counts layer).
     """
-    if layer is not None:
-        if layer not in adata.layers:
-            raise PerturbSeqFormatError(f"layer {layer!r} not in the AnnData (layers: {list(adata.layers)})")
-        m, where = adata.layers[layer], f"layers[{layer!r}]"
-    elif COUNTS_LAYER in adata.layers:
-        m, where = adata.layers[COUNTS_LAYER], f"layers[{COUNTS_LAYER!r}]"
-    else:
-        m, where = adata.X, "X"
+    if layer is not None and layer not in adata.layers:
+        raise PerturbSeqFormatError(f"layer {layer!r} not in the AnnData (layers: {list(adata.layers)})")
+    layer = layer if layer is not None else COUNTS_LAYER if COUNTS_LAYER in adata.layers else None
+    m, where = (adata.X, "X") if layer is None else (adata.layers[layer], f"layers[{layer!r}]")
     if m is None:
         raise PerturbSeqFormatError("the AnnData has no expression matrix")
-    vals = m.data if sp.issparse(m) else np.asarray(m).ravel()
-    vals = vals[:_COUNT_CHECK_VALUES]
+    vals = (m.data if sp.issparse(m) else np.asarray(m).ravel())[:_COUNT_CHECK_VALUES]
     if vals.size and (np.nanmin(vals) < 0 or not np.allclose(vals, np.round(vals))):
         raise PerturbSeqFormatError(
             f"{where} does not hold raw counts (negative or non-integer values, e.g. log-normalised data); "
@@ -176,11 +169,6 @@ def prepare_perturbseq(
     return out
 
 
-def perturbseq_datasets() -> list[str]:
-    """Registry names of the Perturb-seq datasets."""
-    return [n for n, s in REGISTRY.items() if s.kind == "perturbseq"]
-
-
 def load_perturbseq(
     path_or_name: str | os.PathLike,
     data_dir: str | os.PathLike | None = None,
@@ -226,7 +214,7 @@ def load_perturbseq(
         if not path.is_file():
             if path.suffix or os.sep in name:
                 raise PerturbloopError(f"Perturb-seq file {str(path)!r} does not exist")
-            raise UnknownDatasetError(name, perturbseq_datasets())
+            raise UnknownDatasetError(name, [n for n, s in REGISTRY.items() if s.kind == "perturbseq"])
     adata = ad.read_h5ad(path)
     if key not in adata.obs and key == DEFAULT_KEY and opts.get("key"):
         key = opts["key"]

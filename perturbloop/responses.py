@@ -24,10 +24,9 @@ import scipy.sparse as sp
 from perturbloop.errors import PerturbloopError
 from perturbloop.perturbation import CONTROL
 from perturbloop.perturbseq import counts_matrix
+from perturbloop.response_metrics import TOP_DE, TOP_EXPRESSED, top_de_by_magnitude
 
 TARGET_SUM = 1e4  # counts per cell after normalisation (scanpy / GEARS default)
-TOP_DE = 20  # IterPert / GEARS evaluate on the top-20 DE genes
-MOST_EXPRESSED = 1000  # Ahlmann-Eltze et al. 2025 evaluate pairs on the 1,000 most expressed genes
 
 DEMethod = Literal["abs_lfc", "t-test", "t-test_overestim_var", "wilcoxon"]
 
@@ -100,10 +99,8 @@ def pseudobulk_lfc(
 
 
 def _top_by_abs(lfc: pd.DataFrame, n: int) -> dict[str, list[str]]:
-    cols = np.asarray(lfc.columns)
-    vals = np.abs(lfc.to_numpy(dtype=float))
-    vals = np.where(np.isnan(vals), -np.inf, vals)
-    order = np.argsort(-vals, axis=1, kind="stable")[:, :n]
+    """Per row, the `n` columns of largest |LFC| (NaN last)."""
+    cols, order = np.asarray(lfc.columns), top_de_by_magnitude(lfc.to_numpy(float), n)
     return {str(lab): [str(c) for c in cols[o]] for lab, o in zip(lfc.index, order)}
 
 
@@ -162,7 +159,7 @@ def top_de_genes(
 
 def most_expressed_genes(
     adata: ad.AnnData,
-    n: int = MOST_EXPRESSED,
+    n: int = TOP_EXPRESSED,
     *,
     key: str = "perturbation",
     control: str | None = None,
@@ -187,7 +184,6 @@ def most_expressed_genes(
     return [str(logn.var_names[i]) for i in order]
 
 
-
 def summarise_delivery(cells: dict[str, ad.AnnData], control: ad.AnnData | None, readout: list[str], *,
                        min_cells: int, source: str, batch_key: str = "batch") -> dict[str, np.ndarray]:
     """Response vectors (pseudobulk LFC over the `readout` genes) of the perturbations in one lab delivery.
@@ -206,8 +202,7 @@ def summarise_delivery(cells: dict[str, ad.AnnData], control: ad.AnnData | None,
     if few:
         shown = ", ".join(f"{k} ({v})" for k, v in sorted(few.items())[:20])
         raise PerturbloopError(f"{source}: too few cells (at least {min_cells} needed): {shown}")
-    parts = [a for a in cells.values()]
-    merged = ad.concat([control, *parts], join="inner", merge="first", index_unique="-")
+    merged = ad.concat([control, *cells.values()], join="inner", merge="first", index_unique="-")
     missing = [g for g in readout if g not in set(merged.var_names)]
     if missing:
         raise PerturbloopError(f"{source}: {len(missing)} of the campaign's {len(readout)} readout genes were not "
