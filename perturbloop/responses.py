@@ -53,15 +53,8 @@ def _group_means(X, labels: pd.Series) -> tuple[np.ndarray, list[str], np.ndarra
     return means, list(uniques), n
 
 
-def pseudobulk_lfc(
-    adata: ad.AnnData,
-    key: str = "perturbation",
-    control: str = CONTROL,
-    target_sum: float = TARGET_SUM,
-    min_cells: int = 1,
-    *,
-    layer: str | None = None,
-) -> pd.DataFrame:
+def pseudobulk_lfc(adata: ad.AnnData, key: str = "perturbation", control: str = CONTROL, target_sum: float = TARGET_SUM,
+                   min_cells: int = 1, *, layer: str | None = None) -> pd.DataFrame:
     """Pseudobulk log-fold-change of every perturbation vs control (module docstring).
 
     Args:
@@ -104,17 +97,9 @@ def _top_by_abs(lfc: pd.DataFrame, n: int) -> dict[str, list[str]]:
     return {str(lab): [str(c) for c in cols[o]] for lab, o in zip(lfc.index, order)}
 
 
-def top_de_genes(
-    adata_or_lfc: ad.AnnData | pd.DataFrame,
-    n: int = TOP_DE,
-    *,
-    key: str = "perturbation",
-    control: str = CONTROL,
-    method: DEMethod = "abs_lfc",
-    target_sum: float = TARGET_SUM,
-    min_cells: int = 2,
-    layer: str | None = None,
-) -> dict[str, list[str]]:
+def top_de_genes(adata_or_lfc: ad.AnnData | pd.DataFrame, n: int = TOP_DE, *, key: str = "perturbation",
+                 control: str = CONTROL, method: DEMethod = "abs_lfc", target_sum: float = TARGET_SUM,
+                 min_cells: int = 2, layer: str | None = None) -> dict[str, list[str]]:
     """Top-`n` differentially expressed genes of each perturbation vs control.
 
     Args:
@@ -157,15 +142,9 @@ def top_de_genes(
     return {g: [str(x) for x in names[g]] for g in groups}
 
 
-def most_expressed_genes(
-    adata: ad.AnnData,
-    n: int = TOP_EXPRESSED,
-    *,
-    key: str = "perturbation",
-    control: str | None = None,
-    target_sum: float = TARGET_SUM,
-    layer: str | None = None,
-) -> list[str]:
+def most_expressed_genes(adata: ad.AnnData, n: int = TOP_EXPRESSED, *, key: str = "perturbation",
+                         control: str | None = None, target_sum: float = TARGET_SUM,
+                         layer: str | None = None) -> list[str]:
     """The `n` genes with the highest mean normalised log1p expression, highest first.
 
     Args:
