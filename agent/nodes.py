@@ -10,7 +10,6 @@ import os
 import signal
 import time
 from dataclasses import replace
-from typing import Any
 
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
@@ -35,14 +34,6 @@ def fault_point(node: str, index: int) -> None:
 def round_key(campaign_id: str, index: int) -> str:
     """The idempotency key of a round's lab submission."""
     return f"{campaign_id}/round-{index}"
-
-
-def fit_surrogate(ctx: CampaignContext, index: int) -> dict[str, Any]:
-    """Fit the surrogate on everything measured so far; cache it for `propose`."""
-    observed = ctx.training_data()
-    surrogate, fit_seconds = ctx.fit_model(observed, index)
-    ctx.cache["fit"] = {"round": index, "surrogate": surrogate, "observed": observed, "fit_seconds": fit_seconds}
-    return ctx.cache["fit"]
 
 
 def excluded(ctx: CampaignContext, index: int) -> list[str]:
@@ -78,8 +69,8 @@ def fit(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     if (r is None or r.status == "fitting") and not left_to_propose(ctx, state["round"]):
         return _finished(ctx)
     r = r or ctx.store.get_or_create_round(ctx.campaign_id, state["round"])
-    if r.status == "fitting":
-        fit_surrogate(ctx, state["round"])
+    if r.status == "fitting":  # the fit on everything measured so far, kept by the context for `propose`
+        ctx.fit_model(ctx.training_data(), state["round"])
     return {"status": "running"}
 
 
@@ -120,10 +111,8 @@ def propose(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
         return {"status": "running"}
     if not left_to_propose(ctx, state["round"]):  # every candidate left was in a rejected batch
         return _finished(ctx)
-    cached = ctx.cache.get("fit")
-    if cached is None or cached["round"] != state["round"]:
-        cached = fit_surrogate(ctx, state["round"])
-    observed, model = cached["observed"], cached["surrogate"]
+    observed = ctx.training_data()
+    model, fit_seconds = ctx.fit_model(observed, state["round"])  # the fit `fit` made, unless this process resumed
     t0 = time.perf_counter()
     proposal = ctx.select(model, observed, excluded(ctx, state["round"]), state["round"])
     select_seconds = time.perf_counter() - t0
@@ -131,7 +120,7 @@ def propose(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
         ctx.store.drop_unused_round(r.id)  # the campaign ends before this round: no empty round in its record
         return _finished(ctx)
     record = ModelFit(round_id=r.id, surrogate=model.name if model is not None else "none", policy=proposal.policy,
-                      n_train=len(observed), fit_seconds=cached["fit_seconds"], select_seconds=select_seconds,
+                      n_train=len(observed), fit_seconds=fit_seconds, select_seconds=select_seconds,
                       params=getattr(model, "params", {}))
     ctx.store.save_proposal(r.id, _annotate(ctx, _with_evidence(ctx, proposal.items)), proposal.policy, record,
                             units=proposal_units(ctx, observed))  # the scale of its predictions, for the review
