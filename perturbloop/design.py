@@ -114,7 +114,8 @@ def split_candidates(space: DesignSpace, config: CampaignConfig, seed: int, *, h
     if n_test + config.initial >= n:
         raise ConfigError(f"initial ({config.initial}) + test ({n_test}) leave nothing to pick among {n} candidates")
     perm = rng.permutation(n)
-    return Split(space.labels_at(np.sort(perm[:n_test])), space.labels_at(np.sort(perm[n_test:n_test + config.initial])))
+    test, initial = np.sort(perm[:n_test]), np.sort(perm[n_test:n_test + config.initial])
+    return Split(space.labels_at(test), space.labels_at(initial))
 
 
 def prepare_singles(world: ResponseWorld, space: DesignSpace) -> dict[str, np.ndarray]:

@@ -239,7 +239,7 @@ class PairSpace:
         names = [f"{p}_g{j}" for p in self.pooling for j in range(self.gene_X.shape[1])]
         if self._z is not None:
             k = self._z.shape[1]
-            names += [f"prior_sum_pc{j}" for j in range(k)] + [f"prior_prod_pc{j}" for j in range(k)] + ["singles_known"]
+            names += [f"prior_{p}_pc{j}" for p in ("sum", "prod") for j in range(k)] + ["singles_known"]
         return names
 
     def label(self, i: int) -> str:

@@ -55,7 +55,8 @@ def _as2d(a: np.ndarray) -> np.ndarray:
 def _check(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred, truth = _as2d(pred), _as2d(truth)
     if pred.shape != truth.shape:
-        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} must have the same shape (perturbations x genes)")
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} must have the same shape "
+                         "(perturbations x genes)")
     if not np.isfinite(pred).all():
         raise ValueError("prediction has non-finite values")
     return pred, truth

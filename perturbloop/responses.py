@@ -36,7 +36,7 @@ def log_normalised(adata: ad.AnnData, *, layer: str | None = None, target_sum: f
     import scanpy as sc
 
     counts = counts_matrix(adata, layer)
-    X = sp.csr_matrix(counts, dtype=np.float32, copy=True) if sp.issparse(counts) else np.array(counts, dtype=np.float32)
+    X = sp.csr_matrix(counts, dtype=np.float32, copy=True) if sp.issparse(counts) else np.array(counts, np.float32)
     tmp = ad.AnnData(X=X, obs=adata.obs.copy(), var=pd.DataFrame(index=adata.var_names.copy()))
     sc.pp.normalize_total(tmp, target_sum=target_sum)
     sc.pp.log1p(tmp)
@@ -118,14 +118,14 @@ def top_de_genes(adata_or_lfc: ad.AnnData | pd.DataFrame, n: int = TOP_DE, *, ke
         if method != "abs_lfc":
             raise PerturbloopError(f"method {method!r} needs cells (an AnnData), not an LFC table")
         return _top_by_abs(adata_or_lfc, n)
-    adata = adata_or_lfc
     if method == "abs_lfc":
-        return _top_by_abs(pseudobulk_lfc(adata, key, control, target_sum, min_cells, layer=layer), n)
+        return _top_by_abs(pseudobulk_lfc(adata_or_lfc, key, control, target_sum, min_cells, layer=layer), n)
     if method not in ("t-test", "t-test_overestim_var", "wilcoxon"):
-        raise PerturbloopError(f"unknown DE method {method!r}; choose abs_lfc, t-test, t-test_overestim_var or wilcoxon")
+        raise PerturbloopError(f"unknown DE method {method!r}; choose abs_lfc, t-test, t-test_overestim_var or "
+                               "wilcoxon")
     import scanpy as sc
 
-    logn = log_normalised(adata, layer=layer, target_sum=target_sum)
+    logn = log_normalised(adata_or_lfc, layer=layer, target_sum=target_sum)
     labels = logn.obs[key].astype(str)
     counts = labels.value_counts()
     groups = [g for g in sorted(counts.index) if g != control and counts[g] >= max(min_cells, 2)]
@@ -159,7 +159,7 @@ def most_expressed_genes(adata: ad.AnnData, n: int = TOP_EXPRESSED, *, key: str 
             raise PerturbloopError(f"no control cells ({key} == {control!r})")
         X = X[mask]
     mean = np.asarray(X.mean(axis=0)).ravel()
-    order = np.argsort(-mean, kind="stable")[: min(n, len(mean))]
+    order = np.argsort(-mean, kind="stable")[:n]
     return [str(logn.var_names[i]) for i in order]
 
 
@@ -175,8 +175,8 @@ def summarise_delivery(cells: dict[str, ad.AnnData], control: ad.AnnData | None,
     """
     if control is None or control.n_obs < min_cells:
         n = 0 if control is None else control.n_obs
-        raise PerturbloopError(f"{source}: {n} control cells (label {CONTROL!r}); a delivery needs at least {min_cells} "
-                               "to summarise its perturbations")
+        raise PerturbloopError(f"{source}: {n} control cells (label {CONTROL!r}); a delivery needs at least "
+                               f"{min_cells} to summarise its perturbations")
     few = {label: a.n_obs for label, a in cells.items() if a.n_obs < min_cells}
     if few:
         shown = ", ".join(f"{k} ({v})" for k, v in sorted(few.items())[:20])
