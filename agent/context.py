@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -66,15 +67,8 @@ class CampaignContext:
         return self.config.rounds + (1 if self.split.initial else 0)
 
     @property
-    def approval(self) -> str:
-        return self.config.approval
-
-    @property
     def n_hits(self) -> int | None:
         return len(self.hits) or None
-
-    def is_hit(self, perturbation: str, value: float | None) -> bool | None:
-        return perturbation in self.hits if self.hits else None
 
     @property
     def hit_threshold(self) -> float:
@@ -162,7 +156,8 @@ class CampaignContext:
         order = np.random.default_rng([self.config.seed, 13]).permutation(len(spare))
         return keep + [spare[i] for i in order[: len(self.split.initial) - len(keep)]]
 
-    def summarise_results(self, results: dict[str, LabResult | LabError], source: str) -> dict[str, LabResult | LabError]:
+    def summarise_results(self, results: dict[str, LabResult | LabError],
+                          source: str) -> dict[str, LabResult | LabError]:
         """A lab's results as responses over the world's readouts: cells (a Perturb-seq delivery) are summarised
         against the delivery's control cells (`perturbloop.responses.summarise_delivery`), a one-readout value is
         its own response, a response of the wrong length is refused. Raises a LabResultError naming `source`."""
@@ -179,14 +174,15 @@ class CampaignContext:
                                          min_cells=self.config.world.min_cells, source=source)
             except PerturbloopError as e:
                 raise LabResultError(str(e)) from None
-            results.update({k: LabResult(k, response_value(y.tolist()), [], response=y.tolist()) for k, y in lfc.items()})
+            results.update({k: LabResult(k, response_value(y), [], response=y.tolist()) for k, y in lfc.items()})
         for k, r in results.items():
             if isinstance(r, LabResult) and r.response is None and len(readout) == 1 and r.value is not None:
                 results[k] = replace(r, response=[float(r.value)])
             elif isinstance(r, LabResult) and (r.response is None or len(r.response) != len(readout)):
                 got = "no response vector" if r.response is None else f"a response of {len(r.response)} values"
+                shown = ", ".join(readout[:5]) + (", ..." if len(readout) > 5 else "")
                 raise LabResultError(f"{source}: {k} came back with {got}; this campaign reads out "
-                                     f"{len(readout)} genes ({', '.join(readout[:5])}{', ...' if len(readout) > 5 else ''})")
+                                     f"{len(readout)} genes ({shown})")
         return results
 
     def after_ingest(self, index: int) -> None:
@@ -208,7 +204,8 @@ class CampaignContext:
 
 
 def build_context(config: CampaignConfig, store: Store, data_dir: str | os.PathLike | None = None,
-                  on_round: Callable[[dict], None] | None = None, *, space: DesignSpace | None = None) -> CampaignContext:
+                  on_round: Callable[[dict], None] | None = None, *,
+                  space: DesignSpace | None = None) -> CampaignContext:
     """The context of `config`'s campaign, any kind (agent.parts); `space`: a response campaign's design space
     built earlier. Bad input raises before anything is stored."""
     p = campaign_parts(config, data_dir, space=space)
@@ -220,25 +217,22 @@ def build_context(config: CampaignConfig, store: Store, data_dir: str | os.PathL
     if config.surrogate.target == "hit_call":
         ctx.hit_threshold  # noqa: B018 - raises a ConfigError now, before anything is stored
     if not config.is_response:
-        ctx.cache["explain"] = evidence_tables(config, ctx, data_dir)
+        ctx.cache["explain"] = evidence_tables(ctx, data_dir)
     return ctx
 
 
-def evidence_tables(config: CampaignConfig, ctx: CampaignContext, data_dir: str | os.PathLike | None = None) -> dict | None:
+def evidence_tables(ctx: CampaignContext, data_dir: str | os.PathLike | None = None) -> dict | None:
     """What `agent.nodes` needs to name each proposed gene's evidence (`perturbloop.explain`): the knowledge tables,
     read on first use (prior screens among them when the `screens` features are on), and the hit cut-off; None
     without a cut-off."""
     from perturbloop.data.priors import prior_screen_names
-    from perturbloop.explain import GeneKnowledge, knowledge_for
+    from perturbloop.explain import knowledge_for
 
     try:
         threshold = ctx.hit_threshold
     except ConfigError:
         return None
-    names = prior_screen_names(config.data.screen, config.design.prior_screens) if "screens" in config.design.features else []
-
-    def knowledge() -> GeneKnowledge:
-        return knowledge_for(str(data_dir) if data_dir else None, tuple(names))
-
-    return {"knowledge": knowledge, "hit_threshold": threshold, "matched_terms": None}
-
+    design = ctx.config.design
+    names = prior_screen_names(ctx.config.data.screen, design.prior_screens) if "screens" in design.features else []
+    return {"knowledge": partial(knowledge_for, str(data_dir) if data_dir else None, tuple(names)),
+            "hit_threshold": threshold}

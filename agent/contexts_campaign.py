@@ -7,9 +7,9 @@ The nodes (agent.nodes) ask a `ContextCampaign` what they ask every campaign; it
   offers can be proposed or added (`candidate_labels`);
 * the model learns the signed score (the cost-aware policy asks `P(|f| > tau)` of a signed posterior);
 * a round spends cost units: round `r` of `R` may spend `(budget - spent) / (R - r)`, at least the dearest allowed
-  context's cost (the target can always be bought) and at most what is left (`round_budget`), `spent` summing the cost of every pair measured or
-  failed so far; the campaign ends when what is left cannot pay the cheapest allowed context (`can_spend`), when
-  the policy can afford nothing it would pick, or when its rounds run out;
+  context's cost (the target can always be bought) and at most what is left (`round_budget`), `spent` summing the
+  cost of every pair measured or failed so far; the campaign ends when what is left cannot pay the cheapest allowed
+  context (`can_spend`), when the policy can afford nothing it would pick, or when its rounds run out;
 * after each round the store's fit record gets the cost spent (in total and per context), the target hits found
   and what the campaign's goal is scored on (perturbloop.context_objectives; truth for scoring only): goal `matrix`
   the held-out NRMSE and Pearson r per context of the model refit on everything measured (`nrmse:<context>`,
@@ -45,15 +45,9 @@ class ContextCampaign(CampaignContext):
 
     def free_labels(self) -> set[str]:
         """Goal `matrix`: the held-out genes' other contexts, known from the start at no cost."""
-        if not self.split.test:
-            return set()
         test = set(self.split.test)
         genes = {split_label(lab)[0] for lab in test}
         return {lab for lab in self.split.initial if split_label(lab)[0] in genes and lab not in test}
-
-    @property
-    def n_hits(self) -> int | None:
-        return len(self.hits) or None
 
     def spent(self) -> dict[str, float]:
         """Cost units spent per context: every pair measured or failed so far."""
@@ -61,20 +55,17 @@ class ContextCampaign(CampaignContext):
         costs = dict(zip(self.space.context_names, self.space.costs))
         free = self.free_labels()
         for o in self.store.observations(self.campaign_id, include_failed=True):
-            if o.perturbation in free:
-                continue
-            ctx = split_label(o.perturbation)[1]
-            out[ctx] = out.get(ctx, 0.0) + float(costs.get(ctx, 0.0))
+            if o.perturbation not in free:
+                c = split_label(o.perturbation)[1]
+                out[c] = out.get(c, 0.0) + float(costs.get(c, 0.0))
         return out
 
     def left(self) -> float:
         return self.config.contexts.budget - sum(self.spent().values())
 
-    def cheapest(self) -> float:
-        return float(self.space.costs[self.space.check_allowed(self.config.contexts.allowed)].min())
-
     def can_spend(self) -> bool:
-        return self.left() >= self.cheapest()
+        """Whether what is left pays for one pair of the cheapest allowed context."""
+        return self.left() >= float(self.space.costs[self.space.check_allowed(self.config.contexts.allowed)].min())
 
     def round_budget(self, index: int) -> float:
         """Cost units round `index` may spend: what is left shared equally over the rounds left, at least one pair of

@@ -26,26 +26,6 @@ from agent.state import LoopState
 from perturbloop.errors import StoreError
 
 
-def _after_ingest(state: LoopState) -> str:
-    # a partial delivery was ingested and the round still waits for the rest of its batch
-    return END if state.get("status") in ("finished", "waiting_for_lab") else "fit"
-
-
-def _unless_finished(then: str):
-    def route(state: LoopState) -> str:
-        return END if state.get("status") == "finished" else then
-
-    return route
-
-
-def _after_review(state: LoopState) -> str:
-    return "propose" if state.get("status") == "rejected" else "dispatch"
-
-
-def _after_collect(state: LoopState) -> str:
-    return END if state.get("status") == "waiting_for_lab" else "ingest"
-
-
 def _with_fault_point(name: str, fn):
     """Run the node, then the fault-injection hook (a no-op unless PERTURBLOOP_KILL_AT names it)."""
 
@@ -62,13 +42,20 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStat
     g = StateGraph(LoopState, context_schema=CampaignContext)
     for name in ("fit", "propose", "review", "dispatch", "collect", "ingest"):
         g.add_node(name, _with_fault_point(name, getattr(nodes, name)))
+
+    def edge(node: str, stop: tuple[str, ...], then: str, otherwise: str = END) -> None:
+        """`node` goes to `otherwise` when the state's status is one of `stop`, else to `then`."""
+        g.add_conditional_edges(node, lambda state: otherwise if state.get("status") in stop else then,
+                                [then, otherwise])
+
     g.add_edge(START, "fit")
-    g.add_conditional_edges("fit", _unless_finished("propose"), ["propose", END])
-    g.add_conditional_edges("propose", _unless_finished("review"), ["review", END])
-    g.add_conditional_edges("review", _after_review, ["propose", "dispatch"])
+    edge("fit", ("finished",), "propose")
+    edge("propose", ("finished",), "review")
+    edge("review", ("rejected",), "dispatch", "propose")
     g.add_edge("dispatch", "collect")
-    g.add_conditional_edges("collect", _after_collect, ["ingest", END])
-    g.add_conditional_edges("ingest", _after_ingest, ["fit", END])
+    edge("collect", ("waiting_for_lab",), "ingest")
+    # after a partial delivery is ingested the round still waits for the rest of its batch
+    edge("ingest", ("finished", "waiting_for_lab"), "fit")
     return g.compile(checkpointer=checkpointer)
 
 

@@ -10,7 +10,6 @@ import os
 import signal
 import time
 from dataclasses import replace
-from typing import Any
 
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
@@ -28,23 +27,13 @@ from perturbloop.store import Decision, ModelFit, Observation
 def fault_point(node: str, index: int) -> None:
     """Test hook: `PERTURBLOOP_KILL_AT=node:round` SIGKILLs this process right after `node`'s
     side effects in that round (fault-injection tests of crash-safe resume)."""
-    target = os.environ.get("PERTURBLOOP_KILL_AT")
-    if target and target == f"{node}:{index}":
+    if os.environ.get("PERTURBLOOP_KILL_AT") == f"{node}:{index}":
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 def round_key(campaign_id: str, index: int) -> str:
     """The idempotency key of a round's lab submission."""
     return f"{campaign_id}/round-{index}"
-
-
-def fit_surrogate(ctx: CampaignContext, index: int) -> dict[str, Any]:
-    """Fit the surrogate on everything measured so far; cache it for `propose`."""
-    observed = ctx.training_data()
-    surrogate, fit_seconds = ctx.fit_model(observed, index)
-    fit = {"round": index, "surrogate": surrogate, "observed": observed, "fit_seconds": fit_seconds}
-    ctx.cache["fit"] = fit
-    return fit
 
 
 def excluded(ctx: CampaignContext, index: int) -> list[str]:
@@ -80,8 +69,8 @@ def fit(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     if (r is None or r.status == "fitting") and not left_to_propose(ctx, state["round"]):
         return _finished(ctx)
     r = r or ctx.store.get_or_create_round(ctx.campaign_id, state["round"])
-    if r.status == "fitting":
-        fit_surrogate(ctx, state["round"])
+    if r.status == "fitting":  # the fit on everything measured so far, kept by the context for `propose`
+        ctx.fit_model(ctx.training_data(), state["round"])
     return {"status": "running"}
 
 
@@ -97,23 +86,21 @@ def _annotate(ctx: CampaignContext, items: list) -> list:
             for lab in rej.perturbations:
                 said.setdefault(lab, f"in the batch rejected by {rej.by} in round {r.index + 1}"
                                 + (f" ({rej.note})" if rej.note else ""))
-    return [replace(it, rationale=f"{said[it.perturbation]}; {it.rationale}" if it.rationale else said[it.perturbation])
+    return [replace(it, rationale="; ".join(filter(None, [said[it.perturbation], it.rationale])))
             if it.perturbation in said else it for it in items]
 
 
 def _with_evidence(ctx: CampaignContext, items: list) -> list:
     """`items` with each gene's prior evidence appended to its rationale (`perturbloop.explain`: STRING neighbours
-    measured as hits, pathway, literature, prior screens, phenotype terms), where the context carries the
-    knowledge tables (`ctx.cache["explain"]`, set by `agent.context.build_context` for screen campaigns; its
-    `matched_terms`, gene -> phenotype terms, is where a phenotype scorer's matches go)."""
+    measured as hits, pathway, literature, prior screens), where the context carries the knowledge tables
+    (`ctx.cache["explain"]`, set by `agent.context.build_context` for screen campaigns)."""
     ev = ctx.cache.get("explain")
     if ev is None or not items:
         return items
     from perturbloop.explain import explain, with_evidence
 
     values = {o.perturbation: o.value for o in ctx.store.observations(ctx.campaign_id)}
-    notes = explain([it.perturbation for it in items], ev["knowledge"](), values, ev["hit_threshold"],
-                    matched_terms=ev.get("matched_terms"))
+    notes = explain([it.perturbation for it in items], ev["knowledge"](), values, ev["hit_threshold"])
     return [replace(it, rationale=r) for it, r in zip(items, with_evidence([it.rationale for it in items], notes))]
 
 
@@ -124,21 +111,17 @@ def propose(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
         return {"status": "running"}
     if not left_to_propose(ctx, state["round"]):  # every candidate left was in a rejected batch
         return _finished(ctx)
-    cached = ctx.cache.get("fit")
-    if cached is None or cached["round"] != state["round"]:
-        cached = fit_surrogate(ctx, state["round"])
-    observed = cached["observed"]
-    pending = excluded(ctx, state["round"])
+    observed = ctx.training_data()
+    model, fit_seconds = ctx.fit_model(observed, state["round"])  # the fit `fit` made, unless this process resumed
     t0 = time.perf_counter()
-    proposal = ctx.select(cached["surrogate"], observed, pending, state["round"])
+    proposal = ctx.select(model, observed, excluded(ctx, state["round"]), state["round"])
     select_seconds = time.perf_counter() - t0
     if not proposal.items:  # the policy can pick nothing more (a budget in cost units that affords none of its picks)
         ctx.store.drop_unused_round(r.id)  # the campaign ends before this round: no empty round in its record
         return _finished(ctx)
-    surrogate_name = cached["surrogate"].name if cached["surrogate"] is not None else "none"
-    params = getattr(cached["surrogate"], "params", {}) if cached["surrogate"] is not None else {}
-    record = ModelFit(round_id=r.id, surrogate=surrogate_name, policy=proposal.policy, n_train=len(observed),
-                      fit_seconds=cached["fit_seconds"], select_seconds=select_seconds, params=params)
+    record = ModelFit(round_id=r.id, surrogate=model.name if model is not None else "none", policy=proposal.policy,
+                      n_train=len(observed), fit_seconds=fit_seconds, select_seconds=select_seconds,
+                      params=getattr(model, "params", {}))
     ctx.store.save_proposal(r.id, _annotate(ctx, _with_evidence(ctx, proposal.items)), proposal.policy, record,
                             units=proposal_units(ctx, observed))  # the scale of its predictions, for the review
     return {"status": "running"}
@@ -154,7 +137,7 @@ def review(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     labels = [p.perturbation for p in ctx.store.proposals(r.id)]
     if not labels:  # the proposal was rejected: propose the round again
         return {"status": "rejected"}
-    if ctx.approval == "auto":
+    if ctx.config.approval == "auto":
         ctx.store.save_decision(Decision(round_id=r.id, action="auto", by="auto", final=labels))
         return {"status": "running"}
     ctx.store.set_campaign_status(ctx.campaign_id, "awaiting_approval")
@@ -216,14 +199,13 @@ def collect(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     if status not in ("partial", "complete", "failed"):
         return _waiting(ctx)
     results = ctx.lab.collect(ref)
+    source = f"lab job {ref.external_id} ({key})"
     unknown = sorted(set(results) - set(job.perturbations) - {CONTROL})
     if unknown:
-        raise LabResultError(f"lab job {ref.external_id} ({key}): results for perturbation(s) not in its batch: "
-                             + ", ".join(unknown[:20]))
-    source = f"lab job {ref.external_id} ({key})"
+        raise LabResultError(f"{source}: results for perturbation(s) not in its batch: " + ", ".join(unknown[:20]))
     if hasattr(ctx.lab, "result_files"):  # a file drop: name the files the results came from
         source += " [" + ", ".join(str(f) for f in ctx.lab.result_files(ref)) + "]"
-    results = ctx.summarise_results(results, source)
+    results = ctx.summarise_results(results, source)  # every LabResult now has its response vector
     have = ctx.store.observed(ctx.campaign_id)
     rows, pending = [], []
     for label in job.perturbations:
@@ -237,13 +219,11 @@ def collect(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
         if isinstance(res, LabError):
             rows.append({"perturbation": label, "value": None, "replicates": [], "error": res.reason})
         elif res.value is None:
-            raise LabResultError(f"lab job {ref.external_id} ({key}): {label} came back as cells (Perturb-seq) without "
-                                 "a readout; a screen campaign needs a value per perturbation (a results CSV)")
+            raise LabResultError(f"{source}: {label} came back as cells (Perturb-seq) without a readout; a screen "
+                                 "campaign needs a value per perturbation (a results CSV)")
         else:
-            row = {"perturbation": label, "value": res.value, "replicates": list(res.replicates), "error": None}
-            if res.response is not None:  # a response campaign: the measured response vector
-                row["response"] = [float(v) for v in res.response]
-            rows.append(row)
+            rows.append({"perturbation": label, "value": res.value, "replicates": list(res.replicates), "error": None,
+                         "response": [float(v) for v in res.response]})
     if pending and not rows:
         return _waiting(ctx)
     return {"collected": rows, "status": "partial" if pending else "running"}
@@ -254,15 +234,17 @@ def ingest(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     ctx = runtime.context
     r = ctx.store.get_or_create_round(ctx.campaign_id, state["round"])
     key = round_key(ctx.campaign_id, state["round"])
-    complete = state.get("status") != "partial" or r.status in ("ingested", "rejected")
-    if r.status not in ("ingested", "rejected"):
+    done = r.status in ("ingested", "rejected")
+    complete = done or state.get("status") != "partial"
+    if not done:
+        collected = state.get("collected", [])
         rows = [
             Observation(campaign_id=ctx.campaign_id, round_id=r.id, perturbation=c["perturbation"], value=c["value"],
                         replicates=c["replicates"], failed=c["error"] is not None, error=c["error"],
-                        hit=None if c["error"] else ctx.is_hit(c["perturbation"], c["value"]))
-            for c in state.get("collected", [])
+                        hit=None if c["error"] or not ctx.hits else c["perturbation"] in ctx.hits)
+            for c in collected
         ]
-        responses = {c["perturbation"]: c["response"] for c in state.get("collected", []) if c.get("response") is not None}
+        responses = {c["perturbation"]: c["response"] for c in collected if c.get("response") is not None}
         if ctx.store.lab_job(key) is not None:
             ctx.store.ingest(ctx.campaign_id, r.id, key, rows, complete=complete, responses=responses)
     if not complete:
@@ -271,10 +253,8 @@ def ingest(state: LoopState, runtime: Runtime[CampaignContext]) -> dict:
     ctx.after_ingest(state["round"])
     if ctx.on_round is not None:
         ctx.on_round(ctx.summary(state["round"]))
-    if nxt >= ctx.rounds:
-        ctx.store.set_campaign_status(ctx.campaign_id, "finished")
-        return {"round": nxt, "collected": [], "status": "finished"}
+    status = "finished" if nxt >= ctx.rounds else "running"
     c = ctx.store.get_campaign(ctx.campaign_id)
-    if c is not None and c.status == "waiting_for_lab":
-        ctx.store.set_campaign_status(ctx.campaign_id, "running")
-    return {"round": nxt, "collected": [], "status": "running"}
+    if status == "finished" or (c is not None and c.status == "waiting_for_lab"):
+        ctx.store.set_campaign_status(ctx.campaign_id, status)
+    return {"round": nxt, "collected": [], "status": status}

@@ -79,9 +79,8 @@ def screen_parts(config: CampaignConfig, data_dir: str | None) -> CampaignParts:
     if len(genes) < len(screen.genes):
         screen = screen.subset(genes)
     d = config.design
-    prior: list[Screen] = []
-    if "screens" in d.features:
-        prior = [load_screen(n, data_dir) for n in prior_screen_names(config.data.screen, d.prior_screens)]
+    prior = ([load_screen(n, data_dir) for n in prior_screen_names(config.data.screen, d.prior_screens)]
+             if "screens" in d.features else [])
     if "embedding" in d.features and not d.embeddings:
         raise ConfigError("design.embeddings: feature 'embedding' needs a file")
     pool = build_gene_pool(screen.genes, features=d.features, prior_screens=prior, data_dir=data_dir,
@@ -155,7 +154,6 @@ def contexts_parts(config: CampaignConfig, data_dir: str | None, space: DesignSp
     from simulators.context_replay import context_world
 
     t = config.contexts
-    names = [c.name for c in t.context_list()]
     genes = None
     if config.design.genes is not None:
         genes = design_genes(config, load_context_screen(config.world.dataset, data_dir), data_dir)
@@ -163,25 +161,22 @@ def contexts_parts(config: CampaignConfig, data_dir: str | None, space: DesignSp
     if space is None:
         space = context_space(world.screen, t.context_list(), features=config.design.features, data_dir=data_dir,
                               go_dims=config.design.go_dims)
-    test: list[str] = []
-    known: list[str] = []
-    taken = np.zeros(len(space.genes), bool)
+    held = np.zeros(space.offered.shape, bool)
     if t.goal == "matrix":
         try:
             held = heldout_design(space.offered, t.test_genes, np.random.default_rng(10_000 + config.seed))
         except ValueError as e:
             raise ConfigError(f"contexts.test_genes: {e}") from None
-        taken = held.any(1)
-        test = [space.label(g, c) for g, c in zip(*np.nonzero(held))]
-        known = [space.label(g, c) for g in np.flatnonzero(taken) for c in range(len(names))
-                 if space.offered[g, c] and not held[g, c]]
+    taken = held.any(1)
+    test = [space.label(g, c) for g, c in zip(*np.nonzero(held))]
+    known = [space.label(g, c) for g, c in zip(*np.nonzero(space.offered & ~held & taken[:, None]))]
     rng = np.random.default_rng(config.seed)
     everywhere = np.flatnonzero(space.offered.all(1) & ~taken)
     n = config.initial or 0
     pool = everywhere if len(everywhere) >= n else \
         np.flatnonzero(space.offered[:, space.context_index(t.target)] & ~taken)
     chosen = rng.choice(pool, size=min(n, len(pool)), replace=False) if n else []
-    initial = known + [space.label(g, c) for g in chosen for c in range(len(names)) if space.offered[g, c]]
+    initial = known + [space.label(g, c) for g in chosen for c in np.flatnonzero(space.offered[g])]
     return CampaignParts(world, space, Split(test, initial), frozenset(pair_label(g, t.target) for g in world.hits),
                          None)
 

@@ -8,6 +8,7 @@ A scorer has `score(model, observed) -> {metric: value}`, called on the model re
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -17,13 +18,13 @@ from perturbloop.response_metrics import Evaluation, response_metrics
 from surrogates.response import fit_on_space, predict_on_space
 
 
+@dataclass
 class UnmeasuredSpearman:
     """A pooled screen's model on the genes not yet measured (the BioDiscoveryAgent setting): Spearman
     correlation of the posterior mean with the true objective (`|score|` for hits), `spearman_unmeasured`."""
 
-    def __init__(self, space: DesignSpace, truth: pd.Series):
-        self.space = space
-        self.truth = truth  # the objective's true value of every candidate, by label (NaN: unknown)
+    space: DesignSpace
+    truth: pd.Series  # the objective's true value of every candidate, by label (NaN: unknown)
 
     def score(self, model, observed: Mapping[str, object]) -> dict[str, float]:
         from scipy.stats import spearmanr
@@ -37,15 +38,15 @@ class UnmeasuredSpearman:
         return {"spearman_unmeasured": float(spearmanr(mean[ok], truth[ok]).statistic)}
 
 
+@dataclass
 class HeldOutScores:
     """A response campaign's model on its held-out perturbations (never run): the response metrics
     (perturbloop.response_metrics) beside those of the baselines fitted on the same observations
     (`<metric>@<baseline>`); objective `maximize` adds `hit_ratio` and `best_score` of what was measured."""
 
-    def __init__(self, space: DesignSpace, evaluation: Evaluation, baselines: Mapping[str, Callable[[], object]]):
-        self.space = space
-        self.evaluation = evaluation
-        self.baselines = baselines  # name -> unfitted baseline model
+    space: DesignSpace
+    evaluation: Evaluation
+    baselines: Mapping[str, Callable[[], object]]  # name -> unfitted baseline model
 
     def score(self, model, observed: Mapping[str, object]) -> dict[str, float]:
         ev = self.evaluation

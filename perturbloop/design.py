@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from perturbloop.device import keep_torch_threads
+from perturbloop.device import default_device, keep_torch_threads
 from perturbloop.errors import ConfigError
 from perturbloop.features import standardised
 from perturbloop.design_space import DesignSpace, PairSpace, SingleSpace
@@ -75,8 +75,6 @@ def gene_feature_matrix(genes: Sequence[str], world: ResponseWorld, config: Camp
 
 def build_space(world: ResponseWorld, config: CampaignConfig, data_dir=None) -> DesignSpace:
     """The design space of a response campaign over the world's candidates (see perturbloop.design_space)."""
-    from perturbloop.device import default_device
-
     cands = list(world.candidates)
     if config.design.genes:
         keep = {g.upper() for g in config.design.genes}
@@ -116,7 +114,8 @@ def split_candidates(space: DesignSpace, config: CampaignConfig, seed: int, *, h
     if n_test + config.initial >= n:
         raise ConfigError(f"initial ({config.initial}) + test ({n_test}) leave nothing to pick among {n} candidates")
     perm = rng.permutation(n)
-    return Split(space.labels_at(np.sort(perm[:n_test])), space.labels_at(np.sort(perm[n_test:n_test + config.initial])))
+    test, initial = np.sort(perm[:n_test]), np.sort(perm[n_test:n_test + config.initial])
+    return Split(space.labels_at(test), space.labels_at(initial))
 
 
 def prepare_singles(world: ResponseWorld, space: DesignSpace) -> dict[str, np.ndarray]:

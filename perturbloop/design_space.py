@@ -239,7 +239,7 @@ class PairSpace:
         names = [f"{p}_g{j}" for p in self.pooling for j in range(self.gene_X.shape[1])]
         if self._z is not None:
             k = self._z.shape[1]
-            names += [f"prior_sum_pc{j}" for j in range(k)] + [f"prior_prod_pc{j}" for j in range(k)] + ["singles_known"]
+            names += [f"prior_{p}_pc{j}" for p in ("sum", "prod") for j in range(k)] + ["singles_known"]
         return names
 
     def label(self, i: int) -> str:
@@ -278,9 +278,7 @@ class PairSpace:
         ab = self.gene_pairs(idx).to(self.device)
         a, b = ab[:, 0], ab[:, 1]
         ga, gb = self.gene_X[a], self.gene_X[b]
-        blocks = []
-        for p in self.pooling:
-            blocks.append(ga + gb if p == "sum" else ga * gb if p == "prod" else torch.maximum(ga, gb))
+        blocks = [ga + gb if p == "sum" else ga * gb if p == "prod" else torch.maximum(ga, gb) for p in self.pooling]
         if self._z is not None:
             za, zb = self._z[a], self._z[b]
             blocks += [za + zb, za * zb, (self.known[a] + self.known[b]).unsqueeze(1)]
@@ -297,7 +295,7 @@ class PairSpace:
         if self.singles is None or not self.use_offset:
             return None
         key = (w.data_ptr(), w.numel())
-        if getattr(self, "_sw_key", None) != key:
+        if self._sw_key != key:
             self._sw = self.singles @ w.to(self.singles)
             self._sw_key = key
         ab = self.gene_pairs(idx).to(self.device)

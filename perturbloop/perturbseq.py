@@ -58,19 +58,12 @@ class UnknownPerturbationError(PerturbloopError, KeyError):
 # --- labels -----------------------------------------------------------------------------------
 
 
-def canonical_labels(
-    values: Iterable[object] | pd.Series,
-    *,
-    control: str | Iterable[str] = CONTROL,
-    separators: str = "+",
-    symbol_map: Mapping[str, str] | None = None,
-) -> pd.Series:
+def canonical_labels(values: Iterable[object] | pd.Series, *, control: str | Iterable[str] = CONTROL,
+                     separators: str = "+", symbol_map: Mapping[str, str] | None = None) -> pd.Series:
     """`canonical_label` over many values (computed once per distinct value); None where missing."""
-    s = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
-    s = s.astype(object)
-    uniq = pd.unique(s)
-    mapping = {u: canonical_label(u, control=control, separators=separators, symbol_map=symbol_map) for u in uniq}
-    return s.map(mapping)
+    s = (values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)).astype(object)
+    return s.map({u: canonical_label(u, control=control, separators=separators, symbol_map=symbol_map)
+                  for u in pd.unique(s)})
 
 
 def _symbol_map(genes: Iterable[str], data_dir) -> dict[str, str]:
@@ -94,35 +87,22 @@ def counts_matrix(adata: ad.AnnData, layer: str | None = None) -> sp.csr_matrix 
     Raises PerturbSeqFormatError when the matrix has negative or non-integer values (e.g. a
     log-normalised `X` with no counts layer).
     """
-    if layer is not None:
-        if layer not in adata.layers:
-            raise PerturbSeqFormatError(f"layer {layer!r} not in the AnnData (layers: {list(adata.layers)})")
-        m, where = adata.layers[layer], f"layers[{layer!r}]"
-    elif COUNTS_LAYER in adata.layers:
-        m, where = adata.layers[COUNTS_LAYER], f"layers[{COUNTS_LAYER!r}]"
-    else:
-        m, where = adata.X, "X"
+    if layer is not None and layer not in adata.layers:
+        raise PerturbSeqFormatError(f"layer {layer!r} not in the AnnData (layers: {list(adata.layers)})")
+    layer = layer if layer is not None else COUNTS_LAYER if COUNTS_LAYER in adata.layers else None
+    m, where = (adata.X, "X") if layer is None else (adata.layers[layer], f"layers[{layer!r}]")
     if m is None:
         raise PerturbSeqFormatError("the AnnData has no expression matrix")
-    vals = m.data if sp.issparse(m) else np.asarray(m).ravel()
-    vals = vals[:_COUNT_CHECK_VALUES]
+    vals = (m.data if sp.issparse(m) else np.asarray(m).ravel())[:_COUNT_CHECK_VALUES]
     if vals.size and (np.nanmin(vals) < 0 or not np.allclose(vals, np.round(vals))):
-        raise PerturbSeqFormatError(
-            f"{where} does not hold raw counts (negative or non-integer values, e.g. log-normalised data); "
-            "Perturb-seq needs raw UMI counts in X or layers['counts']"
-        )
+        raise PerturbSeqFormatError(f"{where} does not hold raw counts (negative or non-integer values, e.g. "
+                                    "log-normalised data); Perturb-seq needs raw UMI counts in X or layers['counts']")
     return m
 
 
-def prepare_perturbseq(
-    adata: ad.AnnData,
-    key: str = DEFAULT_KEY,
-    control: str | Iterable[str] = CONTROL,
-    *,
-    layer: str | None = None,
-    separators: str = "+",
-    symbol_map: Mapping[str, str] | None = None,
-) -> ad.AnnData:
+def prepare_perturbseq(adata: ad.AnnData, key: str = DEFAULT_KEY, control: str | Iterable[str] = CONTROL, *,
+                       layer: str | None = None, separators: str = "+",
+                       symbol_map: Mapping[str, str] | None = None) -> ad.AnnData:
     """A new AnnData in the canonical form (module docstring) from any Perturb-seq AnnData.
 
     Args:
@@ -138,9 +118,8 @@ def prepare_perturbseq(
         ``X`` (a copy of the counts) and ``uns['perturbseq']``. Cells without a label are dropped.
     """
     if key not in adata.obs:
-        raise PerturbSeqFormatError(
-            f"no obs column {key!r} with perturbation labels; obs columns: {', '.join(map(str, adata.obs.columns))}"
-        )
+        raise PerturbSeqFormatError(f"no obs column {key!r} with perturbation labels; obs columns: "
+                                    + ", ".join(map(str, adata.obs.columns)))
     counts = counts_matrix(adata, layer)
     labels = canonical_labels(adata.obs[key], control=control, separators=separators, symbol_map=symbol_map)
     keep = labels.notna().to_numpy()
@@ -160,37 +139,20 @@ def prepare_perturbseq(
         out.obsm[k] = v[keep]
     out.uns.update(adata.uns)
     previous = adata.uns.get("perturbseq") if key == DEFAULT_KEY else None
+    controls = sorted(label_set(control) | {CONTROL})
     info = dict(previous) if isinstance(previous, Mapping) else {  # re-preparing keeps the provenance
-        "source_key": key,
-        "controls": sorted(label_set(control) | {CONTROL}),
-        "separators": separators,
-        "symbol_map": dict(symbol_map or {}),
-    }
+        "source_key": key, "controls": controls, "separators": separators, "symbol_map": dict(symbol_map or {})}
     info["n_dropped_unlabelled"] = int(info.get("n_dropped_unlabelled", 0)) + n_dropped
     info["n_control_cells"] = int((obs[DEFAULT_KEY] == CONTROL).sum())
     out.uns["perturbseq"] = info
     if info["n_control_cells"] == 0:
-        warnings.warn(
-            f"no control cells (labels {sorted(label_set(control) | {CONTROL})}) in obs[{key!r}]", stacklevel=2
-        )
+        warnings.warn(f"no control cells (labels {controls}) in obs[{key!r}]", stacklevel=2)
     return out
 
 
-def perturbseq_datasets() -> list[str]:
-    """Registry names of the Perturb-seq datasets."""
-    return [n for n, s in REGISTRY.items() if s.kind == "perturbseq"]
-
-
-def load_perturbseq(
-    path_or_name: str | os.PathLike,
-    data_dir: str | os.PathLike | None = None,
-    key: str = DEFAULT_KEY,
-    control: str | Iterable[str] = CONTROL,
-    *,
-    layer: str | None = None,
-    separators: str | None = None,
-    map_symbols: bool = True,
-) -> ad.AnnData:
+def load_perturbseq(path_or_name: str | os.PathLike, data_dir: str | os.PathLike | None = None, key: str = DEFAULT_KEY,
+                    control: str | Iterable[str] = CONTROL, *, layer: str | None = None, separators: str | None = None,
+                    map_symbols: bool = True) -> ad.AnnData:
     """Load a Perturb-seq h5ad (registry name or path) in the canonical form (module docstring).
 
     Args:
@@ -226,7 +188,7 @@ def load_perturbseq(
         if not path.is_file():
             if path.suffix or os.sep in name:
                 raise PerturbloopError(f"Perturb-seq file {str(path)!r} does not exist")
-            raise UnknownDatasetError(name, perturbseq_datasets())
+            raise UnknownDatasetError(name, [n for n, s in REGISTRY.items() if s.kind == "perturbseq"])
     adata = ad.read_h5ad(path)
     if key not in adata.obs and key == DEFAULT_KEY and opts.get("key"):
         key = opts["key"]

@@ -55,7 +55,8 @@ def _as2d(a: np.ndarray) -> np.ndarray:
 def _check(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred, truth = _as2d(pred), _as2d(truth)
     if pred.shape != truth.shape:
-        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} must have the same shape (perturbations x genes)")
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} must have the same shape "
+                         "(perturbations x genes)")
     if not np.isfinite(pred).all():
         raise ValueError("prediction has non-finite values")
     return pred, truth
@@ -71,18 +72,12 @@ def rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
 
 
-def de_mask(de_idx: Sequence[Sequence[int]], n_genes: int) -> np.ndarray:
-    """`n x n_genes` bool mask from per-perturbation DE gene indices."""
-    m = np.zeros((len(de_idx), n_genes), dtype=bool)
-    for i, idx in enumerate(de_idx):
-        m[i, list(idx)] = True
-    return m
-
-
 def mse_top_de(pred: np.ndarray, truth: np.ndarray, de_idx: Sequence[Sequence[int]]) -> float:
     """`mean_p mean_{g in DE_p} (pred - truth)^2` (see module docstring)."""
     pred, truth = _check(pred, truth)
-    m = de_mask(de_idx, truth.shape[1])
+    m = np.zeros((len(de_idx), truth.shape[1]), dtype=bool)
+    for i, idx in enumerate(de_idx):
+        m[i, list(idx)] = True
     if (m.sum(1) == 0).any():
         raise ValueError("every perturbation needs at least one DE gene")
     se = np.where(m, (pred - truth) ** 2, 0.0)
@@ -131,7 +126,6 @@ def response_metrics(pred: np.ndarray, truth: np.ndarray, *, de_idx: Sequence[Se
         out["pearson_delta_top20_de"] = pearson_delta(pred, truth, de)
     out["l2_top_expressed"] = l2_top_expressed(pred, truth, expressed_idx)
     if additive is not None:
-        additive = _as2d(additive)
         add = l2_top_expressed(additive, truth, expressed_idx)
         out["l2_additive"] = add
         out["l2_ratio_vs_additive"] = out["l2_top_expressed"] / add if add > 0 else float("nan")
@@ -172,12 +166,12 @@ def program_weights(world: ResponseWorld, config: CampaignConfig) -> torch.Tenso
             return torch.tensor([sign], dtype=torch.float64)
         raise ConfigError("acquisition.program: list the program's genes")
     pos = {g: i for i, g in enumerate(world.genes)}
-    missing = [g for g in acq.program if g.upper() not in pos and g not in pos]
+    idx = [pos.get(g.upper(), pos.get(g)) for g in acq.program]
+    missing = [g for g, i in zip(acq.program, idx) if i is None]
     if missing:
         raise ConfigError(f"acquisition.program: genes not measured by the world: {', '.join(missing)}")
     w = torch.zeros(len(world.genes), dtype=torch.float64)
-    for g in acq.program:
-        w[pos.get(g.upper(), pos.get(g))] = sign / len(acq.program)
+    w[idx] = sign / len(acq.program)
     return w
 
 
@@ -213,9 +207,9 @@ def prepare_evaluation(world: ResponseWorld, space: DesignSpace, config: Campaig
     ev = Evaluation(split.test, test_idx, truth, de, world.expressed(config.evaluation.top_expressed),
                     None if off is None else off.cpu().numpy())
     if config.objective == "maximize" and w is not None:
-        labels = [c for c in space.labels if c not in set(split.test)]
-        T = world.truth(labels)
-        s = T @ w.numpy()
+        test = set(split.test)
+        labels = [c for c in space.labels if c not in test]
+        s = world.truth(labels) @ w.numpy()
         interaction, absolute = program_flags(config)
         off = space.offset(space.indices(labels)) if interaction else None
         if off is not None:
@@ -226,5 +220,5 @@ def prepare_evaluation(world: ResponseWorld, space: DesignSpace, config: Campaig
         n_hits = max(1, int(round(config.evaluation.hit_fraction * len(labels))))
         ev.hits = set(np.array(labels)[np.argsort(-s, kind="stable")[:n_hits]].tolist())
         if getattr(world, "hits", None) is not None:  # hits the world defines (a pair screen's --hits file)
-            ev.hits = set(world.hits) - set(split.test)
+            ev.hits = set(world.hits) - test
     return ev

@@ -24,10 +24,9 @@ import scipy.sparse as sp
 from perturbloop.errors import PerturbloopError
 from perturbloop.perturbation import CONTROL
 from perturbloop.perturbseq import counts_matrix
+from perturbloop.response_metrics import TOP_DE, TOP_EXPRESSED, top_de_by_magnitude
 
 TARGET_SUM = 1e4  # counts per cell after normalisation (scanpy / GEARS default)
-TOP_DE = 20  # IterPert / GEARS evaluate on the top-20 DE genes
-MOST_EXPRESSED = 1000  # Ahlmann-Eltze et al. 2025 evaluate pairs on the 1,000 most expressed genes
 
 DEMethod = Literal["abs_lfc", "t-test", "t-test_overestim_var", "wilcoxon"]
 
@@ -37,7 +36,7 @@ def log_normalised(adata: ad.AnnData, *, layer: str | None = None, target_sum: f
     import scanpy as sc
 
     counts = counts_matrix(adata, layer)
-    X = sp.csr_matrix(counts, dtype=np.float32, copy=True) if sp.issparse(counts) else np.array(counts, dtype=np.float32)
+    X = sp.csr_matrix(counts, dtype=np.float32, copy=True) if sp.issparse(counts) else np.array(counts, np.float32)
     tmp = ad.AnnData(X=X, obs=adata.obs.copy(), var=pd.DataFrame(index=adata.var_names.copy()))
     sc.pp.normalize_total(tmp, target_sum=target_sum)
     sc.pp.log1p(tmp)
@@ -54,15 +53,8 @@ def _group_means(X, labels: pd.Series) -> tuple[np.ndarray, list[str], np.ndarra
     return means, list(uniques), n
 
 
-def pseudobulk_lfc(
-    adata: ad.AnnData,
-    key: str = "perturbation",
-    control: str = CONTROL,
-    target_sum: float = TARGET_SUM,
-    min_cells: int = 1,
-    *,
-    layer: str | None = None,
-) -> pd.DataFrame:
+def pseudobulk_lfc(adata: ad.AnnData, key: str = "perturbation", control: str = CONTROL, target_sum: float = TARGET_SUM,
+                   min_cells: int = 1, *, layer: str | None = None) -> pd.DataFrame:
     """Pseudobulk log-fold-change of every perturbation vs control (module docstring).
 
     Args:
@@ -100,24 +92,14 @@ def pseudobulk_lfc(
 
 
 def _top_by_abs(lfc: pd.DataFrame, n: int) -> dict[str, list[str]]:
-    cols = np.asarray(lfc.columns)
-    vals = np.abs(lfc.to_numpy(dtype=float))
-    vals = np.where(np.isnan(vals), -np.inf, vals)
-    order = np.argsort(-vals, axis=1, kind="stable")[:, :n]
+    """Per row, the `n` columns of largest |LFC| (NaN last)."""
+    cols, order = np.asarray(lfc.columns), top_de_by_magnitude(lfc.to_numpy(float), n)
     return {str(lab): [str(c) for c in cols[o]] for lab, o in zip(lfc.index, order)}
 
 
-def top_de_genes(
-    adata_or_lfc: ad.AnnData | pd.DataFrame,
-    n: int = TOP_DE,
-    *,
-    key: str = "perturbation",
-    control: str = CONTROL,
-    method: DEMethod = "abs_lfc",
-    target_sum: float = TARGET_SUM,
-    min_cells: int = 2,
-    layer: str | None = None,
-) -> dict[str, list[str]]:
+def top_de_genes(adata_or_lfc: ad.AnnData | pd.DataFrame, n: int = TOP_DE, *, key: str = "perturbation",
+                 control: str = CONTROL, method: DEMethod = "abs_lfc", target_sum: float = TARGET_SUM,
+                 min_cells: int = 2, layer: str | None = None) -> dict[str, list[str]]:
     """Top-`n` differentially expressed genes of each perturbation vs control.
 
     Args:
@@ -136,14 +118,14 @@ def top_de_genes(
         if method != "abs_lfc":
             raise PerturbloopError(f"method {method!r} needs cells (an AnnData), not an LFC table")
         return _top_by_abs(adata_or_lfc, n)
-    adata = adata_or_lfc
     if method == "abs_lfc":
-        return _top_by_abs(pseudobulk_lfc(adata, key, control, target_sum, min_cells, layer=layer), n)
+        return _top_by_abs(pseudobulk_lfc(adata_or_lfc, key, control, target_sum, min_cells, layer=layer), n)
     if method not in ("t-test", "t-test_overestim_var", "wilcoxon"):
-        raise PerturbloopError(f"unknown DE method {method!r}; choose abs_lfc, t-test, t-test_overestim_var or wilcoxon")
+        raise PerturbloopError(f"unknown DE method {method!r}; choose abs_lfc, t-test, t-test_overestim_var or "
+                               "wilcoxon")
     import scanpy as sc
 
-    logn = log_normalised(adata, layer=layer, target_sum=target_sum)
+    logn = log_normalised(adata_or_lfc, layer=layer, target_sum=target_sum)
     labels = logn.obs[key].astype(str)
     counts = labels.value_counts()
     groups = [g for g in sorted(counts.index) if g != control and counts[g] >= max(min_cells, 2)]
@@ -160,15 +142,9 @@ def top_de_genes(
     return {g: [str(x) for x in names[g]] for g in groups}
 
 
-def most_expressed_genes(
-    adata: ad.AnnData,
-    n: int = MOST_EXPRESSED,
-    *,
-    key: str = "perturbation",
-    control: str | None = None,
-    target_sum: float = TARGET_SUM,
-    layer: str | None = None,
-) -> list[str]:
+def most_expressed_genes(adata: ad.AnnData, n: int = TOP_EXPRESSED, *, key: str = "perturbation",
+                         control: str | None = None, target_sum: float = TARGET_SUM,
+                         layer: str | None = None) -> list[str]:
     """The `n` genes with the highest mean normalised log1p expression, highest first.
 
     Args:
@@ -183,9 +159,8 @@ def most_expressed_genes(
             raise PerturbloopError(f"no control cells ({key} == {control!r})")
         X = X[mask]
     mean = np.asarray(X.mean(axis=0)).ravel()
-    order = np.argsort(-mean, kind="stable")[: min(n, len(mean))]
+    order = np.argsort(-mean, kind="stable")[:n]
     return [str(logn.var_names[i]) for i in order]
-
 
 
 def summarise_delivery(cells: dict[str, ad.AnnData], control: ad.AnnData | None, readout: list[str], *,
@@ -200,14 +175,13 @@ def summarise_delivery(cells: dict[str, ad.AnnData], control: ad.AnnData | None,
     """
     if control is None or control.n_obs < min_cells:
         n = 0 if control is None else control.n_obs
-        raise PerturbloopError(f"{source}: {n} control cells (label {CONTROL!r}); a delivery needs at least {min_cells} "
-                               "to summarise its perturbations")
+        raise PerturbloopError(f"{source}: {n} control cells (label {CONTROL!r}); a delivery needs at least "
+                               f"{min_cells} to summarise its perturbations")
     few = {label: a.n_obs for label, a in cells.items() if a.n_obs < min_cells}
     if few:
         shown = ", ".join(f"{k} ({v})" for k, v in sorted(few.items())[:20])
         raise PerturbloopError(f"{source}: too few cells (at least {min_cells} needed): {shown}")
-    parts = [a for a in cells.values()]
-    merged = ad.concat([control, *parts], join="inner", merge="first", index_unique="-")
+    merged = ad.concat([control, *cells.values()], join="inner", merge="first", index_unique="-")
     missing = [g for g in readout if g not in set(merged.var_names)]
     if missing:
         raise PerturbloopError(f"{source}: {len(missing)} of the campaign's {len(readout)} readout genes were not "
