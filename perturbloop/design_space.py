@@ -205,7 +205,7 @@ class PairSpace:
         """Single-gene responses (`n x G`, NaN rows unknown): the additive prior and its PC features."""
         n = len(self.genes)
         self.singles = self.known = self._z = None
-        self._sw_key = None  # offset_score's cache
+        self._sw_w: torch.Tensor | None = None  # offset_score's cache: the weights it was computed for
         if singles is None:
             return
         if singles.ndim != 2 or singles.shape[0] != n:
@@ -294,10 +294,11 @@ class PairSpace:
         """`offset(idx) @ w` without the `c x G` offset: `(S w)[a] + (S w)[b]` (`c`)."""
         if self.singles is None or not self.use_offset:
             return None
-        key = (w.data_ptr(), w.numel())
-        if self._sw_key != key:
-            self._sw = self.singles @ w.to(self.singles)
-            self._sw_key = key
+        w = w.to(self.singles)
+        # compared by value: a cache keyed on the tensor's address returned stale scores when a freed `w`'s memory
+        # was reused for other weights
+        if self._sw_w is None or self._sw_w.shape != w.shape or not torch.equal(self._sw_w, w):
+            self._sw, self._sw_w = self.singles @ w, w.clone()
         ab = self.gene_pairs(idx).to(self.device)
         return self._sw[ab[:, 0]] + self._sw[ab[:, 1]]
 

@@ -288,6 +288,9 @@ def test_program_score_on_pairs_uses_the_singles_scores():
     w[[1, 4, 9]] = 1.0
     idx = torch.arange(len(space))
     assert torch.allclose(space.offset_score(idx, w), space.offset(idx) @ w)
+    w[[1, 4, 9]] = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)  # the same tensor, other weights
+    assert torch.allclose(space.offset_score(idx, w), space.offset(idx) @ w)
+    w[[1, 4, 9]] = 1.0
     obs = torch.arange(0, len(space), 6)
     m = EnsembleResponse(seed=0, epochs=50)
     m.fit(space.features(obs), space.offset(obs) + 0.3 * torch.tanh(space.features(obs)[:, :1]), space.offset(obs))
