@@ -21,8 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.schedules import CronSchedule
 
-from perturbloop.config import CampaignConfig
-from perturbloop.config import load_config
+from perturbloop.config import CampaignConfig, load_config
 from perturbloop.errors import ConfigError
 
 DEFAULT_CRON = "0 * * * *"  # hourly: a lab round takes days, a scheduled run takes seconds when nothing is ready

@@ -365,7 +365,7 @@ def _benchmark_pairs(screen, hits, rounds, batch, seeds, policy, features, data_
     """A pair screen file on the combinatorial protocol (agent.benchmark.pair_screen_config); results in the
     screen benchmark's schema (hit ratio per round, round 1 = the random design)."""
     from agent.benchmark import pair_screen_config
-    from flows.response_eval import run_response_sweep
+    from flows.evaluation import run_response_sweep
     from perturbloop.benchmark_report import protocol_of
 
     policies = _csv(policy)
@@ -387,7 +387,7 @@ def _benchmark_pairs(screen, hits, rounds, batch, seeds, policy, features, data_
 
 def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runner: str, address: str | None,
                         seeds: int | None = None) -> None:
-    from flows.response_eval import run_response_sweep
+    from flows.evaluation import run_response_sweep
     from perturbloop.benchmark_report import protocol_of, response_table, write_response_results
     from perturbloop.config import load_config
 
