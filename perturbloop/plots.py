@@ -39,9 +39,7 @@ def plot_hit_curves(curves: Mapping[str, Sequence[float]], batch_size: int, path
         if sd is not None:
             s = np.array([0.0, *sd[name]])
             ax.fill_between(xs, mean - s, mean + s, alpha=0.2)
-    ax.set_xlabel("genes tested")
-    ax.set_ylabel("cumulative hit ratio")
-    ax.set_title(title)
+    ax.set(xlabel="genes tested", ylabel="cumulative hit ratio", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)
