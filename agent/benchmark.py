@@ -304,7 +304,7 @@ def contexts_row(config: CampaignConfig, variant: str, seed: int, data_dir=None,
 
 
 def contexts_sweep(config: CampaignConfig, data_dir=None, *, variants: Sequence[str] | None = None,
-                   seeds: int | None = None, on_seed: Callable[[list[dict], int], None] | None = None) -> list[dict]:
+                   on_seed: Callable[[list[dict], int], None] | None = None) -> list[dict]:
     """Every variant x seed (seeds 0..`evaluation.seeds`-1) in this process, on one design space built once; rows
     in (seed, variant) order, `on_seed(rows so far, seeds done)` after each seed (a run cut short keeps its whole
     seeds)."""
@@ -313,7 +313,7 @@ def contexts_sweep(config: CampaignConfig, data_dir=None, *, variants: Sequence[
     with tempfile.TemporaryDirectory(prefix="perturbloop-benchmark-") as tmp:  # one design space for every run
         space = build_context(config, Store(str(Path(tmp) / "space.db")), data_dir).space
     rows: list[dict] = []
-    for s in range(seeds or config.evaluation.seeds):
+    for s in range(config.evaluation.seeds):
         rows += [contexts_row(config, v, s, data_dir, space) for v in variants]
         if on_seed is not None:
             on_seed(rows, s + 1)

@@ -7,9 +7,8 @@ hits and picks. Tasks run on Prefect's thread pool, or on a Dask cluster via pre
 (`runner="dask"`: a local cluster, or `address` of an existing scheduler).
 
 Each task rebuilds its world from plain parameters (`agent.benchmark`, cached per process), so it
-can run in any worker process without shipping tensors. Response campaigns (`--config`): the protocol
-(IterPert-style for singles, Ahlmann-Eltze-style scoring for pairs) and the campaign each task runs
-through the LangGraph loop are `agent.benchmark.campaign_for`; results and tables in `perturbloop.benchmark_report`.
+can run in any worker process without shipping tensors. A response campaign's task (`--config`) is
+`agent.benchmark.campaign_for`, which holds its protocol; results and tables in `perturbloop.benchmark_report`.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def campaign_deployments(folder: str | Path, store: str | None = None, data_dir:
     """One `RunnerDeployment` of `advance_flow` per config: its `schedule` field's cron, else `cron`."""
     deployments = []
     for path, cfg in campaign_configs(folder):
-        expr = getattr(cfg, "schedule", None) or cron
+        expr = cfg.schedule or cron
         try:
             schedule = CronSchedule(cron=expr, timezone=timezone) if timezone else CronSchedule(cron=expr)
         except ValueError as e:  # pydantic's ValidationError is a ValueError

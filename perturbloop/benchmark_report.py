@@ -51,14 +51,13 @@ def summarise_response(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
-def write_response_results(path: str | Path, protocol: dict, world: str, rows: list[dict],
-                           metrics: Sequence[str] | None = None) -> tuple[Path, Path]:
+def write_response_results(path: str | Path, protocol: dict, world: str, rows: list[dict]) -> tuple[Path, Path]:
     """`results.json` and a PNG beside it: one panel per metric, each policy's mean curve (+- sd over
     seeds) with the baselines (fitted on the same observations) dashed."""
     path = _write_json(path, {"protocol": protocol, "world": world, "results": rows})
     summary = summarise_response(rows)
     available = set(summary[0]["mean"]) if summary else set()
-    metrics = [m for m in (metrics or PRIMARY_METRICS) if m in available]
+    metrics = [m for m in PRIMARY_METRICS if m in available]
     if not metrics:
         metrics = [m for m in ("mse", "hit_ratio") if m in available]
     if protocol.get("objective") == "maximize" and "hit_ratio" in available and "hit_ratio" not in metrics:

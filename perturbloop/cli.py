@@ -170,8 +170,7 @@ def _check_datasets(config) -> None:
     store, torch or Prefect are loaded (a path is read, and checked, with the data)."""
     from perturbloop.data.registry import REGISTRY, get_spec
 
-    named = [config.data.screen if config.data else None, config.world.dataset if config.world else None]
-    for name in named:
+    for name in (config.data.screen if config.data else None, config.world.dataset if config.world else None):
         if name and name not in REGISTRY and not (Path(name).suffix or os.sep in name or Path(name).exists()):
             get_spec(name)  # UnknownDatasetError naming it and the known datasets
 
@@ -190,7 +189,6 @@ def _check_before_flow(config, store, data_dir: str | None):
     return config
 
 
-
 def _preflight(store: str | None, screen: bool) -> None:
     """What `run` needs besides its config, checked before the store is opened and before any Prefect flow
     starts (a problem is one `error:` line and nothing is written): existing campaign checkpoints can be
@@ -207,7 +205,6 @@ def _preflight(store: str | None, screen: bool) -> None:
         from perturbloop.data.registry import writable_cache
 
         writable_cache("features")
-
 
 
 def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: bool) -> None:
@@ -340,7 +337,6 @@ def status(store: StoreOpt = None, as_json: Annotated[bool, typer.Option("--json
                 soft_wrap=True)
 
 
-
 def _write_hit_ratios(console, out: Path, protocol: dict, screen: str, rows: list[dict], title: str) -> None:
     """A screen benchmark's results (JSON + PNG) written and its table printed; per policy: final hit ratio (mean
     +- sd over seeds), the mean curve, seconds per round, x random."""
@@ -426,7 +422,6 @@ def _contexts_summary(title: str, rows: list[dict], names: list[str]):
                   *([f"{s['found_mean']:.1f} +- {s['found_sd']:.1f}"] if found else []),
                   *[f"{s['spend_mean'][c]:.0f}" for c in names], f"{s['round_seconds_max']:.1f}")
     return t
-
 
 
 def _benchmark_contexts(config, out: Path, data_dir: str | None, variants: list[str] | None = None) -> None:
