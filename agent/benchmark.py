@@ -38,8 +38,6 @@ from simulators import ScreenReplay
 
 
 RECOMMENDED = "greedy"  # most consistent across the six screens (benchmarks/RESULTS.md); chosen on those same screens
-
-
 ALIASES = {"best": RECOMMENDED}
 
 
@@ -138,12 +136,10 @@ def build_screen_world(spec: WorldSpec) -> ScreenWorld:
 def benchmark_config(world_spec: WorldSpec, policy: PolicySpec, seed: int, rounds: int, batch: int) -> CampaignConfig:
     """The campaign a benchmark task runs: the shipped loop's config for this screen, policy and seed."""
     hit_calls = world_spec.target == "hit"
+    optional = {"max_iter": world_spec.fit_iter, "network": world_spec.network}  # set only where given
     surrogate = {"kind": "gp", "target": "hit_call" if hit_calls else "value",
-                 "target_transform": "none" if hit_calls else world_spec.target_transform}
-    if world_spec.fit_iter:
-        surrogate["max_iter"] = world_spec.fit_iter
-    if world_spec.network:
-        surrogate["network"] = True
+                 "target_transform": "none" if hit_calls else world_spec.target_transform,
+                 **{k: v for k, v in optional.items() if v}}
     acquisition: dict = {"kind": policy.kind, "beta": policy.beta}
     if policy.path:
         acquisition["policy_path"] = policy.path
