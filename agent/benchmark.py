@@ -38,8 +38,6 @@ from simulators import ScreenReplay
 
 
 RECOMMENDED = "greedy"  # most consistent across the six screens (benchmarks/RESULTS.md); chosen on those same screens
-
-
 ALIASES = {"best": RECOMMENDED}
 
 
@@ -92,13 +90,10 @@ class PolicySpec:
             if not Path(arg).expanduser().is_file():
                 raise ConfigError(f"--policy {text!r}: checkpoint {arg!r} does not exist")
             return cls(f"{kind}:{Path(arg).stem}", kind, path=str(Path(arg).expanduser().resolve()))
-        beta = 4.0
-        if arg:
-            try:
-                beta = float(arg)
-            except ValueError:
-                raise ConfigError(f"--policy {text!r}: the part after ':' must be a number (UCB beta)") from None
-        return cls(label, kind, beta)
+        try:
+            return cls(label, kind, float(arg) if arg else 4.0)
+        except ValueError:
+            raise ConfigError(f"--policy {text!r}: the part after ':' must be a number (UCB beta)") from None
 
 
 @dataclass
@@ -141,12 +136,10 @@ def build_screen_world(spec: WorldSpec) -> ScreenWorld:
 def benchmark_config(world_spec: WorldSpec, policy: PolicySpec, seed: int, rounds: int, batch: int) -> CampaignConfig:
     """The campaign a benchmark task runs: the shipped loop's config for this screen, policy and seed."""
     hit_calls = world_spec.target == "hit"
+    optional = {"max_iter": world_spec.fit_iter, "network": world_spec.network}  # set only where given
     surrogate = {"kind": "gp", "target": "hit_call" if hit_calls else "value",
-                 "target_transform": "none" if hit_calls else world_spec.target_transform}
-    if world_spec.fit_iter:
-        surrogate["max_iter"] = world_spec.fit_iter
-    if world_spec.network:
-        surrogate["network"] = True
+                 "target_transform": "none" if hit_calls else world_spec.target_transform,
+                 **{k: v for k, v in optional.items() if v}}
     acquisition: dict = {"kind": policy.kind, "beta": policy.beta}
     if policy.path:
         acquisition["policy_path"] = policy.path
@@ -175,13 +168,20 @@ def simulate(config: CampaignConfig, pool: SingleSpace, replay: ScreenReplay, po
     return rows, picks
 
 
+def _set_task_threads() -> None:
+    """Torch threads of a benchmark task: `$PERTURBLOOP_TASK_THREADS` where set (several tasks share the cores)."""
+    threads = int(os.environ.get("PERTURBLOOP_TASK_THREADS", "0") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 def simulated_campaign_row(world_spec: WorldSpec, policy: PolicySpec, seed: int, rounds: int, batch: int) -> dict:
     """One campaign of one policy and seed, run by the shipped LangGraph loop against a temporary store (the
     world's pool and replay are built once per process); returns a results row.
 
     Per round: the cumulative hit ratio, and the seconds of fitting the model and selecting the batch.
     """
-    torch.set_num_threads(max(1, int(os.environ.get("PERTURBLOOP_TASK_THREADS", "0")) or torch.get_num_threads()))
+    _set_task_threads()
     world = build_screen_world(world_spec)
     config = benchmark_config(world_spec, policy, seed, rounds, batch)
     rows, picks = simulate(config, world.pool, world.replay, campaign_policy(config, world.replay),
@@ -197,9 +197,7 @@ def campaign_for(config: CampaignConfig, policy_kind: str, seed: int, data_dir=N
     """One (policy, seed) response campaign from a config (`surrogate_kind`: another model than the config's), run
     by the loop against a temporary store with a fresh world and the seed's split; returns the results row (metrics
     per measured round: after the initial design and after each of the `rounds` rounds)."""
-    threads = int(os.environ.get("PERTURBLOOP_TASK_THREADS", "0") or 0)
-    if threads > 0:
-        torch.set_num_threads(threads)
+    _set_task_threads()
     update = {"name": f"benchmark-{policy_kind}-{seed}", "seed": seed, "approval": "auto",
               "acquisition": config.acquisition.model_copy(update={"kind": policy_kind}),
               "lab": LabConfig(kind="simulator")}
@@ -247,13 +245,10 @@ def context_variants(config: CampaignConfig) -> list[str]:
     both baselines (independent per-context GPs, one pooled GP) with the same cost-aware picks, random target picks,
     and `cheap_first` where a K562 context exists; goals `matrix` and `specific`: every variant of the goal;
     `contexts.variants` when the config names them."""
-    goal = config.contexts.goal
-    if config.contexts.variants:
-        return list(config.contexts.variants)
-    if goal != "hits":
-        return list(CONTEXT_VARIANTS[goal])
-    names = ["multitask", "independent", "pooled", "random"]
-    return names + (["cheap_first"] if CHEAP_CONTEXT in config.contexts.contexts else [])
+    t = config.contexts
+    if t.variants or t.goal != "hits":
+        return list(t.variants or CONTEXT_VARIANTS[t.goal])
+    return ["multitask", "independent", "pooled", "random"] + (["cheap_first"] if CHEAP_CONTEXT in t.contexts else [])
 
 
 def check_context_variants(config: CampaignConfig, variants: Sequence[str]) -> None:
@@ -265,12 +260,6 @@ def check_context_variants(config: CampaignConfig, variants: Sequence[str]) -> N
                           f"{', '.join(CONTEXT_VARIANTS[goal])}")
     if "cheap_first" in variants and len(config.contexts.contexts) < 2:
         raise ConfigError("variant 'cheap_first' needs a context besides the target")
-
-
-def contexts_space(config: CampaignConfig, data_dir=None) -> DesignSpace:
-    """The (gene, context) design space of `config`, built once for every variant and seed of a sweep."""
-    with tempfile.TemporaryDirectory(prefix="perturbloop-benchmark-") as tmp:
-        return build_context(config, Store(str(Path(tmp) / "space.db")), data_dir).space
 
 
 def contexts_row(config: CampaignConfig, variant: str, seed: int, data_dir=None,
@@ -311,15 +300,16 @@ def contexts_row(config: CampaignConfig, variant: str, seed: int, data_dir=None,
 
 
 def contexts_sweep(config: CampaignConfig, data_dir=None, *, variants: Sequence[str] | None = None,
-                   seeds: int | None = None, on_seed: Callable[[list[dict], int], None] | None = None) -> list[dict]:
+                   on_seed: Callable[[list[dict], int], None] | None = None) -> list[dict]:
     """Every variant x seed (seeds 0..`evaluation.seeds`-1) in this process, on one design space built once; rows
     in (seed, variant) order, `on_seed(rows so far, seeds done)` after each seed (a run cut short keeps its whole
     seeds)."""
     variants = list(variants or context_variants(config))
     check_context_variants(config, variants)
-    space = contexts_space(config, data_dir)
+    with tempfile.TemporaryDirectory(prefix="perturbloop-benchmark-") as tmp:  # one design space for every run
+        space = build_context(config, Store(str(Path(tmp) / "space.db")), data_dir).space
     rows: list[dict] = []
-    for s in range(seeds or config.evaluation.seeds):
+    for s in range(config.evaluation.seeds):
         rows += [contexts_row(config, v, s, data_dir, space) for v in variants]
         if on_seed is not None:
             on_seed(rows, s + 1)

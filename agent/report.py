@@ -22,35 +22,34 @@ from perturbloop.errors import PerturbloopError
 from perturbloop.store import Round, Store
 
 
-def _naive_utc(t: datetime) -> datetime:
+def naive_utc(t: datetime) -> datetime:
     """A timestamp as every store reads it back: UTC without a zone."""
     return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo is not None else t
 
 
 def _when(t: datetime) -> str:
-    return _naive_utc(t).strftime("%Y-%m-%d %H:%M UTC")
+    return naive_utc(t).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def round_times(store: Store, r: Round) -> dict:
     """`seconds`: the round's work time (None until it is finished); `approval_wait_seconds`: how long its
     proposals waited for decisions (module docstring; so far, for a proposal still waiting)."""
-    records = store.proposal_records(r.id)
     wait: float | None
-    if records:
-        now = _naive_utc(datetime.now(UTC))
-        wait = sum(((_naive_utc(p.decided_at) if p.decided_at is not None else now) - _naive_utc(p.proposed_at))
+    if records := store.proposal_records(r.id):
+        now = naive_utc(datetime.now(UTC))
+        wait = sum(((naive_utc(p.decided_at) if p.decided_at is not None else now) - naive_utc(p.proposed_at))
                    .total_seconds() for p in records)
     else:  # proposed before records were kept
         d, fit = store.decision(r.id), store.model_fit(r.id)
         if d is None or d.action == "auto":
             wait = 0.0 if d is not None else None
         else:
-            proposed = _naive_utc(r.created_at).timestamp() + (fit.fit_seconds + fit.select_seconds if fit else 0.0)
-            wait = max(0.0, _naive_utc(d.at).timestamp() - proposed)
-    seconds = None
-    if r.finished_at is not None:
-        seconds = (_naive_utc(r.finished_at) - _naive_utc(r.created_at)).total_seconds() - (wait or 0.0)
-    return {"seconds": seconds, "approval_wait_seconds": wait}
+            proposed = naive_utc(r.created_at).timestamp() + (fit.fit_seconds + fit.select_seconds if fit else 0.0)
+            wait = max(0.0, naive_utc(d.at).timestamp() - proposed)
+    if r.finished_at is None:
+        return {"seconds": None, "approval_wait_seconds": wait}
+    return {"seconds": (naive_utc(r.finished_at) - naive_utc(r.created_at)).total_seconds() - (wait or 0.0),
+            "approval_wait_seconds": wait}
 
 
 def summarise_round(store: Store, campaign_id: str, index: int, n_hits: int | None = None) -> dict:
@@ -59,10 +58,8 @@ def summarise_round(store: Store, campaign_id: str, index: int, n_hits: int | No
         return {"round": index + 1}
     obs = store.observations(campaign_id, include_failed=True)
     this = [o for o in obs if o.round_id == r.id]
-    upto = [o for o in obs if o.round_id <= r.id]
-    fit = store.model_fit(r.id)
-    decision = store.decision(r.id)
-    hits_total = sum(1 for o in upto if o.hit)
+    fit, decision = store.model_fit(r.id), store.decision(r.id)
+    hits_total = sum(1 for o in obs if o.round_id <= r.id and o.hit)
     return {
         "round": index + 1,
         "status": r.status,
@@ -83,14 +80,14 @@ def round_decisions(store: Store, r: Round) -> list[dict]:
     """Every decision on the round's proposals, oldest first: rejections, then the decision that stands; each
     with who, when, why, what it changed and how long the proposal had waited (None where unknown)."""
     records = store.proposal_records(r.id)
-    waited = {_naive_utc(p.decided_at): (_naive_utc(p.decided_at) - _naive_utc(p.proposed_at)).total_seconds()
+    waited = {naive_utc(p.decided_at): (naive_utc(p.decided_at) - naive_utc(p.proposed_at)).total_seconds()
               for p in records if p.decided_at is not None}
     vetoes = [v for v in store.vetoes(r.campaign_id) if v.round_id == r.id]
 
     def row(action: str, by: str, at: datetime, note: str, **changes: list) -> dict:
-        vetoed = [v.perturbation for v in vetoes if _naive_utc(v.at) == _naive_utc(at)]
-        return {"action": action, "by": by, "at": _naive_utc(at).isoformat(), "when": _when(at), "note": note,
-                **changes, "vetoed": vetoed, "waited_seconds": waited.get(_naive_utc(at))}
+        vetoed = [v.perturbation for v in vetoes if naive_utc(v.at) == naive_utc(at)]
+        return {"action": action, "by": by, "at": naive_utc(at).isoformat(), "when": _when(at), "note": note,
+                **changes, "vetoed": vetoed, "waited_seconds": waited.get(naive_utc(at))}
 
     out = [row("rejected", rej.by, rej.at, rej.note, dropped=rej.perturbations, added=[])
            for rej in store.rejections(r.id)]
@@ -139,13 +136,6 @@ def campaign_overview(store: Store) -> list[dict]:
     return out
 
 
-def _stored_config(store: Store, campaign_id: str) -> CampaignConfig | None:
-    try:
-        return parse_config(store.get_campaign(campaign_id).config, f"stored config of {campaign_id}")
-    except PerturbloopError:
-        return None
-
-
 def proposal_scale(store: Store, config: CampaignConfig | None, r: Round) -> PredictionScale:
     """The scale of round `r`'s current proposal: as recorded when it was made; for a proposal made before records
     were kept, rebuilt from the config and the observations of the earlier rounds (what the model was trained on)."""
@@ -181,7 +171,10 @@ def pending_view(store: Store, campaign_id: str) -> dict | None:
     if r is None:
         return None
     props = store.proposals(r.id)
-    config = _stored_config(store, campaign_id)
+    try:
+        config = parse_config(store.get_campaign(campaign_id).config, f"stored config of {campaign_id}")
+    except PerturbloopError:
+        config = None
     scale = proposal_scale(store, config, r)
     label = value_label(config, scale) if config is not None else "predicted ± sd"
     items = []

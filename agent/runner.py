@@ -7,7 +7,6 @@ checkpointer says where inside a round the graph stopped.
 from __future__ import annotations
 
 import os
-from datetime import UTC
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from langgraph.types import Command
 
 from agent.context import CampaignContext, build_context
 from agent.graph import build_graph, open_checkpointer
+from agent.report import naive_utc
 from perturbloop.config import CampaignConfig, stored_config_as_today, with_campaign_defaults
 from perturbloop.store import Campaign, Store, sqlite_path
 
@@ -91,11 +91,7 @@ def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_
     store = store if isinstance(store, Store) else Store(store)
     config = with_stored_defaults(config, store)
     ctx = context or build_context(config, store, data_dir, on_round)
-    campaign = check_stored_campaign(config, store)
-    created = campaign.created_at
-    if created.tzinfo is not None:  # as read back from any store: UTC without a zone
-        created = created.astimezone(UTC).replace(tzinfo=None)
-    store_id = created.isoformat(timespec="microseconds")
+    store_id = naive_utc(check_stored_campaign(config, store).created_at).isoformat(timespec="microseconds")
     cfg = {"configurable": {"thread_id": config.name},
            "recursion_limit": RECURSION_LIMIT_PER_ROUND * (ctx.rounds + 1)}
     with open_checkpointer(checkpoint_path(store)) as saver:
@@ -122,7 +118,6 @@ def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_
         if inp is not False:
             graph.invoke(inp, cfg, context=ctx)
         snapshot = graph.get_state(cfg)
-    n_hits = ctx.n_hits
     rounds = [ctx.summary(r.index) for r in store.rounds(config.name)]
     status = "finished"
     if snapshot.interrupts:
@@ -131,4 +126,4 @@ def run_campaign(config: CampaignConfig, store: Store | str | None = None, data_
         status = "waiting_for_lab"
     elif next_round(store, config.name) < ctx.rounds and store.get_campaign(config.name).status != "finished":
         status = "running"  # (a campaign with nothing left to propose finishes before its last round)
-    return CampaignResult(config.name, status, rounds, n_hits)
+    return CampaignResult(config.name, status, rounds, ctx.n_hits)

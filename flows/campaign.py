@@ -35,13 +35,7 @@ BAD_INPUT = (ConfigError, UnknownDatasetError, UnknownGeneError, ScreenFormatErr
 
 def retryable(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn signature
     """Transient failures (a lab unreachable, a crash) are retried; bad input fails the same way every time."""
-    try:
-        state.result()
-    except BAD_INPUT:
-        return False
-    except BaseException:  # noqa: BLE001 - anything else may be transient
-        return True
-    return True
+    return not isinstance(state.result(raise_on_failure=False), BAD_INPUT)
 
 
 @task(name="advance-campaign", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retryable,

@@ -1,4 +1,4 @@
-"""Evaluation sweeps: many simulated campaigns (policies x seeds) as parallel Prefect tasks.
+"""Evaluation sweeps (`perturbloop benchmark`): many simulated campaigns (policies x seeds) as parallel Prefect tasks.
 
 The BioDiscoveryAgent protocol: `rounds` x `batch` genes; hits = the given hit list, else
 the top 5% of genes by |score|; hit ratio = distinct hits picked over all rounds / all hits;
@@ -7,7 +7,8 @@ hits and picks. Tasks run on Prefect's thread pool, or on a Dask cluster via pre
 (`runner="dask"`: a local cluster, or `address` of an existing scheduler).
 
 Each task rebuilds its world from plain parameters (`agent.benchmark`, cached per process), so it
-can run in any worker process without shipping tensors.
+can run in any worker process without shipping tensors. A response campaign's task (`--config`) is
+`agent.benchmark.campaign_for`, which holds its protocol; results and tables in `perturbloop.benchmark_report`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from collections.abc import Callable, Sequence
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from agent.benchmark import PolicySpec, WorldSpec, build_screen_world, simulated_campaign_row
+from agent.benchmark import (PolicySpec, WorldSpec, build_screen_world, campaign_for, response_sweep,
+                             simulated_campaign_row)
+from agent.parts import build_world
 from flows.prefect_server import shared_api
+from perturbloop.config import CampaignConfig
 from perturbloop.errors import ConfigError
 
 
@@ -58,3 +62,15 @@ def run_sweep(world_spec: WorldSpec, policies: list[PolicySpec], seeds: int, rou
     build_screen_world(world_spec)  # fail fast on bad input, before any task starts
     return run_tasks("perturbloop-benchmark", "simulated-campaign", simulated_campaign_row,
                      [(world_spec, p, s, rounds, batch) for p in policies for s in range(seeds)], runner, address)
+
+
+def run_response_sweep(config: CampaignConfig, data_dir=None, *, runner: str = "local",
+                       address: str | None = None) -> list[dict]:
+    """Every policy x seed of a response campaign (`campaign_for`) as tasks of one Prefect flow, like the screen
+    benchmark; `runner="inline"`: in this process, no Prefect (quick runs)."""
+    if runner == "inline":
+        return response_sweep(config, data_dir)
+    build_world(config, data_dir)  # fail fast on bad input, before any task starts
+    return run_tasks("perturbloop-response-benchmark", "response-campaign", campaign_for,
+                     [(config, p, s, data_dir) for p in config.evaluation.policies
+                      for s in range(config.evaluation.seeds)], runner, address)

@@ -43,12 +43,6 @@ class PrefectServerError(RuntimeError):
     """The shared Prefect server could not be started or reached."""
 
 
-def server_dir() -> Path:
-    from prefect.settings import PREFECT_HOME
-
-    return Path(PREFECT_HOME.value()).expanduser() / "perturbloop-server"
-
-
 def _try_lock(f, mode: int) -> bool:
     try:
         fcntl.flock(f, mode | fcntl.LOCK_NB)
@@ -124,13 +118,13 @@ def shared_api(directory: Path | None = None) -> Iterator[str | None]:
     """The Prefect API the flows run inside this block use: `PREFECT_API_URL` where one is configured, else
     the shared server (started if none runs). Yields its URL (None where Prefect's temporary servers are
     switched off and no URL is set: Prefect then raises its own error)."""
-    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED,
+    from prefect.settings import (PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_ENABLED,
                                   PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings)
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         yield PREFECT_API_URL.value()
         return
-    d = directory or server_dir()
+    d = directory or Path(PREFECT_HOME.value()).expanduser() / "perturbloop-server"
     d.mkdir(parents=True, exist_ok=True)
     users = _open(d / "users.lock")
     try:

@@ -21,8 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.schedules import CronSchedule
 
-from perturbloop.config import CampaignConfig
-from perturbloop.config import load_config
+from perturbloop.config import CampaignConfig, load_config
 from perturbloop.errors import ConfigError
 
 DEFAULT_CRON = "0 * * * *"  # hourly: a lab round takes days, a scheduled run takes seconds when nothing is ready
@@ -72,7 +71,7 @@ def campaign_deployments(folder: str | Path, store: str | None = None, data_dir:
     """One `RunnerDeployment` of `advance_flow` per config: its `schedule` field's cron, else `cron`."""
     deployments = []
     for path, cfg in campaign_configs(folder):
-        expr = getattr(cfg, "schedule", None) or cron
+        expr = cfg.schedule or cron
         try:
             schedule = CronSchedule(cron=expr, timezone=timezone) if timezone else CronSchedule(cron=expr)
         except ValueError as e:  # pydantic's ValidationError is a ValueError

@@ -51,14 +51,13 @@ def summarise_response(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
-def write_response_results(path: str | Path, protocol: dict, world: str, rows: list[dict],
-                           metrics: Sequence[str] | None = None) -> tuple[Path, Path]:
+def write_response_results(path: str | Path, protocol: dict, world: str, rows: list[dict]) -> tuple[Path, Path]:
     """`results.json` and a PNG beside it: one panel per metric, each policy's mean curve (+- sd over
     seeds) with the baselines (fitted on the same observations) dashed."""
     path = _write_json(path, {"protocol": protocol, "world": world, "results": rows})
     summary = summarise_response(rows)
     available = set(summary[0]["mean"]) if summary else set()
-    metrics = [m for m in (metrics or PRIMARY_METRICS) if m in available]
+    metrics = [m for m in PRIMARY_METRICS if m in available]
     if not metrics:
         metrics = [m for m in ("mse", "hit_ratio") if m in available]
     if protocol.get("objective") == "maximize" and "hit_ratio" in available and "hit_ratio" not in metrics:
@@ -92,10 +91,8 @@ def write_response_results(path: str | Path, protocol: dict, world: str, rows: l
                       else "perturbations measured")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    title = f"{world}: {protocol['rounds']} x {protocol['batch']} after {protocol['initial']} initial, {protocol['seeds']} seeds"
-    if protocol.get("synthetic"):
-        title += " (SYNTHETIC world)"
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(f"{world}: {protocol['rounds']} x {protocol['batch']} after {protocol['initial']} initial, "
+                 f"{protocol['seeds']} seeds" + (" (SYNTHETIC world)" if protocol.get("synthetic") else ""), fontsize=9)
     return path, save_figure(fig, path.with_suffix(".png"))
 
 
@@ -110,17 +107,15 @@ HIGHER_IS_BETTER = ("pearson", "hit_ratio", "best_score")
 
 
 def higher_is_better(metric: str) -> bool:
-    return any(metric.startswith(p) or p in metric for p in HIGHER_IS_BETTER)
+    return any(p in metric for p in HIGHER_IS_BETTER)
 
 
 def table_metrics(rows: Sequence[dict]) -> list[str]:
     """Metrics shown in tables: the primary ones present (+ interaction for pairs, hit ratio for maximize)."""
     have = set(rows[0]["metrics"]) if rows else set()
-    order = [*PRIMARY_METRICS, "interaction_pearson", "mse", "hit_ratio"]
-    out = [m for m in order if m in have]
     if "mse_top20_de" in have:
-        out = [m for m in out if m != "mse"]
-    return out
+        have.discard("mse")
+    return [m for m in (*PRIMARY_METRICS, "interaction_pearson", "mse", "hit_ratio") if m in have]
 
 
 TIE = 0.01  # within 1% of the best baseline (relative) is reported as a tie, not a win
@@ -142,8 +137,7 @@ def final_table(rows: Sequence[dict]) -> list[dict]:
     round 0, and each baseline's after the last round (fitted on the same policy's observations),
     with whether the model beats every baseline (`beats_baselines`)."""
     out = []
-    summary = summarise_response(rows)
-    for s in summary:
+    for s in summarise_response(rows):
         for m in table_metrics(rows):
             base = {k.split("@", 1)[1]: v[-1] for k, v in s["mean"].items() if k.startswith(m + "@")}
             if m == "l2_top_expressed" and "l2_additive" in s["mean"]:
@@ -244,8 +238,7 @@ def write_contexts_results(path: str | Path, protocol: dict, screen: str, rows: 
     seeds per variant."""
     path = _write_json(path, {"protocol": protocol, "screen": screen, "summary": summarise_contexts(rows),
                               "results": rows})
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = pyplot().subplots(figsize=(6, 4), dpi=120)
     goal = rows[0].get("goal", "hits") if rows else "hits"
     label = {"hits": f"hits found in {protocol.get('target')}", "matrix": "held-out NRMSE (mean over contexts)",
              "specific": "context-specific genes found"}[goal]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ app.add_typer(policy_app, name="policy")
 
 StoreOpt = Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL or SQLite path (default runs/perturbloop.db)")]
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="data directory (default $PERTURBLOOP_DATA_DIR, then the user cache)")]
+BaselineOpt = Annotated[bool, typer.Option(help="also run the same campaign with random picks")]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "examples" / "il2_demo.toml"
@@ -41,13 +43,43 @@ PIPE_WIDTH = 100_000  # written to a log or a pipe there is no screen to fit: ev
 def _console():
     """Rich output; written to a log or a pipe (not a terminal), tables keep their natural width, one line per row
     (rich would cut them to 80 columns or `$COLUMNS`: `mse_top2…`)."""
-    import sys
-
     from rich.console import Console
 
-    if sys.stdout.isatty():
-        return Console()
-    return Console(width=PIPE_WIDTH)
+    return Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)
+
+
+def _guarded(command):
+    """`command` with a user-facing error (bad input, a file or store that cannot be used) as one `error:` line
+    and exit status 2, never a traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except PerturbloopError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except OSError as e:  # a file the command needed (missing, unreadable, unwritable), named by the OS
+            where = f": {e.filename!r}" if e.filename else ""
+            typer.echo(f"error: {e.strerror or e}{where}", err=True)
+            raise typer.Exit(2) from None
+
+    return run
+
+
+def _csv(text: str | None, sep: str = ",") -> list[str]:
+    """The non-empty items of a `sep`-separated option (none where it is not given)."""
+    return [t.strip() for t in (text or "").split(sep) if t.strip()]
+
+
+def _table(title: str, columns, *, justify: str = "right", left: tuple[str, ...] = ()):
+    """A rich Table titled `title` (on the left) with `columns`, justified by `justify` but those in `left`."""
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for col in columns:
+        t.add_column(col, justify="left" if col in left else justify)
+    return t
 
 
 def _fmt(v, spec: str = ".3f") -> str:
@@ -63,12 +95,8 @@ def _duration(seconds: float | None) -> str:
 def _round_table(title: str, rows: list[dict]):
     """Per round: hits are shown once the round is measured; `round time` is work time (fit and propose, the lab,
     ingest), the hours its proposals waited for approval apart."""
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left")
-    for col in ("round", "status", "picks", "new hits", "hit ratio", "Spearman (unmeasured)", "fit s", "select s",
-                "round time", "approval wait"):
-        t.add_column(col, justify="left" if col == "status" else "right")
+    t = _table(title, ("round", "status", "picks", "new hits", "hit ratio", "Spearman (unmeasured)", "fit s",
+                       "select s", "round time", "approval wait"), left=("status",))
     for r in rows:
         measured = r.get("status") in ("ingested", "rejected")
         t.add_row(str(r["round"]), r.get("status", "-"), str(r["picks"]), str(r["new_hits"]) if measured else "-",
@@ -83,13 +111,9 @@ RESPONSE_COLUMNS = ("mse_top20_de", "pearson_delta", "l2_top_expressed", "intera
 
 def _response_table(title: str, rows: list[dict]):
     """Per round and held-out score: the model, and each baseline fitted on the same observations."""
-    from rich.table import Table
-
     metrics = [m for m in RESPONSE_COLUMNS if any(m in r["metrics"] for r in rows)]
     baselines = sorted({k.split("@", 1)[1] for r in rows for k in r["metrics"] if "@" in k})
-    t = Table(title=title, title_justify="left")
-    for col in ("round", "measured", "failed", "metric", "model", *baselines, "round s"):
-        t.add_column(col, justify="left" if col == "metric" else "right")
+    t = _table(title, ("round", "measured", "failed", "metric", "model", *baselines, "round s"), left=("metric",))
     for r in rows:
         m = r["metrics"]
         head = ["initial" if r["round"] == 1 else str(r["round"] - 1), _fmt(m.get("n_measured"), ".0f"),
@@ -104,13 +128,9 @@ def _response_table(title: str, rows: list[dict]):
 def _contexts_table(title: str, rows: list[dict], config):
     """Per round of a campaign across contexts: pairs measured, failed, target hits found, cost spent (in total and
     per context) of the budget."""
-    from rich.table import Table
-
     names = config.contexts.contexts
-    t = Table(title=title, title_justify="left")
-    for col in ("round", "measured", "failed", f"hits in {config.contexts.target}", "cost spent",
-                *[f"spent {c}" for c in names], "round s"):
-        t.add_column(col, justify="right")
+    t = _table(title, ("round", "measured", "failed", f"hits in {config.contexts.target}", "cost spent",
+                       *[f"spent {c}" for c in names], "round s"))
     for r in rows:
         m = r["metrics"]
         t.add_row("initial" if r["round"] == 1 and config.initial else str(r["round"] - (1 if config.initial else 0)),
@@ -121,55 +141,28 @@ def _contexts_table(title: str, rows: list[dict], config):
     return t
 
 
-def _run_response(config, store: str | None, data_dir: str | None, baseline: bool) -> None:
-    """A response campaign (Perturb-seq / pairs / contexts) through the same loop and store as a screen campaign."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from flows.campaign import campaign_flow
-    from flows.prefect_server import shared_api
-    from perturbloop.store import Store, display_url
-
-    console = _console()
-    _preflight(store, screen=False)
-    st = Store(store)
-    w = config.world
-    synthetic = " [magenta](SYNTHETIC world)[/]" if w.kind == "synthetic_grn" else ""
+def _campaign_table(config, title: str, rows: list[dict]):
+    """The round table of `config`'s kind of campaign: screen, response or across contexts."""
     if config.is_contexts:
-        t = config.contexts
-        design = (f"(gene, context) pairs over {', '.join(f'{c.name} (cost {c.cost:g})' for c in t.context_list())}, "
-                  f"target {t.target}, budget {t.budget:g} cost units, {config.initial} initial genes + {config.rounds} rounds")
+        return _contexts_table(title, rows, config)
+    return (_response_table if config.is_response else _round_table)(title, rows)
+
+
+def _header(config, url: str) -> str:
+    """The campaign `run` starts, in one line."""
+    w, t = config.world, config.contexts
+    if not config.is_response:
+        what = f"[cyan]{config.data.screen}[/], {config.rounds} rounds x {config.batch_size}"
+    elif config.is_contexts:
+        over = ", ".join(f"{c.name} (cost {c.cost:g})" for c in t.context_list())
+        what = (f"[cyan]{w.kind}[/] {w.dataset or ''}, (gene, context) pairs over {over}, target {t.target}, "
+                f"budget {t.budget:g} cost units, {config.initial} initial genes + {config.rounds} rounds")
     else:
-        design = f"design {config.design.space}, {config.initial} initial + {config.rounds} rounds x {config.batch_size}"
-    console.print(
-        f"[bold]{config.name}[/]: {config.objective} on [cyan]{w.kind}[/] {w.dataset or ''}{synthetic}, {design}, "
-        f"surrogate {config.surrogate.kind}, policy {config.acquisition.kind}; store {display_url(st.url)}"
-    )
-    _check_before_flow(config, st, data_dir)
-    total = config.rounds + 1
-    with shared_api(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=console, transient=False) as progress:
-        main_task = progress.add_task(f"{config.name} ({config.acquisition.kind})", total=total)
-        base_task = progress.add_task("random baseline", total=total, visible=baseline)
-        results = campaign_flow(
-            config, st.url, data_dir, baseline=baseline,
-            on_round=lambda r: progress.update(main_task, completed=r["round"]),
-            on_baseline_round=lambda r: progress.update(base_task, completed=r["round"]),
-        )
-    main = results["campaign"]
-    if config.is_contexts:
-        def table(title, rows):
-            return _contexts_table(title, rows, config)
-        scored = f"hits found in {config.contexts.target} per cost spent"
-    else:
-        table = _response_table
-        scored = ("scores on the held-out perturbations (never run) after each round" if config.lab.kind == "simulator"
-                  else f"{config.lab.kind} lab: nothing held out, no scores")
-    console.print(table(f"{config.name}: {config.acquisition.kind}, {scored}", main.rounds))
-    if main.status != "finished":
-        console.print(f"campaign status: [yellow]{main.status}[/]")
-    base = results.get("baseline")
-    if base is not None:
-        console.print(table(f"{base.campaign_id}: random picks, same campaign", base.rounds))
+        synthetic = " [magenta](SYNTHETIC world)[/]" if w.kind == "synthetic_grn" else ""
+        what = (f"[cyan]{w.kind}[/] {w.dataset or ''}{synthetic}, design {config.design.space}, "
+                f"{config.initial} initial + {config.rounds} rounds x {config.batch_size}")
+    return (f"[bold]{config.name}[/]: {config.objective} on {what}, surrogate {config.surrogate.kind}, "
+            f"policy {config.acquisition.kind}; store {url}")
 
 
 def _check_datasets(config) -> None:
@@ -177,8 +170,7 @@ def _check_datasets(config) -> None:
     store, torch or Prefect are loaded (a path is read, and checked, with the data)."""
     from perturbloop.data.registry import REGISTRY, get_spec
 
-    named = [config.data.screen if config.data else None, config.world.dataset if config.world else None]
-    for name in named:
+    for name in (config.data.screen if config.data else None, config.world.dataset if config.world else None):
         if name and name not in REGISTRY and not (Path(name).suffix or os.sep in name or Path(name).exists()):
             get_spec(name)  # UnknownDatasetError naming it and the known datasets
 
@@ -195,88 +187,6 @@ def _check_before_flow(config, store, data_dir: str | None):
         check_stored_campaign(config, store)
     build_context(config, store, data_dir)
     return config
-
-
-def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: bool) -> None:
-    _quiet_prefect()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from perturbloop.config import load_config
-
-    console = _console()
-    config = load_config(config_path)
-    _check_datasets(config)
-    if config.is_response:
-        return _run_response(config, store, data_dir, baseline)
-    from perturbloop.store import Store, display_url
-
-    _preflight(store, screen=True)
-    st = Store(store)
-    config = _check_before_flow(config, st, data_dir)
-    console.print(
-        f"[bold]{config.name}[/]: {config.objective} on [cyan]{config.data.screen}[/], {config.rounds} rounds x "
-        f"{config.batch_size}, surrogate {config.surrogate.kind}, policy {config.acquisition.kind}; "
-        f"store {display_url(st.url)}"
-    )
-    from flows.campaign import campaign_flow
-    from flows.prefect_server import shared_api
-
-    with shared_api(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=console, transient=False) as progress:
-        main_task = progress.add_task(f"{config.name} ({config.acquisition.kind})", total=config.rounds)
-        base_task = progress.add_task("random baseline", total=config.rounds, visible=baseline)
-        results = campaign_flow(
-            config, st.url, data_dir, baseline=baseline,
-            on_round=lambda r: progress.update(main_task, completed=r["round"]),
-            on_baseline_round=lambda r: progress.update(base_task, completed=r["round"]),
-        )
-    _print_screen_results(console, config, results, st)
-
-
-def _print_screen_results(console, config, results: dict, st) -> None:
-    """The run's summary: the campaign's round table, its random baseline's, and, once the campaign has finished,
-    the comparison and the hit-curve PNG; a paused campaign says what it waits for (no comparison of a campaign
-    that has not measured its rounds yet with a baseline that has)."""
-    from perturbloop.store import sqlite_path
-
-    main = results["campaign"]
-    console.print(_round_table(f"{config.name}: {config.acquisition.kind} ({main.n_hits} hits in the screen)", main.rounds))
-    if main.status != "finished":
-        console.print(f"campaign status: [yellow]{main.status}[/]")
-    if main.status == "awaiting_approval":
-        console.print(f"a proposal awaits approval: [bold]perturbloop review {config.name}[/], then "
-                      f"[bold]perturbloop approve {config.name}[/] (the comparison with random follows the last round)")
-    curves = {config.acquisition.kind: [r["hit_ratio"] or 0.0 for r in main.rounds]}
-    base = results.get("baseline")
-    if base is not None:
-        console.print(_round_table(f"{base.campaign_id}: random picks, same campaign", base.rounds))
-        curves["random"] = [r["hit_ratio"] or 0.0 for r in base.rounds]
-    if main.hit_ratio is not None and main.status == "finished":  # a paused campaign has no result to compare yet
-        line = f"[bold]hit ratio after {len(main.rounds)} rounds: {config.acquisition.kind} {main.hit_ratio:.3f}"
-        if base is not None and base.hit_ratio:
-            line += f" vs random {base.hit_ratio:.3f} ({main.hit_ratio / base.hit_ratio:.1f}x)"
-        console.print(line + "[/]")
-        from perturbloop.plots import plot_hit_curves
-
-        db = sqlite_path(st.url)
-        out_dir = db.parent if db is not None else Path("runs")
-        png = plot_hit_curves(curves, config.batch_size, out_dir / f"{config.name}.hit_curve.png",
-                              title=f"{config.data.screen}: {config.rounds} x {config.batch_size}")
-        console.print(f"hit curve: {png}")
-
-
-def _guard(fn, *args, **kwargs):
-    """Run a command; a user-facing error (bad input, a file or store that cannot be used) is one `error:`
-    line and exit status 2, never a traceback."""
-    try:
-        return fn(*args, **kwargs)
-    except PerturbloopError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    except OSError as e:  # a file the command needed (missing, unreadable, unwritable), named by the OS
-        where = f": {e.filename!r}" if e.filename else ""
-        typer.echo(f"error: {e.strerror or e}{where}", err=True)
-        raise typer.Exit(2) from None
 
 
 def _preflight(store: str | None, screen: bool) -> None:
@@ -297,22 +207,101 @@ def _preflight(store: str | None, screen: bool) -> None:
         writable_cache("features")
 
 
+def _run(config_path: Path, store: str | None, data_dir: str | None, baseline: bool) -> None:
+    """Run (or resume) a campaign and its random baseline through the Prefect flow, a progress bar for each; bad
+    input is refused before the flow starts."""
+    _quiet_prefect()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from perturbloop.config import load_config
+    from perturbloop.store import Store, display_url
+
+    console = _console()
+    config = load_config(config_path)
+    _check_datasets(config)
+    _preflight(store, screen=not config.is_response)
+    st = Store(store)
+    if config.is_response:  # named before its input is checked
+        console.print(_header(config, display_url(st.url)))
+        _check_before_flow(config, st, data_dir)
+    else:
+        config = _check_before_flow(config, st, data_dir)
+        console.print(_header(config, display_url(st.url)))
+    from flows.campaign import campaign_flow
+    from flows.prefect_server import shared_api
+
+    total = config.rounds + (1 if config.is_response else 0)  # a response campaign's round 0: the initial design
+    with shared_api(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=console, transient=False) as progress:
+        main_task = progress.add_task(f"{config.name} ({config.acquisition.kind})", total=total)
+        base_task = progress.add_task("random baseline", total=total, visible=baseline)
+        results = campaign_flow(
+            config, st.url, data_dir, baseline=baseline,
+            on_round=lambda r: progress.update(main_task, completed=r["round"]),
+            on_baseline_round=lambda r: progress.update(base_task, completed=r["round"]),
+        )
+    _print_results(console, config, results, st)
+
+
+def _print_results(console, config, results: dict, st) -> None:
+    """The run's summary: the campaign's round table and its random baseline's; a screen campaign that has
+    finished adds the comparison and the hit-curve PNG, a paused one says what it waits for (no comparison of a
+    campaign that has not measured its rounds yet with a baseline that has)."""
+    from perturbloop.store import sqlite_path
+
+    main, base = results["campaign"], results.get("baseline")
+    if not config.is_response:
+        scored = f" ({main.n_hits} hits in the screen)"
+    elif config.is_contexts:
+        scored = f", hits found in {config.contexts.target} per cost spent"
+    elif config.lab.kind == "simulator":
+        scored = ", scores on the held-out perturbations (never run) after each round"
+    else:
+        scored = f", {config.lab.kind} lab: nothing held out, no scores"
+    console.print(_campaign_table(config, f"{config.name}: {config.acquisition.kind}{scored}", main.rounds))
+    if main.status != "finished":
+        console.print(f"campaign status: [yellow]{main.status}[/]")
+    if main.status == "awaiting_approval" and not config.is_response:
+        console.print(f"a proposal awaits approval: [bold]perturbloop review {config.name}[/], then "
+                      f"[bold]perturbloop approve {config.name}[/] (the comparison with random follows the last round)")
+    if base is not None:
+        console.print(_campaign_table(config, f"{base.campaign_id}: random picks, same campaign", base.rounds))
+    if config.is_response or main.hit_ratio is None or main.status != "finished":
+        return  # a paused campaign has no result to compare yet
+    line = f"[bold]hit ratio after {len(main.rounds)} rounds: {config.acquisition.kind} {main.hit_ratio:.3f}"
+    if base is not None and base.hit_ratio:
+        line += f" vs random {base.hit_ratio:.3f} ({main.hit_ratio / base.hit_ratio:.1f}x)"
+    console.print(line + "[/]")
+    from perturbloop.plots import plot_hit_curves
+
+    curves = {kind: [r["hit_ratio"] or 0.0 for r in res.rounds]
+              for kind, res in ((config.acquisition.kind, main), ("random", base)) if res is not None}
+    db = sqlite_path(st.url)
+    out_dir = db.parent if db is not None else Path("runs")
+    png = plot_hit_curves(curves, config.batch_size, out_dir / f"{config.name}.hit_curve.png",
+                          title=f"{config.data.screen}: {config.rounds} x {config.batch_size}")
+    console.print(f"hit curve: {png}")
+
+
 @app.command()
-def demo(store: StoreOpt = None, data_dir: DataDirOpt = None,
-         baseline: Annotated[bool, typer.Option(help="also run the same campaign with random picks")] = True) -> None:
+@_guarded
+def demo(store: StoreOpt = None, data_dir: DataDirOpt = None, baseline: BaselineOpt = True) -> None:
     """A 5-round x 128-gene hit-discovery campaign on the Schmidt 2021 IL2 screen, beside random picks."""
-    _guard(_run, DEMO_CONFIG, store, data_dir, baseline)
+    _run(DEMO_CONFIG, store, data_dir, baseline)
 
 
 @app.command()
+@_guarded
 def run(config: Annotated[Path, typer.Argument(help="campaign config (TOML)")], store: StoreOpt = None,
-        data_dir: DataDirOpt = None,
-        baseline: Annotated[bool, typer.Option(help="also run the same campaign with random picks")] = True) -> None:
+        data_dir: DataDirOpt = None, baseline: BaselineOpt = True) -> None:
     """Run (or resume) a campaign from a TOML config."""
-    _guard(_run, config, store, data_dir, baseline)
+    _run(config, store, data_dir, baseline)
 
 
-def _status(store: str | None, as_json: bool) -> None:
+@app.command()
+@_guarded
+def status(store: StoreOpt = None, as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+    """Campaigns in the store: rounds, picks, hits so far and each round's lab jobs."""
     from agent.report import campaign_overview
     from perturbloop.store import Store, display_url
 
@@ -322,19 +311,16 @@ def _status(store: str | None, as_json: bool) -> None:
         typer.echo(json.dumps({"store": display_url(st.url), "campaigns": out}, indent=2))
         return
     from rich.markup import escape
-    from rich.table import Table
 
     console = _console()
     if not out:
         console.print(f"no campaigns in {display_url(st.url)}")
         return
     for c in out:
-        t = Table(title=escape(f"{c['campaign']} [{c['status']}] {c['screen']}, policy {c['policy']}: ")
-                  + f"{len(c['rounds'])}/{c['rounds_planned']} rounds, {c['picks']} picks, {c['hits']} hits",
-                  title_justify="left")
-        for col in ("round", "status", "picks", "observed", "failed", "hits", "hits so far", "decision", "round time",
-                    "approval wait", "lab job"):
-            t.add_column(col)
+        t = _table(escape(f"{c['campaign']} [{c['status']}] {c['screen']}, policy {c['policy']}: ")
+                   + f"{len(c['rounds'])}/{c['rounds_planned']} rounds, {c['picks']} picks, {c['hits']} hits",
+                   ("round", "status", "picks", "observed", "failed", "hits", "hits so far", "decision", "round time",
+                    "approval wait", "lab job"), justify="left")
         for r in c["rounds"]:
             jobs = ", ".join(f"{j['adapter']}:{j['external_id']} ({j['status']})" for j in r["lab_jobs"]) or "-"
             said = "; ".join(f"{d['action']} by {d['by']} {d['when']}" + (f" ({d['note']})" if d["note"] else "")
@@ -351,27 +337,14 @@ def _status(store: str | None, as_json: bool) -> None:
                 soft_wrap=True)
 
 
-@app.command()
-def status(store: StoreOpt = None, as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
-    """Campaigns in the store: rounds, picks, hits so far and each round's lab jobs."""
-    _guard(_status, store, as_json)
+def _write_hit_ratios(console, out: Path, protocol: dict, screen: str, rows: list[dict], title: str) -> None:
+    """A screen benchmark's results (JSON + PNG) written and its table printed; per policy: final hit ratio (mean
+    +- sd over seeds), the mean curve, seconds per round, x random."""
+    from perturbloop.benchmark_report import summarise, write_results
 
-
-def _gp_fit_iter() -> int:
-    from surrogates.gp import MAX_FIT_ITER
-
-    return MAX_FIT_ITER
-
-
-def _hit_ratio_table(title: str, rounds: int, rows: list[dict]):
-    """Per policy: final hit ratio (mean +- sd over seeds), the mean curve, seconds per round, x random."""
-    from rich.table import Table
-
-    from perturbloop.benchmark_report import summarise
-
-    t = Table(title=title, title_justify="left")
-    for col in ("policy", "hit ratio", *[f"r{i + 1}" for i in range(rounds)], "s/round (max)", "x random"):
-        t.add_column(col, justify="right")
+    path, png = write_results(out, protocol, screen, rows)
+    t = _table(title, ("policy", "hit ratio", *[f"r{i + 1}" for i in range(protocol["rounds"])], "s/round (max)",
+                       "x random"))
     summary = summarise(rows)
     base = next((s["hit_ratio_mean"] for s in summary if s["policy"] == "random"), None)
     for s in summary:
@@ -379,56 +352,7 @@ def _hit_ratio_table(title: str, rounds: int, rows: list[dict]):
                   *[f"{v:.3f}" for v in s["per_round_mean"]],
                   f"{s['round_seconds_mean']:.2f} ({s['round_seconds_max']:.2f})",
                   f"{s['hit_ratio_mean'] / base:.1f}" if base else "-")
-    return t
-
-
-def _benchmark(screen, hits, rounds, batch, seeds, policy, nonessential, features, prior_screens, data_dir, out,
-               runner, address, embeddings=None, target="abs", fit_iter=None, aggregate=None, phenotype=None,
-               prior_terms=None, known_positives=None, prior_share=1.0, *, network=False) -> None:
-    _quiet_prefect()
-    from agent.benchmark import PolicySpec, WorldSpec, benchmark_config
-    from flows.evaluation import run_sweep
-    from perturbloop.benchmark_report import write_results
-    from perturbloop.phenotype_prior import read_gene_list
-
-    policies = [PolicySpec.parse(p) for p in policy.split(",") if p.strip()]
-    if not policies:
-        raise PerturbloopError("--policy: name at least one policy")
-    feats = tuple(f.strip() for f in features.split(",") if f.strip())
-    priors = tuple(p.strip() for p in prior_screens.split(",") if p.strip()) if prior_screens else None
-    spec = WorldSpec(screen=screen, hits_file=hits, nonessential=nonessential, features=feats, prior_screens=priors,
-                     data_dir=data_dir, embeddings=str(Path(embeddings).expanduser().resolve()) if embeddings else None,
-                     target=target, fit_iter=fit_iter, aggregate=aggregate, phenotype=phenotype,
-                     prior_terms=tuple(t.strip() for t in (prior_terms or "").split(";" if ";" in (prior_terms or "")
-                                                                                   else ",") if t.strip()),
-                     known_positives=tuple(read_gene_list(known_positives)), prior_share=prior_share,
-                     network=network)
-    benchmark_config(spec, policies[0], 0, rounds, batch)  # a setting the campaign config refuses: one error, now
-    console = _console()
-    if spec.phenotype or spec.prior_terms or spec.known_positives:  # bad prior input fails here, before any run
-        import warnings
-
-        from agent.benchmark import build_screen_world
-        from perturbloop.phenotype_prior import PhenotypePriorWarning
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PhenotypePriorWarning)  # printed once, here
-            notes = build_screen_world(spec).pool.phenotype_prior.warnings
-        for w in notes:
-            console.print(f"[yellow]warning:[/] {w}")
-    with console.status(f"{len(policies)} policies x {seeds} seeds on {screen} ({runner} runner)"):
-        rows = run_sweep(spec, policies, seeds, rounds, batch, runner=runner, address=address)
-    protocol = {"name": "BioDiscoveryAgent", "rounds": rounds, "batch": batch, "seeds": seeds,
-                "hits": hits or "top 5% by |score|", "nonessential": nonessential, "features": list(feats),
-                "prior_screens": list(priors) if priors is not None else "all registry screens but the target",
-                "embeddings": spec.embeddings, "target": "hit call (0/1)" if target == "hit" else "log |score|",
-                "gp_fit_iter": fit_iter or _gp_fit_iter(), "phenotype": spec.phenotype,
-                "prior_terms": list(spec.prior_terms), "known_positives": list(spec.known_positives),
-                "prior_share": prior_share, "network_kernel": network,
-                "n_hits": rows[0]["n_hits"] if rows else None}
-    path, png = write_results(out, protocol, screen, rows)
-    console.print(_hit_ratio_table(f"{screen}: {rounds} x {batch}, {seeds} seeds, {protocol['n_hits']} hits",
-                                   rounds, rows))
+    console.print(t)
     console.print(f"results: {path}\ncurves: {png}")
 
 
@@ -436,15 +360,13 @@ def _benchmark_pairs(screen, hits, rounds, batch, seeds, policy, features, data_
                      fit_iter) -> None:
     """A pair screen file on the combinatorial protocol (agent.benchmark.pair_screen_config); results in the
     screen benchmark's schema (hit ratio per round, round 1 = the random design)."""
-    _quiet_prefect()
     from agent.benchmark import pair_screen_config
-    from flows.response_eval import run_response_sweep
-    from perturbloop.benchmark_report import protocol_of, write_results
+    from flows.evaluation import run_response_sweep
+    from perturbloop.benchmark_report import protocol_of
 
-    policies = [p.strip() for p in policy.split(",") if p.strip()]
-    feats = [f.strip() for f in features.split(",") if f.strip()]
+    policies = _csv(policy)
     config = pair_screen_config(screen, hits=hits, rounds=rounds, batch=batch, seeds=seeds, policies=policies,
-                                features=feats, fit_iter=fit_iter)
+                                features=_csv(features), fit_iter=fit_iter)
     console = _console()
     with console.status(f"{len(config.evaluation.policies)} policies x {seeds} seeds on pair screen {screen}"):
         raw = run_response_sweep(config, data_dir, runner=runner, address=address)
@@ -455,17 +377,13 @@ def _benchmark_pairs(screen, hits, rounds, batch, seeds, policy, features, data_
     protocol = {**protocol_of(config, raw), "name": "BioDiscoveryAgent combinatorial (pairs)", "rounds": rounds,
                 "batch": batch, "hits": hits or "top 5% by |score|", "round_1": "random",
                 "n_hits": rows[0]["n_hits"] if rows else None}
-    path, png = write_results(out, protocol, screen, rows)
-    console.print(_hit_ratio_table(f"{Path(screen).name}: {rounds} x {batch} pairs, {seeds} seeds, "
-                                   f"{protocol['n_hits']} hits", rounds, rows))
-    console.print(f"results: {path}\ncurves: {png}")
+    _write_hit_ratios(console, out, protocol, screen, rows,
+                      f"{Path(screen).name}: {rounds} x {batch} pairs, {seeds} seeds, {protocol['n_hits']} hits")
 
 
 def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runner: str, address: str | None,
                         seeds: int | None = None) -> None:
-    _quiet_prefect()
-
-    from flows.response_eval import run_response_sweep
+    from flows.evaluation import run_response_sweep
     from perturbloop.benchmark_report import protocol_of, response_table, write_response_results
     from perturbloop.config import load_config
 
@@ -476,7 +394,7 @@ def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runn
         raise PerturbloopError(f"{config_path}: not a response campaign (needs a [world] table; screen campaigns are "
                                "benchmarked with --screen)")
     if config.is_contexts:
-        return _benchmark_contexts_config(config, out, data_dir)
+        return _benchmark_contexts(config, out, data_dir)
     console = _console()
     ev = config.evaluation
     with console.status(f"{len(ev.policies)} policies x {ev.seeds} seeds, {config.world.kind} world ({runner} runner)"):
@@ -490,18 +408,13 @@ def _benchmark_response(config_path: Path, out: Path, data_dir: str | None, runn
 def _contexts_summary(title: str, rows: list[dict], names: list[str]):
     """Per variant, mean +- sd over seeds: target hits found, hits per 100 cost units, the goal's scores (held-out
     NRMSE per context, or context-specific genes found), mean spend per context."""
-    from rich.table import Table
-
     from perturbloop.benchmark_report import summarise_contexts
 
     summary = summarise_contexts(rows)
     errors = [c for c in names if summary and c in summary[0].get("errors", {})]
     found = bool(summary) and "found_mean" in summary[0]
-    t = Table(title=title, title_justify="left")
-    cols = ["policy", "hits found", "hits / 100 cost", *[f"NRMSE {c}" for c in errors],
-            *(["specific found"] if found else []), *[f"spent {c}" for c in names], "s/round (max)"]
-    for col in cols:
-        t.add_column(col, justify="right")
+    t = _table(title, ["policy", "hits found", "hits / 100 cost", *[f"NRMSE {c}" for c in errors],
+                       *(["specific found"] if found else []), *[f"spent {c}" for c in names], "s/round (max)"])
     for s in summary:
         t.add_row(s["policy"], f"{s['hits_found_mean']:.1f} +- {s['hits_found_sd']:.1f}",
                   f"{s['hits_per_100_cost_mean']:.2f} +- {s['hits_per_100_cost_sd']:.2f}",
@@ -511,28 +424,22 @@ def _contexts_summary(title: str, rows: list[dict], names: list[str]):
     return t
 
 
-def _contexts_protocol(config, variants: list[str]) -> dict:
-    """What a contexts benchmark's results file records of its campaign (`protocol`)."""
-    t = config.contexts
-    return {"name": "campaigns across contexts (campaign loop)", "config": config.name, "goal": t.goal,
-            "contexts": t.contexts, "costs": [c.cost for c in t.context_list()], "target": t.target,
-            "budget": t.budget, "rounds": config.rounds, "initial": config.initial, "allowed": t.allowed,
-            "seeds": config.evaluation.seeds, "hits": config.world.hits or f"top {t.hit_fraction:.0%} by |score| in "
-            "the target", "test_genes": t.test_genes if t.goal == "matrix" else None,
-            "features": config.design.features, "max_iter": config.surrogate.max_iter, "variants": variants}
-
-
-def _benchmark_contexts_config(config, out: Path, data_dir: str | None, variants: list[str] | None = None) -> None:
+def _benchmark_contexts(config, out: Path, data_dir: str | None, variants: list[str] | None = None) -> None:
     """A campaign across contexts (`[contexts]`): every variant (agent.benchmark.context_variants, or `variants`) x
     seed run by the shipped loop; learning curves (the goal's score against cost spent) to JSON + PNG, rewritten
-    after every seed."""
+    after every seed; the results file's `protocol` records the campaign."""
     from agent.benchmark import check_context_variants, context_variants, contexts_sweep
     from perturbloop.benchmark_report import write_contexts_results
 
     t = config.contexts
     variants = list(variants or context_variants(config))
     check_context_variants(config, variants)
-    meta = _contexts_protocol(config, variants)
+    meta = {"name": "campaigns across contexts (campaign loop)", "config": config.name, "goal": t.goal,
+            "contexts": t.contexts, "costs": [c.cost for c in t.context_list()], "target": t.target,
+            "budget": t.budget, "rounds": config.rounds, "initial": config.initial, "allowed": t.allowed,
+            "seeds": config.evaluation.seeds, "hits": config.world.hits or f"top {t.hit_fraction:.0%} by |score| in "
+            "the target", "test_genes": t.test_genes if t.goal == "matrix" else None,
+            "features": config.design.features, "max_iter": config.surrogate.max_iter, "variants": variants}
     dataset = str(config.world.dataset)
 
     def save(rows: list[dict], done: int):
@@ -550,12 +457,13 @@ def _benchmark_contexts_config(config, out: Path, data_dir: str | None, variants
 
 
 def _contexts_benchmark_config(screen: str, contexts: str, target_context: str, costs: str | None, *,
-                              budget: float | None, initial: int, allowed: str | None, hits: str | None, rounds: int,
-                              batch: int, seeds: int, features: str | None):
+                               budget: float | None, initial: int, allowed: str | None, hits: str | None, rounds: int,
+                               batch: int, seeds: int, features: str | None):
     """The campaign across contexts that `benchmark --screen FILE --contexts A,B,C --target-context C` runs: a
     `world.kind = "contexts"` config replaying `screen` (a file or a registry table), the hit-discovery goal in the
     target, the multi-task model with cost-aware picks, `seeds` seeds; a ConfigError names a bad option."""
     from perturbloop.config import parse_config
+
     names = [c.strip() for c in contexts.split(",")]
     try:
         cost_list = [float(c) for c in costs.split(",")] if costs else None
@@ -566,7 +474,6 @@ def _contexts_benchmark_config(screen: str, contexts: str, target_context: str, 
     path = Path(screen).expanduser()
     if hits and not Path(hits).expanduser().is_file():
         raise PerturbloopError(f"--hits: file {hits!r} does not exist")
-    feats = ["go"] if features in (None, "go,screens") else [f.strip() for f in features.split(",") if f.strip()]
     return parse_config({
         "name": f"contexts-{path.stem}", "initial": initial, "rounds": rounds, "seed": 0,
         "world": {"kind": "contexts", "dataset": str(path.resolve()) if path.is_file() else screen,
@@ -574,23 +481,13 @@ def _contexts_benchmark_config(screen: str, contexts: str, target_context: str, 
         "contexts": {"contexts": names, "costs": cost_list, "target": target_context,
                      "budget": budget if budget is not None else rounds * batch * target_cost,
                      "allowed": [c.strip() for c in allowed.split(",")] if allowed else None},
-        "design": {"features": feats, "go_dims": 16}, "surrogate": {"kind": "multitask", "max_iter": 15},
-        "acquisition": {"kind": "cost_aware"}, "evaluation": {"seeds": seeds}}, "benchmark options")
-
-
-def _benchmark_contexts(screen, contexts, target_context, costs, budget, initial, allowed, hits, rounds, batch, seeds,
-                        policy, features, data_dir, out) -> None:
-    """`benchmark --screen FILE --contexts ...`: the config of `_contexts_benchmark_config`, run as `benchmark
-    --config` runs one (`policy`: variant names, `best` = multitask; the default compares them all)."""
-    config = _contexts_benchmark_config(screen, contexts, target_context, costs, budget=budget, initial=initial,
-                                       allowed=allowed, hits=hits, rounds=rounds, batch=batch, seeds=seeds,
-                                       features=features)
-    variants = None if policy == "best,random" else \
-        list(dict.fromkeys("multitask" if p.strip() == "best" else p.strip() for p in policy.split(",") if p.strip()))
-    _benchmark_contexts_config(config, out, data_dir, variants)
+        "design": {"features": ["go"] if features in (None, "go,screens") else _csv(features), "go_dims": 16},
+        "surrogate": {"kind": "multitask", "max_iter": 15}, "acquisition": {"kind": "cost_aware"},
+        "evaluation": {"seeds": seeds}}, "benchmark options")
 
 
 @app.command()
+@_guarded
 def benchmark(
     out: Annotated[Path, typer.Option(help="results JSON (a PNG of the curves is written beside it)")],
     screen: Annotated[Optional[str], typer.Option(help="registry screen name, a MAGeCK gene summary / Gene,Score CSV, "
@@ -646,37 +543,75 @@ def benchmark(
     campaign across contexts ([contexts]): target hits against cost spent for the multi-task model,
     the independent and pooled baselines, random picks and, with a K562 context, K562 first.
     """
-    given_seeds, seeds = seeds, 10 if seeds is None else seeds
+    _quiet_prefect()
+    seeds_given, seeds = seeds, 10 if seeds is None else seeds
     if contexts is not None or target_context is not None or costs is not None:
         if screen is None or contexts is None or target_context is None:
-            typer.echo("error: a benchmark across contexts needs --screen, --contexts and --target-context", err=True)
-            raise typer.Exit(2)
-        _guard(_benchmark_contexts, screen, contexts, target_context, costs, budget, initial, allowed_contexts, hits,
-               rounds, batch, seeds, policy, features, data_dir, out)
-        return
+            raise PerturbloopError("a benchmark across contexts needs --screen, --contexts and --target-context")
+        config = _contexts_benchmark_config(screen, contexts, target_context, costs, budget=budget, initial=initial,
+                                            allowed=allowed_contexts, hits=hits, rounds=rounds, batch=batch,
+                                            seeds=seeds, features=features)
+        variants = None if policy == "best,random" else \
+            list(dict.fromkeys("multitask" if p == "best" else p for p in _csv(policy)))
+        return _benchmark_contexts(config, out, data_dir, variants)
     if config is not None:
         if screen is not None:
-            typer.echo("error: give --screen or --config, not both", err=True)
-            raise typer.Exit(2)
-        _guard(_benchmark_response, config, out, data_dir, runner, address, given_seeds)
-        return
+            raise PerturbloopError("give --screen or --config, not both")
+        return _benchmark_response(config, out, data_dir, runner, address, seeds_given)
     if screen is None:
-        typer.echo("error: name a --screen (pooled screen) or a --config (response campaign)", err=True)
-        raise typer.Exit(2)
+        raise PerturbloopError("name a --screen (pooled screen) or a --config (response campaign)")
     from simulators.pair_screen import is_pair_screen_file
 
     if is_pair_screen_file(screen):
-        _guard(_benchmark_pairs, screen, hits, rounds, batch, seeds, policy, features or "go", data_dir, out, runner,
-               address, fit_iter)
-        return
-    _guard(_benchmark, screen, hits, rounds, batch, seeds, policy, nonessential, features or "go,screens",
-           prior_screens, data_dir, out, runner, address, embeddings, target, fit_iter, aggregate, phenotype,
-           prior_terms, known_positives, prior_share, network=network)
+        return _benchmark_pairs(screen, hits, rounds, batch, seeds, policy, features or "go", data_dir, out, runner,
+                                address, fit_iter)
+    from agent.benchmark import PolicySpec, WorldSpec, benchmark_config
+    from flows.evaluation import run_sweep
+    from perturbloop.phenotype_prior import read_gene_list
+    from surrogates.gp import MAX_FIT_ITER
+
+    policies = [PolicySpec.parse(p) for p in _csv(policy)]
+    if not policies:
+        raise PerturbloopError("--policy: name at least one policy")
+    feats = tuple(_csv(features or "go,screens"))
+    priors = tuple(_csv(prior_screens)) if prior_screens else None
+    spec = WorldSpec(screen=screen, hits_file=hits, nonessential=nonessential, features=feats, prior_screens=priors,
+                     data_dir=data_dir, embeddings=str(Path(embeddings).expanduser().resolve()) if embeddings else None,
+                     target=target, fit_iter=fit_iter, aggregate=aggregate, phenotype=phenotype,
+                     prior_terms=tuple(_csv(prior_terms, ";" if ";" in (prior_terms or "") else ",")),
+                     known_positives=tuple(read_gene_list(known_positives)), prior_share=prior_share,
+                     network=network)
+    benchmark_config(spec, policies[0], 0, rounds, batch)  # a setting the campaign config refuses: one error, now
+    console = _console()
+    if spec.phenotype or spec.prior_terms or spec.known_positives:  # bad prior input fails here, before any run
+        import warnings
+
+        from agent.benchmark import build_screen_world
+        from perturbloop.phenotype_prior import PhenotypePriorWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PhenotypePriorWarning)  # printed once, here
+            notes = build_screen_world(spec).pool.phenotype_prior.warnings
+        for w in notes:
+            console.print(f"[yellow]warning:[/] {w}")
+    with console.status(f"{len(policies)} policies x {seeds} seeds on {screen} ({runner} runner)"):
+        rows = run_sweep(spec, policies, seeds, rounds, batch, runner=runner, address=address)
+    protocol = {"name": "BioDiscoveryAgent", "rounds": rounds, "batch": batch, "seeds": seeds,
+                "hits": hits or "top 5% by |score|", "nonessential": nonessential, "features": list(feats),
+                "prior_screens": list(priors) if priors is not None else "all registry screens but the target",
+                "embeddings": spec.embeddings, "target": "hit call (0/1)" if target == "hit" else "log |score|",
+                "gp_fit_iter": fit_iter or MAX_FIT_ITER, "phenotype": spec.phenotype,
+                "prior_terms": list(spec.prior_terms), "known_positives": list(spec.known_positives),
+                "prior_share": prior_share, "network_kernel": network,
+                "n_hits": rows[0]["n_hits"] if rows else None}
+    _write_hit_ratios(console, out, protocol, screen, rows,
+                      f"{screen}: {rounds} x {batch}, {seeds} seeds, {protocol['n_hits']} hits")
 
 
-def _review(campaign: str, store: str | None) -> None:
-    from rich.table import Table
-
+@app.command()
+@_guarded
+def review(campaign: str, store: StoreOpt = None) -> None:
+    """Show the proposal a campaign is waiting on: predicted effect +- sd, acquisition value, rationale."""
     from rich.markup import escape
 
     from agent.approval import pending_proposal
@@ -687,12 +622,10 @@ def _review(campaign: str, store: str | None) -> None:
     view = pending_view(st, campaign)
     if view is None:
         pending_proposal(st, campaign)  # raises: no proposal awaits approval
-    t = Table(title=f"{campaign}: round {view['round']} proposal awaiting approval ({len(view['items'])} perturbations)",
-              title_justify="left")
     cols = ["#", "perturbation", *([view["label"]] if view["has_value"] else []), *(["P(hit)"] if view["has_p_hit"] else []),
             "acq value", "policy", "rationale"]
-    for col in cols:
-        t.add_column(escape(col))
+    t = _table(f"{campaign}: round {view['round']} proposal awaiting approval ({len(view['items'])} perturbations)",
+               map(escape, cols), justify="left")
     for p in view["items"]:  # names and notes are shown as written (no rich markup)
         t.add_row(str(p["rank"]), escape(p["perturbation"]), *([p["shown"]] if view["has_value"] else []),
                   *([_fmt(p["p_hit"], ".2f")] if view["has_p_hit"] else []), _fmt(p["acq_value"]), p["policy"],
@@ -704,14 +637,20 @@ def _review(campaign: str, store: str | None) -> None:
 
 
 @app.command()
-def review(campaign: str, store: StoreOpt = None) -> None:
-    """Show the proposal a campaign is waiting on: predicted effect +- sd, acquisition value, rationale."""
-    _guard(_review, campaign, store)
-
-
-def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=()) -> None:
+@_guarded
+def approve(
+    campaign: str,
+    drop: Annotated[Optional[list[str]], typer.Option("--drop", help="remove a gene from this batch, not now (repeatable; it may be proposed again later)")] = None,
+    add: Annotated[Optional[list[str]], typer.Option("--add", help="add a gene to the batch (repeatable)")] = None,
+    veto: Annotated[Optional[list[str]], typer.Option("--veto", help="never propose this gene again in the campaign (drops it from this batch; repeatable; --note says why)")] = None,
+    reject: Annotated[bool, typer.Option("--reject", help="reject the whole batch: the round is proposed again without it")] = False,
+    note: Annotated[str, typer.Option(help="why")] = "",
+    by: Annotated[str, typer.Option(help="who decides")] = os.environ.get("USER", "scientist"),
+    store: StoreOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Record a decision on the pending proposal (approve, edit or reject) and continue the campaign."""
     _quiet_prefect()
-
     from agent.approval import decide
     from perturbloop.config import parse_config
     from perturbloop.store import Store, display_url
@@ -722,7 +661,8 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=())
         raise PerturbloopError(f"no campaign {campaign!r} in {display_url(st.url)}")
     config = parse_config(c.config, f"stored config of {campaign}")
     st.check_files(campaign, config.named_files())  # a file changed behind the campaign: refused before any decision
-    edits = {"drop": drop, "add": add, "veto": veto, "reject": reject, "note": note, "by": by, "data_dir": data_dir}
+    edits = {"drop": drop or [], "add": add or [], "veto": veto or [], "reject": reject, "note": note, "by": by,
+             "data_dir": data_dir}
     if not config.is_response:  # a bad edit is refused in a second: checked against the screen's genes (a superset
         from perturbloop.data.screen_genes import screen_genes  # of the design space; cached by the run, no pandas)
 
@@ -745,31 +685,20 @@ def _approve(campaign, drop, add, reject, note, by, store, data_dir, *, veto=())
                + (f" (added {', '.join(decision['added'])})" if decision["added"] else "")
                + (f" (vetoed for the rest of the campaign: {', '.join(decision['vetoed'])})" if decision["vetoed"] else ""))
     res = run_campaign(config, st, data_dir, resume=decision, context=ctx)
-    if config.is_contexts:
-        _console().print(_contexts_table(f"{campaign}: {config.acquisition.kind}", res.rounds, config))
-    else:
-        table = _response_table if config.is_response else _round_table
-        _console().print(table(f"{campaign}: {config.acquisition.kind}", res.rounds))
+    _console().print(_campaign_table(config, f"{campaign}: {config.acquisition.kind}", res.rounds))
     typer.echo(f"campaign status: {res.status}")
 
 
 @app.command()
-def approve(
-    campaign: str,
-    drop: Annotated[Optional[list[str]], typer.Option("--drop", help="remove a gene from this batch, not now (repeatable; it may be proposed again later)")] = None,
-    add: Annotated[Optional[list[str]], typer.Option("--add", help="add a gene to the batch (repeatable)")] = None,
-    veto: Annotated[Optional[list[str]], typer.Option("--veto", help="never propose this gene again in the campaign (drops it from this batch; repeatable; --note says why)")] = None,
-    reject: Annotated[bool, typer.Option("--reject", help="reject the whole batch: the round is proposed again without it")] = False,
-    note: Annotated[str, typer.Option(help="why")] = "",
-    by: Annotated[str, typer.Option(help="who decides")] = os.environ.get("USER", "scientist"),
+@_guarded
+def web(
     store: StoreOpt = None,
+    host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8765,
+    token_file: Annotated[Optional[Path], typer.Option(help="file holding the access token (else $PERTURBLOOP_WEB_TOKEN)")] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Record a decision on the pending proposal (approve, edit or reject) and continue the campaign."""
-    _guard(_approve, campaign, drop or [], add or [], reject, note, by, store, data_dir, veto=veto or [])
-
-
-def _web(store: str | None, host: str, port: int, token_file: Path | None, data_dir: str | None) -> None:
+    """The review web app: campaigns, pending proposals with a plot, approve / edit / reject (token required)."""
     _quiet_prefect()
     from agent.web import serve
     from perturbloop.store import display_url, store_url
@@ -787,28 +716,7 @@ def _web(store: str | None, host: str, port: int, token_file: Path | None, data_
 
 
 @app.command()
-def web(
-    store: StoreOpt = None,
-    host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8765,
-    token_file: Annotated[Optional[Path], typer.Option(help="file holding the access token (else $PERTURBLOOP_WEB_TOKEN)")] = None,
-    data_dir: DataDirOpt = None,
-) -> None:
-    """The review web app: campaigns, pending proposals with a plot, approve / edit / reject (token required)."""
-    _guard(_web, store, host, port, token_file, data_dir)
-
-
-def _serve(folder: Path, cron: str, timezone: str | None, store: str | None, data_dir: str | None) -> None:
-    from flows.schedule import campaign_configs, serve_campaigns
-    from perturbloop.store import display_url, store_url
-
-    configs = campaign_configs(folder)  # validate every config before registering anything
-    url = store_url(store)  # absolute: scheduled runs may start in another directory
-    typer.echo(f"serving {len(configs)} campaigns from {folder} (store {display_url(url)}): " + ", ".join(c.name for _, c in configs))
-    serve_campaigns(folder, url, str(Path(data_dir).resolve()) if data_dir else None, cron, timezone)
-
-
-@app.command()
+@_guarded
 def serve(
     folder: Annotated[Path, typer.Argument(help="folder of campaign configs (*.toml)")],
     cron: Annotated[str, typer.Option(help="cron schedule for configs without a `schedule` field")] = "0 * * * *",
@@ -820,37 +728,62 @@ def serve(
 
     Needs a Prefect server: `prefect server start`, and PREFECT_API_URL=http://127.0.0.1:4200/api.
     """
-    _guard(_serve, folder, cron, timezone, store, data_dir)
+    from flows.schedule import campaign_configs, serve_campaigns
+    from perturbloop.store import display_url, store_url
+
+    configs = campaign_configs(folder)  # validate every config before registering anything
+    url = store_url(store)  # absolute: scheduled runs may start in another directory
+    typer.echo(f"serving {len(configs)} campaigns from {folder} (store {display_url(url)}): " + ", ".join(c.name for _, c in configs))
+    serve_campaigns(folder, url, str(Path(data_dir).resolve()) if data_dir else None, cron, timezone)
 
 
 @data_app.command("list")
+@_guarded
 def data_list(data_dir: DataDirOpt = None) -> None:
     """Names of the registry's datasets, and whether each is available locally."""
     from perturbloop.data.registry import REGISTRY, _find, data_dirs
 
-    dirs = _guard(data_dirs, data_dir)
+    dirs = data_dirs(data_dir)
     for name, spec in REGISTRY.items():
         here = all(_find(f, dirs) is not None for f in spec.files)
         typer.echo(f"{name:24s} {spec.kind:11s} {'local ' if here else 'remote'}  {spec.description}")
 
 
 @data_app.command("fetch")
+@_guarded
 def data_fetch(name: str, force: Annotated[bool, typer.Option(help="download again even if cached")] = False) -> None:
     """Download a dataset into the user cache (sha256-checked)."""
     from perturbloop.data.registry import fetch
 
-    paths = _guard(fetch, name, force=force)
-    for p in paths:
+    for p in fetch(name, force=force):
         typer.echo(str(p))
 
 
-def _policy_train(worlds, holdout, synthetic, out, iterations, bc_iterations, warm_start, group, pool_size, rounds,
-                  batch, lr, seed, evaluate, data_dir, fit_iter=None) -> None:
+@policy_app.command("train")
+@_guarded
+def policy_train(
+    out: Annotated[Path, typer.Option(help="checkpoint to write (state dict + JSON config)")],
+    worlds: Annotated[Optional[str], typer.Option(help="training screens, comma-separated (default: every registry screen)")] = None,
+    holdout: Annotated[Optional[str], typer.Option(help="screens held out entirely (target of a leave-one-screen-out evaluation): never a world, never a feature")] = None,
+    synthetic: Annotated[int, typer.Option(min=0, help="synthetic screens on the training worlds' gene pools")] = 3,
+    iterations: Annotated[int, typer.Option(min=0, help="policy-gradient steps (each `group` episodes)")] = 200,
+    bc_iterations: Annotated[int, typer.Option(min=0, help="imitation steps before the policy gradient")] = 100,
+    warm_start: Annotated[str, typer.Option(help="policy imitated first: greedy, ucb, prob_hit, prior or none")] = "greedy",
+    group: Annotated[int, typer.Option(min=2, help="episodes per step on one world and pool (the baseline group)")] = 8,
+    pool_size: Annotated[int, typer.Option(min=64, help="genes per training episode (a random subsample of the world)")] = 4096,
+    rounds: Annotated[int, typer.Option(min=2)] = 5,
+    batch: Annotated[int, typer.Option(min=1, help="deployed batch size (scaled to the episode pool in training)")] = 128,
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 2e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    evaluate: Annotated[bool, typer.Option(help="report greedy hit ratios in the training worlds beside the greedy policy")] = False,
+    fit_iter: Annotated[Optional[int], typer.Option(min=1, help="GP hyperparameter iterations per round in the training worlds (default 10)")] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Train an RL acquisition policy (REINFORCE) on simulated campaigns; use it with `acquisition.kind = "rl"`."""
     import time
 
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     from acquisition.rl import save_policy
     from acquisition.rl.features import reference_score
@@ -861,8 +794,8 @@ def _policy_train(worlds, holdout, synthetic, out, iterations, bc_iterations, wa
     from perturbloop.device import default_device
     from surrogates import make_surrogate
 
-    names = [w.strip() for w in worlds.split(",") if w.strip()] if worlds else registry_screens()
-    held = [h.strip() for h in holdout.split(",") if h.strip()] if holdout else []
+    names = _csv(worlds) if worlds else registry_screens()
+    held = _csv(holdout)
     warm = None if warm_start in ("", "none") else warm_start
     device = default_device()
     console = _console()
@@ -894,47 +827,22 @@ def _policy_train(worlds, holdout, synthetic, out, iterations, bc_iterations, wa
         res = train_policy(train_worlds, rounds=rounds, batch=batch, pool_size=pool_size, iterations=iterations,
                            group=group, lr=lr, seed=seed, warm_start=warm, bc_iterations=bc_iterations, device=device,
                            on_iteration=step, meta={"holdout": held, "synthetic": synthetic})
-    res.config.training["world_seconds"] = round(world_seconds, 1)
-    res.config.training["total_minutes"] = round((time.perf_counter() - t0) / 60, 2)
-    res.config.training["torch_threads"] = torch.get_num_threads()
+    res.config.training.update(world_seconds=round(world_seconds, 1),
+                               total_minutes=round((time.perf_counter() - t0) / 60, 2),
+                               torch_threads=torch.get_num_threads())
     if evaluate:
         pol = evaluate_policy(train_worlds, res.net, rounds=rounds, batch=batch, pool_size=pool_size)
         ref = evaluate_policy(train_worlds, rounds=rounds, batch=batch, pool_size=pool_size,
                               scorer=lambda f: reference_score("greedy", f))
         res.config.training["evaluation"] = {"rl": pol, "greedy": ref}
-        t = Table(title="greedy hit ratio in the training worlds (subsampled pools, fixed episodes)", title_justify="left")
-        for col in ("world", "rl", "greedy (reference)"):
-            t.add_column(col)
+        t = _table("greedy hit ratio in the training worlds (subsampled pools, fixed episodes)",
+                   ("world", "rl", "greedy (reference)"), justify="left")
         for w in pol:
             t.add_row(w, f"{pol[w]:.3f}", f"{ref[w]:.3f}")
         console.print(t)
     path = save_policy(res.net, res.config, out)
     console.print(f"policy: {path} ({len(train_worlds)} worlds, {res.config.training['episodes']} episodes, "
                   f"{res.config.training['total_minutes']:.1f} min on {device}, {torch.get_num_threads()} threads)")
-
-
-@policy_app.command("train")
-def policy_train(
-    out: Annotated[Path, typer.Option(help="checkpoint to write (state dict + JSON config)")],
-    worlds: Annotated[Optional[str], typer.Option(help="training screens, comma-separated (default: every registry screen)")] = None,
-    holdout: Annotated[Optional[str], typer.Option(help="screens held out entirely (target of a leave-one-screen-out evaluation): never a world, never a feature")] = None,
-    synthetic: Annotated[int, typer.Option(min=0, help="synthetic screens on the training worlds' gene pools")] = 3,
-    iterations: Annotated[int, typer.Option(min=0, help="policy-gradient steps (each `group` episodes)")] = 200,
-    bc_iterations: Annotated[int, typer.Option(min=0, help="imitation steps before the policy gradient")] = 100,
-    warm_start: Annotated[str, typer.Option(help="policy imitated first: greedy, ucb, prob_hit, prior or none")] = "greedy",
-    group: Annotated[int, typer.Option(min=2, help="episodes per step on one world and pool (the baseline group)")] = 8,
-    pool_size: Annotated[int, typer.Option(min=64, help="genes per training episode (a random subsample of the world)")] = 4096,
-    rounds: Annotated[int, typer.Option(min=2)] = 5,
-    batch: Annotated[int, typer.Option(min=1, help="deployed batch size (scaled to the episode pool in training)")] = 128,
-    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 2e-3,
-    seed: Annotated[int, typer.Option()] = 0,
-    evaluate: Annotated[bool, typer.Option(help="report greedy hit ratios in the training worlds beside the greedy policy")] = False,
-    fit_iter: Annotated[Optional[int], typer.Option(min=1, help="GP hyperparameter iterations per round in the training worlds (default 10)")] = None,
-    data_dir: DataDirOpt = None,
-) -> None:
-    """Train an RL acquisition policy (REINFORCE) on simulated campaigns; use it with `acquisition.kind = "rl"`."""
-    _guard(_policy_train, worlds, holdout, synthetic, out, iterations, bc_iterations, warm_start, group, pool_size,
-           rounds, batch, lr, seed, evaluate, data_dir, fit_iter)
 
 
 def main() -> None:

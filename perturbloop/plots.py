@@ -39,9 +39,7 @@ def plot_hit_curves(curves: Mapping[str, Sequence[float]], batch_size: int, path
         if sd is not None:
             s = np.array([0.0, *sd[name]])
             ax.fill_between(xs, mean - s, mean + s, alpha=0.2)
-    ax.set_xlabel("genes tested")
-    ax.set_ylabel("cumulative hit ratio")
-    ax.set_title(title)
+    ax.set(xlabel="genes tested", ylabel="cumulative hit ratio", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)
@@ -66,8 +64,7 @@ def hit_curve_svg(hits_so_far: list[int], *, caption: str = "hits found so far")
 
     pts = [xy(0, 0), *(xy(i + 1, v) for i, v in enumerate(hits_so_far))]
     line = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
-    x0, y0 = xy(0, 0)
-    x1, y1 = xy(n, ymax)
+    (x0, y0), (x1, y1) = pts[0], xy(n, ymax)
     out = [(f'<svg id="hit-curve" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="100%" '
             f'preserveAspectRatio="xMinYMin meet" role="img" aria-label="{escape(caption)}" '
             f'style="max-width:{w * 2}px;height:auto">'),

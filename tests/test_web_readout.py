@@ -263,7 +263,7 @@ def test_run_summary_while_awaiting_approval_compares_nothing(paused, data_dir, 
     from rich.console import Console
 
     from flows.campaign import baseline_config
-    from perturbloop.cli import _print_screen_results
+    from perturbloop.cli import _print_results
 
     cfg = parse_config(paused.get_campaign("web").config)
     ctx = build_context(cfg, paused, data_dir)
@@ -271,7 +271,7 @@ def test_run_summary_while_awaiting_approval_compares_nothing(paused, data_dir, 
                "baseline": run_campaign(baseline_config(cfg), paused, data_dir)}
     assert results["campaign"].status == "awaiting_approval" and results["baseline"].status == "finished"
     console = Console(record=True, width=220)
-    _print_screen_results(console, cfg, results, paused)
+    _print_results(console, cfg, results, paused)
     text = console.export_text()
     assert "vs random" not in text and not re.search(r"\(\d+\.\dx\)", text) and "hit curve" not in text
     assert "perturbloop review web" in text and "awaiting_approval" in text
@@ -283,7 +283,7 @@ def test_run_summary_while_awaiting_approval_compares_nothing(paused, data_dir, 
                                            resume=decide(paused, "web", ctx.candidate_labels(), by="ada"))
     assert results["campaign"].status == "finished"
     console = Console(record=True, width=220)
-    _print_screen_results(console, cfg, results, paused)
+    _print_results(console, cfg, results, paused)
     assert "vs random" in console.export_text()
 
 
