@@ -22,6 +22,7 @@ def _cfg(slice_csv):
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.slow
 def test_pause_edit_and_resume(backend, slice_csv, data_dir, tmp_path, request):
     """On SQLite, and on PostgreSQL (store and LangGraph checkpoints in the same database)."""
     url = str(tmp_path / "pl.db") if backend == "sqlite" else request.getfixturevalue("fresh_postgres_url")
@@ -290,6 +291,7 @@ def on_a_gene_list(slice_csv, data_dir, tmp_path):
     return cfg, store, gene_file, genes
 
 
+@pytest.mark.slow
 def test_a_file_changed_behind_the_campaign_is_refused(on_a_gene_list, data_dir):
     """Issue 13, defect 2: the gene list a config names is edited between proposal and approval. Approving must
     refuse, naming the file, and store nothing (before: the approved genes were stored as failed)."""

@@ -46,6 +46,7 @@ def _snapshot(store: Store, campaign: str) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_campaign_runs_every_layer_and_records_each_round(slice_csv, data_dir, tmp_path):
     store = Store(str(tmp_path / "pl.db"))
     seen = []
@@ -182,6 +183,7 @@ def test_malformed_screen_file_is_refused_before_the_store_is_touched(data_dir, 
     assert _store_is_empty(store_path)
 
 
+@pytest.mark.slow
 def test_hit_call_target_models_the_hit_calls(slice_csv, data_dir, tmp_path):
     """`surrogate.target = 'hit_call'`: the GP is trained on 1[|value| >= threshold] of the measured genes."""
     from agent.context import build_context

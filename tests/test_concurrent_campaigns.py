@@ -126,6 +126,7 @@ def test_a_killed_run_leaves_no_process_behind(slice_csv, data_dir, tmp_path):
         s.bind(("127.0.0.1", port))
 
 
+@pytest.mark.slow
 def test_the_server_stops_only_once_nobody_holds_the_users_lock(tmp_path):
     """The watchdog of `flows/prefect_server.py` on a stand-in server: it keeps running while a process holds
     `users.lock` (shared), and stops, removing its address, once the lock is free for the idle time."""

@@ -175,6 +175,7 @@ def test_response_world_seed_is_checked_and_ints_still_pass_as_floats():
     assert parse_config(_with("seed", 2**32 - 1)).seed == 2**32 - 1
 
 
+@pytest.mark.slow
 def test_a_batch_larger_than_what_is_left_measures_it_and_the_campaign_finishes(slice_csv, data_dir, tmp_path):
     """Issue 13 (7): 6 genes, batches of 4, 3 rounds: round 1 measures 4, round 2 the 2 left, and the campaign
     finishes (round 3 has nothing to propose) instead of failing in `fit` on every run."""

@@ -301,6 +301,7 @@ def test_http_lab_sends_gene_and_context_and_reads_results_either_way(context_wo
                                                            {"perturbation": "CD28@@Stim8hr", "value": 1.0}]}, "src")
 
 
+@pytest.mark.slow
 def test_browser_shows_the_grid(tmp_path, browser):
     """A real (headless) Chromium logs in and reads the grid: cells by gene and context, a label with markup shown as
     text (no element made of it), the proposal table's gene and context columns."""

@@ -176,6 +176,7 @@ def _two_contexts(rho: float, n: int = 40, seed: int = 0):
     return torch.cat([X, X]), torch.cat([torch.zeros(n), torch.ones(n)]).long(), y
 
 
+@pytest.mark.slow
 def test_multitask_gp_learns_how_contexts_correlate():
     corr = {}
     for rho in (0.95, 0.0):
@@ -255,6 +256,7 @@ def test_matrix_goal_holds_pairs_out_and_scores_them_through_the_loop(gwt_slice,
 
 
 @pytest.mark.parametrize("variant", ["random", "multitask"])  # random whole genes; expected evidence per cost
+@pytest.mark.slow
 def test_specific_goal_counts_the_specific_genes_measured_through_the_loop(gwt_slice, tmp_path, data_dir, variant):
     from agent.benchmark import contexts_row
     from perturbloop.context_objectives import context_specific, specific_found, specific_genes

@@ -76,6 +76,7 @@ def _write_results(path: Path, rows: list[tuple[str, str, str]]) -> None:
     tmp.rename(path)
 
 
+@pytest.mark.slow
 def test_filedrop_campaign_waits_ingests_partial_results_once_and_continues(slice_csv, scores, data_dir, tmp_path):
     outbox, inbox = tmp_path / "outbox", tmp_path / "inbox"
     cfg = _config(slice_csv, "fd", {"kind": "filedrop", "outbox": str(outbox), "inbox": str(inbox)})
@@ -155,6 +156,7 @@ def test_filedrop_campaign_waits_ingests_partial_results_once_and_continues(slic
     assert len(labels) == len(set(labels)) == ROUNDS * BATCH
 
 
+@pytest.mark.slow
 def test_http_campaign_against_the_reference_lab_server(slice_csv, scores, data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv(TOKEN_ENV, "tok-1234")
     world = ScreenReplay(load_screen(str(slice_csv), data_dir))

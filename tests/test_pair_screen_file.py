@@ -94,6 +94,7 @@ def _benchmark(tmp_path: Path, data_dir: Path, screen: Path, *extra: str) -> dic
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_benchmark_on_a_pair_file_end_to_end(tmp_path, norman_slice, data_dir):
     singles, pairs = norman_slice
     result = _benchmark(tmp_path, data_dir, _write_columns(tmp_path / "norman_cols.csv", singles, pairs))

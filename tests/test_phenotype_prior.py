@@ -188,6 +188,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return perturbloop(*args, cwd=cwd, env=dict(os.environ), timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_benchmark_refuses_bad_prior_input_before_running(slice_csv, data_dir, tmp_path):
     base = ["benchmark", "--screen", str(slice_csv), "--features", "go", "--data-dir", str(data_dir),
             "--out", str(tmp_path / "r.json")]

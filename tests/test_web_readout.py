@@ -326,6 +326,7 @@ def _copy_sqlite(src: Path, dst: Path) -> None:
         a.backup(b)
 
 
+@pytest.mark.slow
 def test_a_store_from_before_proposal_records_reads_and_resumes(log_campaign, data_dir, tmp_path):
     """A copy of the paused log campaign without the `proposalrecord` table, as a store written before it existed:
     opened read-only it reports its rounds and rebuilds the pending proposal's scale from the config and round 1's
