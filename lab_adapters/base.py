@@ -51,12 +51,6 @@ def response_value(response: Sequence[float]) -> float:
     return float(response[0]) if len(response) == 1 else math.sqrt(math.fsum(float(v) ** 2 for v in response))
 
 
-def shown(items: Sequence[str]) -> str:
-    """The first `MAX_PROBLEMS_SHOWN` items, comma-separated, and how many more."""
-    more = len(items) - MAX_PROBLEMS_SHOWN
-    return ", ".join(items[:MAX_PROBLEMS_SHOWN]) + (f" (+{more} more)" if more > 0 else "")
-
-
 def problems_error(source: str, problems: Sequence[str], nothing: str) -> LabResultError:
     """One error for every problem of a results file or payload, one a line (the first `MAX_PROBLEMS_SHOWN`)."""
     more = len(problems) - MAX_PROBLEMS_SHOWN

@@ -88,9 +88,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lab_adapters.base import JobRef, JobStatus, LabError, LabResult, problems_error, shown
+from lab_adapters.base import JobRef, JobStatus, LabError, LabResult, problems_error
 from lab_adapters.context_columns import context_batch, contexts_of, lab_key, result_key
-from perturbloop.errors import ConfigError, LabAdapterError, LabKeyConflictError, LabResultError, LabSubmissionError
+from perturbloop.errors import (ConfigError, LabAdapterError, LabKeyConflictError, LabResultError, LabSubmissionError,
+                                shown)
 from perturbloop.contexts import pair_label, split_label
 from perturbloop.perturbation import CONTROL
 

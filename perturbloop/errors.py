@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+
+def shown(items: Sequence[str], limit: int = 20) -> str:
+    """The first `limit` items, comma-separated, and how many more (error messages name what they refuse)."""
+    more = len(items) - limit
+    return ", ".join(items[:limit]) + (f" (+{more} more)" if more > 0 else "")
+
 
 class PerturbloopError(Exception):
     """Base class for user-facing errors (printed without a traceback by the CLI)."""
@@ -19,9 +27,8 @@ class UnknownDatasetError(PerturbloopError, KeyError):
 class UnknownGeneError(PerturbloopError, ValueError):
     def __init__(self, genes: list[str], context: str = ""):
         self.genes = list(genes)
-        shown = ", ".join(self.genes[:20]) + (f" (+{len(self.genes) - 20} more)" if len(self.genes) > 20 else "")
         where = f" {context}" if context else ""
-        super().__init__(f"unknown gene symbol(s){where}: {shown}")
+        super().__init__(f"unknown gene symbol(s){where}: {shown(self.genes)}")
 
 
 class ScreenFormatError(PerturbloopError, ValueError):

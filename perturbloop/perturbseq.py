@@ -29,7 +29,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from perturbloop.data.registry import REGISTRY, resolve
-from perturbloop.errors import PerturbloopError, UnknownDatasetError
+from perturbloop.errors import PerturbloopError, UnknownDatasetError, shown
 from perturbloop.perturbation import CONTROL, canonical_label, label_set
 
 DEFAULT_KEY = "perturbation"
@@ -47,9 +47,8 @@ class UnknownPerturbationError(PerturbloopError, KeyError):
 
     def __init__(self, labels: list[str], world: str = "", hint: str = ""):
         self.labels = list(labels)
-        shown = ", ".join(self.labels[:20]) + (f" (+{len(self.labels) - 20} more)" if len(self.labels) > 20 else "")
         where = f" in {world}" if world else ""
-        super().__init__(f"unknown perturbation(s){where}: {shown}" + (f"; {hint}" if hint else ""))
+        super().__init__(f"unknown perturbation(s){where}: {shown(self.labels)}" + (f"; {hint}" if hint else ""))
 
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return self.args[0]

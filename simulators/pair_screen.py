@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from perturbloop.errors import ScreenFormatError
+from perturbloop.errors import ScreenFormatError, shown
 from perturbloop.perturbation import canonical_label
 from perturbloop.perturbseq import UnknownPerturbationError
 from simulators.world import Measurement, OneReadoutWorld
@@ -136,8 +136,7 @@ def read_pair_hits(path: str | os.PathLike, pairs: Sequence[str]) -> frozenset[s
     inside = set(pairs)
     outside = sorted({h for h in hits if h not in inside})
     if outside:
-        shown = ", ".join(outside[:10]) + (f" (+{len(outside) - 10} more)" if len(outside) > 10 else "")
-        raise ScreenFormatError(f"--hits {p.name}: {len(outside)} pair(s) not in the screen file: {shown}")
+        raise ScreenFormatError(f"--hits {p.name}: {len(outside)} pair(s) not in the screen file: {shown(outside, 10)}")
     return frozenset(hits)
 
 
