@@ -168,9 +168,10 @@ def simulate(config: CampaignConfig, pool: SingleSpace, replay: ScreenReplay, po
     return rows, picks
 
 
-def _set_task_threads() -> None:
-    """Torch threads of a benchmark task: `$PERTURBLOOP_TASK_THREADS` where set (several tasks share the cores)."""
-    threads = int(os.environ.get("PERTURBLOOP_TASK_THREADS", "0") or 0)
+def _set_task_threads(default: int = 0) -> None:
+    """Torch threads of a benchmark task: `$PERTURBLOOP_TASK_THREADS` where set (several tasks share the cores), else
+    `default` (0: torch's own choice)."""
+    threads = int(os.environ.get("PERTURBLOOP_TASK_THREADS") or 0) or default
     if threads > 0:
         torch.set_num_threads(threads)
 
@@ -181,7 +182,7 @@ def simulated_campaign_row(world_spec: WorldSpec, policy: PolicySpec, seed: int,
 
     Per round: the cumulative hit ratio, and the seconds of fitting the model and selecting the batch.
     """
-    _set_task_threads()
+    _set_task_threads(default=1)  # a screen task runs on one thread unless told otherwise, as the tables were measured
     world = build_screen_world(world_spec)
     config = benchmark_config(world_spec, policy, seed, rounds, batch)
     rows, picks = simulate(config, world.pool, world.replay, campaign_policy(config, world.replay),
